@@ -1,0 +1,47 @@
+//! Domain types, the error type and the port traits of Otturnaut.
+//!
+//! Everything a deploy talks about is a validated value here: once you hold an
+//! [`AppId`] or a [`RepoUrl`], it is known to be safe to put in a container name,
+//! a Caddy `@id` or a `git` command line. The port traits in [`traits`] are what
+//! the pipeline (`otturnaut-steps`) drives and what `otturnaut-adapters`
+//! implements against Docker, Caddy and git.
+
+mod error;
+mod event;
+mod ids;
+mod net;
+mod release;
+mod secret;
+mod source;
+mod spec;
+pub mod traits;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+pub use error::{Error, Result, Service};
+pub use event::{DeployEvent, EventSink, Step};
+pub use ids::{AppId, DeploymentId, Domain, EnvName, ImageRef};
+pub use net::{ContainerPort, HostPort, PortRange};
+pub use release::{
+    ContainerId, ContainerStatus, ManagedContainer, ManagedImage, Release, RouteTarget,
+};
+pub use secret::Secret;
+pub use source::{CommitSha, DockerfilePath, GitRef, RepoUrl, Transport};
+pub use spec::{DeploySpec, HealthCheck, HealthKind, HttpPath, Source, Timeouts};
+pub use traits::Adapters;
+
+/// Label keys and naming rules shared by every adapter: the truth about what
+/// Otturnaut owns lives in these labels, so they are defined once.
+pub mod labels {
+    pub const MANAGED: &str = "otturnaut.managed";
+    pub const APP: &str = "otturnaut.app";
+    pub const DEPLOYMENT: &str = "otturnaut.deployment";
+    pub const HOST_PORT: &str = "otturnaut.host_port";
+    pub const CONTAINER_PORT: &str = "otturnaut.container_port";
+    pub const DOMAINS: &str = "otturnaut.domains";
+    pub const REPO: &str = "otturnaut.repo";
+    pub const COMMIT: &str = "otturnaut.commit";
+    pub const CREATED: &str = "otturnaut.created";
+    pub const IMAGE: &str = "otturnaut.image";
+}

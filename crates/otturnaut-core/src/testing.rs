@@ -1,0 +1,1 @@
+//! Recording fakes of every port trait.

@@ -1,0 +1,175 @@
+//! The port traits: everything the pipeline needs from the outside world.
+//!
+//! Each acquiring call has a matching release call that is safe to repeat
+//! (idempotent): undo may be retried, and the reaper may run it after an
+//! explicit rollback raced with a drop.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::{
+    AppId, CommitSha, ContainerId, ContainerPort, ContainerStatus, DeploymentId, DockerfilePath,
+    Domain, EnvName, EventSink, GitRef, HealthCheck, HostPort, ImageRef, ManagedContainer,
+    ManagedImage, Release, RepoUrl, Result, RouteTarget, Secret,
+};
+
+/// A source tree checked out for one deployment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchedSource {
+    /// A directory owned by this deployment, removed by [`SourceFetcher::remove`].
+    pub dir: PathBuf,
+    pub commit: CommitSha,
+}
+
+#[derive(Clone, Debug)]
+pub struct FetchRequest {
+    pub app: AppId,
+    pub deployment: DeploymentId,
+    pub url: RepoUrl,
+    pub git_ref: GitRef,
+    pub ssh_key: Option<Secret>,
+    pub timeout: Duration,
+}
+
+#[async_trait]
+pub trait SourceFetcher: Send + Sync {
+    /// Shallow-clones `req.url` at `req.git_ref` into a fresh directory.
+    async fn fetch(&self, req: &FetchRequest) -> Result<FetchedSource>;
+    /// Deletes a fetched tree. Succeeds if it is already gone.
+    async fn remove(&self, dir: &Path) -> Result<()>;
+}
+
+#[derive(Clone, Debug)]
+pub struct BuildRequest {
+    pub app: AppId,
+    pub deployment: DeploymentId,
+    pub context_dir: PathBuf,
+    pub dockerfile: DockerfilePath,
+    pub build_args: BTreeMap<String, Secret>,
+    /// Recorded as labels on the image.
+    pub repo: RepoUrl,
+    pub commit: CommitSha,
+    pub timeout: Duration,
+}
+
+impl BuildRequest {
+    /// The tag every built image gets: `otturnaut-{app}:{deployment}`.
+    pub fn tag(&self) -> String {
+        image_tag(&self.app, &self.deployment)
+    }
+}
+
+pub fn image_tag(app: &AppId, deployment: &DeploymentId) -> String {
+    format!("otturnaut-{app}:{deployment}")
+}
+
+pub fn container_name(app: &AppId, deployment: &DeploymentId) -> String {
+    format!("otturnaut-{app}-{deployment}")
+}
+
+#[async_trait]
+pub trait ImageBuilder: Send + Sync {
+    /// Builds and tags the image, streaming log lines to `events`. Returns the
+    /// image reference to run (the tag).
+    async fn build(&self, req: &BuildRequest, events: &EventSink) -> Result<String>;
+    /// Makes sure a prebuilt image is present locally (pulling it if not).
+    async fn ensure_image(&self, reference: &ImageRef, events: &EventSink) -> Result<()>;
+    /// Removes an image we built. Succeeds if it is already gone.
+    async fn remove_image(&self, image: &str) -> Result<()>;
+    async fn list_images(&self, app: Option<&AppId>) -> Result<Vec<ManagedImage>>;
+}
+
+#[derive(Clone, Debug)]
+pub struct RunRequest {
+    pub app: AppId,
+    pub deployment: DeploymentId,
+    pub image: String,
+    pub host_port: HostPort,
+    pub container_port: ContainerPort,
+    pub env: BTreeMap<EnvName, Secret>,
+    pub domains: Vec<Domain>,
+}
+
+impl RunRequest {
+    pub fn name(&self) -> String {
+        container_name(&self.app, &self.deployment)
+    }
+}
+
+#[async_trait]
+pub trait ContainerRuntime: Send + Sync {
+    /// Creates and starts the container. Either it is running afterwards or
+    /// nothing was left behind. A host port someone else took is reported as
+    /// [`crate::Error::PortTaken`] so the caller can try another.
+    async fn start(&self, req: &RunRequest) -> Result<ContainerId>;
+    /// SIGTERM, then SIGKILL after `grace`.
+    async fn stop(&self, id: &ContainerId, grace: Duration) -> Result<()>;
+    /// Kills (if running) and removes. Succeeds if it is already gone.
+    async fn remove(&self, id: &ContainerId) -> Result<()>;
+    async fn status(&self, id: &ContainerId) -> Result<ContainerStatus>;
+    async fn logs(&self, id: &ContainerId, tail: usize) -> Result<Vec<String>>;
+    async fn list(&self, app: Option<&AppId>) -> Result<Vec<ManagedContainer>>;
+}
+
+#[async_trait]
+pub trait Router: Send + Sync {
+    /// Where the app's route points now, if it has one.
+    async fn route(&self, app: &AppId) -> Result<Option<RouteTarget>>;
+    /// Creates or replaces the app's route in one config change.
+    async fn set_route(&self, app: &AppId, target: &RouteTarget) -> Result<()>;
+    /// Deletes the app's route. Succeeds if there is none.
+    async fn remove_route(&self, app: &AppId) -> Result<()>;
+    /// Requests currently in flight to the upstream on `port`.
+    async fn in_flight(&self, port: HostPort) -> Result<u64>;
+}
+
+#[async_trait]
+pub trait PortAllocator: Send + Sync {
+    /// Reserves a free host port; `avoid` lists ports a previous attempt found taken.
+    async fn allocate(&self, avoid: &[HostPort]) -> Result<HostPort>;
+    /// Returns a port to the pool. Succeeds if it is not held.
+    async fn release(&self, port: HostPort) -> Result<()>;
+}
+
+#[async_trait]
+pub trait HealthProbe: Send + Sync {
+    /// Waits until the container passes `check` or the check's deadline passes.
+    /// Fails at once if the container exits.
+    async fn check(
+        &self,
+        container: &ContainerId,
+        port: HostPort,
+        check: &HealthCheck,
+    ) -> Result<()>;
+}
+
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    /// The live release of `app`, rebuilt from the outside world.
+    async fn load(&self, app: &AppId) -> Result<Option<Release>>;
+    /// Records `release` as live: the commit point of a deploy.
+    async fn record(&self, release: &Release) -> Result<()>;
+}
+
+/// Every port a strategy drives, as shared trait objects.
+#[derive(Clone)]
+pub struct Adapters {
+    pub fetcher: Arc<dyn SourceFetcher>,
+    pub builder: Arc<dyn ImageBuilder>,
+    pub runtime: Arc<dyn ContainerRuntime>,
+    pub router: Arc<dyn Router>,
+    pub ports: Arc<dyn PortAllocator>,
+    pub health: Arc<dyn HealthProbe>,
+    pub state: Arc<dyn StateStore>,
+}
+
+impl fmt::Debug for Adapters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Adapters { .. }")
+    }
+}

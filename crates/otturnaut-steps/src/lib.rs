@@ -1,0 +1,1 @@
+//! The typestate deploy pipeline.
