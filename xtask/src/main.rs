@@ -1,3 +1,156 @@
-fn main() {
-    println!("xtask");
+//! `cargo xtask`: development and CI tasks for Otturnaut.
+
+mod http;
+mod install;
+mod proc;
+mod services;
+mod testing;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Development and CI tasks for Otturnaut",
+    after_help = "Start with `cargo xtask services --help`."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Install, start, stop and inspect the real services the tests use (Docker, Caddy, git daemon)
+    #[command(long_about = SERVICES_HELP)]
+    Services {
+        #[command(subcommand)]
+        action: ServicesCmd,
+    },
+    /// The CI gate: services up, cargo fmt --check, cargo test --workspace, cargo clippy
+    #[command(long_about = TEST_HELP)]
+    Test {
+        /// Skip `cargo fmt --check` and `cargo clippy` (quicker local runs)
+        #[arg(long)]
+        skip_lints: bool,
+        /// Extra arguments for `cargo test`, after `--` (e.g. `-- caddy` runs only tests whose name contains "caddy")
+        #[arg(last = true)]
+        cargo_test_args: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ServicesCmd {
+    /// Install what is missing (root, Debian) and start every service that is not answering
+    Up,
+    /// Stop the services that `up` started; services started any other way are left alone
+    Down,
+    /// One line per service: up/down, version, address, who started it (exit 1 if any is down)
+    Status,
+}
+
+const SERVICES_HELP: &str = "\
+Install, start, stop and inspect the real services Otturnaut's integration tests run against.
+
+Services:
+  docker      Docker Engine (dockerd), API on unix:///var/run/docker.sock (or DOCKER_HOST=unix://...).
+              dockerd starts its own containerd. Nothing can be pulled here: test images are built
+              FROM scratch with busybox-static copied in.
+  caddy       `caddy run` with its admin API on http://127.0.0.1:2019. Tests that need a pristine
+              Caddy start their own on another admin port instead of touching this one.
+  git-daemon  `git daemon` on git://127.0.0.1:9418 serving (read-only) every repository under
+              <state>/git, e.g. <state>/git/app.git is git://127.0.0.1:9418/app.git.
+
+`up` is idempotent and quick on a warm machine:
+  1. If a needed binary (dockerd, caddy, git, /bin/busybox, sshd, ssh, curl) is missing it runs,
+     as root on Debian, `apt-get update` and `apt-get install -y <the missing packages>`; otherwise
+     it prints those commands and fails. Package scripts are kept from starting services.
+  2. Each service that already answers its protocol is left as it is, whoever started it.
+     The others are started detached (own session, output to <state>/logs/<name>.log), so they
+     keep running after xtask exits, and their pid is recorded in <state>/run/<name>.pid.
+  3. It waits until each answers (Docker GET /_ping, Caddy GET /config/, a git upload-pack
+     request) and on timeout fails showing the end of that service's log.
+
+`down` stops, by recorded pid, only what `up` started (SIGTERM, then SIGKILL after a grace
+period). Services started by hand or by init have no record and are never touched.
+
+`status` prints one line per service and exits 1 if any is down.
+
+<state> is /var/lib/otturnaut-dev, or $OTTURNAUT_DEV_STATE if set.
+
+Examples:
+  cargo xtask services up        # before running tests locally
+  cargo xtask services status
+  tail -f /var/lib/otturnaut-dev/logs/docker.log
+  cargo xtask services down";
+
+const TEST_HELP: &str = "\
+The CI gate, also what .ci/run runs. In order:
+  1. cargo xtask services up (installs and starts what is missing; stops here if that fails)
+  2. cargo fmt --all -- --check
+  3. cargo test --workspace --locked --no-fail-fast [extra args]
+  4. cargo clippy --workspace --all-targets --locked -- -D warnings
+Every step runs even when an earlier one failed, then a summary lists each step's result and
+time. Exits non-zero if any step failed. CI and other environment variables pass through.";
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let env = services::Env::from_env()?;
+    match cli.command {
+        Cmd::Services { action } => match action {
+            ServicesCmd::Up => services::up(&env).map(|()| ExitCode::SUCCESS),
+            ServicesCmd::Down => services::down(&env).map(|()| ExitCode::SUCCESS),
+            ServicesCmd::Status => Ok(if services::status(&env) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }),
+        },
+        Cmd::Test {
+            skip_lints,
+            cargo_test_args,
+        } => testing::run(
+            &env,
+            &testing::Options {
+                skip_lints,
+                cargo_test_args,
+            },
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn test_passes_trailing_args_to_cargo_test() {
+        let cli =
+            Cli::try_parse_from(["xtask", "test", "--", "-p", "otturnaut-core"]).expect("parses");
+        match cli.command {
+            Cmd::Test {
+                cargo_test_args, ..
+            } => assert_eq!(cargo_test_args, ["-p", "otturnaut-core"]),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
 }

@@ -1,1 +1,10 @@
-//! Adapters to the real world.
+//! The port traits of `otturnaut-core`, implemented against the real world:
+//! Docker through bollard, Caddy's admin API through reqwest, git through gix,
+//! host ports through the kernel, health through TCP/HTTP probes.
+
+pub mod caddy;
+pub mod docker;
+pub mod git;
+pub mod health;
+pub mod ports;
+pub mod state;

@@ -8,6 +8,7 @@
 
 mod error;
 mod event;
+pub mod faults;
 mod ids;
 mod net;
 mod release;

@@ -1,12 +1,14 @@
 //! The port traits: everything the pipeline needs from the outside world.
 //!
 //! Each acquiring call has a matching release call that is safe to repeat
-//! (idempotent): undo may be retried, and the reaper may run it after an
-//! explicit rollback raced with a drop.
+//! (idempotent) and that needs only names known *before* the acquiring call
+//! (app, deployment, the deterministic image tag and container name). The
+//! pipeline arms an undo before each side effect, so a call that did its work
+//! and then failed (a lost response) is undone too.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,10 +40,13 @@ pub struct FetchRequest {
 
 #[async_trait]
 pub trait SourceFetcher: Send + Sync {
-    /// Shallow-clones `req.url` at `req.git_ref` into a fresh directory.
+    /// Shallow-clones `req.url` at `req.git_ref` into a fresh directory whose
+    /// location is determined by app and deployment alone.
     async fn fetch(&self, req: &FetchRequest) -> Result<FetchedSource>;
-    /// Deletes a fetched tree. Succeeds if it is already gone.
-    async fn remove(&self, dir: &Path) -> Result<()>;
+    /// Deletes the tree (and any key file) fetched for this deployment.
+    /// Succeeds if there is none: the pipeline calls it even when `fetch`
+    /// failed, since a failure may come after the side effect.
+    async fn remove(&self, app: &AppId, deployment: &DeploymentId) -> Result<()>;
 }
 
 #[derive(Clone, Debug)]
@@ -79,7 +84,7 @@ pub trait ImageBuilder: Send + Sync {
     async fn build(&self, req: &BuildRequest, events: &EventSink) -> Result<String>;
     /// Makes sure a prebuilt image is present locally (pulling it if not).
     async fn ensure_image(&self, reference: &ImageRef, events: &EventSink) -> Result<()>;
-    /// Removes an image we built. Succeeds if it is already gone.
+    /// Removes an image we built (by tag or id). Succeeds if it is already gone.
     async fn remove_image(&self, image: &str) -> Result<()>;
     async fn list_images(&self, app: Option<&AppId>) -> Result<Vec<ManagedImage>>;
 }
@@ -109,7 +114,7 @@ pub trait ContainerRuntime: Send + Sync {
     async fn start(&self, req: &RunRequest) -> Result<ContainerId>;
     /// SIGTERM, then SIGKILL after `grace`.
     async fn stop(&self, id: &ContainerId, grace: Duration) -> Result<()>;
-    /// Kills (if running) and removes. Succeeds if it is already gone.
+    /// Kills (if running) and removes, by id or name. Succeeds if it is already gone.
     async fn remove(&self, id: &ContainerId) -> Result<()>;
     async fn status(&self, id: &ContainerId) -> Result<ContainerStatus>;
     async fn logs(&self, id: &ContainerId, tail: usize) -> Result<Vec<String>>;
@@ -130,10 +135,12 @@ pub trait Router: Send + Sync {
 
 #[async_trait]
 pub trait PortAllocator: Send + Sync {
-    /// Reserves a free host port; `avoid` lists ports a previous attempt found taken.
-    async fn allocate(&self, avoid: &[HostPort]) -> Result<HostPort>;
-    /// Returns a port to the pool. Succeeds if it is not held.
-    async fn release(&self, port: HostPort) -> Result<()>;
+    /// Reserves a free host port for `owner` (a deployment holds at most one);
+    /// `avoid` lists ports a previous attempt found taken.
+    async fn allocate(&self, owner: &DeploymentId, avoid: &[HostPort]) -> Result<HostPort>;
+    /// Returns `owner`'s port to the pool. Succeeds if it holds none: the
+    /// pipeline calls it even when `allocate` failed.
+    async fn release(&self, owner: &DeploymentId) -> Result<()>;
 }
 
 #[async_trait]
@@ -154,6 +161,8 @@ pub trait StateStore: Send + Sync {
     async fn load(&self, app: &AppId) -> Result<Option<Release>>;
     /// Records `release` as live: the commit point of a deploy.
     async fn record(&self, release: &Release) -> Result<()>;
+    /// Forgets the recorded release of `app` (undo of a first deploy's record).
+    async fn forget(&self, app: &AppId) -> Result<()>;
 }
 
 /// Every port a strategy drives, as shared trait objects.

@@ -1,0 +1,212 @@
+//! The JSON Otturnaut writes into Caddy's config, and reads back.
+//!
+//! An app's route:
+//!
+//! ```json
+//! { "@id": "otturnaut-app-shop",
+//!   "match": [{ "host": ["shop.example.com"] }],
+//!   "handle": [
+//!     { "handler": "reverse_proxy", "upstreams": [{ "dial": "127.0.0.1:10001" }] },
+//!     { "handler": "reverse_proxy", "upstreams": [{ "dial": "127.0.0.1:10000" }] } ],
+//!   "terminal": true }
+//! ```
+//!
+//! The second handler is optional and never runs (see [`route`]).
+
+use otturnaut_core::{AppId, Domain, HostPort, RouteTarget};
+use serde_json::{Value, json};
+
+/// The key of our server under `apps.http.servers`.
+pub const SERVER_NAME: &str = "otturnaut";
+/// Every route we own has an `@id` starting with this, followed by the app id.
+pub const ROUTE_ID_PREFIX: &str = "otturnaut-app-";
+
+pub(crate) const HTTP_APP_PATH: &str = "/config/apps/http";
+pub(crate) const SERVER_PATH: &str = "/config/apps/http/servers/otturnaut";
+pub(crate) const ROUTES_PATH: &str = "/config/apps/http/servers/otturnaut/routes";
+
+/// The `@id` of an app's route. An [`AppId`] is a DNS label, so the id needs
+/// no escaping in an admin API path.
+pub fn route_id(app: &AppId) -> String {
+    format!("{ROUTE_ID_PREFIX}{app}")
+}
+
+/// The app a route `@id` belongs to, if it is one of ours.
+pub(crate) fn app_of_route_id(id: &str) -> Option<AppId> {
+    id.strip_prefix(ROUTE_ID_PREFIX)?.parse().ok()
+}
+
+pub(crate) fn id_of(route: &Value) -> Option<&str> {
+    route.get("@id").and_then(Value::as_str)
+}
+
+/// The dial address of an upstream, which is also how Caddy names it in
+/// `/reverse_proxy/upstreams`.
+pub(crate) fn upstream_addr(host: &str, port: HostPort) -> String {
+    if host.contains(':') && !host.starts_with('[') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
+}
+
+/// An app's route, proxying its domains to `port`.
+///
+/// `draining` is the port the route proxied to before, if it changed. It is
+/// kept referenced by a second `reverse_proxy` handler that never runs
+/// (`reverse_proxy` answers the request and does not call the next handler):
+/// Caddy counts in-flight requests per upstream address in a pool shared by
+/// config generations, and drops an address from the pool, count and all, as
+/// soon as no loaded config references it. Without this reference,
+/// `/reverse_proxy/upstreams` forgets the old upstream the moment the route
+/// switches, while requests the previous generation accepted are still being
+/// proxied to it, so `in_flight(old_port)` would read 0 too early.
+pub(crate) fn route(
+    id: &str,
+    domains: &[Domain],
+    upstream_host: &str,
+    port: HostPort,
+    draining: Option<HostPort>,
+) -> Value {
+    let proxy = |p: HostPort| {
+        json!({
+            "handler": "reverse_proxy",
+            "upstreams": [{ "dial": upstream_addr(upstream_host, p) }],
+        })
+    };
+    let mut handle = vec![proxy(port)];
+    handle.extend(draining.map(proxy));
+    json!({
+        "@id": id,
+        "match": [{ "host": domains }],
+        "handle": handle,
+        "terminal": true,
+    })
+}
+
+/// The port the `index`th handler of a route proxies to.
+fn handler_port(route: &Value, index: usize) -> Option<HostPort> {
+    let handler = route.get("handle")?.get(index)?;
+    if handler.get("handler").and_then(Value::as_str) != Some("reverse_proxy") {
+        return None;
+    }
+    let dial = handler.get("upstreams")?.get(0)?.get("dial")?.as_str()?;
+    dial.rsplit_once(':')?.1.parse().ok()
+}
+
+/// Which port the replacement of `old` should keep draining when it proxies
+/// to `new_port`: the old target if it changes, else whatever `old` was
+/// already draining.
+pub(crate) fn draining_after(old: &Value, new_port: HostPort) -> Option<HostPort> {
+    match handler_port(old, 0) {
+        Some(p) if p != new_port => Some(p),
+        _ => handler_port(old, 1).filter(|p| *p != new_port),
+    }
+}
+
+/// Reads a route we wrote back into a [`RouteTarget`].
+pub(crate) fn parse_route(route: &Value) -> Result<RouteTarget, String> {
+    let hosts = route
+        .get("match")
+        .and_then(|m| m.get(0))
+        .and_then(|m| m.get("host"))
+        .and_then(Value::as_array)
+        .ok_or("it has no host matcher")?;
+    let domains = hosts
+        .iter()
+        .map(|h| {
+            h.as_str().ok_or_else(|| format!("host {h} is not a string"))?.parse::<Domain>().map_err(|e| e.to_string())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let port = handler_port(route, 0).ok_or("its first handler is not a reverse_proxy to a port")?;
+    Ok(RouteTarget { domains, port })
+}
+
+/// Our server, as first created.
+pub(crate) fn server(listen: &[String], automatic_https: bool) -> Value {
+    let mut server = json!({ "listen": listen, "routes": [] });
+    if !automatic_https {
+        server["automatic_https"] = json!({ "disable": true });
+    }
+    server
+}
+
+/// True when an existing server has automatic HTTPS disabled.
+pub(crate) fn https_disabled(server: &Value) -> bool {
+    server.get("automatic_https").and_then(|a| a.get("disable")).and_then(Value::as_bool).unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(p: u16) -> HostPort {
+        HostPort::try_from(p).expect("valid port")
+    }
+
+    fn domains(names: &[&str]) -> Vec<Domain> {
+        names.iter().map(|d| d.parse().expect("valid domain")).collect()
+    }
+
+    #[test]
+    fn route_round_trips_through_json() {
+        let target = RouteTarget { domains: domains(&["a.example.com", "b.example.com"]), port: port(10001) };
+        let r = route("otturnaut-app-a", &target.domains, "127.0.0.1", target.port, None);
+        assert_eq!(id_of(&r), Some("otturnaut-app-a"));
+        assert_eq!(parse_route(&r), Ok(target));
+        assert_eq!(r["terminal"], json!(true));
+        assert_eq!(r["handle"].as_array().map(Vec::len), Some(1));
+    }
+
+    #[test]
+    fn a_switch_keeps_the_old_port_draining() {
+        let d = domains(&["a.example.com"]);
+        let first = route("x", &d, "127.0.0.1", port(10000), None);
+        assert_eq!(draining_after(&first, port(10000)), None);
+        assert_eq!(draining_after(&first, port(10001)), Some(port(10000)));
+
+        let second = route("x", &d, "127.0.0.1", port(10001), Some(port(10000)));
+        assert_eq!(
+            parse_route(&second).map(|t| t.port),
+            Ok(port(10001)),
+            "the draining handler must not change where the route points"
+        );
+        // Changing only the domains keeps draining the same old port.
+        assert_eq!(draining_after(&second, port(10001)), Some(port(10000)));
+        // Switching back drops the drain that would point at the new target.
+        assert_eq!(draining_after(&second, port(10000)), Some(port(10001)));
+    }
+
+    #[test]
+    fn route_ids_map_back_to_apps() {
+        let app: AppId = "shop".parse().expect("valid app");
+        assert_eq!(app_of_route_id(&route_id(&app)), Some(app));
+        assert_eq!(app_of_route_id("otturnaut-app-"), None);
+        assert_eq!(app_of_route_id("otturnaut-app-Bad_Id"), None);
+        assert_eq!(app_of_route_id("someone-else"), None);
+    }
+
+    #[test]
+    fn ipv6_upstreams_are_bracketed() {
+        assert_eq!(upstream_addr("::1", port(80)), "[::1]:80");
+        assert_eq!(upstream_addr("127.0.0.1", port(80)), "127.0.0.1:80");
+        let r = route("x", &domains(&["a.b"]), "::1", port(8080), None);
+        assert_eq!(parse_route(&r).map(|t| t.port), Ok(port(8080)));
+    }
+
+    #[test]
+    fn foreign_shapes_are_rejected_with_a_reason() {
+        for bad in [
+            json!({}),
+            json!({"match": [{"host": ["a.b"]}], "handle": [{"handler": "static_response"}]}),
+            json!({"match": [{"host": ["a b"]}], "handle": []}),
+            json!({"match": [{"path": ["/"]}]}),
+        ] {
+            assert!(parse_route(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn server_disables_https_only_when_asked() {
+        let listen = vec!["127.0.0.1:8080".to_owned()];
+        assert!(https_disabled(&server(&listen, false)));
+        assert!(!https_disabled(&server(&listen, true)));
+        assert_eq!(server(&listen, true)["routes"], json!([]));
+    }
+}

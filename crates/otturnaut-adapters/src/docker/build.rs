@@ -1,0 +1,373 @@
+//! Image building, pulling and cleanup: [`ImageBuilder`] for [`Docker`].
+
+use std::collections::HashMap;
+use std::io;
+use std::time::UNIX_EPOCH;
+
+use async_trait::async_trait;
+use bollard::errors::Error as BollardError;
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, CreateImageOptionsBuilder, ListImagesOptionsBuilder, RemoveImageOptionsBuilder,
+};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use otturnaut_core::traits::{BuildRequest, ImageBuilder};
+use otturnaut_core::{AppId, DeployEvent, Error, EventSink, ImageRef, ManagedImage, Result, labels};
+use tokio::sync::mpsc;
+
+use super::{Docker, TAIL_LINES, Tail, context, is_not_found};
+
+#[async_trait]
+impl ImageBuilder for Docker {
+    async fn build(&self, req: &BuildRequest, events: &EventSink) -> Result<String> {
+        let tag = req.tag();
+        let attempts = async {
+            match self.build_tagged(req, &tag, events).await {
+                Err(Error::BuildFailed { detail, .. }) if is_cache_race(&detail) => {
+                    events.warn(format!("a cached layer was removed while {tag} was being built; building it again"));
+                    self.build_tagged(req, &tag, events).await
+                }
+                other => other,
+            }
+        };
+        let outcome = match tokio::time::timeout(req.timeout, attempts).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(Error::Timeout { operation: format!("building image {tag}"), after: req.timeout }),
+        };
+        if outcome.is_err() {
+            // A build cut short may still have tagged its image (the daemon
+            // finished just as we gave up): a failed build leaves no tag.
+            if let Err(e) = self.remove_image(&tag).await {
+                tracing::warn!(%tag, error = %e, "could not remove the image of a failed build");
+                events.warn(format!("could not remove image {tag} of the failed build: {e}"));
+            }
+        }
+        outcome.map(|()| tag)
+    }
+
+    async fn ensure_image(&self, reference: &ImageRef, events: &EventSink) -> Result<()> {
+        match self.client.inspect_image(reference.as_str()).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(self.error(format!("inspecting image {reference}"), e)),
+        }
+        self.pull(reference, events).await
+    }
+
+    async fn remove_image(&self, image: &str) -> Result<()> {
+        let options = RemoveImageOptionsBuilder::default().force(false).build();
+        match self.client.remove_image(image, Some(options), None).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(self.error(format!("removing image {image}"), e)),
+        }
+    }
+
+    async fn list_images(&self, app: Option<&AppId>) -> Result<Vec<ManagedImage>> {
+        let options = ListImagesOptionsBuilder::default().filters(&label_filters(app)).build();
+        let images =
+            self.client.list_images(Some(options)).await.map_err(|e| self.error("listing managed images", e))?;
+        Ok(images
+            .into_iter()
+            .filter_map(|image| {
+                let label = |key: &str| image.labels.get(key).map(String::as_str);
+                let parsed = (
+                    label(labels::APP).and_then(|v| v.parse().ok()),
+                    label(labels::DEPLOYMENT).and_then(|v| v.parse().ok()),
+                );
+                let (Some(app), Some(deployment)) = parsed else {
+                    tracing::warn!(id = %image.id, "managed image with unreadable labels; ignored");
+                    return None;
+                };
+                Some(ManagedImage {
+                    commit: label(labels::COMMIT).and_then(|v| v.parse().ok()),
+                    tags: image.repo_tags.iter().filter(|t| t.as_str() != "<none>:<none>").cloned().collect(),
+                    id: image.id,
+                    app,
+                    deployment,
+                    created: image.created,
+                })
+            })
+            .collect())
+    }
+}
+
+/// Label filters selecting what Otturnaut manages, optionally for one app.
+pub(super) fn label_filters(app: Option<&AppId>) -> HashMap<&'static str, Vec<String>> {
+    let mut wanted = vec![format!("{}=true", labels::MANAGED)];
+    if let Some(app) = app {
+        wanted.push(format!("{}={app}", labels::APP));
+    }
+    HashMap::from([("label", wanted)])
+}
+
+impl Docker {
+    async fn build_tagged(&self, req: &BuildRequest, tag: &str, events: &EventSink) -> Result<()> {
+        let dockerfile = req.dockerfile.as_path();
+        if !req.context_dir.join(dockerfile).is_file() {
+            return Err(Error::BuildFailed {
+                detail: format!("no Dockerfile at {} in the source tree {}", req.dockerfile, req.context_dir.display()),
+                log_tail: Vec::new(),
+            });
+        }
+        let context_dir = req.context_dir.clone();
+        let packing = || format!("packing the build context {}", req.context_dir.display());
+        let rules = {
+            let (dir, file) = (context_dir.clone(), dockerfile.to_path_buf());
+            tokio::task::spawn_blocking(move || context::ignore_rules(&dir, &file))
+                .await
+                .map_err(|e| Error::failed(packing(), e))??
+        };
+
+        let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(4);
+        let tar_task = tokio::task::spawn_blocking(move || {
+            let result = context::write_tar(&context_dir, &rules, tx.clone());
+            if let Err(e) = &result {
+                // Fail the request body, so the daemon never builds a
+                // truncated context.
+                let _ = tx.blocking_send(Err(io::Error::new(e.kind(), e.to_string())));
+            }
+            result
+        });
+        let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+
+        let build_args: HashMap<&str, &str> = req.build_args.iter().map(|(k, v)| (k.as_str(), v.expose())).collect();
+        let options = BuildImageOptionsBuilder::default()
+            .dockerfile(req.dockerfile.as_str())
+            .t(tag)
+            .rm(true)
+            .forcerm(true)
+            .buildargs(&build_args)
+            .labels(&image_labels(req))
+            .build();
+
+        let mut log = BuildLog::new(events);
+        // bollard's request timeout runs until the daemon answers, which it
+        // does only once the whole context is uploaded: ours is the limit.
+        let client = self.client.clone().with_timeout(req.timeout);
+        let mut stream = client.build_image(options, None, Some(bollard::body_try_stream(body)));
+        let mut failure = None;
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(text) = &info.stream {
+                        log.text(text);
+                    }
+                    if let Some(status) = &info.status {
+                        log.status(info.id.as_deref(), status, info.progress_detail.is_some());
+                    }
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(stream);
+        log.flush();
+
+        if let Some(e) = failure {
+            // A packing error shows up here as a broken request: say what
+            // really went wrong.
+            if let Ok(Err(pack)) = tar_task.await {
+                return Err(Error::failed(packing(), pack));
+            }
+            return Err(match e {
+                BollardError::DockerStreamError { error } => {
+                    Error::BuildFailed { detail: error, log_tail: log.into_tail() }
+                }
+                BollardError::DockerResponseServerError { status_code, message } => Error::BuildFailed {
+                    detail: format!("Docker refused the build ({status_code}): {message}"),
+                    log_tail: log.into_tail(),
+                },
+                other => self.error(format!("building image {tag}"), other),
+            });
+        }
+        match tar_task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::failed(packing(), e)),
+            Err(e) => return Err(Error::failed(packing(), e)),
+        }
+        // The legacy builder reports some failures only by not tagging.
+        match self.client.inspect_image(tag).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Err(Error::BuildFailed {
+                detail: format!("the build ended without producing image {tag}"),
+                log_tail: log.into_tail(),
+            }),
+            Err(e) => Err(self.error(format!("inspecting built image {tag}"), e)),
+        }
+    }
+
+    async fn pull(&self, reference: &ImageRef, events: &EventSink) -> Result<()> {
+        let (name, tag) = split_reference(reference.as_str());
+        let mut options = CreateImageOptionsBuilder::default().from_image(name);
+        if let Some(tag) = tag {
+            options = options.tag(tag);
+        }
+        let mut stream = self.client.create_image(Some(options.build()), None, None);
+        let mut log = BuildLog::new(events);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(status) = &info.status {
+                        log.status(info.id.as_deref(), status, info.progress_detail.is_some());
+                    }
+                }
+                Err(e) => {
+                    let detail = match e {
+                        BollardError::DockerStreamError { error } => error,
+                        BollardError::DockerResponseServerError { message, .. } => message,
+                        other => return Err(self.error(format!("pulling image {reference}"), other)),
+                    };
+                    return Err(Error::failed(
+                        format!("pulling image {reference}"),
+                        format!("{detail} (the image is not present locally either)"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The legacy builder's failures when an untagged cache layer it chose is
+/// deleted under it: removing an image also removes its untagged parents,
+/// which another build may be reusing at that moment. A second build no
+/// longer finds that layer in the cache and succeeds.
+fn is_cache_race(detail: &str) -> bool {
+    detail.contains("unknown parent image ID")
+        || (detail.contains("failed to get digest") && detail.contains("no such file or directory"))
+        || detail.contains("No such image: sha256:")
+}
+
+/// Splits a reference into what `/images/create` wants: the name (with the
+/// digest, if any) and a tag. Without one Docker would pull every tag, so a
+/// bare name means `latest`.
+fn split_reference(reference: &str) -> (&str, Option<&str>) {
+    if reference.contains('@') {
+        return (reference, None);
+    }
+    let last_slash = reference.rfind('/').map_or(0, |i| i + 1);
+    match reference[last_slash..].rfind(':') {
+        Some(i) => (&reference[..last_slash + i], Some(&reference[last_slash + i + 1..])),
+        None => (reference, Some("latest")),
+    }
+}
+
+fn image_labels(req: &BuildRequest) -> HashMap<&'static str, String> {
+    let created = req.deployment.created().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    HashMap::from([
+        (labels::MANAGED, "true".to_owned()),
+        (labels::APP, req.app.to_string()),
+        (labels::DEPLOYMENT, req.deployment.to_string()),
+        (labels::REPO, req.repo.redacted()),
+        (labels::COMMIT, req.commit.to_string()),
+        (labels::CREATED, created.to_string()),
+    ])
+}
+
+/// Turns the daemon's output chunks into whole lines: `BuildLog` events,
+/// and a tail kept for the error of a failed build.
+struct BuildLog<'a> {
+    events: &'a EventSink,
+    partial: String,
+    tail: Tail,
+}
+
+impl<'a> BuildLog<'a> {
+    fn new(events: &'a EventSink) -> Self {
+        BuildLog { events, partial: String::new(), tail: Tail::new(TAIL_LINES) }
+    }
+
+    fn text(&mut self, chunk: &str) {
+        self.partial.push_str(chunk);
+        while let Some(end) = self.partial.find('\n') {
+            let line: String = self.partial.drain(..=end).collect();
+            self.line(&line);
+        }
+    }
+
+    fn status(&mut self, id: Option<&str>, status: &str, has_progress: bool) {
+        // Download progress arrives many times a second: the line that
+        // starts each phase is enough.
+        if has_progress && (status == "Downloading" || status == "Extracting") {
+            return;
+        }
+        match id {
+            Some(id) if !id.is_empty() => self.line(&format!("{id}: {status}")),
+            _ => self.line(status),
+        }
+    }
+
+    fn line(&mut self, raw: &str) {
+        // A carriage return redraws a terminal line: keep what was drawn last.
+        let line = raw.trim_end_matches(['\n', '\r']);
+        let line = line.rsplit('\r').next().unwrap_or(line).trim_end();
+        if line.is_empty() {
+            return;
+        }
+        self.tail.push(line.to_owned());
+        self.events.emit(DeployEvent::BuildLog { line: line.to_owned() });
+    }
+
+    fn flush(&mut self) {
+        let rest = std::mem::take(&mut self.partial);
+        self.line(&rest);
+    }
+
+    fn into_tail(self) -> Vec<String> {
+        self.tail.into_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vanished_cache_layers_are_recognised_from_the_daemons_words() {
+        assert!(is_cache_race(
+            "failed to export image: failed to set parent sha256:a0b4: unknown parent image ID sha256:a0b4"
+        ));
+        assert!(is_cache_race(
+            "failed to get digest sha256:9b8c: open /var/lib/docker/image/overlay2/imagedb/content/sha256/9b8c: no such file or directory"
+        ));
+        assert!(!is_cache_race("The command '/bin/sh -c make' returned a non-zero code: 2"));
+        assert!(!is_cache_race("COPY failed: file not found in build context: no such file or directory"));
+    }
+
+    #[test]
+    fn references_split_into_name_and_tag() {
+        assert_eq!(split_reference("nginx"), ("nginx", Some("latest")));
+        assert_eq!(split_reference("nginx:1.25"), ("nginx", Some("1.25")));
+        assert_eq!(split_reference("127.0.0.1:5000/team/app"), ("127.0.0.1:5000/team/app", Some("latest")));
+        assert_eq!(split_reference("127.0.0.1:5000/team/app:v2"), ("127.0.0.1:5000/team/app", Some("v2")));
+        let digest = "app@sha256:0123456789abcdef0123456789abcdef";
+        assert_eq!(split_reference(digest), (digest, None));
+    }
+
+    #[test]
+    fn build_output_becomes_whole_lines_and_a_bounded_tail() {
+        let (sink, mut rx) = EventSink::channel();
+        let mut log = BuildLog::new(&sink);
+        log.text("Step 1/2 : FROM scratch\n ---> Run");
+        log.text("ning in abc\n\n");
+        log.text("progress 10%\rprogress 100%\n");
+        for i in 0..30 {
+            log.text(&format!("line {i}\n"));
+        }
+        log.text("no newline at the end");
+        log.flush();
+        let mut lines = Vec::new();
+        while let Ok(DeployEvent::BuildLog { line }) = rx.try_recv() {
+            lines.push(line);
+        }
+        assert_eq!(lines[..3], ["Step 1/2 : FROM scratch", " ---> Running in abc", "progress 100%"]);
+        assert_eq!(lines.last().map(String::as_str), Some("no newline at the end"));
+        let tail = log.into_tail();
+        assert_eq!(tail.len(), TAIL_LINES);
+        assert_eq!(tail.last().map(String::as_str), Some("no newline at the end"));
+        assert_eq!(tail.first().map(String::as_str), Some("line 11"));
+    }
+}

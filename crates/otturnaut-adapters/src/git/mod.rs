@@ -1,0 +1,339 @@
+//! Fetching source code with gix: a depth-1 clone of a branch, a tag or a
+//! full commit SHA into a directory owned by one deployment.
+//!
+//! Layout under the work dir, named by app and deployment alone so that
+//! `remove` (and a reconciler, see [`GitFetcher::fetched_dirs`]) can find
+//! everything a fetch created without having seen its result:
+//! - `src/{app}-{deployment}/`: the checkout.
+//! - `ssh/{app}-{deployment}.key`: the deploy key, present only while its
+//!   fetch runs; `ssh/{app}-{deployment}.log`: ssh's stderr, likewise.
+//! - `ssh/known_hosts`: host keys learnt on first use, so `~/.ssh` is left alone.
+//!
+//! gix's client is blocking, so it runs on tokio's blocking pool and is
+//! stopped through its interrupt flag on timeout or when the fetch future is
+//! dropped. Whatever the outcome, the key file is deleted and a failed fetch
+//! leaves no directory behind.
+
+mod clone;
+mod ssh;
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use otturnaut_core::traits::{FetchRequest, FetchedSource, SourceFetcher};
+use otturnaut_core::{AppId, CommitSha, DeploymentId, Error, Result, Service, Transport};
+
+use clone::{Failure, FailureKind};
+
+/// How long a timed-out clone gets to notice its interrupt flag (gix checks
+/// it between reads) before we remove its directory from under it.
+const INTERRUPT_GRACE: Duration = Duration::from_millis(500);
+
+/// [`SourceFetcher`] backed by gix.
+#[derive(Debug, Clone)]
+pub struct GitFetcher {
+    work_dir: PathBuf,
+}
+
+/// A checkout found on disk, as named by [`GitFetcher`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedDir {
+    pub app: AppId,
+    pub deployment: DeploymentId,
+    pub dir: PathBuf,
+}
+
+impl GitFetcher {
+    pub fn new(work_dir: impl Into<PathBuf>) -> Self {
+        GitFetcher { work_dir: work_dir.into() }
+    }
+
+    /// Where checkouts go: `{work_dir}/src`.
+    pub fn src_dir(&self) -> PathBuf {
+        self.work_dir.join("src")
+    }
+
+    /// Where deploy keys (briefly) and `known_hosts` live: `{work_dir}/ssh`.
+    pub fn ssh_dir(&self) -> PathBuf {
+        self.work_dir.join("ssh")
+    }
+
+    /// The checkout of one deployment.
+    pub fn checkout_dir(&self, app: &AppId, deployment: &DeploymentId) -> PathBuf {
+        self.src_dir().join(format!("{app}-{deployment}"))
+    }
+
+    fn key_file(&self, app: &AppId, deployment: &DeploymentId) -> PathBuf {
+        self.ssh_dir().join(format!("{app}-{deployment}.key"))
+    }
+
+    fn ssh_log(&self, app: &AppId, deployment: &DeploymentId) -> PathBuf {
+        self.ssh_dir().join(format!("{app}-{deployment}.log"))
+    }
+
+    /// Every checkout under [`Self::src_dir`], for reconciling against the
+    /// deployments still alive. Entries we did not name are ignored.
+    pub fn fetched_dirs(&self) -> Result<Vec<FetchedDir>> {
+        let src = self.src_dir();
+        let entries = match fs::read_dir(&src) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::failed(format!("listing {}", src.display()), e)),
+        };
+        let mut found = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::failed(format!("listing {}", src.display()), e))?;
+            if let Some((app, deployment)) = entry.file_name().to_str().and_then(parse_dir_name) {
+                found.push(FetchedDir { app, deployment, dir: entry.path() });
+            }
+        }
+        Ok(found)
+    }
+
+    /// Deletes deploy key files (and ssh logs) a crashed process may have
+    /// left. Only call it when no fetch is running.
+    pub fn purge_keys(&self) -> Result<usize> {
+        let dir = self.ssh_dir();
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(Error::failed(format!("listing {}", dir.display()), e)),
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|ext| ext == "key" || ext == "log") {
+                ssh::remove_file_quietly(&path);
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Splits `{app}-{deployment}` back into its ids.
+fn parse_dir_name(name: &str) -> Option<(AppId, DeploymentId)> {
+    let split = name.len().checked_sub(27)?;
+    let (app, dash_deployment) = name.split_at_checked(split)?;
+    let deployment = dash_deployment.strip_prefix('-')?;
+    Some((app.parse().ok()?, deployment.parse().ok()?))
+}
+
+fn remove_dir_quietly(dir: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Everything a fetch puts on disk before it succeeds. Dropping it — on
+/// error, timeout, or when the fetch future itself is dropped — stops the
+/// clone and deletes the key and the partial checkout.
+struct Leftovers {
+    interrupt: Arc<AtomicBool>,
+    /// The deploy key and ssh's stderr log.
+    files: Vec<PathBuf>,
+    dir: Option<PathBuf>,
+}
+
+impl Leftovers {
+    /// Hands the checkout over to the caller: it is no longer ours to delete.
+    fn keep_dir(&mut self) -> Option<PathBuf> {
+        self.dir.take()
+    }
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        self.interrupt.store(true, Ordering::SeqCst);
+        for file in self.files.drain(..) {
+            ssh::remove_file_quietly(&file);
+        }
+        if let Some(dir) = self.dir.take()
+            && let Err(e) = remove_dir_quietly(&dir)
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not remove partial checkout");
+        }
+    }
+}
+
+#[async_trait]
+impl SourceFetcher for GitFetcher {
+    async fn fetch(&self, req: &FetchRequest) -> Result<FetchedSource> {
+        let shown_url = req.url.redacted();
+        let operation = format!("git clone of {shown_url} at '{}'", req.git_ref);
+        let started = Instant::now();
+
+        // The small file operations below run inline rather than on the
+        // blocking pool: each path is registered in `leftovers` before it is
+        // created, so a fetch dropped at any await leaves nothing behind.
+        let mut leftovers = Leftovers { interrupt: Arc::new(AtomicBool::new(false)), files: Vec::new(), dir: None };
+
+        let mut config = vec![
+            // Never wait for a password on a terminal nobody watches.
+            "gitoxide.credentials.terminalPrompt=false".to_owned(),
+        ];
+        let mut ssh_log = None;
+        if req.url.transport() == Transport::Ssh {
+            let ssh_dir = self.ssh_dir();
+            ssh::ensure_ssh_dir(&ssh_dir)?;
+            let key = match &req.ssh_key {
+                Some(secret) => {
+                    let path = self.key_file(&req.app, &req.deployment);
+                    leftovers.files.push(path.clone());
+                    // A crashed earlier attempt of this deployment may have left one.
+                    ssh::remove_file_quietly(&path);
+                    ssh::write_key(&path, secret)?;
+                    Some(path)
+                }
+                None => None,
+            };
+            let stderr_log = self.ssh_log(&req.app, &req.deployment);
+            leftovers.files.push(stderr_log.clone());
+            ssh::remove_file_quietly(&stderr_log);
+            ssh_log = Some(stderr_log.clone());
+            let options = ssh::SshOptions {
+                known_hosts: ssh_dir.join("known_hosts"),
+                key,
+                stderr_log,
+                connect_timeout: req.timeout,
+            };
+            config.push(format!("core.sshCommand={}", options.command()));
+            config.push("ssh.variant=ssh".to_owned());
+        } else if req.ssh_key.is_some() {
+            tracing::debug!(url = %shown_url, "ignoring the deploy key: not an ssh URL");
+        }
+
+        let src = self.src_dir();
+        let dir = self.checkout_dir(&req.app, &req.deployment);
+        leftovers.dir = Some(dir.clone());
+        // A fresh directory: whatever an earlier attempt of this same
+        // deployment left there is not to be trusted.
+        remove_dir_quietly(&dir)
+            .and_then(|()| fs::create_dir_all(&dir))
+            .map_err(|e| Error::failed(format!("creating {} in {}", dir.display(), src.display()), e))?;
+
+        tracing::info!(app = %req.app, deployment = %req.deployment, url = %shown_url, git_ref = %req.git_ref, "cloning");
+        let mut task = tokio::task::spawn_blocking({
+            let url = req.url.as_str().to_owned();
+            let git_ref = req.git_ref.clone();
+            let dir = dir.clone();
+            let interrupt = leftovers.interrupt.clone();
+            move || clone::shallow_clone(&url, &dir, &git_ref, config, &interrupt)
+        });
+
+        let outcome = match tokio::time::timeout(req.timeout, &mut task).await {
+            Ok(joined) => joined,
+            Err(_elapsed) => {
+                leftovers.interrupt.store(true, Ordering::SeqCst);
+                // Most of the time gix stops at once and cleans up itself; a
+                // server that went silent keeps it blocked in a read, and the
+                // directory is removed regardless when `leftovers` drops.
+                let _ = tokio::time::timeout(INTERRUPT_GRACE, &mut task).await;
+                tracing::warn!(url = %shown_url, git_ref = %req.git_ref, "clone timed out");
+                return Err(Error::Timeout { operation, after: req.timeout });
+            }
+        };
+        let sha = match outcome {
+            Ok(Ok(sha)) => sha,
+            Ok(Err(failure)) => {
+                let failure = match ssh_log.as_deref().and_then(|log| fs::read_to_string(log).ok()) {
+                    Some(stderr) => failure.with_ssh_stderr(&stderr),
+                    None => failure,
+                };
+                return Err(to_error(failure, req, operation));
+            }
+            Err(join) => return Err(Error::failed(operation, format!("the clone task failed: {join}"))),
+        };
+        let commit = CommitSha::try_from(sha.as_str()).map_err(|e| Error::failed(operation.clone(), e))?;
+        let dir = leftovers.keep_dir().unwrap_or(dir);
+        tracing::info!(
+            app = %req.app, deployment = %req.deployment, url = %shown_url, git_ref = %req.git_ref,
+            commit = %commit, elapsed_ms = started.elapsed().as_millis() as u64, "cloned"
+        );
+        Ok(FetchedSource { dir, commit })
+    }
+
+    async fn remove(&self, app: &AppId, deployment: &DeploymentId) -> Result<()> {
+        let dir = self.checkout_dir(app, deployment);
+        ssh::remove_file_quietly(&self.key_file(app, deployment));
+        ssh::remove_file_quietly(&self.ssh_log(app, deployment));
+        let shown = dir.display().to_string();
+        tokio::task::spawn_blocking(move || remove_dir_quietly(&dir))
+            .await
+            .map_err(|e| Error::failed(format!("removing {shown}"), e))?
+            .map_err(|e| Error::failed(format!("removing {shown}"), e))
+    }
+}
+
+fn to_error(failure: Failure, req: &FetchRequest, operation: String) -> Error {
+    let shown_url = req.url.redacted();
+    let detail = scrub(&failure.detail, req.url.as_str());
+    match failure.kind {
+        FailureKind::RefNotFound => Error::failed(operation, format!("ref '{}' not found in {shown_url}", req.git_ref)),
+        FailureKind::CommitRefused => Error::failed(
+            operation,
+            format!(
+                "commit {} not found in {shown_url}, or the server does not allow fetching a \
+                 commit no branch or tag points to (git servers need \
+                 uploadpack.allowReachableSHA1InWant or allowAnySHA1InWant for that); \
+                 the server said: {detail}",
+                req.git_ref
+            ),
+        ),
+        FailureKind::Unreachable => Error::Unavailable { service: Service::Git, address: shown_url, detail },
+        // Only reached if the flag was raised without our timeout, which
+        // means the fetch was being torn down anyway.
+        FailureKind::Interrupted => Error::failed(operation, "interrupted"),
+        FailureKind::Other => Error::failed(operation, detail),
+    }
+}
+
+/// Removes the password of `url` (if it has one) from gix's messages, which
+/// may quote the URL verbatim.
+fn scrub(detail: &str, url: &str) -> String {
+    let password = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split('/').next())
+        .and_then(|authority| authority.rsplit_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, password)| password)
+        .filter(|p| !p.is_empty());
+    match password {
+        Some(p) => detail.replace(p, "***"),
+        None => detail.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dir_names_round_trip() {
+        let app: AppId = "shop-front-2".parse().expect("app");
+        let dep = DeploymentId::generate();
+        let f = GitFetcher::new("/w");
+        let dir = f.checkout_dir(&app, &dep);
+        assert_eq!(dir.parent(), Some(Path::new("/w/src")));
+        let name = dir.file_name().and_then(|n| n.to_str()).expect("name");
+        assert_eq!(parse_dir_name(name), Some((app, dep)));
+        for junk in ["", "x", "app-abc", "-01arz3ndektsv4rrffq69g5fav", "known_hosts"] {
+            assert_eq!(parse_dir_name(junk), None, "{junk}");
+        }
+    }
+
+    #[test]
+    fn passwords_are_scrubbed() {
+        assert_eq!(
+            scrub("cannot reach https://bot:s3cr3t@h/r", "https://bot:s3cr3t@h/r"),
+            "cannot reach https://bot:***@h/r"
+        );
+        assert_eq!(scrub("x git@h:r", "git@h:r"), "x git@h:r");
+    }
+}

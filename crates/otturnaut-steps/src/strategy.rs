@@ -1,0 +1,146 @@
+//! Deploy strategies. [`BlueGreen`] is the first: start the new release next
+//! to the old one, switch traffic once it is healthy, then retire the old.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use otturnaut_core::{Adapters, DeployEvent, DeploySpec, DeploymentId, EventSink, Release, Step};
+use serde::{Deserialize, Serialize};
+
+use crate::locks::AppLocks;
+use crate::reaper::Reaper;
+use crate::retire::retire;
+use crate::tokens::{Context, Fetched};
+use crate::undo::{Residue, RetryPolicy};
+use crate::DeployError;
+
+/// A deploy that reached its commit point.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployed {
+    pub release: Release,
+    /// The release that was live before, now retired.
+    pub previous: Option<Release>,
+    /// What retiring the previous release could not clean up (warnings only:
+    /// the deploy itself succeeded).
+    pub residue: Vec<Residue>,
+    #[serde(with = "millis")]
+    pub elapsed: Duration,
+}
+
+mod millis {
+    use std::time::Duration;
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        <u64 as serde::Deserialize>::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+#[async_trait]
+pub trait Strategy: Send + Sync {
+    /// Deploys `spec`. On error, everything the deploy acquired has been
+    /// released (or is listed as residue in the error) and the previous
+    /// release is still live.
+    async fn execute(&self, spec: DeploySpec, events: &EventSink) -> Result<Deployed, DeployError>;
+}
+
+/// Blue-green deploys over a set of adapters.
+#[derive(Debug, Clone)]
+pub struct BlueGreen {
+    adapters: Adapters,
+    reaper: Reaper,
+    retry: RetryPolicy,
+    locks: AppLocks,
+}
+
+impl BlueGreen {
+    /// Must be called inside a tokio runtime: it starts the reaper.
+    pub fn new(adapters: Adapters) -> Self {
+        Self::with_retry(adapters, RetryPolicy::default())
+    }
+
+    pub fn with_retry(adapters: Adapters, retry: RetryPolicy) -> Self {
+        let reaper = Reaper::spawn(adapters.clone(), EventSink::discard(), retry);
+        BlueGreen { adapters, reaper, retry, locks: AppLocks::default() }
+    }
+
+    /// The reaper performing undos of dropped deploys; `flush` it to wait
+    /// for them (e.g. before exiting after a cancelled deploy).
+    pub fn reaper(&self) -> &Reaper {
+        &self.reaper
+    }
+
+    pub fn adapters(&self) -> &Adapters {
+        &self.adapters
+    }
+
+    async fn run(&self, spec: DeploySpec, events: &EventSink) -> Result<Deployed, DeployError> {
+        let started = Instant::now();
+        let deployment = DeploymentId::generate();
+        events.emit(DeployEvent::Started { app: spec.app.clone(), deployment: deployment.clone() });
+        let ctx = Arc::new(Context {
+            adapters: self.adapters.clone(),
+            events: events.clone(),
+            reaper: self.reaper.clone(),
+            retry: self.retry,
+            spec,
+            deployment,
+        });
+
+        // Loading the live release is read-only and independent of the
+        // build, so it runs beside fetch and build.
+        let load = async {
+            ctx.events.emit(DeployEvent::StepStarted { step: Step::LoadState });
+            let t = Instant::now();
+            let r = ctx.adapters.state.load(&ctx.spec.app).await;
+            match &r {
+                Ok(prev) => ctx.events.emit(DeployEvent::step_finished(
+                    Step::LoadState,
+                    t.elapsed(),
+                    Some(prev.as_ref().map_or("first deploy".into(), |p| format!("live: {}", p.deployment))),
+                )),
+                Err(e) => ctx.events.emit(DeployEvent::step_failed(Step::LoadState, t.elapsed(), e)),
+            }
+            r
+        };
+        let (built, previous) = tokio::join!(async { Fetched::fetch(ctx.clone()).await?.build().await }, load);
+        let built = built?;
+        let previous = match previous {
+            Ok(previous) => previous,
+            Err(e) => return Err(built.fail(Step::LoadState, e).await),
+        };
+
+        let committed = built
+            .allocate_port(previous)
+            .await?
+            .start_container()
+            .await?
+            .health_check()
+            .await?
+            .switch_route()
+            .await?
+            .commit()
+            .await?;
+
+        let mut residue = committed.residue;
+        if let Some(old) = &committed.previous {
+            residue.extend(retire(&committed.ctx, old, &committed.release).await);
+        }
+        Ok(Deployed {
+            release: committed.release,
+            previous: committed.previous,
+            residue,
+            elapsed: started.elapsed(),
+        })
+    }
+}
+
+#[async_trait]
+impl Strategy for BlueGreen {
+    async fn execute(&self, spec: DeploySpec, events: &EventSink) -> Result<Deployed, DeployError> {
+        let _lock = self.locks.lock(&spec.app).await;
+        self.run(spec, events).await
+    }
+}

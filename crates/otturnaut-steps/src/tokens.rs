@@ -1,0 +1,442 @@
+//! The typestate tokens. Each step consumes the previous token and returns the
+//! next, so steps cannot run out of order: there is no `switch_route` on a
+//! [`Built`]. Each token owns its resource (through an armed [`Guard`]) and
+//! the token before it.
+//!
+//! Field order matters: a token's `guard` is declared before `prev`, so on a
+//! drop the token hands over its own undo before the older tokens do theirs,
+//! which is reverse order of acquisition.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use otturnaut_core::traits::{BuildRequest, FetchRequest, FetchedSource, RunRequest, container_name};
+use otturnaut_core::{
+    Adapters, ContainerId, DeployEvent, DeploySpec, DeploymentId, Error, EventSink, HostPort, Release, RouteTarget,
+    Source, Step,
+};
+
+use crate::DeployError;
+use crate::reaper::Reaper;
+use crate::undo::{Guard, PendingUndos, RetryPolicy, UndoAction, UndoReport};
+
+/// Extra time given to an adapter past its own deadline before the pipeline
+/// gives up on it: the adapter should report its timeout first.
+const BACKSTOP: Duration = Duration::from_secs(10);
+
+/// Everything the steps of one deployment share.
+#[derive(Debug)]
+pub struct Context {
+    pub adapters: Adapters,
+    pub events: EventSink,
+    pub reaper: Reaper,
+    pub retry: RetryPolicy,
+    pub spec: DeploySpec,
+    pub deployment: DeploymentId,
+}
+
+/// Runs one step: emits started/finished/failed events with its duration and
+/// bounds it by `limit` (plus a backstop).
+async fn timed<T>(
+    ctx: &Context,
+    step: Step,
+    limit: Option<Duration>,
+    work: impl Future<Output = Result<T, Error>>,
+    detail: impl FnOnce(&T) -> Option<String>,
+) -> Result<T, Error> {
+    ctx.events.emit(DeployEvent::StepStarted { step });
+    let started = Instant::now();
+    let result = match limit {
+        Some(limit) => match tokio::time::timeout(limit + BACKSTOP, work).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout { operation: step.to_string(), after: limit + BACKSTOP }),
+        },
+        None => work.await,
+    };
+    match &result {
+        Ok(v) => ctx.events.emit(DeployEvent::step_finished(step, started.elapsed(), detail(v))),
+        Err(e) => ctx.events.emit(DeployEvent::step_failed(step, started.elapsed(), e)),
+    }
+    result
+}
+
+/// Rolls back after `step` failed: first its own in-doubt undo (armed before
+/// its call), then `older` (already newest first), and builds the error.
+async fn fail(ctx: &Context, step: Step, cause: Error, own: Option<UndoAction>, older: Vec<UndoAction>) -> DeployError {
+    let undo = PendingUndos::after_failure(own, older, ctx.reaper.clone()).run(&ctx.adapters, &ctx.events, ctx.retry).await;
+    DeployError::Failed {
+        app: ctx.spec.app.clone(),
+        deployment: ctx.deployment.clone(),
+        step,
+        cause,
+        undo,
+    }
+}
+
+async fn undo_all(ctx: &Context, actions: Vec<UndoAction>) -> UndoReport {
+    PendingUndos::new(actions, Some(ctx.reaper.clone())).run(&ctx.adapters, &ctx.events, ctx.retry).await
+}
+
+fn chain(own: Option<UndoAction>, older: Vec<UndoAction>) -> Vec<UndoAction> {
+    own.into_iter().chain(older).collect()
+}
+
+/// The source tree (for a git deploy) or nothing (for a prebuilt image).
+#[derive(Debug)]
+pub struct Fetched {
+    source: Option<FetchedSource>,
+    guard: Guard,
+    ctx: Arc<Context>,
+}
+
+impl Fetched {
+    /// First step: clone the repository, or nothing to do for an image.
+    pub async fn fetch(ctx: Arc<Context>) -> Result<Fetched, DeployError> {
+        let Source::Git { url, git_ref, ssh_key, .. } = &ctx.spec.source else {
+            return Ok(Fetched { source: None, guard: Guard::empty(&ctx.reaper), ctx });
+        };
+        let app = ctx.spec.app.clone();
+        let mut guard = Guard::armed(
+            UndoAction::RemoveSource { app: app.clone(), deployment: ctx.deployment.clone() },
+            &ctx.reaper,
+        );
+        let req = FetchRequest {
+            app,
+            deployment: ctx.deployment.clone(),
+            url: url.clone(),
+            git_ref: git_ref.clone(),
+            ssh_key: ssh_key.clone(),
+            timeout: ctx.spec.timeouts.fetch,
+        };
+        let fetched = timed(&ctx, Step::Fetch, Some(req.timeout), ctx.adapters.fetcher.fetch(&req), |s| {
+            Some(format!("commit {}", s.commit))
+        })
+        .await;
+        match fetched {
+            Ok(source) => Ok(Fetched { source: Some(source), guard, ctx }),
+            Err(e) => Err(fail(&ctx, Step::Fetch, e, guard.disarm(), Vec::new()).await),
+        }
+    }
+
+    /// Builds the image from the fetched tree, or makes sure the prebuilt
+    /// image is present.
+    pub async fn build(self) -> Result<Built, DeployError> {
+        let ctx = self.ctx.clone();
+        let spec = &ctx.spec;
+        let (work, mut guard): (_, Guard) = match (&spec.source, &self.source) {
+            (Source::Git { url, dockerfile, build_args, .. }, Some(source)) => {
+                let req = BuildRequest {
+                    app: spec.app.clone(),
+                    deployment: ctx.deployment.clone(),
+                    context_dir: source.dir.clone(),
+                    dockerfile: dockerfile.clone(),
+                    build_args: build_args.clone(),
+                    repo: url.clone(),
+                    commit: source.commit.clone(),
+                    timeout: spec.timeouts.build,
+                };
+                let guard = Guard::armed(UndoAction::RemoveImage { image: req.tag() }, &ctx.reaper);
+                let builder = ctx.adapters.builder.clone();
+                let events = ctx.events.clone();
+                let work: std::pin::Pin<Box<dyn Future<Output = Result<String, Error>> + Send>> =
+                    Box::pin(async move { builder.build(&req, &events).await });
+                (work, guard)
+            }
+            (Source::Image { reference }, _) => {
+                let builder = ctx.adapters.builder.clone();
+                let events = ctx.events.clone();
+                let reference = reference.clone();
+                let work: std::pin::Pin<Box<dyn Future<Output = Result<String, Error>> + Send>> =
+                    Box::pin(async move {
+                        builder.ensure_image(&reference, &events).await?;
+                        Ok(reference.to_string())
+                    });
+                (work, Guard::empty(&ctx.reaper))
+            }
+            (Source::Git { .. }, None) => {
+                let e = Error::failed("build", "no fetched source to build from");
+                return Err(fail(&ctx, Step::Build, e, None, self.unwind()).await);
+            }
+        };
+        let limit = matches!(spec.source, Source::Git { .. }).then_some(spec.timeouts.build);
+        match timed(&ctx, Step::Build, limit, work, |image| Some(image.clone())).await {
+            Ok(image) => Ok(Built { image, guard, prev: self }),
+            Err(e) => Err(fail(&ctx, Step::Build, e, guard.disarm(), self.unwind()).await),
+        }
+    }
+
+    pub fn source(&self) -> Option<&FetchedSource> {
+        self.source.as_ref()
+    }
+
+    /// Undoes this token and every token before it, newest first.
+    pub async fn rollback(self) -> UndoReport {
+        let ctx = self.ctx.clone();
+        undo_all(&ctx, self.unwind()).await
+    }
+
+    fn unwind(mut self) -> Vec<UndoAction> {
+        chain(self.guard.disarm(), Vec::new())
+    }
+}
+
+/// A built (or verified prebuilt) image.
+#[derive(Debug)]
+pub struct Built {
+    image: String,
+    guard: Guard,
+    prev: Fetched,
+}
+
+impl Built {
+    pub fn image(&self) -> &str {
+        &self.image
+    }
+
+    /// Fails this deploy at `step` (a read-only step run beside the build,
+    /// such as loading state): rolls back and returns the error.
+    pub async fn fail(self, step: Step, cause: Error) -> DeployError {
+        let ctx = self.prev.ctx.clone();
+        fail(&ctx, step, cause, None, self.unwind()).await
+    }
+
+    /// Reserves a host port for the new container.
+    pub async fn allocate_port(self, previous: Option<Release>) -> Result<PortHeld, DeployError> {
+        let ctx = self.prev.ctx.clone();
+        let mut guard =
+            Guard::armed(UndoAction::ReleasePort { deployment: ctx.deployment.clone() }, &ctx.reaper);
+        let work = ctx.adapters.ports.allocate(&ctx.deployment, &[]);
+        match timed(&ctx, Step::AllocatePort, None, work, |p| Some(format!("port {p}"))).await {
+            Ok(port) => Ok(PortHeld { port, previous, guard, prev: self }),
+            Err(e) => Err(fail(&ctx, Step::AllocatePort, e, guard.disarm(), self.unwind()).await),
+        }
+    }
+
+    pub async fn rollback(self) -> UndoReport {
+        let ctx = self.prev.ctx.clone();
+        undo_all(&ctx, self.unwind()).await
+    }
+
+    fn unwind(mut self) -> Vec<UndoAction> {
+        chain(self.guard.disarm(), self.prev.unwind())
+    }
+}
+
+/// A host port reserved for this deployment.
+#[derive(Debug)]
+pub struct PortHeld {
+    port: HostPort,
+    previous: Option<Release>,
+    guard: Guard,
+    prev: Built,
+}
+
+/// How many times a port someone else grabbed first is swapped for another.
+const PORT_RETRIES: usize = 5;
+
+impl PortHeld {
+    pub fn port(&self) -> HostPort {
+        self.port
+    }
+
+    /// Creates and starts the new container on the reserved port. If another
+    /// process took the port meanwhile, swaps it for a fresh one and retries.
+    pub async fn start_container(mut self) -> Result<Running, DeployError> {
+        let ctx = self.prev.prev.ctx.clone();
+        let spec = &ctx.spec;
+        let name = container_name(&spec.app, &ctx.deployment);
+        let mut guard = Guard::armed(UndoAction::RemoveContainer { name: name.clone() }, &ctx.reaper);
+        let adapters = ctx.adapters.clone();
+        let image = self.prev.image.clone();
+        let mut port = self.port;
+        let work = async {
+            let mut taken = Vec::new();
+            loop {
+                let req = RunRequest {
+                    app: spec.app.clone(),
+                    deployment: ctx.deployment.clone(),
+                    image: image.clone(),
+                    host_port: port,
+                    container_port: spec.container_port,
+                    env: spec.env.clone(),
+                    domains: spec.domains.clone(),
+                };
+                match adapters.runtime.start(&req).await {
+                    Err(Error::PortTaken(p)) if taken.len() < PORT_RETRIES => {
+                        ctx.events.warn(format!("host port {p} was taken by someone else; trying another"));
+                        taken.push(p);
+                        adapters.ports.release(&ctx.deployment).await?;
+                        port = adapters.ports.allocate(&ctx.deployment, &taken).await?;
+                    }
+                    other => return other,
+                }
+            }
+        };
+        let started = timed(&ctx, Step::StartContainer, None, work, |_| Some(name.clone())).await;
+        self.port = port;
+        match started {
+            Ok(container) => Ok(Running { container, guard, prev: self }),
+            Err(e) => Err(fail(&ctx, Step::StartContainer, e, guard.disarm(), self.unwind()).await),
+        }
+    }
+
+    pub async fn rollback(self) -> UndoReport {
+        let ctx = self.prev.prev.ctx.clone();
+        undo_all(&ctx, self.unwind()).await
+    }
+
+    fn unwind(mut self) -> Vec<UndoAction> {
+        chain(self.guard.disarm(), self.prev.unwind())
+    }
+}
+
+/// The new container, started but not yet known to be healthy.
+#[derive(Debug)]
+pub struct Running {
+    container: ContainerId,
+    guard: Guard,
+    prev: PortHeld,
+}
+
+impl Running {
+    fn ctx(&self) -> Arc<Context> {
+        self.prev.prev.prev.ctx.clone()
+    }
+
+    pub fn container(&self) -> &ContainerId {
+        &self.container
+    }
+
+    /// Waits until the new container passes its health check. Read-only: has
+    /// no undo of its own; a failure rolls back everything before it.
+    pub async fn health_check(self) -> Result<Healthy, DeployError> {
+        let ctx = self.ctx();
+        let check = &ctx.spec.health;
+        let work = ctx.adapters.health.check(&self.container, self.prev.port, check);
+        match timed(&ctx, Step::HealthCheck, Some(check.deadline), work, |_| None).await {
+            Ok(()) => Ok(Healthy { running: self }),
+            Err(e) => Err(fail(&ctx, Step::HealthCheck, e, None, self.unwind()).await),
+        }
+    }
+
+    pub async fn rollback(self) -> UndoReport {
+        let ctx = self.ctx();
+        undo_all(&ctx, self.unwind()).await
+    }
+
+    fn unwind(mut self) -> Vec<UndoAction> {
+        chain(self.guard.disarm(), self.prev.unwind())
+    }
+}
+
+/// A running container that passed its health check.
+#[derive(Debug)]
+pub struct Healthy {
+    running: Running,
+}
+
+impl Healthy {
+    /// Points the app's domains at the new container in one config change.
+    /// Undo puts the previous route back (or removes it on a first deploy).
+    pub async fn switch_route(self) -> Result<Routed, DeployError> {
+        let ctx = self.running.ctx();
+        let app = &ctx.spec.app;
+        let domains = ctx.spec.domains.clone();
+        let port = self.running.prev.port;
+        let router = ctx.adapters.router.clone();
+        let current = match router.route(app).await {
+            Ok(current) => current,
+            Err(e) => return Err(fail(&ctx, Step::SwitchRoute, e, None, self.running.unwind()).await),
+        };
+        if domains.is_empty() && current.is_none() {
+            // Nothing routes to an app without domains: callers reach it by port.
+            return Ok(Routed { guard: Guard::empty(&ctx.reaper), prev: self });
+        }
+        let mut guard = Guard::armed(UndoAction::RestoreRoute { app: app.clone(), previous: current }, &ctx.reaper);
+        let target = RouteTarget { domains: domains.clone(), port };
+        let work = async {
+            if domains.is_empty() { router.remove_route(app).await } else { router.set_route(app, &target).await }
+        };
+        match timed(&ctx, Step::SwitchRoute, None, work, |_| Some(format!("port {port}"))).await {
+            Ok(()) => Ok(Routed { guard, prev: self }),
+            Err(e) => Err(fail(&ctx, Step::SwitchRoute, e, guard.disarm(), self.running.unwind()).await),
+        }
+    }
+
+    pub async fn rollback(self) -> UndoReport {
+        self.running.rollback().await
+    }
+}
+
+/// Traffic goes to the new container; not yet recorded.
+#[derive(Debug)]
+pub struct Routed {
+    guard: Guard,
+    prev: Healthy,
+}
+
+/// The deploy after its commit point: the new release is routed and
+/// recorded. Nothing from here on is undone.
+#[derive(Debug)]
+pub struct Committed {
+    pub release: Release,
+    pub previous: Option<Release>,
+    /// What cleaning up after the commit (the fetched source) left behind.
+    pub residue: Vec<crate::Residue>,
+    pub(crate) ctx: Arc<Context>,
+}
+
+impl Routed {
+    fn ctx(&self) -> Arc<Context> {
+        self.prev.running.ctx()
+    }
+
+    /// Records the new release: the commit point. On success every guard is
+    /// disarmed for good; the fetched source is then removed (best effort).
+    pub async fn commit(self) -> Result<Committed, DeployError> {
+        let ctx = self.ctx();
+        let running = &self.prev.running;
+        let held = &running.prev;
+        let built = &held.prev;
+        let spec = &ctx.spec;
+        let release = Release {
+            app: spec.app.clone(),
+            deployment: ctx.deployment.clone(),
+            container: running.container.clone(),
+            image: built.image.clone(),
+            image_owned: matches!(spec.source, Source::Git { .. }),
+            host_port: held.port,
+            domains: spec.domains.clone(),
+            commit: built.prev.source.as_ref().map(|s| s.commit.clone()),
+        };
+        let previous = held.previous.clone();
+        let mut guard = Guard::armed(UndoAction::RestoreState { previous: previous.clone(), app: spec.app.clone() }, &ctx.reaper);
+        let work = ctx.adapters.state.record(&release);
+        match timed(&ctx, Step::RecordState, None, work, |_| Some(format!("deployment {}", release.deployment))).await {
+            Ok(()) => {
+                guard.disarm();
+                let leftovers: Vec<UndoAction> = self
+                    .unwind()
+                    .into_iter()
+                    .filter(|a| matches!(a, UndoAction::RemoveSource { .. }))
+                    .collect();
+                let cleanup = undo_all(&ctx, leftovers).await;
+                for r in &cleanup.residue {
+                    ctx.events.warn(format!("after commit: {r}"));
+                }
+                Ok(Committed { release, previous, residue: cleanup.residue, ctx })
+            }
+            Err(e) => Err(fail(&ctx, Step::RecordState, e, guard.disarm(), self.unwind()).await),
+        }
+    }
+
+    pub async fn rollback(self) -> UndoReport {
+        let ctx = self.ctx();
+        undo_all(&ctx, self.unwind()).await
+    }
+
+    fn unwind(mut self) -> Vec<UndoAction> {
+        chain(self.guard.disarm(), self.prev.running.unwind())
+    }
+}

@@ -1,0 +1,279 @@
+//! Undo as plain data: what to release, performed with bounded retries.
+//!
+//! An [`UndoAction`] names its resource by values known before the acquiring
+//! call (deployment id, image tag, container name), so it can be armed before
+//! the side effect and performed by anyone holding the adapters: the explicit
+//! rollback, or the reaper after a drop.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use otturnaut_core::{Adapters, AppId, ContainerId, DeployEvent, DeploymentId, EventSink, Release, RouteTarget};
+use futures_util::FutureExt;
+use serde::{Deserialize, Serialize};
+
+use crate::reaper::Reaper;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UndoAction {
+    RemoveSource { app: AppId, deployment: DeploymentId },
+    RemoveImage { image: String },
+    ReleasePort { deployment: DeploymentId },
+    RemoveContainer { name: String },
+    /// Put the app's route back as it was: to `previous`, or gone.
+    RestoreRoute { app: AppId, previous: Option<RouteTarget> },
+    /// Put the app's recorded release back as it was.
+    RestoreState { app: AppId, previous: Option<Release> },
+}
+
+impl UndoAction {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UndoAction::RemoveSource { .. } => "source_dir",
+            UndoAction::RemoveImage { .. } => "image",
+            UndoAction::ReleasePort { .. } => "port",
+            UndoAction::RemoveContainer { .. } => "container",
+            UndoAction::RestoreRoute { .. } => "route",
+            UndoAction::RestoreState { .. } => "state",
+        }
+    }
+
+    async fn perform(&self, a: &Adapters) -> otturnaut_core::Result<()> {
+        match self {
+            UndoAction::RemoveSource { app, deployment } => a.fetcher.remove(app, deployment).await,
+            UndoAction::RemoveImage { image } => a.builder.remove_image(image).await,
+            UndoAction::ReleasePort { deployment } => a.ports.release(deployment).await,
+            UndoAction::RemoveContainer { name } => a.runtime.remove(&ContainerId(name.clone())).await,
+            UndoAction::RestoreRoute { app, previous: Some(target) } => a.router.set_route(app, target).await,
+            UndoAction::RestoreRoute { app, previous: None } => a.router.remove_route(app).await,
+            UndoAction::RestoreState { previous: Some(release), .. } => a.state.record(release).await,
+            UndoAction::RestoreState { app, previous: None } => a.state.forget(app).await,
+        }
+    }
+}
+
+impl fmt::Display for UndoAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UndoAction::RemoveSource { app, deployment } => write!(f, "remove source of {app} deployment {deployment}"),
+            UndoAction::RemoveImage { image } => write!(f, "remove image {image}"),
+            UndoAction::ReleasePort { deployment } => write!(f, "release the host port of deployment {deployment}"),
+            UndoAction::RemoveContainer { name } => write!(f, "remove container {name}"),
+            UndoAction::RestoreRoute { app, previous: Some(t) } => {
+                write!(f, "restore {app}'s route to port {}", t.port)
+            }
+            UndoAction::RestoreRoute { app, previous: None } => write!(f, "remove {app}'s route"),
+            UndoAction::RestoreState { app, previous: Some(r) } => {
+                write!(f, "record {app}'s live release as {} again", r.deployment)
+            }
+            UndoAction::RestoreState { app, previous: None } => write!(f, "forget {app}'s recorded release"),
+        }
+    }
+}
+
+/// How hard to try an undo before reporting it as residue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    /// An undo attempt that takes longer than this counts as failed: a hung
+    /// service must not hold a rollback forever.
+    pub attempt_timeout: Duration,
+    pub first_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// Five attempts, as Reactor does, backing off 100 ms, 200 ms, 400 ms, 800 ms.
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 5,
+            attempt_timeout: Duration::from_secs(60),
+            first_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// No waiting between attempts: for tests on fakes.
+    pub fn immediate(attempts: u32) -> Self {
+        RetryPolicy { attempts, first_backoff: Duration::ZERO, max_backoff: Duration::ZERO, ..RetryPolicy::default() }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        self.first_backoff.saturating_mul(1 << attempt.min(16)).min(self.max_backoff)
+    }
+}
+
+/// What one undo came to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UndoOutcome {
+    pub action: String,
+    pub ok: bool,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Something an undo (or a post-commit retire) could not release: it still
+/// exists and `reconcile` will clear it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Residue {
+    /// `container`, `image`, `port`, `route` or `source_dir`.
+    pub kind: String,
+    /// What is left, e.g. `remove container otturnaut-shop-01h…`.
+    pub what: String,
+    pub error: String,
+    /// The step that would have created it failed, so it may never have
+    /// existed: the undo was attempted to be safe and could not confirm.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_doubt: bool,
+}
+
+impl fmt::Display for Residue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let maybe = if self.in_doubt { "possibly " } else { "" };
+        write!(f, "{maybe}a {} (could not {}: {})", self.kind, self.what, self.error)
+    }
+}
+
+/// Every undo a rollback ran, in order, and what is left.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UndoReport {
+    pub outcomes: Vec<UndoOutcome>,
+    pub residue: Vec<Residue>,
+}
+
+impl UndoReport {
+    pub fn is_clean(&self) -> bool {
+        self.residue.is_empty()
+    }
+}
+
+/// Runs one undo, retrying with backoff; never gives up early.
+pub(crate) async fn perform_with_retry(
+    action: &UndoAction,
+    adapters: &Adapters,
+    retry: RetryPolicy,
+) -> (u32, Result<(), otturnaut_core::Error>) {
+    let attempts = retry.attempts.max(1);
+    let mut last = Ok(());
+    for attempt in 1..=attempts {
+        // A panicking adapter must not take the rest of the rollback (or the
+        // reaper task) down with it: count it as a failed attempt.
+        let attempt_fut = AssertUnwindSafe(action.perform(adapters)).catch_unwind();
+        last = match tokio::time::timeout(retry.attempt_timeout, attempt_fut).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(panic)) => {
+                let why = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+                Err(otturnaut_core::Error::failed(action.to_string(), format!("panicked: {}", why.unwrap_or_default())))
+            }
+            Err(_) => Err(otturnaut_core::Error::Timeout { operation: action.to_string(), after: retry.attempt_timeout }),
+        };
+        if last.is_ok() || attempt == attempts {
+            return (attempt, last);
+        }
+        tokio::time::sleep(retry.backoff(attempt - 1)).await;
+    }
+    (attempts, last)
+}
+
+/// Undos still to run. If the rollback running them is itself dropped
+/// (cancelled), whatever has not finished goes to the reaper.
+pub(crate) struct PendingUndos {
+    actions: VecDeque<UndoAction>,
+    /// The first action belongs to the step that failed: its resource may not exist.
+    first_in_doubt: bool,
+    reaper: Option<Reaper>,
+}
+
+impl PendingUndos {
+    pub(crate) fn new(actions: Vec<UndoAction>, reaper: Option<Reaper>) -> Self {
+        PendingUndos { actions: actions.into(), first_in_doubt: false, reaper }
+    }
+
+    /// Undos after a failed step: `own` is that step's in-doubt undo (armed
+    /// before its call), `older` those of the steps before it, newest first.
+    pub(crate) fn after_failure(own: Option<UndoAction>, older: Vec<UndoAction>, reaper: Reaper) -> Self {
+        let first_in_doubt = own.is_some();
+        PendingUndos { actions: own.into_iter().chain(older).collect(), first_in_doubt, reaper: Some(reaper) }
+    }
+
+    /// Runs every undo in order; a failing undo does not stop the rest.
+    pub(crate) async fn run(mut self, adapters: &Adapters, events: &EventSink, retry: RetryPolicy) -> UndoReport {
+        let mut report = UndoReport::default();
+        while let Some(action) = self.actions.front().cloned() {
+            events.emit(DeployEvent::UndoStarted { resource: action.to_string() });
+            let (attempts, result) = perform_with_retry(&action, adapters, retry).await;
+            self.actions.pop_front();
+            let in_doubt = std::mem::take(&mut self.first_in_doubt);
+            let error = result.err().map(|e| e.to_string());
+            events.emit(DeployEvent::UndoFinished {
+                resource: action.to_string(),
+                ok: error.is_none(),
+                attempts,
+                error: error.clone(),
+            });
+            if let Some(e) = &error {
+                report.residue.push(Residue {
+                    kind: action.kind().into(),
+                    what: action.to_string(),
+                    error: e.clone(),
+                    in_doubt,
+                });
+            }
+            report.outcomes.push(UndoOutcome { action: action.to_string(), ok: error.is_none(), attempts, error });
+        }
+        report
+    }
+}
+
+impl Drop for PendingUndos {
+    fn drop(&mut self) {
+        if let Some(reaper) = &self.reaper {
+            for action in self.actions.drain(..) {
+                reaper.hand_over(action);
+            }
+        }
+    }
+}
+
+/// The safety net on every armed token: if the token is dropped without an
+/// explicit rollback or commit (early return, panic, cancelled future), its
+/// undo goes to the reaper, which performs it. Drop cannot await.
+pub(crate) struct Guard {
+    action: Option<UndoAction>,
+    reaper: Reaper,
+}
+
+impl Guard {
+    pub(crate) fn armed(action: UndoAction, reaper: &Reaper) -> Self {
+        Guard { action: Some(action), reaper: reaper.clone() }
+    }
+
+    pub(crate) fn empty(reaper: &Reaper) -> Self {
+        Guard { action: None, reaper: reaper.clone() }
+    }
+
+    /// Takes the undo out: the caller now runs it (rollback) or the resource
+    /// is kept for good (commit).
+    pub(crate) fn disarm(&mut self) -> Option<UndoAction> {
+        self.action.take()
+    }
+}
+
+impl fmt::Debug for Guard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Guard").field(&self.action).finish()
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(action) = self.action.take() {
+            self.reaper.hand_over(action);
+        }
+    }
+}
