@@ -25,6 +25,13 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// `git` untouched by the user's and the system's git config.
+fn git_command() -> Command {
+    let mut cmd = Command::new("git");
+    cmd.env("GIT_CONFIG_NOSYSTEM", "1").env("GIT_CONFIG_GLOBAL", "/dev/null");
+    cmd
+}
+
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
@@ -52,7 +59,7 @@ impl GitRepo {
             .expect("creating a temp dir for a git fixture");
         let base = tmp.path().to_path_buf();
         let path = base.join("repo");
-        run(Command::new("git").args(["init", "-q", "-b", "main"]).arg(&path));
+        run(git_command().args(["init", "-q", "-b", "main"]).arg(&path));
         let repo = GitRepo { _tmp: tmp, base, path };
         repo.set_config("uploadpack.allowAnySHA1InWant", "true");
         repo
@@ -71,12 +78,11 @@ impl GitRepo {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        run(Command::new("git")
+        run(git_command()
             .arg("-C")
             .arg(&self.path)
             .args(["-c", "user.name=Otturnaut Test", "-c", "user.email=test@otturnaut.invalid"])
-            .args(args)
-            .env("GIT_CONFIG_NOSYSTEM", "1"))
+            .args(args))
     }
 
     pub fn set_config(&self, key: &str, value: &str) {
@@ -109,6 +115,16 @@ impl GitRepo {
                     .expect("making a fixture file executable");
             }
         }
+        self.git(["add", "-A"]);
+        self.git(["commit", "-q", "--allow-empty", "-m", message]);
+        self.rev_parse("HEAD")
+    }
+
+    /// Lets `write` fill the working tree (e.g. with
+    /// `fixtures::write_context`), then commits everything, file modes
+    /// included; returns the commit SHA.
+    pub fn commit_with(&self, message: &str, write: impl FnOnce(&Path) -> std::io::Result<()>) -> String {
+        write(&self.path).expect("writing fixture files into the repository");
         self.git(["add", "-A"]);
         self.git(["commit", "-q", "--allow-empty", "-m", message]);
         self.rev_parse("HEAD")
@@ -187,6 +203,11 @@ fn wait_listening(child: &mut Child, port: u16, deadline: Duration) -> bool {
     false
 }
 
+/// Where git keeps its helper programs (`git --exec-path`).
+fn git_exec_path() -> PathBuf {
+    PathBuf::from(run(Command::new("git").arg("--exec-path")))
+}
+
 /// `git daemon` serving one base path on a loopback port (git://).
 #[derive(Debug)]
 pub struct GitDaemon {
@@ -202,8 +223,9 @@ impl GitDaemon {
         // then the daemon exits and we try another.
         for _ in 0..5 {
             let port = free_port();
-            let mut child = Command::new("git")
-                .arg("daemon")
+            // Not `git daemon`: that runs git-daemon as a child, which would
+            // outlive the `git` process we kill on drop.
+            let mut child = Command::new(git_exec_path().join("git-daemon"))
                 .args([
                     "--export-all",
                     "--enable=upload-pack",
@@ -218,7 +240,7 @@ impl GitDaemon {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .expect("starting `git daemon` (is git installed?)");
+                .expect("starting git-daemon (is git installed?)");
             if wait_listening(&mut child, port, Duration::from_secs(10)) {
                 return GitDaemon { port, base: base.to_path_buf(), _child: Reaped(child) };
             }

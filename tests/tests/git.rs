@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use otturnaut_adapters::git::GitFetcher;
 use otturnaut_core::traits::{FetchRequest, FetchedSource, SourceFetcher};
 use otturnaut_core::{DeploymentId, Error, RepoUrl, Secret};
+use otturnaut_tests::fixtures::{BUSYBOX, Behaviour, write_context};
 use otturnaut_tests::gitfix::{GatedProxy, GitDaemon, GitRepo, SshServer, free_port};
 use otturnaut_tests::services::unique_app;
 use tempfile::TempDir;
@@ -236,9 +237,11 @@ async fn unadvertised_commit_by_sha() {
 async fn unreachable_server_is_unavailable() {
     let work = work_dir();
     let fetcher = GitFetcher::new(work.path());
-    for url in
-        [format!("git://127.0.0.1:{}/repo", free_port()), format!("ssh://git@127.0.0.1:{}/repo.git", free_port())]
-    {
+    for url in [
+        format!("git://127.0.0.1:{}/repo", free_port()),
+        format!("ssh://git@127.0.0.1:{}/repo.git", free_port()),
+        format!("https://127.0.0.1:{}/repo.git", free_port()),
+    ] {
         let err = fetcher
             .fetch(&request(&url, "main", Some("not even a key"), TIMEOUT))
             .await
@@ -378,7 +381,8 @@ async fn dropping_the_fetch_future_deletes_key_and_checkout() {
     });
     proxy.wait_for_connections(1, Duration::from_secs(20)).await;
     assert_eq!(key_files(&fetcher).len(), 1, "key file present mid-fetch");
-    assert!(fetcher.checkout_dir(&req.app, &req.deployment).exists(), "checkout dir present mid-fetch");
+    assert_eq!(entries(&fetcher.src_dir()).len(), 1, "partial checkout present mid-fetch");
+    assert!(!fetcher.checkout_dir(&req.app, &req.deployment).exists(), "no checkout before it is complete");
 
     task.abort();
     let joined = task.await;
@@ -394,13 +398,55 @@ async fn remove_cleans_the_work_dir_and_is_idempotent() {
     let req = request(&repo.file_url(), "main", None, TIMEOUT);
     let got = fetcher.fetch(&req).await.expect("clone");
     assert!(got.dir.join("sub/deep/file").exists());
-    assert_eq!(fetcher.fetched_dirs().expect("list").len(), 1);
+    let found = fetcher.fetched_dirs().expect("list");
+    assert_eq!(found.len(), 1);
+    assert_eq!((&found[0].app, &found[0].deployment, found[0].partial), (&req.app, &req.deployment, false));
 
     fetcher.remove(&req.app, &req.deployment).await.expect("remove");
     fetcher.remove(&req.app, &req.deployment).await.expect("second remove");
     fetcher.remove(&req.app, &DeploymentId::generate()).await.expect("remove of a deployment never fetched");
     assert_nothing_left(&fetcher);
     assert!(fetcher.fetched_dirs().expect("list").is_empty());
+}
+
+/// What a process killed mid-clone leaves is found and removed by
+/// deployment, without touching other deployments' checkouts.
+#[tokio::test]
+async fn remove_also_deletes_partial_clones_of_a_dead_process() {
+    let repo = GitRepo::with_files([("app.txt", "x\n")]);
+    let work = work_dir();
+    let fetcher = GitFetcher::new(work.path());
+    let req = request(&repo.file_url(), "main", None, TIMEOUT);
+    let other = request(&repo.file_url(), "main", None, TIMEOUT);
+    let kept = fetcher.fetch(&other).await.expect("clone of another deployment");
+
+    let stale = fetcher.src_dir().join(format!("{}-{}.partial-4242-0", req.app, req.deployment));
+    fs::create_dir_all(stale.join(".git")).expect("fake partial clone");
+    let found = fetcher.fetched_dirs().expect("list");
+    assert!(found.iter().any(|f| f.dir == stale && f.partial && f.deployment == req.deployment), "{found:?}");
+
+    fetcher.remove(&req.app, &req.deployment).await.expect("remove");
+    assert!(!stale.exists(), "partial clone removed");
+    assert!(kept.dir.join("app.txt").exists(), "another deployment's checkout untouched");
+}
+
+/// Fetching a deployment again replaces its checkout instead of mixing in
+/// whatever the earlier one held.
+#[tokio::test]
+async fn refetch_replaces_the_checkout() {
+    let repo = GitRepo::with_files([("app.txt", "one\n")]);
+    let work = work_dir();
+    let fetcher = GitFetcher::new(work.path());
+    let req = request(&repo.file_url(), "main", None, TIMEOUT);
+    let first = fetcher.fetch(&req).await.expect("first clone");
+    fs::write(first.dir.join("stray"), "left by someone").expect("stray file");
+    let c2 = repo.commit([("app.txt", "two\n")], "two");
+
+    let second = fetcher.fetch(&req).await.expect("second clone");
+    assert_eq!(second.dir, first.dir);
+    assert_checkout(&second, &c2, "two\n");
+    assert!(!second.dir.join("stray").exists(), "the old checkout is gone");
+    assert_eq!(entries(&fetcher.src_dir()).len(), 1);
 }
 
 #[tokio::test]
@@ -412,4 +458,22 @@ async fn committed_executables_keep_their_mode() {
     let mode = |p: &str| fs::metadata(got.dir.join(p)).expect("file in checkout").permissions().mode() & 0o111;
     assert_ne!(mode("bin/tool"), 0, "executable bit kept");
     assert_eq!(mode("data.txt"), 0);
+}
+
+/// A Docker build context from the shared fixtures, committed and fetched,
+/// comes back byte for byte with busybox still executable.
+#[tokio::test]
+async fn docker_context_round_trips_through_git() {
+    let behaviour = Behaviour::serve("v1");
+    let repo = GitRepo::new();
+    let commit = repo.commit_with("context", |dir| write_context(dir, &behaviour));
+    let work = work_dir();
+    let fetcher = GitFetcher::new(work.path());
+    let got = fetcher.fetch(&request(&repo.file_url(), "main", None, TIMEOUT)).await.expect("clone");
+    assert_eq!(got.commit.as_str(), commit);
+    assert_eq!(fs::read_to_string(got.dir.join("Dockerfile")).expect("Dockerfile"), behaviour.dockerfile());
+    let busybox = got.dir.join("busybox");
+    assert_eq!(fs::read(&busybox).expect("busybox"), fs::read(BUSYBOX).expect("host busybox"));
+    assert_ne!(fs::metadata(&busybox).expect("busybox").permissions().mode() & 0o111, 0, "busybox executable");
+    assert_eq!(fs::read_to_string(got.dir.join("www/version")).expect("www/version"), "v1\n");
 }

@@ -285,6 +285,10 @@ impl Caddy {
 
 #[async_trait]
 impl Router for Caddy {
+    async fn routes(&self) -> Result<Vec<(AppId, RouteTarget)>> {
+        self.list_routes().await
+    }
+
     async fn route(&self, app: &AppId) -> Result<Option<RouteTarget>> {
         let op = format!("reading the Caddy route of app {app}");
         let id = route_id(app);

@@ -110,6 +110,7 @@ impl HealthProbe for Probe {
         let deadline = Instant::now() + check.deadline;
         let mut last_error = String::from("no probe finished before the deadline");
         let mut was_running = false;
+        let mut answered = false;
         loop {
             // Asked before every attempt, so a container that died is
             // reported at once instead of after the whole deadline.
@@ -131,9 +132,16 @@ impl HealthProbe for Probe {
             let limit = check.attempt_timeout.min(remaining);
             match timeout(limit, self.attempt(&check.kind, port, was_running)).await {
                 Ok(Ok(())) => return Ok(()),
-                Ok(Err(e)) => last_error = e,
+                Ok(Err(e)) => {
+                    last_error = e;
+                    answered = true;
+                }
+                // An attempt the deadline cut short says less than an
+                // earlier answer (say, a wrong status): keep that one.
+                Err(_) if answered && limit < check.attempt_timeout => {}
                 Err(_) => {
                     last_error = format!("no answer on port {port} within {}", humantime::format_duration(limit));
+                    answered = false;
                 }
             }
             tracing::debug!(%container, %port, error = %last_error, "health probe failed; retrying");

@@ -2,9 +2,12 @@
 //! Docker through bollard, Caddy's admin API through reqwest, git through gix,
 //! host ports through the kernel, health through TCP/HTTP probes.
 
+mod agent;
 pub mod caddy;
 pub mod docker;
 pub mod git;
 pub mod health;
 pub mod ports;
 pub mod state;
+
+pub use agent::{Agent, AgentConfig};

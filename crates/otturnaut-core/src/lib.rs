@@ -25,7 +25,7 @@ pub use event::{DeployEvent, EventSink, Step};
 pub use ids::{AppId, DeploymentId, Domain, EnvName, ImageRef};
 pub use net::{ContainerPort, HostPort, PortRange};
 pub use release::{
-    ContainerId, ContainerStatus, ManagedContainer, ManagedImage, Release, RouteTarget,
+    ContainerId, ContainerStatus, ManagedContainer, ManagedImage, Release, RouteTarget, live_container,
 };
 pub use secret::Secret;
 pub use source::{CommitSha, DockerfilePath, GitRef, RepoUrl, Transport};

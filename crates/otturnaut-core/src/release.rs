@@ -83,3 +83,18 @@ pub struct ManagedImage {
     /// Unix seconds.
     pub created: i64,
 }
+
+/// Which of an app's managed containers is its live release: the running one
+/// Caddy routes the app to; for an app without a route, the newest running
+/// container deployed without domains. A container deployed with domains that
+/// Caddy does not route to never served as live (its deploy did not reach the
+/// route switch), so it is never picked.
+pub fn live_container(containers: &[ManagedContainer], routed_port: Option<HostPort>) -> Option<&ManagedContainer> {
+    let mut running = containers.iter().filter(|c| c.running);
+    match routed_port {
+        Some(port) => running.find(|c| c.host_port == Some(port)),
+        None => running
+            .filter(|c| c.domains.is_empty())
+            .max_by(|a, b| (a.created, &a.deployment).cmp(&(b.created, &b.deployment))),
+    }
+}

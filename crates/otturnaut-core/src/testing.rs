@@ -44,13 +44,14 @@ pub struct FakeContainer {
     pub image: String,
     pub port: HostPort,
     pub running: bool,
+    pub domains: Vec<crate::Domain>,
 }
 
 /// Everything that exists in the fake world. Compare two snapshots to see
 /// what a deploy changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct World {
-    pub sources: BTreeSet<DeploymentId>,
+    pub sources: BTreeSet<(AppId, DeploymentId)>,
     pub images: BTreeSet<String>,
     pub ports: BTreeMap<DeploymentId, HostPort>,
     pub containers: BTreeMap<String, FakeContainer>,
@@ -131,7 +132,14 @@ impl Fake {
         w.ports.insert(deployment.clone(), port);
         w.containers.insert(
             name.clone(),
-            FakeContainer { app: app.clone(), deployment: deployment.clone(), image: image.clone(), port, running: true },
+            FakeContainer {
+                app: app.clone(),
+                deployment: deployment.clone(),
+                image: image.clone(),
+                port,
+                running: true,
+                domains: domains.clone(),
+            },
         );
         if !domains.is_empty() {
             w.routes.insert(app.clone(), RouteTarget { domains: domains.clone(), port });
@@ -178,16 +186,20 @@ fn next_port(inner: &mut Inner) -> HostPort {
 impl SourceFetcher for Fake {
     async fn fetch(&self, req: &FetchRequest) -> Result<FetchedSource> {
         self.point("fetch", Phase::Before).await?;
-        self.lock().world.sources.insert(req.deployment.clone());
+        self.lock().world.sources.insert((req.app.clone(), req.deployment.clone()));
         self.acquire(Resource::Source(req.deployment.clone()));
         self.point("fetch", Phase::After).await?;
         let commit: CommitSha = "0123456789abcdef0123456789abcdef01234567".parse()?;
         Ok(FetchedSource { dir: format!("/fake/src/{}-{}", req.app, req.deployment).into(), commit })
     }
 
-    async fn remove(&self, _app: &AppId, deployment: &DeploymentId) -> Result<()> {
+    async fn leftovers(&self) -> Result<Vec<(AppId, DeploymentId)>> {
+        Ok(self.lock().world.sources.iter().cloned().collect())
+    }
+
+    async fn remove(&self, app: &AppId, deployment: &DeploymentId) -> Result<()> {
         self.point("remove_source", Phase::Before).await?;
-        if self.lock().world.sources.remove(deployment) {
+        if self.lock().world.sources.remove(&(app.clone(), deployment.clone())) {
             self.release(Resource::Source(deployment.clone()));
         }
         self.point("remove_source", Phase::After).await
@@ -265,6 +277,7 @@ impl ContainerRuntime for Fake {
                 image: req.image.clone(),
                 port: req.host_port,
                 running: true,
+                domains: req.domains.clone(),
             },
         );
         self.acquire(Resource::Container(name.clone()));
@@ -312,9 +325,10 @@ impl ContainerRuntime for Fake {
                 image: c.image.clone(),
                 host_port: Some(c.port),
                 container_port: None,
-                domains: Vec::new(),
+                domains: c.domains.clone(),
                 running: c.running,
                 state: if c.running { "running" } else { "exited" }.into(),
+                // Deployment ids sort by creation time, so they stand in for it.
                 created: 0,
             })
             .collect())
@@ -356,6 +370,10 @@ impl Router for Fake {
             self.release(Resource::Route(app.clone(), old.port));
         }
         self.point("remove_route", Phase::After).await
+    }
+
+    async fn routes(&self) -> Result<Vec<(AppId, RouteTarget)>> {
+        Ok(self.lock().world.routes.iter().map(|(a, t)| (a.clone(), t.clone())).collect())
     }
 
     async fn in_flight(&self, _port: HostPort) -> Result<u64> {

@@ -47,6 +47,10 @@ pub trait SourceFetcher: Send + Sync {
     /// Succeeds if there is none: the pipeline calls it even when `fetch`
     /// failed, since a failure may come after the side effect.
     async fn remove(&self, app: &AppId, deployment: &DeploymentId) -> Result<()>;
+    /// Every deployment that still has a fetched tree or key file on disk.
+    async fn leftovers(&self) -> Result<Vec<(AppId, DeploymentId)>> {
+        Ok(Vec::new())
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -131,6 +135,8 @@ pub trait Router: Send + Sync {
     async fn remove_route(&self, app: &AppId) -> Result<()>;
     /// Requests currently in flight to the upstream on `port`.
     async fn in_flight(&self, port: HostPort) -> Result<u64>;
+    /// Every app route we own (for state rebuild and reconcile).
+    async fn routes(&self) -> Result<Vec<(AppId, RouteTarget)>>;
 }
 
 #[async_trait]

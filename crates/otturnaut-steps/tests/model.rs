@@ -403,6 +403,7 @@ fn ideal_success_world(before: &World, deployed: &Deployed, prior: Option<&ottur
             image: new.image.clone(),
             port: new.host_port,
             running: true,
+            domains: spec.domains.clone(),
         },
     );
     if spec.domains.is_empty() {

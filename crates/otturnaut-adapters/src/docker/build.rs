@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
@@ -169,7 +169,7 @@ impl Docker {
         if let Some(e) = failure {
             // A packing error shows up here as a broken request: say what
             // really went wrong.
-            if let Ok(Err(pack)) = tar_task.await {
+            if let Ok(Ok(Err(pack))) = tokio::time::timeout(Duration::from_secs(5), tar_task).await {
                 return Err(Error::failed(packing(), pack));
             }
             return Err(match e {

@@ -52,15 +52,17 @@ pub(crate) fn write_tar(context: &Path, rules: &DockerIgnore, tx: mpsc::Sender<i
 }
 
 fn walk<W: Write>(builder: &mut tar::Builder<W>, root: &Path, rel_dir: &Path, rules: &DockerIgnore) -> io::Result<()> {
-    let mut entries: Vec<_> =
-        fs::read_dir(root.join(rel_dir))?.map(|e| e.map(|e| e.file_name())).collect::<io::Result<_>>()?;
+    let dir = root.join(rel_dir);
+    let mut entries: Vec<_> = fs::read_dir(&dir)
+        .and_then(|entries| entries.map(|e| e.map(|e| e.file_name())).collect::<io::Result<Vec<_>>>())
+        .map_err(|e| at(&dir, e))?;
     // A sorted walk gives identical tars for identical trees: better caching.
     entries.sort();
     for name in entries {
         let rel = rel_dir.join(&name);
         let rel_slash = slash_path(&rel);
         let full = root.join(&rel);
-        let meta = fs::symlink_metadata(&full)?;
+        let meta = fs::symlink_metadata(&full).map_err(|e| at(&full, e))?;
         if rules.is_excluded(&rel_slash) {
             if meta.is_dir() && rules.has_exceptions() && rules.may_include_below(&rel_slash) {
                 walk(builder, root, &rel, rules)?;
@@ -86,20 +88,25 @@ fn append<W: Write>(builder: &mut tar::Builder<W>, full: &Path, rel: &Path, meta
     header.set_groupname("")?;
     let kind = meta.file_type();
     if kind.is_symlink() {
-        let target = fs::read_link(full)?;
+        let target = fs::read_link(full).map_err(|e| at(full, e))?;
         header.set_size(0);
         builder.append_link(&mut header, rel, target)
     } else if kind.is_dir() {
         header.set_size(0);
         builder.append_data(&mut header, rel, io::empty())
     } else if kind.is_file() {
-        let file = fs::File::open(full)?;
+        let file = fs::File::open(full).map_err(|e| at(full, e))?;
         builder.append_data(&mut header, rel, file)
     } else {
         // Sockets, fifos and devices cannot be part of an image build.
         tracing::debug!(path = %full.display(), "skipping special file in build context");
         Ok(())
     }
+}
+
+/// Names the file an I/O error is about: the kernel's message does not.
+fn at(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
 fn slash_path(path: &Path) -> String {

@@ -4,7 +4,10 @@
 //! Layout under the work dir, named by app and deployment alone so that
 //! `remove` (and a reconciler, see [`GitFetcher::fetched_dirs`]) can find
 //! everything a fetch created without having seen its result:
-//! - `src/{app}-{deployment}/`: the checkout.
+//! - `src/{app}-{deployment}/`: the checkout. A clone is made in
+//!   `src/{app}-{deployment}.partial-{unique}/` and renamed when complete, so
+//!   the checkout only ever appears whole, and a timed-out clone still
+//!   winding down can only ever delete its own partial directory.
 //! - `ssh/{app}-{deployment}.key`: the deploy key, present only while its
 //!   fetch runs; `ssh/{app}-{deployment}.log`: ssh's stderr, likewise.
 //! - `ssh/known_hosts`: host keys learnt on first use, so `~/.ssh` is left alone.
@@ -46,6 +49,8 @@ pub struct FetchedDir {
     pub app: AppId,
     pub deployment: DeploymentId,
     pub dir: PathBuf,
+    /// A clone that never completed (its process died mid-fetch).
+    pub partial: bool,
 }
 
 impl GitFetcher {
@@ -68,6 +73,14 @@ impl GitFetcher {
         self.src_dir().join(format!("{app}-{deployment}"))
     }
 
+    /// Where one fetch clones before renaming to [`Self::checkout_dir`].
+    fn partial_dir(&self, app: &AppId, deployment: &DeploymentId) -> PathBuf {
+        use std::sync::atomic::AtomicU64;
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        self.src_dir().join(format!("{app}-{deployment}{PARTIAL}{}-{n}", std::process::id()))
+    }
+
     fn key_file(&self, app: &AppId, deployment: &DeploymentId) -> PathBuf {
         self.ssh_dir().join(format!("{app}-{deployment}.key"))
     }
@@ -88,8 +101,10 @@ impl GitFetcher {
         let mut found = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| Error::failed(format!("listing {}", src.display()), e))?;
-            if let Some((app, deployment)) = entry.file_name().to_str().and_then(parse_dir_name) {
-                found.push(FetchedDir { app, deployment, dir: entry.path() });
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some((app, deployment)) = parse_dir_name(name) {
+                found.push(FetchedDir { app, deployment, dir: entry.path(), partial: name.contains(PARTIAL) });
             }
         }
         Ok(found)
@@ -116,8 +131,12 @@ impl GitFetcher {
     }
 }
 
-/// Splits `{app}-{deployment}` back into its ids.
+const PARTIAL: &str = ".partial-";
+
+/// Splits `{app}-{deployment}` (with or without a partial suffix) back into
+/// its ids. Neither id can contain a '.'.
 fn parse_dir_name(name: &str) -> Option<(AppId, DeploymentId)> {
+    let name = name.split_once('.').map_or(name, |(ids, _)| ids);
     let split = name.len().checked_sub(27)?;
     let (app, dash_deployment) = name.split_at_checked(split)?;
     let deployment = dash_deployment.strip_prefix('-')?;
@@ -143,8 +162,8 @@ struct Leftovers {
 
 impl Leftovers {
     /// Hands the checkout over to the caller: it is no longer ours to delete.
-    fn keep_dir(&mut self) -> Option<PathBuf> {
-        self.dir.take()
+    fn keep_dir(&mut self) {
+        self.dir = None;
     }
 }
 
@@ -210,21 +229,18 @@ impl SourceFetcher for GitFetcher {
         }
 
         let src = self.src_dir();
-        let dir = self.checkout_dir(&req.app, &req.deployment);
-        leftovers.dir = Some(dir.clone());
-        // A fresh directory: whatever an earlier attempt of this same
-        // deployment left there is not to be trusted.
-        remove_dir_quietly(&dir)
-            .and_then(|()| fs::create_dir_all(&dir))
-            .map_err(|e| Error::failed(format!("creating {} in {}", dir.display(), src.display()), e))?;
+        let partial = self.partial_dir(&req.app, &req.deployment);
+        leftovers.dir = Some(partial.clone());
+        fs::create_dir_all(&partial)
+            .map_err(|e| Error::failed(format!("creating {} in {}", partial.display(), src.display()), e))?;
 
         tracing::info!(app = %req.app, deployment = %req.deployment, url = %shown_url, git_ref = %req.git_ref, "cloning");
         let mut task = tokio::task::spawn_blocking({
             let url = req.url.as_str().to_owned();
             let git_ref = req.git_ref.clone();
-            let dir = dir.clone();
+            let partial = partial.clone();
             let interrupt = leftovers.interrupt.clone();
-            move || clone::shallow_clone(&url, &dir, &git_ref, config, &interrupt)
+            move || clone::shallow_clone(&url, &partial, &git_ref, config, &interrupt)
         });
 
         let outcome = match tokio::time::timeout(req.timeout, &mut task).await {
@@ -251,7 +267,12 @@ impl SourceFetcher for GitFetcher {
             Err(join) => return Err(Error::failed(operation, format!("the clone task failed: {join}"))),
         };
         let commit = CommitSha::try_from(sha.as_str()).map_err(|e| Error::failed(operation.clone(), e))?;
-        let dir = leftovers.keep_dir().unwrap_or(dir);
+        // Whatever an earlier attempt of this same deployment left is stale.
+        let dir = self.checkout_dir(&req.app, &req.deployment);
+        remove_dir_quietly(&dir)
+            .and_then(|()| fs::rename(&partial, &dir))
+            .map_err(|e| Error::failed(format!("moving the checkout to {}", dir.display()), e))?;
+        leftovers.keep_dir();
         tracing::info!(
             app = %req.app, deployment = %req.deployment, url = %shown_url, git_ref = %req.git_ref,
             commit = %commit, elapsed_ms = started.elapsed().as_millis() as u64, "cloned"
@@ -260,14 +281,31 @@ impl SourceFetcher for GitFetcher {
     }
 
     async fn remove(&self, app: &AppId, deployment: &DeploymentId) -> Result<()> {
-        let dir = self.checkout_dir(app, deployment);
         ssh::remove_file_quietly(&self.key_file(app, deployment));
         ssh::remove_file_quietly(&self.ssh_log(app, deployment));
+        let src = self.src_dir();
+        let dir = self.checkout_dir(app, deployment);
+        let partial_prefix = format!("{app}-{deployment}{PARTIAL}");
         let shown = dir.display().to_string();
-        tokio::task::spawn_blocking(move || remove_dir_quietly(&dir))
-            .await
-            .map_err(|e| Error::failed(format!("removing {shown}"), e))?
-            .map_err(|e| Error::failed(format!("removing {shown}"), e))
+        tokio::task::spawn_blocking(move || {
+            remove_dir_quietly(&dir)?;
+            // Partial clones of a process that died mid-fetch.
+            let entries = match fs::read_dir(&src) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            for entry in entries {
+                let entry = entry?;
+                if entry.file_name().to_str().is_some_and(|n| n.starts_with(&partial_prefix)) {
+                    remove_dir_quietly(&entry.path())?;
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::failed(format!("removing {shown}"), e))?
+        .map_err(|e: io::Error| Error::failed(format!("removing {shown}"), e))
     }
 }
 
@@ -322,7 +360,12 @@ mod tests {
         let dir = f.checkout_dir(&app, &dep);
         assert_eq!(dir.parent(), Some(Path::new("/w/src")));
         let name = dir.file_name().and_then(|n| n.to_str()).expect("name");
-        assert_eq!(parse_dir_name(name), Some((app, dep)));
+        assert_eq!(parse_dir_name(name), Some((app.clone(), dep.clone())));
+        assert!(parse_dir_name(&format!("{name}{PARTIAL}12-3")).is_some());
+        let partial = f.partial_dir(&app, &dep);
+        assert_ne!(partial, f.partial_dir(&app, &dep), "each fetch gets its own");
+        let partial_name = partial.file_name().and_then(|n| n.to_str()).expect("name");
+        assert_eq!(parse_dir_name(partial_name), Some((app.clone(), dep.clone())));
         for junk in ["", "x", "app-abc", "-01arz3ndektsv4rrffq69g5fav", "known_hosts"] {
             assert_eq!(parse_dir_name(junk), None, "{junk}");
         }

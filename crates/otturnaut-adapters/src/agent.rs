@@ -1,0 +1,82 @@
+//! Wiring: one [`AgentConfig`] in, every adapter connected and ready out.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use otturnaut_core::{Adapters, PortRange, Result};
+
+use crate::caddy::{Caddy, CaddyConfig};
+use crate::docker::Docker;
+use crate::git::GitFetcher;
+use crate::health::Probe;
+use crate::ports::PortPool;
+use crate::state::LabelState;
+
+/// Everything the agent needs to know about its host.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Caddy's admin API, e.g. `http://127.0.0.1:2019`.
+    pub caddy_admin: String,
+    /// Addresses our Caddy server listens on, e.g. `:80`, `:443`.
+    pub listen: Vec<String>,
+    pub auto_https: bool,
+    /// Host ports handed to new containers.
+    pub port_range: PortRange,
+    /// Where fetched sources, keys and locks live.
+    pub work_dir: PathBuf,
+    /// Host address container ports are published on (Caddy dials it).
+    pub bind_address: IpAddr,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            caddy_admin: "http://127.0.0.1:2019".into(),
+            listen: vec![":80".into(), ":443".into()],
+            auto_https: true,
+            port_range: PortRange::default(),
+            work_dir: PathBuf::from("/var/lib/otturnaut"),
+            bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    }
+}
+
+/// The connected adapters, plus the concrete ones for what the traits don't
+/// cover (following logs, Caddy bootstrap, work-dir housekeeping).
+#[derive(Clone, Debug)]
+pub struct Agent {
+    pub adapters: Adapters,
+    pub docker: Docker,
+    pub caddy: Caddy,
+    pub git: GitFetcher,
+}
+
+impl Agent {
+    /// Connects to Docker and Caddy (both must answer) and makes sure our
+    /// Caddy server exists. Creates nothing else.
+    pub async fn connect(config: &AgentConfig) -> Result<Agent> {
+        let caddy = Caddy::new(CaddyConfig {
+            admin_url: config.caddy_admin.clone(),
+            listen: config.listen.clone(),
+            automatic_https: config.auto_https,
+            upstream_host: config.bind_address.to_string(),
+            ..CaddyConfig::default()
+        })?;
+        let (docker, ()) = tokio::try_join!(Docker::connect(), caddy.ensure_server())?;
+        let docker = docker.with_bind_address(config.bind_address);
+        let git = GitFetcher::new(&config.work_dir);
+        let runtime: Arc<Docker> = Arc::new(docker.clone());
+        let router: Arc<Caddy> = Arc::new(caddy.clone());
+        let adapters = Adapters {
+            fetcher: Arc::new(git.clone()),
+            builder: runtime.clone(),
+            runtime: runtime.clone(),
+            router: router.clone(),
+            ports: Arc::new(PortPool::new(config.port_range, runtime.clone())),
+            health: Arc::new(Probe::new(runtime.clone())?.with_host(config.bind_address)),
+            state: Arc::new(LabelState::new(runtime, router)),
+        };
+        Ok(Agent { adapters, docker, caddy, git })
+    }
+}
