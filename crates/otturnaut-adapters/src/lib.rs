@@ -5,6 +5,8 @@
 mod agent;
 pub mod caddy;
 pub mod docker;
+#[cfg(feature = "faults")]
+pub mod faults;
 pub mod git;
 pub mod health;
 pub mod ports;

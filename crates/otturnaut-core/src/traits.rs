@@ -48,9 +48,7 @@ pub trait SourceFetcher: Send + Sync {
     /// failed, since a failure may come after the side effect.
     async fn remove(&self, app: &AppId, deployment: &DeploymentId) -> Result<()>;
     /// Every deployment that still has a fetched tree or key file on disk.
-    async fn leftovers(&self) -> Result<Vec<(AppId, DeploymentId)>> {
-        Ok(Vec::new())
-    }
+    async fn leftovers(&self) -> Result<Vec<(AppId, DeploymentId)>>;
 }
 
 #[derive(Clone, Debug)]

@@ -280,6 +280,28 @@ impl SourceFetcher for GitFetcher {
         Ok(FetchedSource { dir, commit })
     }
 
+    async fn leftovers(&self) -> Result<Vec<(AppId, DeploymentId)>> {
+        let mut found: Vec<(AppId, DeploymentId)> =
+            self.fetched_dirs()?.into_iter().map(|d| (d.app, d.deployment)).collect();
+        let dir = self.ssh_dir();
+        match fs::read_dir(&dir) {
+            Ok(entries) => {
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    let ours = path.extension().is_some_and(|ext| ext == "key" || ext == "log");
+                    if let Some(ids) = path.file_stem().and_then(|s| s.to_str()).filter(|_| ours).and_then(parse_dir_name) {
+                        found.push(ids);
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::failed(format!("listing {}", dir.display()), e)),
+        }
+        found.sort();
+        found.dedup();
+        Ok(found)
+    }
+
     async fn remove(&self, app: &AppId, deployment: &DeploymentId) -> Result<()> {
         ssh::remove_file_quietly(&self.key_file(app, deployment));
         ssh::remove_file_quietly(&self.ssh_log(app, deployment));

@@ -1,0 +1,152 @@
+//! Fault injection over real adapters (feature `faults`, off by default and
+//! never in release builds): every side-effecting call gets a point before
+//! and after its side effect, named as in [`otturnaut_core::faults::CALLS`].
+//! `after` means the real work was done and then an error is returned — the
+//! lost-response case the pipeline must undo.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use otturnaut_core::faults::{FaultPlan, Phase};
+use otturnaut_core::traits::{
+    BuildRequest, ContainerRuntime, FetchRequest, FetchedSource, HealthProbe, ImageBuilder, PortAllocator, Router,
+    RunRequest, SourceFetcher, StateStore,
+};
+use otturnaut_core::{
+    Adapters, AppId, ContainerId, ContainerStatus, DeploymentId, EventSink, HealthCheck, HostPort, ImageRef,
+    ManagedContainer, ManagedImage, Release, Result, RouteTarget,
+};
+
+/// The environment variable the CLI reads a plan from.
+pub const ENV: &str = "OTTURNAUT_FAULTS";
+
+/// Wraps every adapter so that `plan` decides where calls fail, hang or panic.
+pub fn inject(inner: Adapters, plan: Arc<FaultPlan>) -> Adapters {
+    let faulty = Arc::new(Faulty { inner, plan });
+    Adapters {
+        fetcher: faulty.clone(),
+        builder: faulty.clone(),
+        runtime: faulty.clone(),
+        router: faulty.clone(),
+        ports: faulty.clone(),
+        health: faulty.clone(),
+        state: faulty,
+    }
+}
+
+struct Faulty {
+    inner: Adapters,
+    plan: Arc<FaultPlan>,
+}
+
+impl Faulty {
+    async fn around<T>(&self, call: &str, work: impl Future<Output = Result<T>>) -> Result<T> {
+        self.plan.hit(call, Phase::Before).await?;
+        let out = work.await?;
+        self.plan.hit(call, Phase::After).await?;
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl SourceFetcher for Faulty {
+    async fn fetch(&self, req: &FetchRequest) -> Result<FetchedSource> {
+        self.around("fetch", self.inner.fetcher.fetch(req)).await
+    }
+    async fn remove(&self, app: &AppId, deployment: &DeploymentId) -> Result<()> {
+        self.around("remove_source", self.inner.fetcher.remove(app, deployment)).await
+    }
+    async fn leftovers(&self) -> Result<Vec<(AppId, DeploymentId)>> {
+        self.inner.fetcher.leftovers().await
+    }
+}
+
+#[async_trait]
+impl ImageBuilder for Faulty {
+    async fn build(&self, req: &BuildRequest, events: &EventSink) -> Result<String> {
+        self.around("build", self.inner.builder.build(req, events)).await
+    }
+    async fn ensure_image(&self, reference: &ImageRef, events: &EventSink) -> Result<()> {
+        self.around("ensure_image", self.inner.builder.ensure_image(reference, events)).await
+    }
+    async fn remove_image(&self, image: &str) -> Result<()> {
+        self.around("remove_image", self.inner.builder.remove_image(image)).await
+    }
+    async fn list_images(&self, app: Option<&AppId>) -> Result<Vec<ManagedImage>> {
+        self.inner.builder.list_images(app).await
+    }
+}
+
+#[async_trait]
+impl ContainerRuntime for Faulty {
+    async fn start(&self, req: &RunRequest) -> Result<ContainerId> {
+        self.around("start_container", self.inner.runtime.start(req)).await
+    }
+    async fn stop(&self, id: &ContainerId, grace: Duration) -> Result<()> {
+        self.around("stop_container", self.inner.runtime.stop(id, grace)).await
+    }
+    async fn remove(&self, id: &ContainerId) -> Result<()> {
+        self.around("remove_container", self.inner.runtime.remove(id)).await
+    }
+    async fn status(&self, id: &ContainerId) -> Result<ContainerStatus> {
+        self.inner.runtime.status(id).await
+    }
+    async fn logs(&self, id: &ContainerId, tail: usize) -> Result<Vec<String>> {
+        self.inner.runtime.logs(id, tail).await
+    }
+    async fn list(&self, app: Option<&AppId>) -> Result<Vec<ManagedContainer>> {
+        self.inner.runtime.list(app).await
+    }
+}
+
+#[async_trait]
+impl Router for Faulty {
+    async fn route(&self, app: &AppId) -> Result<Option<RouteTarget>> {
+        self.inner.router.route(app).await
+    }
+    async fn set_route(&self, app: &AppId, target: &RouteTarget) -> Result<()> {
+        self.around("switch_route", self.inner.router.set_route(app, target)).await
+    }
+    async fn remove_route(&self, app: &AppId) -> Result<()> {
+        self.around("remove_route", self.inner.router.remove_route(app)).await
+    }
+    async fn in_flight(&self, port: HostPort) -> Result<u64> {
+        self.around("drain", self.inner.router.in_flight(port)).await
+    }
+    async fn routes(&self) -> Result<Vec<(AppId, RouteTarget)>> {
+        self.inner.router.routes().await
+    }
+}
+
+#[async_trait]
+impl PortAllocator for Faulty {
+    async fn allocate(&self, owner: &DeploymentId, avoid: &[HostPort]) -> Result<HostPort> {
+        self.around("allocate_port", self.inner.ports.allocate(owner, avoid)).await
+    }
+    async fn release(&self, owner: &DeploymentId) -> Result<()> {
+        self.around("release_port", self.inner.ports.release(owner)).await
+    }
+}
+
+#[async_trait]
+impl HealthProbe for Faulty {
+    async fn check(&self, container: &ContainerId, port: HostPort, check: &HealthCheck) -> Result<()> {
+        self.around("health_check", self.inner.health.check(container, port, check)).await
+    }
+}
+
+#[async_trait]
+impl StateStore for Faulty {
+    async fn load(&self, app: &AppId) -> Result<Option<Release>> {
+        self.around("load_state", self.inner.state.load(app)).await
+    }
+    async fn record(&self, release: &Release) -> Result<()> {
+        self.around("record_state", self.inner.state.record(release)).await
+    }
+    async fn forget(&self, app: &AppId) -> Result<()> {
+        self.around("record_state", self.inner.state.forget(app)).await
+    }
+}
+
