@@ -6,6 +6,15 @@
 //! the order; a failing step rolls back every earlier one in reverse order;
 //! a dropped token hands its undo to the [`Reaper`].
 //!
+//! In order, the chain compiles:
+//!
+//! ```no_run
+//! use otturnaut_steps::{Built, Committed, DeployError};
+//! async fn in_order(built: Built) -> Result<Committed, DeployError> {
+//!     built.allocate_port(None).await?.start_container().await?.health_check().await?.switch_route().await?.commit().await
+//! }
+//! ```
+//!
 //! Steps cannot be skipped: a [`Built`] has no `switch_route`.
 //!
 //! ```compile_fail

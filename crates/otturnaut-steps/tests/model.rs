@@ -96,8 +96,12 @@ fn plan() -> impl Strategy<Value = Plan> {
 }
 
 fn case() -> impl Strategy<Value = Case> {
-    (any::<bool>(), domains(), prop::option::of(domains()), plan())
-        .prop_map(|(git, domains, prior, plan)| Case { git, domains, prior, plan })
+    (any::<bool>(), domains(), prop::option::of(domains()), plan()).prop_map(|(git, domains, prior, plan)| Case {
+        git,
+        domains,
+        prior,
+        plan,
+    })
 }
 
 fn spec(case: &Case, app: &AppId) -> DeploySpec {
@@ -119,7 +123,7 @@ fn spec(case: &Case, app: &AppId) -> DeploySpec {
 
 /// How a case ended.
 enum End {
-    Done(Result<Deployed, DeployError>),
+    Done(Box<Result<Deployed, DeployError>>),
     /// Dropped (cancelled, hung and timed out, or panicked) before finishing.
     Abandoned,
 }
@@ -140,7 +144,9 @@ fn kinds_of_diff(before: &World, after: &World, app: &AppId) -> Vec<String> {
     kinds.extend(after.sources.difference(&before.sources).map(|_| "source_dir".to_string()));
     kinds.extend(after.images.difference(&before.images).map(|_| "image".to_string()));
     kinds.extend(after.ports.keys().filter(|k| !before.ports.contains_key(*k)).map(|_| "port".to_string()));
-    kinds.extend(after.containers.keys().filter(|k| !before.containers.contains_key(*k)).map(|_| "container".to_string()));
+    kinds.extend(
+        after.containers.keys().filter(|k| !before.containers.contains_key(*k)).map(|_| "container".to_string()),
+    );
     if after.routes.get(app) != before.routes.get(app) {
         kinds.push("route".into());
     }
@@ -160,7 +166,8 @@ fn assert_reverse_order(log: &[Op], prior_route: Option<&Resource>) -> Result<()
             Op::Acquire(r) | Op::Release(r) => Some(r) != prior_route,
         })
         .collect();
-    let acquired: Vec<&Resource> = ops.iter().filter_map(|op| if let Op::Acquire(r) = op { Some(r) } else { None }).collect();
+    let acquired: Vec<&Resource> =
+        ops.iter().filter_map(|op| if let Op::Acquire(r) = op { Some(r) } else { None }).collect();
     let expected: Vec<Op> = acquired
         .iter()
         .map(|r| Op::Acquire((*r).clone()))
@@ -239,25 +246,27 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
 
     let end = match &case.plan {
         Plan::Drop { polls } => match poll_then_drop(bg.execute(spec.clone(), &events), *polls).await {
-            Some(r) => End::Done(r),
+            Some(r) => End::Done(Box::new(r)),
             None => End::Abandoned,
         },
-        Plan::Hang { .. } => match tokio::time::timeout(Duration::from_secs(3600), bg.execute(spec.clone(), &events)).await {
-            Ok(r) => End::Done(r),
-            Err(_) => End::Abandoned,
-        },
+        Plan::Hang { .. } => {
+            match tokio::time::timeout(Duration::from_secs(3600), bg.execute(spec.clone(), &events)).await {
+                Ok(r) => End::Done(Box::new(r)),
+                Err(_) => End::Abandoned,
+            }
+        }
         Plan::Panic { .. } => {
             let bg2 = bg.clone();
             let (spec2, events2) = (spec.clone(), events.clone());
             match tokio::spawn(async move { bg2.execute(spec2, &events2).await }).await {
-                Ok(r) => End::Done(r),
+                Ok(r) => End::Done(Box::new(r)),
                 Err(join) => {
                     prop_assert!(join.is_panic());
                     End::Abandoned
                 }
             }
         }
-        _ => End::Done(bg.execute(spec.clone(), &events).await),
+        _ => End::Done(Box::new(bg.execute(spec.clone(), &events).await)),
     };
     let reaped = bg.reaper().flush().await;
     let after = fake.world();
@@ -268,56 +277,64 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
         seen.push(e);
     }
 
-    let prior_route = prior.as_ref().filter(|p| !p.domains.is_empty()).map(|p| Resource::Route(app.clone(), p.host_port));
+    let prior_route =
+        prior.as_ref().filter(|p| !p.domains.is_empty()).map(|p| Resource::Route(app.clone(), p.host_port));
     let committed = after.recorded.get(&app).map(|r| &r.deployment) != before.recorded.get(&app).map(|r| &r.deployment);
 
     match end {
-        End::Done(Ok(deployed)) => {
-            // A planned step fault that was reached must have failed the deploy.
-            if let Some((call, _)) = step_fault {
-                prop_assert!(!fake.calls().iter().any(|c| c == call), "{call} failed but the deploy succeeded");
+        End::Done(done) => match *done {
+            Ok(deployed) => {
+                // A planned step fault that was reached must have failed the deploy.
+                if let Some((call, _)) = step_fault {
+                    prop_assert!(!fake.calls().iter().any(|c| c == call), "{call} failed but the deploy succeeded");
+                }
+                check_success(&before, &after, &app, &spec, prior.as_ref(), &deployed)?;
+                let mut residue_kinds: Vec<String> = deployed.residue.iter().map(|r| r.kind.clone()).collect();
+                residue_kinds.sort();
+                let ideal = ideal_success_world(&before, &deployed, prior.as_ref(), &spec);
+                prop_assert_eq!(
+                    kinds_of_diff(&ideal, &after, &app),
+                    residue_kinds.clone(),
+                    "success residue must name exactly what is left"
+                );
+                if undo_faults.is_empty() {
+                    prop_assert!(residue_kinds.is_empty());
+                    prop_assert_eq!(&after, &ideal);
+                }
             }
-            check_success(&before, &after, &app, &spec, prior.as_ref(), &deployed)?;
-            let mut residue_kinds: Vec<String> = deployed.residue.iter().map(|r| r.kind.clone()).collect();
-            residue_kinds.sort();
-            let ideal = ideal_success_world(&before, &deployed, prior.as_ref(), &spec);
-            prop_assert_eq!(kinds_of_diff(&ideal, &after, &app), residue_kinds.clone(), "success residue must name exactly what is left");
-            if undo_faults.is_empty() {
-                prop_assert!(residue_kinds.is_empty());
-                prop_assert_eq!(&after, &ideal);
+            Err(err) => {
+                // The planned step fault if it was reached; else removing the route
+                // of an app that dropped all its domains (a forward use of remove_route).
+                let calls = fake.calls();
+                let reached = step_fault.map(|(c, _)| c).filter(|c| calls.iter().any(|x| x == c));
+                let drops_route =
+                    spec.domains.is_empty() && prior_route.is_some() && undo_faults.contains(&"remove_route");
+                let expected_step = match reached {
+                    Some(call) => FORWARD.iter().find(|(c, _)| *c == call).map(|(_, s)| *s),
+                    None if drops_route => Some(Step::SwitchRoute),
+                    None => return Err(TestCaseError::fail(format!("unplanned failure: {err}"))),
+                };
+                prop_assert_eq!(Some(err.step()), expected_step, "error must name the failed step: {}", err);
+                prop_assert!(err.to_string().contains(err.step().name()));
+                prop_assert!(!committed, "a failed deploy must not change recorded state");
+                let route_left = err.undo().residue.iter().any(|r| r.kind == "route");
+                prior_untouched(&before, &after, prior.as_ref(), route_left)?;
+                // What is left is exactly the residue that is certain, plus any of
+                // the in-doubt residue (the failed step's own) that really exists.
+                let residue = &err.undo().residue;
+                let certain = sorted(residue.iter().filter(|r| !r.in_doubt).map(|r| r.kind.clone()));
+                let possible = sorted(residue.iter().map(|r| r.kind.clone()));
+                let left = kinds_of_diff(&before, &after, &app);
+                prop_assert!(is_sub_multiset(&certain, &left), "certain residue {certain:?} not all left: {left:?}");
+                prop_assert!(is_sub_multiset(&left, &possible), "left {left:?} but residue says only {possible:?}");
+                prop_assert!(residue.iter().filter(|r| r.in_doubt).count() <= 1);
+                if undo_faults.is_empty() {
+                    prop_assert_eq!(&after, &before, "failed deploy must leave the world as it found it");
+                    assert_reverse_order(&log, prior_route.as_ref())?;
+                }
+                prop_assert!(reaped.outcomes.is_empty(), "explicit rollback leaves nothing to the reaper");
             }
-        }
-        End::Done(Err(err)) => {
-            // The planned step fault if it was reached; else removing the route
-            // of an app that dropped all its domains (a forward use of remove_route).
-            let calls = fake.calls();
-            let reached = step_fault.map(|(c, _)| c).filter(|c| calls.iter().any(|x| x == c));
-            let drops_route = spec.domains.is_empty() && prior_route.is_some() && undo_faults.contains(&"remove_route");
-            let expected_step = match reached {
-                Some(call) => FORWARD.iter().find(|(c, _)| *c == call).map(|(_, s)| *s),
-                None if drops_route => Some(Step::SwitchRoute),
-                None => return Err(TestCaseError::fail(format!("unplanned failure: {err}"))),
-            };
-            prop_assert_eq!(Some(err.step()), expected_step, "error must name the failed step: {}", err);
-            prop_assert!(err.to_string().contains(err.step().name()));
-            prop_assert!(!committed, "a failed deploy must not change recorded state");
-            let route_left = err.undo().residue.iter().any(|r| r.kind == "route");
-            prior_untouched(&before, &after, prior.as_ref(), route_left)?;
-            // What is left is exactly the residue that is certain, plus any of
-            // the in-doubt residue (the failed step's own) that really exists.
-            let residue = &err.undo().residue;
-            let certain = sorted(residue.iter().filter(|r| !r.in_doubt).map(|r| r.kind.clone()));
-            let possible = sorted(residue.iter().map(|r| r.kind.clone()));
-            let left = kinds_of_diff(&before, &after, &app);
-            prop_assert!(is_sub_multiset(&certain, &left), "certain residue {certain:?} not all left: {left:?}");
-            prop_assert!(is_sub_multiset(&left, &possible), "left {left:?} but residue says only {possible:?}");
-            prop_assert!(residue.iter().filter(|r| r.in_doubt).count() <= 1);
-            if undo_faults.is_empty() {
-                prop_assert_eq!(&after, &before, "failed deploy must leave the world as it found it");
-                assert_reverse_order(&log, prior_route.as_ref())?;
-            }
-            prop_assert!(reaped.outcomes.is_empty(), "explicit rollback leaves nothing to the reaper");
-        }
+        },
         End::Abandoned => {
             if committed {
                 // Dropped after the commit point: the new release is live;
@@ -383,7 +400,12 @@ fn check_success(
 }
 
 /// The world a successful deploy must leave: the new release in, the old out.
-fn ideal_success_world(before: &World, deployed: &Deployed, prior: Option<&otturnaut_core::Release>, spec: &DeploySpec) -> World {
+fn ideal_success_world(
+    before: &World,
+    deployed: &Deployed,
+    prior: Option<&otturnaut_core::Release>,
+    spec: &DeploySpec,
+) -> World {
     let mut w = before.clone();
     let new = &deployed.release;
     if let Some(p) = prior {
@@ -409,7 +431,10 @@ fn ideal_success_world(before: &World, deployed: &Deployed, prior: Option<&ottur
     if spec.domains.is_empty() {
         w.routes.remove(&new.app);
     } else {
-        w.routes.insert(new.app.clone(), otturnaut_core::RouteTarget { domains: spec.domains.clone(), port: new.host_port });
+        w.routes.insert(
+            new.app.clone(),
+            otturnaut_core::RouteTarget { domains: spec.domains.clone(), port: new.host_port },
+        );
     }
     w.recorded.insert(new.app.clone(), new.clone());
     w
