@@ -345,21 +345,28 @@ impl Healthy {
         let domains = ctx.spec.domains.clone();
         let port = self.running.prev.port;
         let router = ctx.adapters.router.clone();
-        let current = match router.route(app).await {
-            Ok(current) => current,
-            Err(e) => return Err(fail(&ctx, Step::SwitchRoute, e, None, self.running.unwind()).await),
-        };
-        if domains.is_empty() && current.is_none() {
-            // Nothing routes to an app without domains: callers reach it by port.
-            return Ok(Routed { guard: Guard::empty(&ctx.reaper), prev: self });
-        }
-        let mut guard = Guard::armed(UndoAction::RestoreRoute { app: app.clone(), previous: current }, &ctx.reaper);
         let target = RouteTarget { domains: domains.clone(), port };
+        // Reading the current route is part of the step, so a failure to read
+        // it is reported (events, error) as this step failing.
+        let mut guard = Guard::empty(&ctx.reaper);
         let work = async {
-            if domains.is_empty() { router.remove_route(app).await } else { router.set_route(app, &target).await }
+            let current = router.route(app).await?;
+            if domains.is_empty() && current.is_none() {
+                // Nothing routes to an app without domains: callers reach it by port.
+                return Ok(false);
+            }
+            guard = Guard::armed(UndoAction::RestoreRoute { app: app.clone(), previous: current }, &ctx.reaper);
+            if domains.is_empty() {
+                router.remove_route(app).await?
+            } else {
+                router.set_route(app, &target).await?
+            }
+            Ok(true)
         };
-        match timed(&ctx, Step::SwitchRoute, None, work, |_| Some(format!("port {port}"))).await {
-            Ok(()) => Ok(Routed { guard, prev: self }),
+        let detail =
+            |routed: &bool| Some(if *routed { format!("port {port}") } else { "no domains: not routed".into() });
+        match timed(&ctx, Step::SwitchRoute, None, work, detail).await {
+            Ok(_) => Ok(Routed { guard, prev: self }),
             Err(e) => Err(fail(&ctx, Step::SwitchRoute, e, guard.disarm(), self.running.unwind()).await),
         }
     }
@@ -421,7 +428,8 @@ impl Routed {
                     .into_iter()
                     .filter(|a| matches!(a, UndoAction::RemoveSource { .. }))
                     .collect();
-                let cleanup = undo_all(&ctx, leftovers).await;
+                let cleanup =
+                    PendingUndos::cleanup(leftovers, ctx.reaper.clone()).run(&ctx.adapters, &ctx.events, ctx.retry).await;
                 for r in &cleanup.residue {
                     ctx.events.warn(format!("after commit: {r}"));
                 }

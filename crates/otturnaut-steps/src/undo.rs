@@ -186,36 +186,53 @@ pub(crate) struct PendingUndos {
     actions: VecDeque<UndoAction>,
     /// The first action belongs to the step that failed: its resource may not exist.
     first_in_doubt: bool,
+    /// Routine cleanup (not an undo) runs without undo events.
+    quiet: bool,
     reaper: Option<Reaper>,
 }
 
 impl PendingUndos {
     pub(crate) fn new(actions: Vec<UndoAction>, reaper: Option<Reaper>) -> Self {
-        PendingUndos { actions: actions.into(), first_in_doubt: false, reaper }
+        PendingUndos { actions: actions.into(), first_in_doubt: false, quiet: false, reaper }
+    }
+
+    /// Routine releases after a successful commit: same retries and reaper
+    /// hand-over, but they are not undos, so no undo events.
+    pub(crate) fn cleanup(actions: Vec<UndoAction>, reaper: Reaper) -> Self {
+        PendingUndos { actions: actions.into(), first_in_doubt: false, quiet: true, reaper: Some(reaper) }
     }
 
     /// Undos after a failed step: `own` is that step's in-doubt undo (armed
     /// before its call), `older` those of the steps before it, newest first.
     pub(crate) fn after_failure(own: Option<UndoAction>, older: Vec<UndoAction>, reaper: Reaper) -> Self {
         let first_in_doubt = own.is_some();
-        PendingUndos { actions: own.into_iter().chain(older).collect(), first_in_doubt, reaper: Some(reaper) }
+        PendingUndos {
+            actions: own.into_iter().chain(older).collect(),
+            first_in_doubt,
+            quiet: false,
+            reaper: Some(reaper),
+        }
     }
 
     /// Runs every undo in order; a failing undo does not stop the rest.
     pub(crate) async fn run(mut self, adapters: &Adapters, events: &EventSink, retry: RetryPolicy) -> UndoReport {
         let mut report = UndoReport::default();
         while let Some(action) = self.actions.front().cloned() {
-            events.emit(DeployEvent::UndoStarted { resource: action.to_string() });
+            if !self.quiet {
+                events.emit(DeployEvent::UndoStarted { resource: action.to_string() });
+            }
             let (attempts, result) = perform_with_retry(&action, adapters, retry).await;
             self.actions.pop_front();
             let in_doubt = std::mem::take(&mut self.first_in_doubt);
             let error = result.err().map(|e| e.to_string());
-            events.emit(DeployEvent::UndoFinished {
-                resource: action.to_string(),
-                ok: error.is_none(),
-                attempts,
-                error: error.clone(),
-            });
+            if !self.quiet {
+                events.emit(DeployEvent::UndoFinished {
+                    resource: action.to_string(),
+                    ok: error.is_none(),
+                    attempts,
+                    error: error.clone(),
+                });
+            }
             if let Some(e) = &error {
                 report.residue.push(Residue {
                     kind: action.kind().into(),

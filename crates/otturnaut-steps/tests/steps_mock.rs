@@ -205,7 +205,10 @@ async fn unique<T>(mut arc: Arc<T>, what: &str) -> T {
         match Arc::try_unwrap(arc) {
             Ok(mock) => return mock,
             Err(shared) => {
-                assert!(Instant::now() < deadline, "the {what} mock is still shared: something kept the adapters alive");
+                assert!(
+                    Instant::now() < deadline,
+                    "the {what} mock is still shared: something kept the adapters alive"
+                );
                 arc = shared;
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
@@ -314,12 +317,34 @@ fn policy() -> RetryPolicy {
     RetryPolicy::immediate(3)
 }
 
-async fn deploy(adapters: Adapters, spec: DeploySpec) -> (std::result::Result<Deployed, DeployError>, Vec<DeployEvent>) {
+/// Runs one blue-green deploy and returns its result and events. Whatever
+/// the test, no secret of the spec may show in either.
+async fn deploy(
+    adapters: Adapters,
+    spec: DeploySpec,
+) -> (std::result::Result<Deployed, DeployError>, Vec<DeployEvent>) {
     let bg = BlueGreen::with_retry(adapters, policy());
     let (events, mut rx) = EventSink::channel();
     let result = bg.execute(spec, &events).await;
     drop(bg);
-    (result, drained(&mut rx))
+    let events = drained(&mut rx);
+    assert_no_secret(&events, &result);
+    (result, events)
+}
+
+fn assert_no_secret(events: &[DeployEvent], result: &std::result::Result<Deployed, DeployError>) {
+    for e in events {
+        let json = serde_json::to_string(e).expect("event serialises");
+        assert!(!json.contains(SECRET), "secret in event {json}");
+        assert!(!format!("{e:?}").contains(SECRET), "secret in event {e:?}");
+    }
+    let texts = match result {
+        Ok(deployed) => vec![serde_json::to_string(deployed).expect("deployed serialises"), format!("{deployed:?}")],
+        Err(err) => vec![err.to_string(), format!("{err:?}"), format!("{err:#?}")],
+    };
+    for text in texts {
+        assert!(!text.contains(SECRET), "secret in the result: {text}");
+    }
 }
 
 /// Forward expectations of a git deploy up to (not including) the health
@@ -341,7 +366,11 @@ fn git_forward(m: &mut Mocks, seen: &Seen, app: &AppId, previous: Option<Release
     let a = app.clone();
     m.state.expect_load().times(1).withf(move |x| *x == a).returning(move |_| Ok(previous.clone()));
     let s = seen.clone();
-    m.ports.expect_allocate().times(1).withf(move |d, avoid| s.is(d) && avoid.is_empty()).returning(move |_, _| Ok(new_port));
+    m.ports
+        .expect_allocate()
+        .times(1)
+        .withf(move |d, avoid| s.is(d) && avoid.is_empty())
+        .returning(move |_, _| Ok(new_port));
     let s = seen.clone();
     m.runtime
         .expect_start()
@@ -504,6 +533,43 @@ async fn health_check_failure_never_routes_and_undoes_in_reverse() {
     live.verify().await;
 }
 
+// 3b. Failing to read the current route fails the switch-route step: it is
+// reported like any other failed step, and nothing was routed.
+#[tokio::test]
+async fn route_lookup_failure_is_reported_as_the_switch_route_step() {
+    let app = app("route-lookup");
+    let b_port = port(20022);
+    let seen = Seen::default();
+    let mut m = Mocks::default();
+    let mut seq = Sequence::new();
+    git_forward(&mut m, &seen, &app, None, b_port);
+    health_ok(&mut m, b_port);
+    m.router.expect_route().times(1).returning(|_| {
+        Err(Error::Unavailable {
+            service: otturnaut_core::Service::Caddy,
+            address: "127.0.0.1:2019".into(),
+            detail: "connection refused".into(),
+        })
+    });
+    m.router.expect_set_route().never();
+    m.router.expect_remove_route().never();
+    m.state.expect_record().never();
+    git_rollback_in_sequence(&mut m, &mut seq, &seen, &app);
+
+    let (adapters, live) = m.into_live();
+    let (result, events) = deploy(adapters, git_spec(&app, &["lookup.example"])).await;
+    let err = result.expect_err("route lookup fails");
+    assert_clean_rollback(&err, Step::SwitchRoute, 4);
+    assert!(err.cause().is_unavailable(), "{:?}", err.cause());
+    let marks = step_marks(&events);
+    let route_marks: Vec<&Mark> = marks
+        .iter()
+        .filter(|m| matches!(m, Mark::Started(s) | Mark::Finished(s) | Mark::Failed(s) if *s == Step::SwitchRoute))
+        .collect();
+    assert_eq!(route_marks, vec![&Mark::Started(Step::SwitchRoute), &Mark::Failed(Step::SwitchRoute)], "{marks:?}");
+    live.verify().await;
+}
+
 // 4. A port someone else grabbed is swapped for another, avoiding it.
 #[tokio::test]
 async fn taken_port_is_swapped_for_a_fresh_one() {
@@ -549,18 +615,8 @@ async fn taken_port_is_swapped_for_a_fresh_one() {
         .returning(|_| Ok(ContainerId(NEW_CONTAINER_ID.into())));
     m.health.expect_check().times(1).in_sequence(&mut seq).withf(move |_, p, _| *p == p2).returning(|_, _, _| Ok(()));
     m.router.expect_route().times(1).returning(|_| Ok(None));
-    m.router
-        .expect_set_route()
-        .times(1)
-        .in_sequence(&mut seq)
-        .withf(move |_, t| t.port == p2)
-        .returning(|_, _| Ok(()));
-    m.state
-        .expect_record()
-        .times(1)
-        .in_sequence(&mut seq)
-        .withf(move |r| r.host_port == p2)
-        .returning(|_| Ok(()));
+    m.router.expect_set_route().times(1).in_sequence(&mut seq).withf(move |_, t| t.port == p2).returning(|_, _| Ok(()));
+    m.state.expect_record().times(1).in_sequence(&mut seq).withf(move |r| r.host_port == p2).returning(|_| Ok(()));
     m.fetcher.expect_remove().times(1).in_sequence(&mut seq).returning(|_, _| Ok(()));
 
     let (adapters, live) = m.into_live();
@@ -898,7 +954,12 @@ async fn app_without_domains_never_touches_routes() {
         }
 
         let (adapters, live) = m.into_live();
-        let (result, _) = deploy(adapters, git_spec(&app, &[])).await;
+        let (result, events) = deploy(adapters, git_spec(&app, &[])).await;
+        // The step still runs (it reads the route) and says it routed nothing.
+        assert!(
+            events.iter().any(|e| matches!(e, DeployEvent::StepFinished { step: Step::SwitchRoute, .. })),
+            "{events:?}"
+        );
         match result {
             Ok(deployed) => {
                 assert!(!fail_record);
@@ -933,14 +994,6 @@ fn step_marks(events: &[DeployEvent]) -> Vec<Mark> {
         .collect()
 }
 
-fn assert_no_secret(events: &[DeployEvent], what: &str) {
-    for e in events {
-        let json = serde_json::to_string(e).expect("event serialises");
-        assert!(!json.contains(SECRET), "{what}: secret in event {json}");
-        assert!(!format!("{e:?}").contains(SECRET), "{what}: secret in event {e:?}");
-    }
-}
-
 // 9a. A successful deploy reports every step, started then finished, in
 // order; LoadState runs beside fetch and build, so only its bounds are fixed.
 #[tokio::test]
@@ -956,6 +1009,7 @@ async fn successful_deploy_emits_every_step_in_order_without_secrets() {
     let (adapters, live) = m.into_live();
     let (result, events) = deploy(adapters, spec_with_grace(&app)).await;
     let deployed = result.expect("deploys");
+    assert!(deployed.residue.is_empty(), "{:?}", deployed.residue);
     assert!(matches!(&events[0], DeployEvent::Started { app: a, deployment } if *a == app && seen.is(deployment)));
 
     let marks = step_marks(&events);
@@ -975,16 +1029,13 @@ async fn successful_deploy_emits_every_step_in_order_without_secrets() {
         Step::RecordState,
         Step::Drain,
         Step::StopOld,
-        Step::RemoveOld,  // container
-        Step::RemoveOld,  // image
+        Step::RemoveOld, // container
+        Step::RemoveOld, // image
         Step::ReleaseOldPort,
     ];
     let expected: Vec<Mark> = expected_steps.iter().flat_map(|s| [Mark::Started(*s), Mark::Finished(*s)]).collect();
     assert_eq!(rest, expected);
 
-    assert_no_secret(&events, "success");
-    let json = serde_json::to_string(&deployed).expect("deployed serialises");
-    assert!(!json.contains(SECRET), "secret in {json}");
     live.verify().await;
 }
 
@@ -1018,7 +1069,9 @@ async fn failed_deploy_emits_step_failed_and_each_undo_without_secrets() {
         .iter()
         .filter_map(|e| match e {
             DeployEvent::UndoStarted { resource } => Some((false, resource.clone())),
-            DeployEvent::UndoFinished { resource, ok: true, attempts: 1, error: None } => Some((true, resource.clone())),
+            DeployEvent::UndoFinished { resource, ok: true, attempts: 1, error: None } => {
+                Some((true, resource.clone()))
+            }
             DeployEvent::UndoFinished { .. } => panic!("an undo failed: {e:?}"),
             _ => None,
         })
@@ -1028,10 +1081,6 @@ async fn failed_deploy_emits_step_failed_and_each_undo_without_secrets() {
     assert_eq!(undos, expected);
     assert_eq!(err.undo().outcomes.len(), 4);
 
-    assert_no_secret(&events, "failure");
-    for text in [err.to_string(), format!("{err:?}"), format!("{err:#?}")] {
-        assert!(!text.contains(SECRET), "secret in the error: {text}");
-    }
     live.verify().await;
 }
 

@@ -1,0 +1,247 @@
+//! The command line as clap sees it: raw strings only. Turning them into
+//! validated core types happens in [`crate::input`] and [`crate::settings`],
+//! so every bad value gets one message format naming its flag.
+
+use std::path::PathBuf;
+
+use clap::{ArgGroup, Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "otturnaut",
+    bin_name = "otturnaut",
+    version,
+    about = "Blue-green deploys of containers behind Caddy, with nothing left behind when one fails",
+    long_about = ABOUT,
+    after_help = AFTER_HELP,
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the agent finds its services and keeps its files. Each has a flag,
+/// an environment variable and a config-file key; the first one set wins.
+#[derive(Debug, Default, Clone, Args)]
+pub struct GlobalArgs {
+    /// Caddy's admin API [env: OTTURNAUT_CADDY_ADMIN] [default: http://127.0.0.1:2019]
+    #[arg(long, global = true, value_name = "URL")]
+    pub caddy_admin: Option<String>,
+    /// Addresses Otturnaut's Caddy server listens on, comma-separated [env: OTTURNAUT_LISTEN] [default: :80,:443]
+    #[arg(long, global = true, value_name = "ADDR,...")]
+    pub listen: Option<String>,
+    /// Do not let Caddy obtain TLS certificates for the apps' domains [env: OTTURNAUT_NO_AUTO_HTTPS=1]
+    #[arg(long, global = true)]
+    pub no_auto_https: bool,
+    /// Host ports handed to new containers [env: OTTURNAUT_PORT_RANGE] [default: 10000-20000]
+    #[arg(long, global = true, value_name = "A-B")]
+    pub port_range: Option<String>,
+    /// Where fetched sources and locks live [env: OTTURNAUT_WORK_DIR] [default: /var/lib/otturnaut]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// A TOML file with any of: caddy_admin, listen, no_auto_https, port_range, work_dir [env: OTTURNAUT_CONFIG]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build (or take) an image, start it next to the live release, switch traffic once healthy
+    #[command(long_about = DEPLOY_ABOUT)]
+    Deploy(DeployArgs),
+    /// Show each app's live release: deployment, image, commit, port, domains, container state
+    #[command(long_about = STATUS_ABOUT)]
+    Status {
+        /// Only this app
+        app: Option<String>,
+        /// One JSON document on stdout instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an app entirely: its route, containers, images and leftovers
+    #[command(long_about = UNDEPLOY_ABOUT)]
+    Undeploy {
+        /// The app to remove
+        app: String,
+        /// One JSON result object on stdout instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove what interrupted or failed deploys left behind, for every app
+    #[command(long_about = RECONCILE_ABOUT)]
+    Reconcile {
+        /// One JSON result object on stdout instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the output of an app's live container
+    #[command(long_about = LOGS_ABOUT)]
+    Logs {
+        /// The app whose logs to show
+        app: String,
+        /// Keep printing new output until the container stops (or Ctrl-C)
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// How many of the last lines to start with
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        tail: usize,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(group(ArgGroup::new("source").required(true).multiple(false).args(["repo", "image"])))]
+pub struct DeployArgs {
+    /// The app's name: lowercase letters, digits and '-' (it names containers, images and the route)
+    pub app: String,
+
+    /// Git repository to build: https://, ssh://, git@host:path, git:// or file:///path
+    #[arg(long, value_name = "URL", help_heading = "Source (one of)")]
+    pub repo: Option<String>,
+    /// Branch, tag or full commit SHA to deploy [default: main]
+    #[arg(long = "ref", value_name = "REF", requires = "repo", help_heading = "Source (one of)")]
+    pub git_ref: Option<String>,
+    /// Dockerfile path inside the repository [default: Dockerfile]
+    #[arg(long, value_name = "PATH", requires = "repo", help_heading = "Source (one of)")]
+    pub dockerfile: Option<String>,
+    /// A build argument (repeatable); values are never printed
+    #[arg(long = "build-arg", value_name = "K=V", requires = "repo", help_heading = "Source (one of)")]
+    pub build_args: Vec<String>,
+    /// A prebuilt image to run instead: used if present locally, pulled otherwise
+    #[arg(long, value_name = "IMAGE", help_heading = "Source (one of)")]
+    pub image: Option<String>,
+
+    /// The port the app listens on inside its container
+    #[arg(long, value_name = "N")]
+    pub container_port: String,
+    /// A domain Caddy routes to the app (repeatable)
+    #[arg(long = "domain", value_name = "D")]
+    pub domains: Vec<String>,
+    /// An environment variable for the app (repeatable; overrides --env-file); values are never printed
+    #[arg(long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// A file of KEY=VALUE lines (blank lines and # comments allowed)
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Option<PathBuf>,
+    /// When the new container counts as ready: running, tcp or http:/PATH (expects 200)
+    #[arg(long, value_name = "CHECK", default_value = "tcp")]
+    pub health: String,
+    /// How long the new container may take to become healthy, e.g. 30s, 2m, 1m30s [default: 30s]
+    #[arg(long, value_name = "DURATION")]
+    pub health_timeout: Option<String>,
+
+    /// Newline-delimited JSON events on stdout, the last line the result
+    #[arg(long)]
+    pub json: bool,
+}
+
+const ABOUT: &str = "\
+Otturnaut turns a git repository or a prebuilt image into a live container routed by Caddy.
+Deploys are blue-green: the new release starts next to the old one and gets the traffic only
+once it is healthy. A deploy that fails (or is interrupted) is rolled back: the old release
+keeps serving and nothing is left behind.
+
+Nothing is stored besides the outside world: containers and images carry `otturnaut.*`
+labels, and each app's route in Caddy has the id `otturnaut-app-APP`.";
+
+const AFTER_HELP: &str = "\
+Examples:
+  otturnaut deploy shop --repo https://github.com/acme/shop.git --container-port 8080 --domain shop.example.com
+  otturnaut status
+  otturnaut logs shop --follow
+  otturnaut undeploy shop
+
+Exit codes: 0 success; 1 failed and rolled back (the previous release is live); 2 invalid input,
+nothing done; 3 failed and something could not be cleaned up (run `otturnaut reconcile`);
+4 Docker or Caddy unreachable.
+
+Run `otturnaut help <command>` for each command's details.";
+
+const DEPLOY_ABOUT: &str = "\
+Deploy APP from a git repository (--repo) or a prebuilt image (--image).
+
+Every input is checked before anything is touched. Then, holding APP's lock (a second deploy of
+the same app waits; other apps deploy in parallel), leftovers of earlier interrupted deploys of
+APP are removed, and the deploy runs: fetch, build, start the new container on a free host port,
+health-check it, switch Caddy's route for the domains to it, then drain and remove the previous
+release.
+
+If any step before the route switch fails, or you press Ctrl-C, everything the deploy created is
+removed again and the previous release keeps serving.
+
+Examples:
+  otturnaut deploy shop --repo https://github.com/acme/shop.git --ref v1.4.0 \\
+      --container-port 8080 --domain shop.example.com --env-file shop.env
+  otturnaut deploy hello --repo file:///srv/hello --container-port 8080 \\
+      --domain hello.localhost --health http:/healthz --health-timeout 1m
+  otturnaut deploy cache --image redis:7 --container-port 6379 --health tcp";
+
+const STATUS_ABOUT: &str = "\
+Show each app Otturnaut knows about (or just APP): its live deployment, image, commit, host port,
+domains and container state. Everything is read from Docker labels and Caddy's config.
+
+Examples:
+  otturnaut status
+  otturnaut status shop --json | jq '.[0].port'";
+
+const UNDEPLOY_ABOUT: &str = "\
+Remove APP entirely: first its Caddy route (so no request reaches a stopping container), then its
+containers (stopped gracefully), the images Otturnaut built for it and any leftover source trees.
+Running it again finds nothing and does nothing.
+
+Example:
+  otturnaut undeploy shop";
+
+const RECONCILE_ABOUT: &str = "\
+Remove what interrupted or failed deploys left behind, for every app: containers that are not the
+live release, images the live release does not run, fetched source trees, and routes pointing at
+nothing. The live releases are kept. Apps with a deploy in progress are skipped.
+
+`otturnaut deploy` does this for its app before deploying, so you need this only after a deploy
+exited with code 3, or to tidy up.
+
+Example:
+  otturnaut reconcile";
+
+const LOGS_ABOUT: &str = "\
+Print the output (stdout and stderr) of APP's live container. If APP has no live release, the
+newest of its containers is shown instead.
+
+Examples:
+  otturnaut logs shop --tail 20
+  otturnaut logs shop --follow";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_source_is_required_and_exclusive() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args.iter().copied());
+        assert!(parse(&["otturnaut", "deploy", "a", "--container-port", "80"]).is_err());
+        assert!(
+            parse(&["otturnaut", "deploy", "a", "--container-port", "80", "--image", "x", "--repo", "https://h/r"])
+                .is_err()
+        );
+        assert!(parse(&["otturnaut", "deploy", "a", "--container-port", "80", "--image", "x", "--ref", "v1"]).is_err());
+        assert!(parse(&["otturnaut", "deploy", "a", "--container-port", "80", "--image", "x"]).is_ok());
+    }
+
+    #[test]
+    fn global_options_go_before_or_after_the_command() {
+        let cli = Cli::try_parse_from(["otturnaut", "status", "--work-dir", "/tmp/w", "--no-auto-https"])
+            .expect("global options after the command");
+        assert_eq!(cli.global.work_dir, Some(PathBuf::from("/tmp/w")));
+        assert!(cli.global.no_auto_https);
+        let cli = Cli::try_parse_from(["otturnaut", "--listen", ":8080", "status"]).expect("before the command");
+        assert_eq!(cli.global.listen.as_deref(), Some(":8080"));
+    }
+}
