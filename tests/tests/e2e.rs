@@ -25,7 +25,9 @@ async fn agent(work_dir: &Path) -> Agent {
         work_dir: work_dir.to_path_buf(),
         ..AgentConfig::default()
     };
-    Agent::connect(&config).await.unwrap_or_else(|e| panic!("connecting the agent: {e}"))
+    let agent = Agent::connect(&config).await.unwrap_or_else(|e| panic!("connecting the agent: {e}"));
+    agent.prepare().await.unwrap_or_else(|e| panic!("setting up our Caddy server: {e}"));
+    agent
 }
 
 fn spec(app: &AppId, url: &str, domain: &Domain) -> DeploySpec {

@@ -76,6 +76,7 @@ impl Args {
         self.runs.unwrap_or(if self.quick { 2 } else { 5 })
     }
 
+    #[cfg(feature = "bench")]
     pub fn wants(&self, section: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|s| s == section)
     }

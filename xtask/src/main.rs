@@ -1,5 +1,8 @@
 //! `cargo xtask`: development and CI tasks for Otturnaut.
 
+mod bench;
+mod chaos;
+mod demo;
 mod http;
 mod install;
 mod proc;
@@ -40,6 +43,15 @@ enum Cmd {
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
     },
+    /// Benchmarks on real Docker and a private Caddy: zero downtime under load, deploy timing,
+    /// rollback, route switch, concurrency, footprint; writes BENCHMARKS.md
+    Bench(bench::Args),
+    /// Fault injection and crash recovery on the real services; writes the tables of RELIABILITY.md
+    #[command(long_about = chaos::HELP)]
+    Chaos(chaos::Args),
+    /// Deploy examples/hello with the real CLI, then a changed version (blue-green), and curl it
+    #[command(long_about = DEMO_HELP)]
+    Demo,
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,6 +99,18 @@ Examples:
   tail -f /var/lib/otturnaut-dev/logs/docker.log
   cargo xtask services down";
 
+const DEMO_HELP: &str = "\
+Deploy the bundled example app with the real `otturnaut` CLI and show a blue-green switch:
+  1. cargo xtask services up
+  2. cargo build -p otturnaut-cli
+  3. build a git repository in target/demo/hello from examples/hello (plus /bin/busybox)
+  4. deploy it (domain hello.localhost, Caddy listening on 127.0.0.1:8080, no automatic HTTPS,
+     work dir target/demo/work) and curl it
+  5. commit version 2, deploy again, curl it
+Re-runnable: each run deploys version 1 and then 2 on top of what is live.
+
+Afterwards: curl -H 'Host: hello.localhost' http://127.0.0.1:8080/";
+
 const TEST_HELP: &str = "\
 The CI gate, also what .ci/run runs. In order:
   1. cargo xtask services up (installs and starts what is missing; stops here if that fails)
@@ -119,6 +143,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             }),
         },
+        Cmd::Bench(args) => bench::run(&args),
+        Cmd::Chaos(args) => chaos::run(&env, &args),
+        Cmd::Demo => demo::run(&env),
         Cmd::Test {
             skip_lints,
             cargo_test_args,

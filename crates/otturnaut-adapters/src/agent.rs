@@ -53,8 +53,8 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Connects to Docker and Caddy (both must answer) and makes sure our
-    /// Caddy server exists. Creates nothing else.
+    /// Connects to Docker and Caddy; both must answer. Changes nothing:
+    /// read-only commands use this as is, deploys call [`Agent::prepare`].
     pub async fn connect(config: &AgentConfig) -> Result<Agent> {
         let caddy = Caddy::new(CaddyConfig {
             admin_url: config.caddy_admin.clone(),
@@ -63,7 +63,7 @@ impl Agent {
             upstream_host: config.bind_address.to_string(),
             ..CaddyConfig::default()
         })?;
-        let (docker, ()) = tokio::try_join!(Docker::connect(), caddy.ensure_server())?;
+        let (docker, _) = tokio::try_join!(Docker::connect(), caddy.list_routes())?;
         let docker = docker.with_bind_address(config.bind_address);
         let git = GitFetcher::new(&config.work_dir);
         let runtime: Arc<Docker> = Arc::new(docker.clone());
@@ -78,5 +78,11 @@ impl Agent {
             state: Arc::new(LabelState::new(runtime, router)),
         };
         Ok(Agent { adapters, docker, caddy, git })
+    }
+
+    /// Makes sure our Caddy server exists with the configured listen
+    /// addresses, before a deploy routes to it.
+    pub async fn prepare(&self) -> Result<()> {
+        self.caddy.ensure_server().await
     }
 }

@@ -28,22 +28,22 @@ pub struct Cli {
 #[derive(Debug, Default, Clone, Args)]
 pub struct GlobalArgs {
     /// Caddy's admin API [env: OTTURNAUT_CADDY_ADMIN] [default: http://127.0.0.1:2019]
-    #[arg(long, global = true, value_name = "URL")]
+    #[arg(long, global = true, help_heading = "Global options", value_name = "URL")]
     pub caddy_admin: Option<String>,
     /// Addresses Otturnaut's Caddy server listens on, comma-separated [env: OTTURNAUT_LISTEN] [default: :80,:443]
-    #[arg(long, global = true, value_name = "ADDR,...")]
+    #[arg(long, global = true, help_heading = "Global options", value_name = "ADDR,...")]
     pub listen: Option<String>,
     /// Do not let Caddy obtain TLS certificates for the apps' domains [env: OTTURNAUT_NO_AUTO_HTTPS=1]
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     pub no_auto_https: bool,
     /// Host ports handed to new containers [env: OTTURNAUT_PORT_RANGE] [default: 10000-20000]
-    #[arg(long, global = true, value_name = "A-B")]
+    #[arg(long, global = true, help_heading = "Global options", value_name = "A-B")]
     pub port_range: Option<String>,
     /// Where fetched sources and locks live [env: OTTURNAUT_WORK_DIR] [default: /var/lib/otturnaut]
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(long, global = true, help_heading = "Global options", value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
     /// A TOML file with any of: caddy_admin, listen, no_auto_https, port_range, work_dir [env: OTTURNAUT_CONFIG]
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, help_heading = "Global options", value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
 
@@ -51,7 +51,7 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Build (or take) an image, start it next to the live release, switch traffic once healthy
     #[command(long_about = DEPLOY_ABOUT)]
-    Deploy(DeployArgs),
+    Deploy(Box<DeployArgs>),
     /// Show each app's live release: deployment, image, commit, port, domains, container state
     #[command(long_about = STATUS_ABOUT)]
     Status {
@@ -73,6 +73,8 @@ pub enum Command {
     /// Remove what interrupted or failed deploys left behind, for every app
     #[command(long_about = RECONCILE_ABOUT)]
     Reconcile {
+        /// Only this app (default: every app with managed resources on this Docker daemon)
+        app: Option<String>,
         /// One JSON result object on stdout instead of text
         #[arg(long)]
         json: bool,
@@ -101,13 +103,25 @@ pub struct DeployArgs {
     #[arg(long, value_name = "URL", help_heading = "Source (one of)")]
     pub repo: Option<String>,
     /// Branch, tag or full commit SHA to deploy [default: main]
-    #[arg(long = "ref", value_name = "REF", requires = "repo", help_heading = "Source (one of)")]
+    #[arg(
+        long = "ref",
+        value_name = "REF",
+        requires = "repo",
+        conflicts_with = "image",
+        help_heading = "Source (one of)"
+    )]
     pub git_ref: Option<String>,
     /// Dockerfile path inside the repository [default: Dockerfile]
-    #[arg(long, value_name = "PATH", requires = "repo", help_heading = "Source (one of)")]
+    #[arg(long, value_name = "PATH", requires = "repo", conflicts_with = "image", help_heading = "Source (one of)")]
     pub dockerfile: Option<String>,
     /// A build argument (repeatable); values are never printed
-    #[arg(long = "build-arg", value_name = "K=V", requires = "repo", help_heading = "Source (one of)")]
+    #[arg(
+        long = "build-arg",
+        value_name = "K=V",
+        requires = "repo",
+        conflicts_with = "image",
+        help_heading = "Source (one of)"
+    )]
     pub build_args: Vec<String>,
     /// A prebuilt image to run instead: used if present locally, pulled otherwise
     #[arg(long, value_name = "IMAGE", help_heading = "Source (one of)")]
@@ -202,8 +216,14 @@ nothing. The live releases are kept. Apps with a deploy in progress are skipped.
 `otturnaut deploy` does this for its app before deploying, so you need this only after a deploy
 exited with code 3, or to tidy up.
 
-Example:
-  otturnaut reconcile";
+With APP, only that app is reconciled; without, every app that has managed containers or
+images on this Docker daemon, so on a daemon shared by several agents (each with its own Caddy)
+name the app: another agent's releases are not routed by this Caddy and would be taken for
+leftovers.
+
+Examples:
+  otturnaut reconcile
+  otturnaut reconcile shop";
 
 const LOGS_ABOUT: &str = "\
 Print the output (stdout and stderr) of APP's live container. If APP has no live release, the

@@ -88,10 +88,9 @@ fn source(args: &DeployArgs) -> Result<Source, Invalid> {
 fn key_value(flag: &str, raw: &str) -> Result<(String, Secret), Invalid> {
     match raw.split_once('=') {
         Some((key, value)) => Ok((key.to_owned(), Secret::new(value))),
-        None => Err(Invalid::new(
-            flag,
-            "expected KEY=VALUE, got an argument without '=' (not shown: it may hold a secret)",
-        )),
+        None => {
+            Err(Invalid::new(flag, "expected KEY=VALUE, got an argument without '=' (not shown: it may hold a secret)"))
+        }
     }
 }
 
@@ -107,8 +106,8 @@ fn check_value(flag: &str, name: &EnvName, value: &Secret) -> Result<(), Invalid
 /// starting with `#` are skipped; an `export ` prefix is allowed.
 pub fn env_file(path: &Path) -> Result<BTreeMap<EnvName, Secret>, Invalid> {
     let flag = "--env-file";
-    let text =
-        std::fs::read_to_string(path).map_err(|e| Invalid::new(flag, format!("cannot read {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Invalid::new(flag, format!("cannot read {}: {e}", path.display())))?;
     let mut env = BTreeMap::new();
     for (i, line) in text.lines().enumerate() {
         let at = || format!("{} line {}", path.display(), i + 1);
@@ -118,7 +117,10 @@ pub fn env_file(path: &Path) -> Result<BTreeMap<EnvName, Secret>, Invalid> {
         }
         let line = line.strip_prefix("export ").unwrap_or(line);
         let Some((key, value)) = line.split_once('=') else {
-            return Err(Invalid::new(flag, format!("{}: expected KEY=VALUE (line not shown: it may hold a secret)", at())));
+            return Err(Invalid::new(
+                flag,
+                format!("{}: expected KEY=VALUE (line not shown: it may hold a secret)", at()),
+            ));
         };
         let name: EnvName = key.trim_end().parse().map_err(|e| Invalid::new(flag, format!("{}: {e}", at())))?;
         let value = Secret::new(value);
@@ -163,7 +165,7 @@ mod tests {
         let mut argv = vec!["otturnaut", "deploy"];
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv).expect("parses").command {
-            Command::Deploy(d) => d,
+            Command::Deploy(d) => *d,
             other => panic!("parsed as {other:?}"),
         }
     }
@@ -209,7 +211,9 @@ mod tests {
         let env: Vec<(&str, &str)> = spec.env.iter().map(|(k, v)| (k.as_str(), v.expose())).collect();
         assert_eq!(env, [("A", "from flag"), ("B", "x=y"), ("C", "  spaced ")]);
         assert_eq!(spec.health.deadline, Duration::from_secs(90));
-        assert!(matches!(&spec.health.kind, HealthKind::Http { path, expected_status: 200 } if path.as_str() == "/healthz"));
+        assert!(
+            matches!(&spec.health.kind, HealthKind::Http { path, expected_status: 200 } if path.as_str() == "/healthz")
+        );
         match &spec.source {
             Source::Git { url, git_ref, dockerfile, build_args, .. } => {
                 assert_eq!(url.as_str(), "file:///srv/shop");

@@ -1,3 +1,3 @@
-fn main() {
-    println!("otturnaut");
+fn main() -> std::process::ExitCode {
+    otturnaut_cli::main()
 }

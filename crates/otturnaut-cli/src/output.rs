@@ -63,7 +63,14 @@ impl Out {
         let tty = std::io::stderr().is_terminal();
         let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
             || std::env::var("TERM").is_ok_and(|t| t == "dumb");
-        Out { json, tty, paint: Paint { on: tty && !no_color }, spinner: None, running: Vec::new(), activity: String::new() }
+        Out {
+            json,
+            tty,
+            paint: Paint { on: tty && !no_color },
+            spinner: None,
+            running: Vec::new(),
+            activity: String::new(),
+        }
     }
 
     pub fn is_json(&self) -> bool {
@@ -124,8 +131,20 @@ impl Out {
         }
     }
 
+    /// The steps started and not yet finished, e.g. `health_check`.
+    pub fn running_steps(&self) -> String {
+        self.running.iter().map(|s| s.name()).collect::<Vec<_>>().join(" + ")
+    }
+
     /// Shows a deploy event: as JSON, or as a person reads it.
     pub fn event(&mut self, event: &DeployEvent) {
+        match event {
+            DeployEvent::StepStarted { step } => self.running.push(*step),
+            DeployEvent::StepFinished { step, .. } | DeployEvent::StepFailed { step, .. } => {
+                self.running.retain(|s| s != step)
+            }
+            _ => {}
+        }
         if self.json {
             self.json_line(event);
             return;
@@ -135,13 +154,11 @@ impl Out {
             DeployEvent::Started { app, deployment } => {
                 self.say(format!("{} {app} {}", p.bold("deploying"), p.dim(&format!("(deployment {deployment})"))));
             }
-            DeployEvent::StepStarted { step } => {
-                self.running.push(*step);
+            DeployEvent::StepStarted { .. } => {
                 self.activity.clear();
                 self.refresh();
             }
             DeployEvent::StepFinished { step, elapsed_ms, detail } => {
-                self.running.retain(|s| s != step);
                 self.activity.clear();
                 let detail = detail.as_deref().map(|d| format!("  {}", p.dim(d))).unwrap_or_default();
                 self.say(format!(
@@ -153,7 +170,6 @@ impl Out {
                 self.refresh();
             }
             DeployEvent::StepFailed { step, elapsed_ms, error } => {
-                self.running.retain(|s| s != step);
                 self.activity.clear();
                 let first = error.lines().next().unwrap_or_default();
                 self.say(format!(
@@ -167,7 +183,7 @@ impl Out {
             }
             DeployEvent::BuildLog { line } => {
                 let line = line.trim_end();
-                if line.trim().is_empty() {
+                if is_build_noise(line) {
                     return;
                 }
                 if self.spinner.is_some() {
@@ -201,6 +217,17 @@ impl Out {
     }
 }
 
+/// Build output a person does not need: the legacy builder's bookkeeping
+/// between steps, and the label steps Otturnaut itself adds.
+fn is_build_noise(line: &str) -> bool {
+    let trimmed = line.trim();
+    trimmed.is_empty()
+        || trimmed.starts_with("---> ")
+        || trimmed == "--->"
+        || trimmed.starts_with("Removing intermediate container")
+        || (trimmed.starts_with("Step ") && trimmed.contains(": LABEL otturnaut."))
+}
+
 impl Drop for Out {
     fn drop(&mut self) {
         self.stop_spinner();
@@ -216,6 +243,19 @@ mod tests {
         assert_eq!(elapsed(Duration::from_millis(340)), "0.3s");
         assert_eq!(elapsed(Duration::from_millis(12_400)), "12.4s");
         assert_eq!(elapsed(Duration::from_secs(125)), "2m05s");
+    }
+
+    #[test]
+    fn build_bookkeeping_is_left_out() {
+        for noise in
+            [" ---> Running in 7ebfe002a655", " ---> d0b03849eb56", " --->", "Removing intermediate container 7e", ""]
+        {
+            assert!(is_build_noise(noise), "{noise:?}");
+        }
+        assert!(is_build_noise("Step 6/11 : LABEL otturnaut.app=hello"));
+        for kept in ["Step 2/11 : COPY busybox /bin/busybox", "about to fail", "Successfully built 007b09b1791e"] {
+            assert!(!is_build_noise(kept), "{kept:?}");
+        }
     }
 
     #[test]

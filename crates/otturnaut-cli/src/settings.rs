@@ -44,7 +44,8 @@ impl Settings {
 
 /// Resolves every setting; `env` looks up an environment variable.
 pub fn resolve(args: &GlobalArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings, Invalid> {
-    let config_path = args.config.clone().or_else(|| env("OTTURNAUT_CONFIG").filter(|s| !s.is_empty()).map(PathBuf::from));
+    let config_path =
+        args.config.clone().or_else(|| env("OTTURNAUT_CONFIG").filter(|s| !s.is_empty()).map(PathBuf::from));
     let file = match &config_path {
         Some(path) => read_file(path)?,
         None => FileConfig::default(),
@@ -148,8 +149,12 @@ fn check_caddy_admin(v: &str) -> Result<(), String> {
 /// `:80,:443` or `127.0.0.1:8080`: Caddy network addresses, each `[HOST]:PORT`.
 fn parse_listen(v: &str) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
+    let several = v.contains(',');
     for addr in v.split(',').map(str::trim) {
-        let bad = |why: &str| Err(format!("{addr:?} in {v:?} {why}; use e.g. :80,:443 or 127.0.0.1:8080"));
+        let bad = |why: &str| {
+            let which = if several { format!("{addr:?} in {v:?}") } else { format!("{addr:?}") };
+            Err(format!("{which} {why}; use e.g. :80,:443 or 127.0.0.1:8080"))
+        };
         if addr.is_empty() {
             return bad("is empty");
         }
@@ -173,7 +178,7 @@ mod tests {
 
     use super::*;
 
-    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
         let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| map.get(k).cloned()
     }
@@ -233,7 +238,8 @@ mod tests {
 
     #[test]
     fn bad_values_name_where_they_came_from() {
-        let err = |args: GlobalArgs, env: &[(&str, &str)]| resolve(&args, &env_of(env)).expect_err("invalid").to_string();
+        let err =
+            |args: GlobalArgs, env: &[(&str, &str)]| resolve(&args, &env_of(env)).expect_err("invalid").to_string();
         let e = err(GlobalArgs { port_range: Some("80-90".into()), ..Default::default() }, &[]);
         assert!(e.starts_with("--port-range") && e.contains("80-90"), "{e}");
         let e = err(GlobalArgs::default(), &[("OTTURNAUT_PORT_RANGE", "x")]);

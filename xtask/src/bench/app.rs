@@ -113,7 +113,17 @@ impl GitServer {
         for argv in [
             vec!["init", "-q", "-b", "main", &work_s],
             vec!["-C", &work_s, "add", "-A"],
-            vec!["-C", &work_s, "-c", "user.name=bench", "-c", "user.email=bench@otturnaut.invalid", "commit", "-qm", "app"],
+            vec![
+                "-C",
+                &work_s,
+                "-c",
+                "user.name=bench",
+                "-c",
+                "user.email=bench@otturnaut.invalid",
+                "commit",
+                "-qm",
+                "app",
+            ],
             vec!["clone", "-q", "--bare", &work_s, &bare],
         ] {
             git(&argv).await?;
@@ -198,12 +208,33 @@ impl Rig {
 
     /// Removes everything of `app` (route, containers, images, sources).
     pub async fn undeploy(&self, app: &AppId) -> Result<()> {
-        let report = undeploy_app(&self.agent.adapters, app, Duration::ZERO, RetryPolicy::default()).await?;
-        if !report.residue.is_empty() {
-            bail!("undeploying {app} left residue: {:?}", report.residue);
+        undeploy(&self.agent.adapters, app).await
+    }
+
+    /// [`Rig::undeploy`] for many apps, 20 at a time.
+    pub async fn undeploy_all(&self, apps: &[AppId]) -> Result<()> {
+        for batch in apps.chunks(20) {
+            let tasks: Vec<_> = batch
+                .iter()
+                .map(|app| {
+                    let (adapters, app) = (self.agent.adapters.clone(), app.clone());
+                    tokio::spawn(async move { undeploy(&adapters, &app).await })
+                })
+                .collect();
+            for task in tasks {
+                task.await??;
+            }
         }
         Ok(())
     }
+}
+
+async fn undeploy(adapters: &Adapters, app: &AppId) -> Result<()> {
+    let report = undeploy_app(adapters, app, Duration::ZERO, RetryPolicy::default()).await?;
+    if !report.residue.is_empty() {
+        bail!("undeploying {app} left residue: {:?}", report.residue);
+    }
+    Ok(())
 }
 
 pub fn app_id(name: &str) -> AppId {

@@ -27,7 +27,9 @@ impl Machine {
             cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
             memory: text(meminfo()),
             kernel: text(read_trimmed("/proc/sys/kernel/osrelease")),
-            docker: text(stdout(&["docker", "version", "--format", "{{.Server.Version}} (API {{.Server.APIVersion}})"]).await),
+            docker: text(
+                stdout(&["docker", "version", "--format", "{{.Server.Version}} (API {{.Server.APIVersion}})"]).await,
+            ),
             caddy: text(stdout(&["caddy", "version"]).await),
             rustc: text(stdout(&["rustc", "--version"]).await),
             load_before: load_average(),
@@ -59,11 +61,7 @@ fn read_trimmed(path: &str) -> Result<String> {
 /// Runs `argv` with a time limit; its output, whatever the exit status.
 pub async fn output(argv: &[&str], limit: Duration) -> Result<Output> {
     let (program, args) = argv.split_first().context("empty command")?;
-    let child = Command::new(program)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
+    let child = Command::new(program).args(args).stdin(std::process::Stdio::null()).kill_on_drop(true).output();
     match tokio::time::timeout(limit, child).await {
         Ok(r) => r.with_context(|| format!("running {}", argv.join(" "))),
         Err(_) => bail!("{} did not finish within {limit:?}", argv.join(" ")),

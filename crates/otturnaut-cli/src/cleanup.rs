@@ -1,0 +1,152 @@
+//! `otturnaut undeploy` and `otturnaut reconcile`.
+
+use otturnaut_core::{AppId, Timeouts};
+use otturnaut_steps::{CleanupReport, Residue, RetryPolicy, apps_with_resources, reconcile_app, undeploy_app};
+use serde_json::json;
+
+use crate::args::GlobalArgs;
+use crate::exit::{Exit, Fatal};
+use crate::lock;
+use crate::output::Out;
+use crate::{connect, input, print_fatal, settings, take_lock};
+
+fn exit_of(residue: &[Residue]) -> Exit {
+    if residue.is_empty() { Exit::Ok } else { Exit::Residue }
+}
+
+fn say_residue(out: &Out, residue: &[Residue]) {
+    if residue.is_empty() {
+        return;
+    }
+    out.say(format!("{} could not remove {} resource(s):", out.paint.red("✗"), residue.len()));
+    for r in residue {
+        out.say(format!("    - {r}"));
+    }
+    out.say("  run `otturnaut reconcile` to try again");
+}
+
+fn fail(out: &Out, fatal: Fatal, result: &str, app: Option<&str>) -> Exit {
+    print_fatal(out, &fatal);
+    if out.is_json() {
+        out.json_line(&json!({
+            "result": "failed",
+            "command": result,
+            "app": app,
+            "done": [],
+            "residue": [],
+            "error": fatal.message,
+            "exit_code": fatal.exit.code(),
+        }));
+    }
+    fatal.exit
+}
+
+pub async fn undeploy(global: &GlobalArgs, app: &str, json: bool) -> Exit {
+    let out = Out::new(json);
+    match run_undeploy(global, app, &out).await {
+        Ok(exit) => exit,
+        Err(fatal) => fail(&out, fatal, "undeploy", Some(app)),
+    }
+}
+
+async fn run_undeploy(global: &GlobalArgs, app: &str, out: &Out) -> Result<Exit, Fatal> {
+    let settings = settings(global)?;
+    let app = input::app_id(app)?;
+    let agent = connect(&settings.agent).await?;
+    let _lock = take_lock(out, &settings, &app, "undeploy").await?;
+    let report = undeploy_app(&agent.adapters, &app, Timeouts::default().stop, RetryPolicy::default())
+        .await
+        .map_err(|e| Fatal::service(&format!("undeploying {app}"), &e))?;
+    let exit = exit_of(&report.residue);
+    if out.is_json() {
+        out.json_line(&json!({
+            "result": if exit == Exit::Ok { "undeployed" } else { "failed" },
+            "app": app,
+            "done": report.done,
+            "residue": report.residue,
+            "exit_code": exit.code(),
+        }));
+    } else if report.done.is_empty() && report.residue.is_empty() {
+        out.say(format!("{app} is not deployed: no route, container, image or source tree of it was found"));
+    } else {
+        say_done(out, &format!("undeployed {app}"), &report.done);
+        say_residue(out, &report.residue);
+    }
+    Ok(exit)
+}
+
+fn say_done(out: &Out, title: &str, done: &[String]) {
+    out.say(format!("{} {title}", out.paint.green("✓")));
+    for d in done {
+        out.say(format!("  {} {d}", out.paint.dim("·")));
+    }
+}
+
+pub async fn reconcile(global: &GlobalArgs, app: Option<&str>, json: bool) -> Exit {
+    let out = Out::new(json);
+    match run_reconcile(global, app, &out).await {
+        Ok(exit) => exit,
+        Err(fatal) => fail(&out, fatal, "reconcile", None),
+    }
+}
+
+async fn run_reconcile(global: &GlobalArgs, only: Option<&str>, out: &Out) -> Result<Exit, Fatal> {
+    let settings = settings(global)?;
+    let only = only.map(input::app_id).transpose()?;
+    let agent = connect(&settings.agent).await?;
+    let apps = match only {
+        Some(app) => std::collections::BTreeSet::from([app]),
+        None => {
+            apps_with_resources(&agent.adapters).await.map_err(|e| Fatal::service("listing Otturnaut's apps", &e))?
+        }
+    };
+    let mut reports: Vec<CleanupReport> = Vec::new();
+    let mut skipped: Vec<(AppId, String)> = Vec::new();
+    for app in apps {
+        // A deploy in progress looks like leftovers: never reconcile under it.
+        let _lock = match lock::try_lock(&settings.locks_dir(), &app, "reconcile") {
+            Ok(Ok(lock)) => lock,
+            Ok(Err(holder)) => {
+                let why = holder.describe(&app);
+                out.human(format!("skipped {app}: {why}"));
+                skipped.push((app, why));
+                continue;
+            }
+            Err(e) => {
+                return Err(Fatal::new(
+                    Exit::Failed,
+                    format!(
+                        "cannot take {app}'s lock in {}: {e}\nis --work-dir writable?",
+                        settings.locks_dir().display()
+                    ),
+                ));
+            }
+        };
+        let report = reconcile_app(&agent.adapters, &app, RetryPolicy::default())
+            .await
+            .map_err(|e| Fatal::service(&format!("reconciling {app}"), &e))?;
+        if !out.is_json() && !report.done.is_empty() {
+            say_done(out, &format!("cleaned up {app}"), &report.done);
+        }
+        reports.push(report);
+    }
+    let done: Vec<&String> = reports.iter().flat_map(|r| &r.done).collect();
+    let residue: Vec<Residue> = reports.iter().flat_map(|r| r.residue.iter().cloned()).collect();
+    let exit = exit_of(&residue);
+    if out.is_json() {
+        out.json_line(&json!({
+            "result": if exit == Exit::Ok { "reconciled" } else { "failed" },
+            "done": done,
+            "residue": residue,
+            "apps": reports,
+            "skipped": skipped.iter().map(|(app, why)| json!({"app": app, "reason": why})).collect::<Vec<_>>(),
+            "exit_code": exit.code(),
+        }));
+    } else {
+        if done.is_empty() && residue.is_empty() {
+            out.say(format!("{} nothing to clean up", out.paint.green("✓")));
+        }
+        say_residue(out, &residue);
+    }
+    Ok(exit)
+}

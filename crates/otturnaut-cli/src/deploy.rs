@@ -1,0 +1,393 @@
+//! `otturnaut deploy`.
+
+use std::time::{Duration, Instant};
+
+use otturnaut_adapters::Agent;
+use otturnaut_core::{AppId, DeployEvent, DeploySpec, DeploymentId, EventSink, Release, Source};
+use otturnaut_steps::{
+    BlueGreen, DeployError, Deployed, Residue, RetryPolicy, Strategy, UndoOutcome, live_release, reconcile_app,
+};
+use serde_json::{Value, json};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+use crate::args::{DeployArgs, GlobalArgs};
+use crate::exit::{Exit, Fatal, unavailable_advice};
+use crate::output::{Out, elapsed};
+use crate::settings::Settings;
+use crate::{connect, input, print_fatal, settings, take_lock, urls};
+
+pub async fn run(global: &GlobalArgs, args: DeployArgs) -> Exit {
+    let mut out = Out::new(args.json);
+    match deploy(global, &args, &mut out).await {
+        Ok(exit) => exit,
+        Err(fatal) => {
+            out.stop_spinner();
+            print_fatal(&out, &fatal);
+            if out.is_json() {
+                out.json_line(&json!({
+                    "result": "failed",
+                    "app": args.app,
+                    "deployment": null,
+                    "rolled_back": false,
+                    "residue": [],
+                    "error": fatal.message,
+                    "exit_code": fatal.exit.code(),
+                }));
+            }
+            fatal.exit
+        }
+    }
+}
+
+/// SIGINT and SIGTERM, whichever comes first.
+struct Signals {
+    int: Signal,
+    term: Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, Fatal> {
+        let setup =
+            |kind| signal(kind).map_err(|e| Fatal::new(Exit::Failed, format!("cannot install a signal handler: {e}")));
+        Ok(Signals { int: setup(SignalKind::interrupt())?, term: setup(SignalKind::terminate())? })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+        }
+    }
+}
+
+enum Ending {
+    Done(Box<Result<Deployed, DeployError>>),
+    Interrupted(&'static str),
+}
+
+async fn deploy(global: &GlobalArgs, args: &DeployArgs, out: &mut Out) -> Result<Exit, Fatal> {
+    // Everything is checked before anything connects or is created.
+    let settings = settings(global)?;
+    let spec = input::deploy_spec(args)?;
+    let agent = connect(&settings.agent).await?;
+    agent.prepare().await.map_err(|e| Fatal::service("setting up our Caddy server", &e))?;
+    let _lock = take_lock(out, &settings, &spec.app, "deploy").await?;
+    // Timed from here: waiting for another deploy is not this one's time.
+    let started = Instant::now();
+    let cleaned = clean_before(out, &agent, &spec.app).await?;
+
+    let strategy = BlueGreen::new(agent.adapters.clone());
+    let (sink, mut rx) = EventSink::channel();
+    let mut signals = Signals::install()?;
+    out.human(describe_source(&spec));
+    out.start_spinner();
+    let mut deployment: Option<DeploymentId> = None;
+    let ending = {
+        let mut deploy = strategy.execute(spec.clone(), &sink);
+        loop {
+            tokio::select! {
+                biased;
+                Some(event) = rx.recv() => {
+                    if let DeployEvent::Started { deployment: d, .. } = &event {
+                        deployment = Some(d.clone());
+                    }
+                    out.event(&event);
+                }
+                result = &mut deploy => break Ending::Done(Box::new(result)),
+                name = signals.next() => break Ending::Interrupted(name),
+            }
+        }
+        // Leaving this block drops the deploy future: on an interrupt, its
+        // tokens hand their undos to the reaper.
+    };
+    while let Ok(event) = rx.try_recv() {
+        out.event(&event);
+    }
+
+    let report = Report { out, settings: &settings, agent: &agent, spec: &spec, started, cleaned };
+    match ending {
+        Ending::Done(result) => match *result {
+            Ok(deployed) => Ok(report.deployed(&deployed)),
+            Err(e) => Ok(report.failed(&e).await),
+        },
+        Ending::Interrupted(name) => Ok(report.interrupted(name, deployment, &strategy, &mut signals).await),
+    }
+}
+
+fn describe_source(spec: &DeploySpec) -> String {
+    match &spec.source {
+        Source::Git { url, git_ref, .. } => format!("source: {} at {git_ref}", url.redacted()),
+        Source::Image { reference } => format!("source: image {reference}"),
+    }
+}
+
+/// Removes what earlier interrupted deploys of `app` left behind: this
+/// process holds the app's lock, so nothing of it is in progress.
+async fn clean_before(out: &mut Out, agent: &Agent, app: &AppId) -> Result<Vec<String>, Fatal> {
+    let report = reconcile_app(&agent.adapters, app, RetryPolicy::default())
+        .await
+        .map_err(|e| Fatal::service(&format!("checking {app} for leftovers of earlier deploys"), &e))?;
+    if !report.done.is_empty() {
+        out.human(format!("cleaned up leftovers of an earlier deploy of {app}:"));
+    }
+    for done in &report.done {
+        if out.is_json() {
+            out.event(&DeployEvent::Warning { message: format!("cleaned up before deploying: {done}") });
+        } else {
+            out.say(format!("  {} {done}", out.paint.yellow("↺")));
+        }
+    }
+    for residue in &report.residue {
+        out.event(&DeployEvent::Warning {
+            message: format!("could not clean up a leftover of an earlier deploy: {residue}"),
+        });
+    }
+    Ok(report.done)
+}
+
+struct Report<'a> {
+    out: &'a mut Out,
+    settings: &'a Settings,
+    agent: &'a Agent,
+    spec: &'a DeploySpec,
+    started: Instant,
+    cleaned: Vec<String>,
+}
+
+impl Report<'_> {
+    fn deployed(self, d: &Deployed) -> Exit {
+        let out = self.out;
+        out.stop_spinner();
+        let r = &d.release;
+        let urls = urls(&self.settings.agent, &r.domains);
+        if out.is_json() {
+            out.json_line(&json!({
+                "result": "deployed",
+                "app": r.app,
+                "deployment": r.deployment,
+                "image": r.image,
+                "commit": r.commit,
+                "port": r.host_port,
+                "container_port": self.spec.container_port,
+                "domains": r.domains,
+                "urls": urls,
+                "previous": d.previous.as_ref().map(|p| &p.deployment),
+                "rolled_back": false,
+                "residue": d.residue,
+                "cleaned": self.cleaned,
+                "error": null,
+                "elapsed_ms": millis(self.started.elapsed()),
+                "exit_code": Exit::Ok.code(),
+            }));
+            return Exit::Ok;
+        }
+        let p = out.paint;
+        out.say(format!("{} {} {} in {}", p.green("✓"), p.bold("deployed"), r.app, elapsed(self.started.elapsed())));
+        let row = |k: &str, v: &str| format!("  {} {v}", p.dim(&format!("{k:<11}")));
+        out.say(row("deployment", r.deployment.as_str()));
+        out.say(row("image", &r.image));
+        if let Some(commit) = &r.commit {
+            out.say(row("commit", commit.as_str()));
+        }
+        out.say(row("port", &format!("{} → container port {}", r.host_port, self.spec.container_port)));
+        for url in &urls {
+            out.say(row("url", &p.bold(url)));
+        }
+        if urls.is_empty() {
+            let direct = format!("http://{}:{}/", self.settings.agent.bind_address, r.host_port);
+            out.say(row("reach at", &format!("{direct} (no --domain, so no route in Caddy)")));
+        }
+        if let Some(previous) = &d.previous {
+            out.say(row("replaced", &format!("{} (drained, stopped and removed)", previous.deployment)));
+        }
+        for residue in &d.residue {
+            out.say(format!(
+                "  {} retiring the previous release left {residue}; `otturnaut reconcile` removes it",
+                p.yellow("!")
+            ));
+        }
+        Exit::Ok
+    }
+
+    async fn failed(self, e: &DeployError) -> Exit {
+        let cause = e.cause();
+        let residue = &e.undo().residue;
+        let exit = if cause.is_unavailable() {
+            Exit::Unavailable
+        } else if residue.is_empty() {
+            Exit::Failed
+        } else {
+            Exit::Residue
+        };
+        let (live, live_json) = live_now(self.agent, &self.spec.app).await;
+        let out = self.out;
+        out.stop_spinner();
+        if out.is_json() {
+            out.json_line(&json!({
+                "result": "failed",
+                "app": e.app(),
+                "deployment": e.deployment(),
+                "step": e.step(),
+                "rolled_back": residue.is_empty(),
+                "residue": residue,
+                "undo": e.undo().outcomes,
+                "live": live_json,
+                "cleaned": self.cleaned,
+                "error": cause.to_string(),
+                "elapsed_ms": millis(self.started.elapsed()),
+                "exit_code": exit.code(),
+            }));
+        }
+        if !out.is_json() {
+            let p = out.paint;
+            out.say(format!(
+                "{} deploy of {} failed at step {} after {}:",
+                p.red("✗"),
+                e.app(),
+                e.step(),
+                elapsed(self.started.elapsed())
+            ));
+            for line in cause.to_string().lines() {
+                out.say(format!("    {line}"));
+            }
+            say_rollback(out, e.undo().outcomes.len(), residue);
+            out.say(format!("  {live}"));
+            if cause.is_unavailable() {
+                out.say(format!("  {}", unavailable_advice(cause)));
+            } else if residue.is_empty() {
+                out.say(format!(
+                    "  fix the cause and deploy again; `otturnaut logs {}` shows the live release's output",
+                    e.app()
+                ));
+            }
+        }
+        exit
+    }
+
+    async fn interrupted(
+        self,
+        signal: &'static str,
+        deployment: Option<DeploymentId>,
+        strategy: &BlueGreen,
+        signals: &mut Signals,
+    ) -> Exit {
+        let app = self.spec.app.clone();
+        let out = self.out;
+        out.stop_spinner();
+        let during = match out.running_steps() {
+            steps if steps.is_empty() => String::new(),
+            steps => format!(" during {steps}"),
+        };
+        out.say(format!("{signal}{during}: stopping the deploy of {app} and undoing what it did… (again to give up)"));
+        let undo = tokio::select! {
+            report = strategy.reaper().flush() => report,
+            again = signals.next() => {
+                let message = format!(
+                    "{again} again: gave up rolling back the deploy of {app}; what it created may be left behind, \
+                     run `otturnaut reconcile`"
+                );
+                out.say(format!("{} {message}", out.paint.red("✗")));
+                if out.is_json() {
+                    out.json_line(&json!({
+                        "result": "failed", "app": app, "deployment": deployment, "interrupted": signal,
+                        "rolled_back": false, "residue": [], "error": message, "exit_code": Exit::Residue.code(),
+                    }));
+                }
+                return Exit::Residue;
+            }
+        };
+        for o in &undo.outcomes {
+            out.event(&undo_event(o));
+        }
+        // A final sweep, as `reconcile` would: it also catches what finished
+        // on the daemon's side after the deploy was dropped (a build, say).
+        let residue: Vec<Residue> = match reconcile_app(&self.agent.adapters, &app, RetryPolicy::default()).await {
+            Ok(sweep) => {
+                for done in &sweep.done {
+                    out.event(&DeployEvent::UndoFinished {
+                        resource: done.clone(),
+                        ok: true,
+                        attempts: 1,
+                        error: None,
+                    });
+                }
+                sweep.residue
+            }
+            Err(e) => {
+                out.event(&DeployEvent::Warning { message: format!("could not check {app} for leftovers: {e}") });
+                // Port reservations live in this process and end with it.
+                undo.residue.into_iter().filter(|r| r.kind != "port").collect()
+            }
+        };
+        let exit = if residue.is_empty() { Exit::Failed } else { Exit::Residue };
+        let (live, live_json) = live_now(self.agent, &app).await;
+        if out.is_json() {
+            out.json_line(&json!({
+                "result": "failed",
+                "app": app,
+                "deployment": deployment,
+                "interrupted": signal,
+                "rolled_back": residue.is_empty(),
+                "residue": residue,
+                "undo": undo.outcomes,
+                "live": live_json,
+                "cleaned": self.cleaned,
+                "error": format!("interrupted by {signal}"),
+                "elapsed_ms": millis(self.started.elapsed()),
+                "exit_code": exit.code(),
+            }));
+        }
+        if !out.is_json() {
+            out.say(format!(
+                "{} deploy of {app} interrupted by {signal} after {}",
+                out.paint.red("✗"),
+                elapsed(self.started.elapsed())
+            ));
+            say_rollback(out, undo.outcomes.len(), &residue);
+            out.say(format!("  {live}"));
+        }
+        exit
+    }
+}
+
+fn release_json(r: &Release) -> Value {
+    json!({
+        "deployment": r.deployment,
+        "image": r.image,
+        "port": r.host_port,
+        "domains": r.domains,
+        "commit": r.commit,
+    })
+}
+
+/// What is live now, as a sentence (and as JSON).
+async fn live_now(agent: &Agent, app: &AppId) -> (String, Value) {
+    match live_release(&agent.adapters, app).await {
+        Ok(Some(r)) => (
+            format!("the previous release {} is still live on port {} ({})", r.deployment, r.host_port, r.image),
+            release_json(&r),
+        ),
+        Ok(None) => (format!("{app} has no live release (this was its first deploy)"), Value::Null),
+        Err(e) => (format!("could not check what is live for {app}: {e}"), Value::Null),
+    }
+}
+
+fn say_rollback(out: &Out, undos: usize, residue: &[Residue]) {
+    if residue.is_empty() {
+        out.say(format!("  rolled back ({undos} undo step(s)); nothing of this deploy is left"));
+    } else {
+        out.say(format!("  {} the rollback left {} resource(s) behind:", out.paint.red("✗"), residue.len()));
+        for r in residue {
+            out.say(format!("    - {r}"));
+        }
+        out.say("  run `otturnaut reconcile` to remove them");
+    }
+}
+
+fn undo_event(o: &UndoOutcome) -> DeployEvent {
+    DeployEvent::UndoFinished { resource: o.action.clone(), ok: o.ok, attempts: o.attempts, error: o.error.clone() }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

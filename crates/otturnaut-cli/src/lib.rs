@@ -1,0 +1,147 @@
+//! The `otturnaut` command line: parses, wires the adapters and prints. All
+//! deploy logic lives in `otturnaut-steps` and `otturnaut-adapters`.
+//!
+//! A library so that the integration tests can build the same binary under
+//! another name (see `tests/src/bin`); `main.rs` only calls [`main`].
+
+mod args;
+mod cleanup;
+mod deploy;
+mod exit;
+mod faults;
+mod input;
+mod lock;
+mod logs;
+mod output;
+mod settings;
+mod status;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use otturnaut_adapters::{Agent, AgentConfig};
+use otturnaut_core::{AppId, Domain};
+
+pub use crate::exit::Exit;
+
+use crate::args::{Cli, Command, GlobalArgs};
+use crate::exit::Fatal;
+use crate::output::Out;
+use crate::settings::Settings;
+
+/// How long a command waits for another one on the same app before giving up.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How long, at exit, background work (a clone on the blocking pool) may
+/// take to wind down.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs the command line and returns the process exit code. Usage errors
+/// exit 2 and `--help` exits 0, both from clap.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return Exit::Failed.into();
+        }
+    };
+    let exit = runtime.block_on(run(cli));
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    exit.into()
+}
+
+async fn run(cli: Cli) -> Exit {
+    let global = cli.global;
+    match cli.command {
+        Command::Deploy(args) => deploy::run(&global, *args).await,
+        Command::Status { app, json } => status::run(&global, app.as_deref(), json).await,
+        Command::Undeploy { app, json } => cleanup::undeploy(&global, &app, json).await,
+        Command::Reconcile { app, json } => cleanup::reconcile(&global, app.as_deref(), json).await,
+        Command::Logs { app, follow, tail } => logs::run(&global, &app, follow, tail).await,
+    }
+}
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+fn settings(global: &GlobalArgs) -> Result<Settings, Fatal> {
+    Ok(settings::resolve(global, &env_var)?)
+}
+
+async fn connect(config: &AgentConfig) -> Result<Agent, Fatal> {
+    let mut agent = Agent::connect(config).await.map_err(|e| Fatal::service("connecting to Docker and Caddy", &e))?;
+    agent.adapters = faults::with_faults(agent.adapters)?;
+    Ok(agent)
+}
+
+/// Takes `app`'s lock for `command`, saying so on stderr if it has to wait.
+async fn take_lock(out: &Out, settings: &Settings, app: &AppId, command: &str) -> Result<lock::AppLock, Fatal> {
+    let dir = settings.locks_dir();
+    let say = |holder: &lock::Holder| {
+        out.say(format!("{}; waiting… (up to {})", holder.describe(app), humantime::format_duration(LOCK_TIMEOUT)));
+    };
+    lock::lock(&dir, app, command, LOCK_TIMEOUT, say).await.map_err(|e| match e {
+        lock::LockError::Io(path, e) => Fatal::new(
+            Exit::Failed,
+            format!(
+                "cannot take {app}'s lock {}: {e}\nnothing was changed; is --work-dir ({}) writable?",
+                path.display(),
+                settings.agent.work_dir.display()
+            ),
+        ),
+        lock::LockError::TimedOut { holder, after } => Fatal::new(
+            Exit::Failed,
+            format!(
+                "{} and did not finish within {}; gave up, nothing was changed.\n\
+                 If that process is stuck, stop it (its deploy is then rolled back) and try again.",
+                holder.describe(app),
+                humantime::format_duration(after)
+            ),
+        ),
+    })
+}
+
+/// Where a person reaches `domain` through our Caddy server.
+fn url(config: &AgentConfig, domain: &Domain) -> String {
+    let ports: Vec<u16> =
+        config.listen.iter().filter_map(|a| a.rsplit_once(':').and_then(|(_, p)| p.parse().ok())).collect();
+    let (scheme, default) = if config.auto_https { ("https", 443) } else { ("http", 80) };
+    let port = if ports.contains(&default) { default } else { ports.first().copied().unwrap_or(default) };
+    if port == default { format!("{scheme}://{domain}/") } else { format!("{scheme}://{domain}:{port}/") }
+}
+
+fn urls(config: &AgentConfig, domains: &[Domain]) -> Vec<String> {
+    domains.iter().map(|d| url(config, d)).collect()
+}
+
+/// Prints a fatal error for a person (and nothing on stdout).
+fn print_fatal(out: &Out, fatal: &Fatal) {
+    let p = out.paint;
+    let mut lines = fatal.message.lines();
+    out.say(format!("{} {}", p.red(&p.bold("error:")), lines.next().unwrap_or_default()));
+    for line in lines {
+        out.say(format!("  {line}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(listen: &[&str], auto_https: bool) -> AgentConfig {
+        AgentConfig { listen: listen.iter().map(|s| s.to_string()).collect(), auto_https, ..AgentConfig::default() }
+    }
+
+    #[test]
+    fn urls_show_the_port_people_must_use() {
+        let d: Domain = "shop.example.com".parse().expect("domain");
+        assert_eq!(url(&config(&[":80", ":443"], true), &d), "https://shop.example.com/");
+        assert_eq!(url(&config(&[":80", ":443"], false), &d), "http://shop.example.com/");
+        assert_eq!(url(&config(&["127.0.0.1:8080"], false), &d), "http://shop.example.com:8080/");
+        assert_eq!(url(&config(&["127.0.0.1:18080"], true), &d), "https://shop.example.com:18080/");
+    }
+}

@@ -1,0 +1,337 @@
+//! The fault matrix: every fault point (each adapter call, before and after
+//! its side effect), undo faults combined with a forward failure, hangs ended
+//! by a signal or a deadline, and panics — each on a fresh app and on an app
+//! with a live release.
+
+use std::time::{Duration, Instant};
+
+use otturnaut_core::AppId;
+use otturnaut_core::faults::CALLS;
+
+use super::check::{self, Live, Verdict, next_version};
+use super::cli::is_step_event;
+use super::prober::{Expect as ProbeExpect, Prober};
+use super::world::{RUN_LIMIT, Src, World};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    Fresh,
+    Live,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Fresh => "fresh",
+            Scenario::Live => "live",
+        }
+    }
+}
+
+/// How the harness ends the deploy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// Let it run to its end.
+    Run,
+    /// Send `signal` (`INT`/`TERM`) `delay` after `step` started.
+    Signal { step: &'static str, signal: &'static str, delay: Duration },
+}
+
+/// What must come of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// Fails at `step` (exit 1, or 3 with residue), the previous release
+    /// serves throughout; `switched`: traffic may briefly have reached the new
+    /// release (the fault is after the route switch).
+    Fails { step: Option<&'static str>, switched: bool },
+    /// Succeeds: the fault is after the commit, or an undo that a retry fixes,
+    /// or never reached; the new release serves.
+    Succeeds,
+}
+
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub group: &'static str,
+    pub faults: String,
+    pub scenario: Scenario,
+    pub image: bool,
+    pub ending: Ending,
+    pub extra: Vec<&'static str>,
+    pub expect: Expect,
+}
+
+impl Case {
+    pub fn label(&self) -> String {
+        let mut l = self.faults.clone();
+        if self.image {
+            l.push_str(" (--image)");
+        }
+        if let Ending::Signal { signal, step, .. } = self.ending {
+            l.push_str(&format!(" + SIG{signal} at {step}"));
+        }
+        if !self.extra.is_empty() {
+            l.push_str(&format!(" ({})", self.extra.join(" ")));
+        }
+        l
+    }
+}
+
+/// The step a forward call belongs to; `None` for calls only made by undos
+/// and by retiring the previous release.
+pub fn forward_step(call: &str) -> Option<&'static str> {
+    Some(match call {
+        "fetch" => "fetch",
+        "build" | "ensure_image" => "build",
+        "load_state" => "load_state",
+        "allocate_port" => "allocate_port",
+        "start_container" => "start_container",
+        "health_check" => "health_check",
+        "switch_route" => "switch_route",
+        "record_state" => "record_state",
+        _ => return None,
+    })
+}
+
+fn case(group: &'static str, faults: &str, scenario: Scenario, expect: Expect) -> Case {
+    Case { group, faults: faults.to_owned(), scenario, image: false, ending: Ending::Run, extra: Vec::new(), expect }
+}
+
+fn fails(step: &'static str) -> Expect {
+    Expect::Fails { step: Some(step), switched: false }
+}
+
+fn signal(mut c: Case, step: &'static str, signal: &'static str, delay_ms: u64) -> Case {
+    c.ending = Ending::Signal { step, signal, delay: Duration::from_millis(delay_ms) };
+    c
+}
+
+/// The whole matrix (`quick`: forward fault points and a few of each other kind).
+pub fn matrix(quick: bool) -> Vec<Case> {
+    let mut cases = Vec::new();
+    for scenario in [Scenario::Fresh, Scenario::Live] {
+        for call in CALLS {
+            for phase in ["before", "after"] {
+                let faults = format!("{call}.{phase}:fail");
+                let mut c = match forward_step(call) {
+                    Some(step) => {
+                        let switched = (*call == "switch_route" && phase == "after") || *call == "record_state";
+                        case("fail", &faults, scenario, Expect::Fails { step: Some(step), switched })
+                    }
+                    None if quick => continue,
+                    None => case("fail", &faults, scenario, Expect::Succeeds),
+                };
+                c.image = *call == "ensure_image";
+                if quick && phase == "after" && !matches!(*call, "start_container" | "switch_route" | "record_state") {
+                    continue;
+                }
+                cases.push(c);
+            }
+        }
+
+        // Undos that keep failing, after a forward failure: residue, exit 3,
+        // and reconcile clears it.
+        for undo in ["remove_container", "remove_image", "release_port", "remove_source"] {
+            cases.push(case(
+                "undo fault",
+                &format!("{undo}.before:fail_always,health_check.before:fail"),
+                scenario,
+                fails("health_check"),
+            ));
+        }
+        // Removing the route is the undo of a first deploy's switch; a
+        // redeploy's undo puts the old route back with switch_route instead.
+        cases.push(case(
+            "undo fault",
+            "remove_route.before:fail_always,record_state.before:fail",
+            scenario,
+            Expect::Fails { step: Some("record_state"), switched: true },
+        ));
+        cases.push(case("undo fault", "switch_route.before:fail_always", scenario, fails("switch_route")));
+        cases.push(case(
+            "undo fault",
+            "remove_container.before:panic,health_check.before:fail",
+            scenario,
+            fails("health_check"),
+        ));
+
+        // After the commit: warnings, residue for reconcile, never a rollback.
+        if !quick {
+            for call in ["drain", "stop_container", "remove_container", "remove_image", "release_port", "remove_source"]
+            {
+                cases.push(case("post-commit", &format!("{call}.before:fail_always"), scenario, Expect::Succeeds));
+            }
+        }
+
+        // Hangs, ended by a signal (or by the pipeline's own deadline).
+        let hangs: &[(&str, &str, &str, u64, bool)] = &[
+            ("fetch.before:hang", "fetch", "INT", 300, false),
+            ("build.before:hang", "build", "TERM", 300, false),
+            ("start_container.after:hang", "start_container", "INT", 1500, false),
+            ("health_check.before:hang", "health_check", "INT", 300, false),
+            ("switch_route.after:hang", "switch_route", "TERM", 1000, true),
+            ("record_state.before:hang", "record_state", "INT", 300, true),
+        ];
+        for (i, (faults, step, sig, delay, switched)) in hangs.iter().enumerate() {
+            if quick && i % 2 == 1 {
+                continue;
+            }
+            let c = case("hang", faults, scenario, Expect::Fails { step: None, switched: *switched });
+            cases.push(signal(c, step, sig, *delay));
+        }
+        let mut deadline = case("hang", "health_check.before:hang", scenario, fails("health_check"));
+        deadline.extra = vec!["--health-timeout", "2s"];
+        if !quick {
+            cases.push(deadline);
+        }
+        // A signal after the commit must not be reported as a rollback.
+        if scenario == Scenario::Live {
+            cases.push(signal(case("hang", "drain.before:hang", scenario, Expect::Succeeds), "drain", "INT", 300));
+        }
+
+        // Panics inside an adapter call.
+        let panics: &[(&str, &str, bool)] = &[
+            ("build.before:panic", "build", false),
+            ("start_container.after:panic", "start_container", false),
+            ("health_check.before:panic", "health_check", false),
+            ("switch_route.after:panic", "switch_route", true),
+        ];
+        for (i, (faults, _step, switched)) in panics.iter().enumerate() {
+            if quick && i % 2 == 1 {
+                continue;
+            }
+            cases.push(case("panic", faults, scenario, Expect::Fails { step: None, switched: *switched }));
+        }
+    }
+    cases
+}
+
+/// One row of the report.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub case: Case,
+    pub verdict: Verdict,
+    pub exit: String,
+    pub probes: String,
+    pub took: Duration,
+}
+
+/// An app with a live release, reused across cases while it stays clean.
+#[derive(Debug)]
+pub struct LiveApp {
+    pub app: AppId,
+    pub live: Live,
+}
+
+impl LiveApp {
+    pub async fn new(world: &World) -> anyhow::Result<LiveApp> {
+        let app = world.app("live");
+        world.deploy_ok(&app, Src::Git("v1")).await?;
+        let snap = world.observer.snapshot(&app).await?;
+        let live = Live::from_snapshot(&snap, "v1")
+            .ok_or_else(|| anyhow::anyhow!("{app} has no live release after deploying it"))?;
+        Ok(LiveApp { app, live })
+    }
+
+    /// Makes sure only the live release exists; replaces the app if not.
+    async fn ensure_clean(&mut self, world: &World) -> anyhow::Result<()> {
+        let snap = world.observer.snapshot(&self.app).await?;
+        let clean = snap.orphans().is_empty() && snap.live().map(|c| &c.deployment) == Some(&self.live.deployment);
+        if !clean {
+            let _ = world.undeploy(&self.app).await;
+            *self = LiveApp::new(world).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs one case; `live` is the shared live app (for `Scenario::Live`).
+pub async fn run(world: &World, case: &Case, live_app: &mut Option<LiveApp>) -> anyhow::Result<Row> {
+    let started = Instant::now();
+    let (app, live) = match case.scenario {
+        Scenario::Fresh => (world.app("f"), None),
+        Scenario::Live => {
+            if live_app.is_none() {
+                *live_app = Some(LiveApp::new(world).await?);
+            }
+            let la = live_app.as_mut().expect("just set");
+            la.ensure_clean(world).await?;
+            (la.app.clone(), Some(la.live.clone()))
+        }
+    };
+    let new_version = next_version(live.as_ref());
+    let src = if case.image { Src::Image(new_version) } else { Src::Git(new_version) };
+    let before = world.observer.snapshot(&app).await?;
+    let expect = live.as_ref().map_or(ProbeExpect::Anything, |l| ProbeExpect::Version(l.version.clone()));
+    let prober = Prober::start(world.listen(), &World::domain(&app), expect);
+
+    let mut running = world.cli.spawn(&world.deploy_args(&app, src, &case.extra), Some(&case.faults))?;
+    let mut signal_problem = None;
+    if let Ending::Signal { step, signal, delay } = case.ending {
+        let started = running.wait_for(|v| is_step_event(v, "step_started", step), RUN_LIMIT).await;
+        if started.is_some() {
+            tokio::time::sleep(delay).await;
+            running.signal(signal)?;
+        } else {
+            signal_problem = Some(format!("step {step} never started, so SIG{signal} was not sent"));
+        }
+    }
+    let out = running.finish(RUN_LIMIT).await;
+    let probes = prober.stop().await;
+    let text = out.text();
+    let reached =
+        text.contains("injected fault at") || text.contains("injected panic at") || case.ending != Ending::Run;
+
+    let mut verdict = match case.expect {
+        Expect::Fails { step, switched } => {
+            check::failed(world, &app, &before, live.as_ref(), &out, step, switched, Some(&probes), new_version).await?
+        }
+        Expect::Succeeds => {
+            let mut v = Verdict::default();
+            let new = check::deployed(world, &app, live.as_ref(), &out, new_version, Some(&probes), &mut v).await?;
+            if let (Some(la), Some(new)) = (live_app.as_mut(), new)
+                && case.scenario == Scenario::Live
+            {
+                la.live = new;
+            }
+            v
+        }
+    };
+    if case.image && !world.image_exists(new_version) {
+        verdict.problem(format!(
+            "the prebuilt image {} is gone: Otturnaut removed an image it does not own",
+            world.image(new_version)
+        ));
+    }
+    if !out.stray_stdout.is_empty() {
+        verdict.problem(format!("stdout has lines that are not JSON: {:?}", out.stray_stdout));
+    }
+    if let Some(p) = signal_problem {
+        verdict.problem(p);
+    }
+    if !reached && case.expect != Expect::Succeeds {
+        verdict.problem("the fault was never reached (is the binary built with --features faults?)");
+    }
+    if !reached {
+        verdict.notes.push("not reached".into());
+    }
+    if case.scenario == Scenario::Fresh
+        && let Err(e) = world.clean_up(&app).await
+    {
+        verdict.problem(format!("cleaning up: {e:#}"));
+    }
+    if !verdict.passed() {
+        verdict.notes.push(out.summary());
+    }
+    Ok(Row {
+        case: case.clone(),
+        verdict,
+        exit: out.code.map_or_else(|| "killed".to_owned(), |c| c.to_string()),
+        probes: format!(
+            "{}/{}{}",
+            probes.errors,
+            probes.total,
+            if probes.wrong > 0 { format!(" (+{} new)", probes.wrong) } else { String::new() }
+        ),
+        took: started.elapsed(),
+    })
+}

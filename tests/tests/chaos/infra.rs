@@ -1,0 +1,365 @@
+//! Infrastructure faults: Caddy dying just before the route switch (and
+//! coming back with or without its autosaved config), the Docker daemon
+//! restarting during the health check (opt-in), a crash-looping release, a
+//! failing build, a full disk under the work dir, and signals during a real
+//! build and a real health check.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use super::cases::LiveApp;
+use super::check::{self, Verdict, next_version};
+use super::cli::is_step_event;
+use super::prober::{Expect, Prober};
+use super::world::{RUN_LIMIT, Src, World, via_caddy};
+
+#[derive(Clone, Debug)]
+pub struct InfraRow {
+    pub name: &'static str,
+    pub verdict: Verdict,
+    pub exit: String,
+    pub probes: String,
+    pub took: Duration,
+}
+
+fn row(name: &'static str, verdict: Verdict, exit: Option<i32>, probes: String, started: Instant) -> InfraRow {
+    InfraRow { name, verdict, exit: exit.map_or("killed".into(), |c| c.to_string()), probes, took: started.elapsed() }
+}
+
+async fn live_app(world: &World, slot: &mut Option<LiveApp>) -> anyhow::Result<LiveApp> {
+    match slot.take() {
+        Some(la) => Ok(la),
+        None => LiveApp::new(world).await,
+    }
+}
+
+/// Caddy is killed the moment the health check passes, so the route switch
+/// finds it gone; it is restarted with `--resume`. The deploy must fail
+/// clearly (exit 4, Caddy named), and once Caddy is back the old release
+/// serves and nothing of the failed deploy is left.
+pub async fn caddy_dies_before_the_switch(world: &mut World, slot: &mut Option<LiveApp>) -> anyhow::Result<InfraRow> {
+    let started = Instant::now();
+    let la = live_app(world, slot).await?;
+    let (app, live) = (la.app.clone(), la.live.clone());
+    let before = world.observer.snapshot(&app).await?;
+    let new_version = next_version(Some(&live));
+    let prober = Prober::start(world.listen(), &World::domain(&app), Expect::Version(live.version.clone()));
+    let mut running = world.cli.spawn(&world.deploy_args(&app, Src::Git(new_version), &[]), None)?;
+    let mut v = Verdict::default();
+    let healthy = running.wait_for(|e| is_step_event(e, "step_finished", "health_check"), RUN_LIMIT).await;
+    if healthy.is_none() {
+        v.problem("the health check never finished");
+    }
+    prober.expect(Expect::Paused);
+    world.caddy.kill();
+    let out = running.finish(RUN_LIMIT).await;
+    world.caddy.restart(true).await?;
+    prober.expect(Expect::Version(live.version.clone()));
+    // Let the prober see the restarted Caddy serve.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let probes = prober.stop().await;
+
+    if out.code != Some(4) {
+        v.problem(format!("expected exit 4 (Caddy unreachable), got {}", out.summary()));
+    }
+    let error = out.error();
+    if !error.contains("Caddy") {
+        v.problem(format!("the error does not name Caddy: {error:?}"));
+    }
+    let checked =
+        check::failed(world, &app, &before, Some(&live), &out, None, false, Some(&probes), new_version).await?;
+    v.problems.extend(checked.problems.into_iter().filter(|p| !p.starts_with("expected exit")));
+    v.notes.extend(checked.notes);
+    v.left = checked.left;
+    v.left_after_reconcile = checked.left_after_reconcile;
+    v.notes.push(format!("error: {}", error.lines().next().unwrap_or_default()));
+    *slot = Some(la);
+    Ok(row(
+        "Caddy killed before the route switch, restarted with --resume",
+        v,
+        out.code,
+        format!("{}/{}", probes.errors, probes.total),
+        started,
+    ))
+}
+
+/// Caddy restarted *without* its autosaved config: our server and routes
+/// are gone. What do `reconcile` and the next deploy make of it? The
+/// releases' containers still run; nothing routes to them.
+pub async fn caddy_loses_its_config(world: &mut World, slot: &mut Option<LiveApp>) -> anyhow::Result<InfraRow> {
+    let started = Instant::now();
+    let la = live_app(world, slot).await?;
+    let (app, live) = (la.app.clone(), la.live.clone());
+    world.caddy.restart(false).await?;
+    let mut v = Verdict::default();
+    let rec = world.reconcile(&app).await?;
+    let snap = world.observer.snapshot(&app).await?;
+    let survived = snap.containers.iter().any(|c| c.deployment == live.deployment && c.running);
+    v.notes.push(format!("reconcile: {}", rec.summary()));
+    if !survived {
+        v.problem(format!(
+            "reconcile removed the running release {} because Caddy had no route for it (Caddy restarted without --resume)",
+            live.deployment
+        ));
+    }
+    // A deploy brings the app back in any case.
+    let new_version = next_version(Some(&live));
+    let out = world.deploy(&app, Src::Git(new_version), None).await?;
+    let mut after = Verdict::default();
+    let new = check::deployed(world, &app, None, &out, new_version, None, &mut after).await?;
+    v.problems.extend(after.problems);
+    *slot = new.map(|live| LiveApp { app, live });
+    Ok(row("Caddy restarted without --resume (config lost), then reconcile", v, rec.code, "-".into(), started))
+}
+
+/// The Docker daemon is restarted while the new container is being health
+/// checked. Every container on the daemon stops; `unless-stopped` brings
+/// ours back. Only with `--docker-restart`, and only for a dockerd that
+/// `cargo xtask services up` started (it is restarted the same way).
+pub async fn docker_restarts_during_the_health_check(
+    world: &World,
+    slot: &mut Option<LiveApp>,
+    xtask: &str,
+) -> anyhow::Result<InfraRow> {
+    let started = Instant::now();
+    let state = std::env::var("OTTURNAUT_DEV_STATE").unwrap_or_else(|_| "/var/lib/otturnaut-dev".into());
+    let pid_file = PathBuf::from(&state).join("run/docker.pid");
+    let pid = std::fs::read_to_string(&pid_file).with_context(|| {
+        format!(
+            "{} is missing: dockerd was not started by `cargo xtask services up`, so it is not restarted",
+            pid_file.display()
+        )
+    })?;
+    let pid = pid.trim().to_owned();
+    let la = live_app(world, slot).await?;
+    let (app, live) = (la.app.clone(), la.live.clone());
+    let before = world.observer.snapshot(&app).await?;
+    let new_version = next_version(Some(&live));
+    let prober = Prober::start(world.listen(), &World::domain(&app), Expect::Version(live.version.clone()));
+    let mut running =
+        world.cli.spawn(&world.deploy_args(&app, Src::Git("neverlisten"), &["--health-timeout", "60s"]), None)?;
+    let mut v = Verdict::default();
+    if running.wait_for(|e| is_step_event(e, "step_started", "health_check"), RUN_LIMIT).await.is_none() {
+        v.problem("the health check never started");
+    }
+    prober.expect(Expect::Paused);
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while PathBuf::from(format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let up = Command::new(xtask).args(["services", "up"]).status().context("running xtask services up")?;
+    if !up.success() {
+        v.problem("`xtask services up` did not bring Docker back");
+    }
+    let out = running.finish(RUN_LIMIT).await;
+    // Give `unless-stopped` time to bring the old release back.
+    let back = Instant::now() + Duration::from_secs(30);
+    while via_caddy(world, &app).await.is_none_or(|(s, b)| s != 200 || b != live.version) && Instant::now() < back {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    prober.expect(Expect::Version(live.version.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let probes = prober.stop().await;
+    if !matches!(out.code, Some(1 | 3 | 4)) {
+        v.problem(format!("expected the deploy to fail, got {}", out.summary()));
+    }
+    let checked =
+        check::failed(world, &app, &before, Some(&live), &out, None, false, Some(&probes), new_version).await?;
+    v.problems.extend(checked.problems.into_iter().filter(|p| !p.starts_with("expected exit")));
+    v.notes.extend(checked.notes);
+    v.left = checked.left;
+    v.left_after_reconcile = checked.left_after_reconcile;
+    *slot = Some(la);
+    Ok(row(
+        "Docker daemon restarted during the health check",
+        v,
+        out.code,
+        format!("{}/{}", probes.errors, probes.total),
+        started,
+    ))
+}
+
+/// A deploy of a live app that must fail and roll back.
+struct Attempt<'a> {
+    name: &'static str,
+    src: Src<'a>,
+    extra: &'a [&'a str],
+    /// Another `--work-dir`.
+    work_dir: Option<&'a str>,
+    /// `(step, signal, delay ms)`: signal the CLI that long after `step` started.
+    signal: Option<(&'static str, &'static str, u64)>,
+    /// The step the error must name.
+    step: Option<&'static str>,
+}
+
+/// Runs `a`, judges it like a fault case; `check_outcome` adds the case's
+/// own assertions.
+async fn failing_deploy(
+    world: &World,
+    slot: &mut Option<LiveApp>,
+    a: Attempt<'_>,
+    check_outcome: impl FnOnce(&super::cli::Outcome, &mut Verdict),
+) -> anyhow::Result<InfraRow> {
+    let started = Instant::now();
+    let la = live_app(world, slot).await?;
+    let (app, live) = (la.app.clone(), la.live.clone());
+    let before = world.observer.snapshot(&app).await?;
+    let prober = Prober::start(world.listen(), &World::domain(&app), Expect::Version(live.version.clone()));
+    let args = world.deploy_args(&app, a.src, a.extra);
+    let mut cli = world.cli.clone();
+    if let Some(dir) = a.work_dir {
+        let i = cli.global.iter().position(|g| g == "--work-dir").context("--work-dir flag")?;
+        cli.global[i + 1] = dir.to_owned();
+    }
+    let mut running = cli.spawn(&args, None)?;
+    let mut v = Verdict::default();
+    if let Some((step, sig, delay)) = a.signal {
+        if running.wait_for(|e| is_step_event(e, "step_started", step), RUN_LIMIT).await.is_some() {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            running.signal(sig)?;
+        } else {
+            v.problem(format!("step {step} never started"));
+        }
+    }
+    let out = running.finish(RUN_LIMIT).await;
+    let probes = prober.stop().await;
+    check_outcome(&out, &mut v);
+    let checked = check::failed(world, &app, &before, Some(&live), &out, a.step, false, Some(&probes), "").await?;
+    v.problems.extend(checked.problems);
+    v.notes.extend(checked.notes);
+    v.left = checked.left;
+    v.left_after_reconcile = checked.left_after_reconcile;
+    if !v.passed() {
+        v.notes.push(out.summary());
+    }
+    *slot = Some(la);
+    Ok(row(a.name, v, out.code, format!("{}/{}", probes.errors, probes.total), started))
+}
+
+/// A release that exits at once (and is restarted by `unless-stopped`):
+/// the health check must say so — exit code and logs — without waiting out
+/// its 60 s deadline.
+pub async fn crash_looping_release(world: &World, slot: &mut Option<LiveApp>) -> anyhow::Result<InfraRow> {
+    let a = Attempt {
+        name: "new release crash-loops (exit 3)",
+        src: Src::Git("crash"),
+        extra: &["--health-timeout", "60s"],
+        work_dir: None,
+        signal: None,
+        step: Some("health_check"),
+    };
+    failing_deploy(world, slot, a, |out, v| {
+        let e = out.error();
+        if !e.contains("exited with code 3") || !e.contains("boom") {
+            v.problem(format!("the error does not give the exit code and the logs: {e:?}"));
+        }
+        if out.elapsed > Duration::from_secs(20) {
+            v.problem(format!("took {:.1}s: it waited for the deadline", out.elapsed.as_secs_f64()));
+        }
+        v.notes.push(format!("failed after {:.1}s", out.elapsed.as_secs_f64()));
+    })
+    .await
+}
+
+pub async fn failing_build(world: &World, slot: &mut Option<LiveApp>) -> anyhow::Result<InfraRow> {
+    let a = Attempt {
+        name: "build fails (RUN exits 7)",
+        src: Src::Git("failbuild"),
+        extra: &[],
+        work_dir: None,
+        signal: None,
+        step: Some("build"),
+    };
+    failing_deploy(world, slot, a, |out, v| {
+        let e = out.error();
+        if !e.contains("about to fail") {
+            v.problem(format!("the error does not show the build's last lines: {e:?}"));
+        }
+    })
+    .await
+}
+
+/// The work dir is a 256 KiB tmpfs: the clone runs out of space (ENOSPC).
+pub async fn disk_full(world: &World, slot: &mut Option<LiveApp>) -> anyhow::Result<InfraRow> {
+    let mount = world.root().join("small-work");
+    std::fs::create_dir_all(&mount)?;
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&mount)
+        .status()
+        .context("running mount")?;
+    anyhow::ensure!(status.success(), "mounting a tmpfs at {} failed (needs root)", mount.display());
+    let dir = mount.display().to_string();
+    let a = Attempt {
+        name: "work dir full (tmpfs, ENOSPC during the clone)",
+        src: Src::Git("v2"),
+        extra: &[],
+        work_dir: Some(&dir),
+        signal: None,
+        step: Some("fetch"),
+    };
+    let result = failing_deploy(world, slot, a, |out, v| {
+        let e = out.error().to_lowercase();
+        if !e.contains("no space") && !e.contains("os error 28") {
+            v.problem(format!("the error does not say the disk is full: {e:?}"));
+        }
+    })
+    .await;
+    let leftover: Vec<String> = walk(&mount).into_iter().filter(|p| !p.starts_with("locks")).collect();
+    let _ = Command::new("umount").arg(&mount).status();
+    let mut row = result?;
+    if !leftover.is_empty() {
+        row.verdict.problem(format!("left in the full work dir: {leftover:?}"));
+    }
+    Ok(row)
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for sub in ["src", "ssh"] {
+        if let Ok(rd) = std::fs::read_dir(dir.join(sub)) {
+            out.extend(rd.flatten().map(|e| format!("{sub}/{}", e.file_name().to_string_lossy())));
+        }
+    }
+    out
+}
+
+/// SIGINT while a real (slow) build runs.
+pub async fn sigint_during_build(world: &World, slot: &mut Option<LiveApp>) -> anyhow::Result<InfraRow> {
+    let a = Attempt {
+        name: "SIGINT during a real build",
+        src: Src::Git("slowbuild"),
+        extra: &[],
+        work_dir: None,
+        signal: Some(("build", "INT", 1500)),
+        step: None,
+    };
+    failing_deploy(world, slot, a, |out, v| {
+        if out.elapsed > Duration::from_secs(30) {
+            v.problem(format!("took {:.1}s to stop", out.elapsed.as_secs_f64()));
+        }
+    })
+    .await
+}
+
+/// SIGTERM while a real health check waits for a server that never listens.
+pub async fn sigterm_during_health_check(world: &World, slot: &mut Option<LiveApp>) -> anyhow::Result<InfraRow> {
+    let a = Attempt {
+        name: "SIGTERM during a real health check",
+        src: Src::Git("neverlisten"),
+        extra: &["--health-timeout", "60s"],
+        work_dir: None,
+        signal: Some(("health_check", "TERM", 1500)),
+        step: None,
+    };
+    failing_deploy(world, slot, a, |out, v| {
+        if out.elapsed > Duration::from_secs(30) {
+            v.problem(format!("took {:.1}s to stop", out.elapsed.as_secs_f64()));
+        }
+    })
+    .await
+}

@@ -1,0 +1,199 @@
+//! What of one app exists in the outside world, and what changed: the
+//! harness's only source of truth, read the way an operator would (Docker by
+//! our labels, our routes in Caddy, the files in the work dir and in the
+//! CLI's temp dir).
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use otturnaut_adapters::caddy::Caddy as CaddyAdapter;
+use otturnaut_adapters::docker::Docker;
+use otturnaut_core::AppId;
+use otturnaut_core::traits::{ContainerRuntime as _, ImageBuilder as _, Router as _};
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ContainerFact {
+    pub name: String,
+    pub deployment: String,
+    pub running: bool,
+    pub state: String,
+    pub port: Option<u16>,
+    pub image: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ImageFact {
+    pub id: String,
+    pub tags: Vec<String>,
+    pub deployment: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub containers: Vec<ContainerFact>,
+    pub images: Vec<ImageFact>,
+    /// `(port, domains)` of the app's route in our Caddy server.
+    pub route: Option<(u16, Vec<String>)>,
+    /// The app's entries in the work dir (`src/{app}-…`, `ssh/{app}-…`) and
+    /// everything in the CLI's temp dir (`tmp/…`).
+    pub files: BTreeSet<String>,
+}
+
+/// One thing that exists, as a diff line.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Item {
+    /// `container`, `image`, `route` or `file`.
+    pub kind: &'static str,
+    pub text: String,
+    /// The deployment it belongs to, when it says.
+    pub deployment: Option<String>,
+}
+
+impl fmt::Display for Item {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.kind, self.text)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub added: bool,
+    pub item: Item,
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", if self.added { "+" } else { "-" }, self.item)
+    }
+}
+
+impl Snapshot {
+    pub fn items(&self) -> BTreeSet<Item> {
+        let mut items = BTreeSet::new();
+        for c in &self.containers {
+            let port = c.port.map_or("no port".to_owned(), |p| format!(":{p}"));
+            items.insert(Item {
+                kind: "container",
+                text: format!("{} {} {port}", c.name, c.state),
+                deployment: Some(c.deployment.clone()),
+            });
+        }
+        for i in &self.images {
+            let short = i.id.trim_start_matches("sha256:").get(..12).unwrap_or(&i.id).to_owned();
+            let name = if i.tags.is_empty() { "(untagged)".to_owned() } else { i.tags.join(",") };
+            items.insert(Item {
+                kind: "image",
+                text: format!("{name} {short}"),
+                deployment: Some(i.deployment.clone()),
+            });
+        }
+        if let Some((port, domains)) = &self.route {
+            let deployment = self.containers.iter().find(|c| c.port == Some(*port)).map(|c| c.deployment.clone());
+            items.insert(Item { kind: "route", text: format!("→ :{port} for {}", domains.join(",")), deployment });
+        }
+        for f in &self.files {
+            items.insert(Item { kind: "file", text: f.clone(), deployment: deployment_in(f) });
+        }
+        items
+    }
+
+    /// The live release: the running container Caddy routes the app to.
+    pub fn live(&self) -> Option<&ContainerFact> {
+        let (port, _) = self.route.as_ref()?;
+        self.containers.iter().find(|c| c.running && c.port == Some(*port))
+    }
+
+    /// Everything that is not the live release (or the image it runs): what
+    /// reconcile must leave nothing of.
+    pub fn orphans(&self) -> Vec<Item> {
+        let live = self.live();
+        let live_dep = live.map(|c| c.deployment.as_str());
+        let mut out = Vec::new();
+        for item in self.items() {
+            let keep = match item.kind {
+                "container" | "image" => live_dep.is_some() && item.deployment.as_deref() == live_dep,
+                // A route is fine iff something live answers it.
+                "route" => live.is_some(),
+                _ => false,
+            };
+            if !keep {
+                out.push(item);
+            }
+        }
+        out
+    }
+}
+
+pub fn diff(before: &Snapshot, after: &Snapshot) -> Vec<Change> {
+    let (b, a) = (before.items(), after.items());
+    let mut out: Vec<Change> = b.difference(&a).map(|i| Change { added: false, item: i.clone() }).collect();
+    out.extend(a.difference(&b).map(|i| Change { added: true, item: i.clone() }));
+    out
+}
+
+/// Reads snapshots of apps in one world.
+#[derive(Clone, Debug)]
+pub struct Observer {
+    pub docker: Docker,
+    pub caddy: CaddyAdapter,
+    pub work_dir: PathBuf,
+    pub tmp_dir: PathBuf,
+}
+
+impl Observer {
+    pub async fn snapshot(&self, app: &AppId) -> anyhow::Result<Snapshot> {
+        let (containers, images, route) =
+            tokio::try_join!(self.docker.list(Some(app)), self.docker.list_images(Some(app)), self.caddy.route(app))
+                .with_context(|| format!("reading what exists of {app}"))?;
+        let mut containers: Vec<ContainerFact> = containers
+            .into_iter()
+            .map(|c| ContainerFact {
+                name: c.name,
+                deployment: c.deployment.to_string(),
+                running: c.running,
+                state: c.state,
+                port: c.host_port.map(|p| p.get()),
+                image: c.image,
+            })
+            .collect();
+        containers.sort();
+        let mut images: Vec<ImageFact> = images
+            .into_iter()
+            .map(|i| {
+                let mut tags = i.tags;
+                tags.sort();
+                ImageFact { id: i.id, tags, deployment: i.deployment.to_string() }
+            })
+            .collect();
+        images.sort();
+        let mut files = BTreeSet::new();
+        let prefix = format!("{app}-");
+        for sub in ["src", "ssh"] {
+            for name in entries(&self.work_dir.join(sub)) {
+                if name.starts_with(&prefix) {
+                    files.insert(format!("{sub}/{name}"));
+                }
+            }
+        }
+        files.extend(entries(&self.tmp_dir).into_iter().map(|n| format!("tmp/{n}")));
+        Ok(Snapshot {
+            containers,
+            images,
+            route: route.map(|r| (r.port.get(), r.domains.iter().map(ToString::to_string).collect())),
+            files,
+        })
+    }
+}
+
+/// The deployment id (a 26-character ULID) in a work-dir entry's name.
+fn deployment_in(name: &str) -> Option<String> {
+    name.split(|c: char| !c.is_ascii_alphanumeric()).find(|w| w.len() == 26).map(str::to_owned)
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}

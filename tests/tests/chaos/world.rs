@@ -1,0 +1,267 @@
+//! The world a chaos run deploys into: the real Docker Engine, a private
+//! Caddy, a git daemon serving a fixture repository, a private work dir and
+//! temp dir, and the `otturnaut` binary pointed at all of them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail, ensure};
+use otturnaut_adapters::docker::Docker;
+use otturnaut_core::AppId;
+use otturnaut_tests::caddy_proc::test_caddy;
+use otturnaut_tests::fixtures::{Behaviour, write_context};
+use otturnaut_tests::gitfix::{GitDaemon, GitRepo};
+use otturnaut_tests::services::require_docker;
+
+use super::caddy::Caddy;
+use super::cli::{Cli, Outcome};
+use super::snapshot::Observer;
+
+/// Host ports handed to the chaos apps' containers.
+pub const PORT_RANGE: &str = "30000-39999";
+
+/// A CLI run that should not take longer than this is stuck.
+pub const RUN_LIMIT: Duration = Duration::from_secs(180);
+
+/// Every git ref the fixture repository has, and what its image does.
+pub fn fixture_refs() -> Vec<(&'static str, Behaviour)> {
+    vec![
+        ("v1", Behaviour::serve("v1")),
+        ("v2", Behaviour::serve("v2")),
+        ("crash", Behaviour::Exit { code: 3 }),
+        ("neverlisten", Behaviour::NeverListen),
+        ("slowbuild", Behaviour::SlowBuild { secs: 120 }),
+        ("failbuild", Behaviour::FailBuild),
+    ]
+}
+
+/// What a deploy deploys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Src<'a> {
+    /// A ref of the fixture repository, built by Otturnaut.
+    Git(&'a str),
+    /// A prebuilt local image of this version (not built or owned by Otturnaut).
+    Image(&'a str),
+}
+
+#[derive(Debug)]
+pub struct World {
+    pub root: tempfile::TempDir,
+    pub work_dir: PathBuf,
+    pub caddy: Caddy,
+    pub cli: Cli,
+    pub observer: Observer,
+    repo: GitRepo,
+    daemon: GitDaemon,
+    /// `otturnaut-chaos-{pid}:{version}` images for `--image` deploys.
+    image_base: String,
+    images: Vec<String>,
+    next_app: AtomicU32,
+}
+
+impl World {
+    pub async fn new(bin: PathBuf) -> anyhow::Result<World> {
+        require_docker().await;
+        let docker = Docker::connect().await.context("connecting to Docker")?;
+        let root = tempfile::Builder::new().prefix("otturnaut-chaos-").tempdir()?;
+        let work_dir = root.path().join("work");
+        let tmp_dir = root.path().join("tmp");
+        std::fs::create_dir_all(&work_dir)?;
+        std::fs::create_dir_all(&tmp_dir)?;
+        let caddy = Caddy::start().await?;
+
+        let repo = GitRepo::new();
+        for (name, behaviour) in fixture_refs() {
+            repo.commit_with(name, |dir| write_context(dir, &behaviour));
+            repo.tag(name);
+        }
+        let daemon = GitDaemon::for_repo(&repo);
+
+        let global = vec![
+            "--caddy-admin".to_owned(),
+            caddy.admin_url(),
+            "--listen".to_owned(),
+            caddy.listen.clone(),
+            "--no-auto-https".to_owned(),
+            "--port-range".to_owned(),
+            PORT_RANGE.to_owned(),
+            "--work-dir".to_owned(),
+            work_dir.display().to_string(),
+        ];
+        let cli = Cli { bin, global, tmp_dir: tmp_dir.clone() };
+        let observer = Observer {
+            docker: docker.clone(),
+            caddy: test_caddy(&caddy.admin_url(), &caddy.listen),
+            work_dir: work_dir.clone(),
+            tmp_dir,
+        };
+        let mut world = World {
+            root,
+            work_dir,
+            caddy,
+            cli,
+            observer,
+            repo,
+            daemon,
+            image_base: format!("otturnaut-chaos-{}", std::process::id()),
+            images: Vec::new(),
+            next_app: AtomicU32::new(0),
+        };
+        for version in ["v1", "v2"] {
+            world.build_plain_image(version)?;
+        }
+        Ok(world)
+    }
+
+    /// A prebuilt image, as a registry would have provided it: no labels of ours.
+    fn build_plain_image(&mut self, version: &str) -> anyhow::Result<()> {
+        let dir = self.root.path().join(format!("image-{version}"));
+        write_context(&dir, &Behaviour::serve(version))?;
+        let name = self.image(version);
+        let out = Command::new("docker")
+            .args(["build", "-q", "-t", &name])
+            .arg(&dir)
+            .output()
+            .context("running docker build")?;
+        ensure!(out.status.success(), "docker build -t {name} failed: {}", String::from_utf8_lossy(&out.stderr));
+        self.images.push(name);
+        Ok(())
+    }
+
+    pub fn image(&self, version: &str) -> String {
+        format!("{}:{version}", self.image_base)
+    }
+
+    pub fn image_exists(&self, version: &str) -> bool {
+        Command::new("docker")
+            .args(["image", "inspect", "--format", "{{.Id}}", &self.image(version)])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    pub fn repo_url(&self) -> String {
+        self.daemon.url(&self.repo)
+    }
+
+    /// A fresh app id, unique across processes: `cx{pid}-{n}-{tag}`.
+    pub fn app(&self, tag: &str) -> AppId {
+        let n = self.next_app.fetch_add(1, Ordering::Relaxed);
+        let id = format!("cx{}-{n}-{tag}", std::process::id());
+        id.parse().unwrap_or_else(|e| panic!("app id {id:?}: {e}"))
+    }
+
+    pub fn domain(app: &AppId) -> String {
+        format!("{app}.chaos.test")
+    }
+
+    pub fn listen(&self) -> &str {
+        &self.caddy.listen
+    }
+
+    pub fn deploy_args(&self, app: &AppId, src: Src<'_>, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = vec!["deploy".into(), app.to_string()];
+        match src {
+            Src::Git(r) => args.extend(["--repo".into(), self.repo_url(), "--ref".into(), r.into()]),
+            Src::Image(v) => args.extend(["--image".into(), self.image(v)]),
+        }
+        args.extend(
+            [
+                "--container-port",
+                "8080",
+                "--domain",
+                &World::domain(app),
+                "--health",
+                "http:/healthz",
+                "--health-timeout",
+                "20s",
+                "--json",
+            ]
+            .map(str::to_owned),
+        );
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    }
+
+    pub async fn deploy(&self, app: &AppId, src: Src<'_>, faults: Option<&str>) -> anyhow::Result<Outcome> {
+        self.cli.run(&self.deploy_args(app, src, &[]), faults, RUN_LIMIT).await
+    }
+
+    /// A deploy that must succeed (setting up a live release).
+    pub async fn deploy_ok(&self, app: &AppId, src: Src<'_>) -> anyhow::Result<Outcome> {
+        let out = self.deploy(app, src, None).await?;
+        if out.code != Some(0) {
+            bail!("setting up {app}: {}", out.summary());
+        }
+        Ok(out)
+    }
+
+    /// `otturnaut reconcile APP`: only this app, never the other apps on this
+    /// Docker daemon (other test processes' apps route through other Caddies).
+    pub async fn reconcile(&self, app: &AppId) -> anyhow::Result<Outcome> {
+        self.cli.run(&["reconcile".into(), app.to_string(), "--json".into()], None, RUN_LIMIT).await
+    }
+
+    pub async fn undeploy(&self, app: &AppId) -> anyhow::Result<Outcome> {
+        self.cli.run(&["undeploy".into(), app.to_string(), "--json".into()], None, RUN_LIMIT).await
+    }
+
+    /// Removes everything of `app`: `otturnaut undeploy`, then checks nothing
+    /// is left. Returns what was left, if anything.
+    pub async fn clean_up(&self, app: &AppId) -> anyhow::Result<Vec<String>> {
+        let out = self.undeploy(app).await?;
+        let snap = self.observer.snapshot(app).await?;
+        let left: Vec<String> = snap.items().into_iter().map(|i| i.to_string()).collect();
+        if out.code != Some(0) || !left.is_empty() {
+            bail!("undeploy of {app} left {left:?}: {}", out.summary());
+        }
+        Ok(left)
+    }
+
+    /// Whether `app`'s lock file is free (`flock -n`, the same kind of lock
+    /// the CLI takes).
+    pub fn lock_is_free(&self, app: &AppId) -> anyhow::Result<bool> {
+        let path = self.work_dir.join("locks").join(format!("{app}.lock"));
+        if !path.exists() {
+            return Ok(true);
+        }
+        let status = Command::new("flock")
+            .args(["-n", "-E", "75"])
+            .arg(&path)
+            .arg("true")
+            .status()
+            .context("running flock(1)")?;
+        Ok(status.success())
+    }
+
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for image in &self.images {
+            let _ = Command::new("docker").args(["rmi", "-f", image]).output();
+        }
+    }
+}
+
+/// GET `/version` straight from a host port (not through Caddy).
+pub async fn version_at(port: u16) -> Option<String> {
+    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(3)).build().ok()?;
+    let r = client.get(format!("http://127.0.0.1:{port}/version")).send().await.ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    r.text().await.ok().map(|t| t.trim().to_owned())
+}
+
+/// GET `/` through our Caddy server for `app`'s domain: `(status, body)`.
+pub async fn via_caddy(world: &World, app: &AppId) -> Option<(u16, String)> {
+    otturnaut_tests::caddy_proc::get_via(world.listen(), &World::domain(app))
+        .await
+        .ok()
+        .map(|(s, b)| (s, b.trim().to_owned()))
+}

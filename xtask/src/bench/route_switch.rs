@@ -1,0 +1,92 @@
+//! Route switch latency: the adapter's `set_route` (read the route list with
+//! its ETag, then a conditional PATCH) against a raw PATCH of the same route
+//! object, with other apps' routes present.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use otturnaut_adapters::caddy::{Caddy, CaddyConfig, route_id};
+use otturnaut_core::traits::Router as _;
+use otturnaut_core::{HostPort, RouteTarget};
+use serde_json::{Value, json};
+
+use super::app::{app_id, domain};
+use super::caddy::PrivateCaddy;
+
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub others: usize,
+    pub adapter: Vec<Duration>,
+    pub raw_patch: Vec<Duration>,
+    /// A raw GET of the route list: the read the adapter adds.
+    pub raw_get: Vec<Duration>,
+}
+
+const ROUTES: &str = "/config/apps/http/servers/otturnaut/routes";
+
+pub async fn run(others: usize, iterations: u32) -> Result<Row> {
+    let caddy = PrivateCaddy::start().await?;
+    let adapter = Caddy::new(CaddyConfig {
+        admin_url: caddy.admin_url.clone(),
+        listen: vec![caddy.listen.to_string()],
+        automatic_https: false,
+        ..CaddyConfig::default()
+    })?;
+    adapter.ensure_server().await?;
+    let fillers: Vec<Value> = (0..others)
+        .map(|i| {
+            let app = app_id(&format!("filler-{i}"));
+            route_json(&route_id(&app), domain(&app).as_str(), 40000 + (i % 20000) as u16, None)
+        })
+        .collect();
+    caddy.call(reqwest::Method::PATCH, ROUTES, Some(&Value::Array(fillers))).await?;
+
+    let app = app_id("switch");
+    let host = domain(&app);
+    let (a, b) = (port(31001), port(31002));
+    let target = |p: HostPort| RouteTarget { domains: vec![host.clone()], port: p };
+    adapter.set_route(&app, &target(a)).await?;
+    // Warm-up, and the route takes the shape it keeps: [live, draining].
+    adapter.set_route(&app, &target(b)).await?;
+    adapter.set_route(&app, &target(a)).await?;
+
+    let index = others;
+    let id = route_id(&app);
+    // What the adapter writes when switching from b to a: the same object.
+    let back_to_a = route_json(&id, host.as_str(), a.get(), Some(b.get()));
+    let client = super::caddy::client();
+    let mut row = Row { others, adapter: Vec::new(), raw_patch: Vec::new(), raw_get: Vec::new() };
+    for _ in 0..iterations {
+        let t = Instant::now();
+        adapter.set_route(&app, &target(b)).await?;
+        row.adapter.push(t.elapsed());
+
+        let t = Instant::now();
+        let resp = client.patch(format!("{}{ROUTES}/{index}", caddy.admin_url)).json(&back_to_a).send().await?;
+        let status = resp.status();
+        let _ = resp.bytes().await?;
+        row.raw_patch.push(t.elapsed());
+        anyhow::ensure!(status.is_success(), "raw PATCH answered {status}");
+
+        let t = Instant::now();
+        let list = client.get(format!("{}{ROUTES}", caddy.admin_url)).send().await?.bytes().await?;
+        row.raw_get.push(t.elapsed());
+        anyhow::ensure!(!list.is_empty(), "empty route list");
+    }
+    // The raw PATCH really wrote what the adapter would have.
+    let now = adapter.route(&app).await?;
+    anyhow::ensure!(now.map(|r| r.port) == Some(a), "after the raw PATCH the route does not point to {a}");
+    Ok(row)
+}
+
+fn port(p: u16) -> HostPort {
+    HostPort::try_from(p).unwrap_or_else(|e| panic!("port {p}: {e}"))
+}
+
+/// A route as the adapter writes it (see `otturnaut_adapters::caddy`).
+fn route_json(id: &str, host: &str, port: u16, draining: Option<u16>) -> Value {
+    let proxy = |p: u16| json!({ "handler": "reverse_proxy", "upstreams": [{ "dial": format!("127.0.0.1:{p}") }] });
+    let mut handle = vec![proxy(port)];
+    handle.extend(draining.map(proxy));
+    json!({ "@id": id, "match": [{ "host": [host] }], "handle": handle, "terminal": true })
+}

@@ -1,0 +1,237 @@
+//! Runs the sections in order on one rig, collects the results, prints the
+//! report and writes it. A failing section is reported and the others still
+//! run; every container and route the bench made is removed at the end.
+
+use std::future::Future;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+
+use super::app::{self, GitServer, Rig};
+use super::cli::{self, Cli};
+use super::load::Mode;
+use super::machine::{Machine, MigrateReq, load_average, stdout};
+use super::report::{self, Results};
+use super::rollback::{self, Case};
+use super::stats::{median, ms, ms_opt};
+use super::zero_downtime::{self, Retire};
+use super::{Args, concurrency, deploy_timing, footprint, route_switch};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+pub fn run(args: &Args) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run_async(args))
+}
+
+async fn run_async(args: &Args) -> Result<ExitCode> {
+    let began = Instant::now();
+    let mut results = Results {
+        command: std::env::var("OTTURNAUT_BENCH_COMMAND")
+            .unwrap_or_else(|_| format!("cargo xtask {}", std::env::args().skip(1).collect::<Vec<_>>().join(" "))),
+        date: stdout(&["date", "-u", "+%Y-%m-%d %H:%M"]).await.unwrap_or_default(),
+        settings: format!(
+            "{} redeploys per zero-downtime row, {} runs per timing/rollback measurement, {} load clients{}",
+            args.redeploys(),
+            args.runs(),
+            args.concurrency,
+            if args.quick { ", --quick" } else { "" }
+        ),
+        clients: args.concurrency,
+        ..Results::default()
+    };
+    let machine = Machine::probe().await;
+    println!(
+        "bench: {} CPUs, {}, Linux {}, Docker {}, {}, load {}",
+        machine.cpus, machine.memory, machine.kernel, machine.docker, machine.caddy, machine.load_before
+    );
+    results.machine = Some(machine);
+
+    println!("bench: building the fixture app and its image");
+    let binary = app::build_app_binary().await?;
+    app::build_image(&binary).await?;
+    let rig = Rig::start().await?;
+    let swept = app::sweep(&rig.agent.adapters).await?;
+    if swept > 0 {
+        println!("bench: removed {swept} leftovers of an earlier run");
+    }
+
+    if args.wants("zero-downtime") {
+        let r = zero_downtime_section(&rig, args, &mut results).await;
+        record(&mut results, "zero downtime", r);
+    }
+    if args.wants("timing") {
+        let r = timing_section(&rig, args, &binary, &mut results).await;
+        record(&mut results, "deploy timing", r);
+    }
+    if args.wants("rollback") {
+        for case in Case::ALL {
+            println!("bench: rollback, {}", case.name());
+            let limit = Duration::from_secs(120) * args.runs();
+            let r = bounded(limit, "rollback", rollback::run(&rig, case, args.runs())).await.map(|runs| {
+                let totals: Vec<Duration> = runs.iter().map(|r| r.total).collect();
+                println!("  total median {} ms", ms_opt(median(&totals)));
+                results.rollback.push((case, runs));
+            });
+            record(&mut results, "rollback", r);
+        }
+    }
+    if args.wants("switch") {
+        let iterations = if args.quick { 5 } else { 20 };
+        for others in [1, 100, 1000] {
+            println!("bench: route switch with {others} other routes");
+            let r = bounded(MINUTE * 5, "route switch", route_switch::run(others, iterations)).await.map(|row| {
+                println!(
+                    "  adapter {} ms, raw PATCH {} ms",
+                    ms_opt(median(&row.adapter)),
+                    ms_opt(median(&row.raw_patch))
+                );
+                results.switch.push(row);
+            });
+            record(&mut results, "route switch", r);
+        }
+    }
+    let wants_cli = args.wants("concurrency") || args.wants("footprint");
+    let cli = if wants_cli {
+        println!("bench: building the otturnaut CLI (release)");
+        match cli::build().await {
+            Ok(bin) => Some(Cli::new(bin, &rig)),
+            Err(e) => {
+                results.errors.push(format!("building the CLI: {e:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if args.wants("concurrency") {
+        println!("bench: 20 apps at once from one process");
+        let r = bounded(MINUTE * 10, "concurrency", concurrency::in_process(&rig, 20))
+            .await
+            .map(|row| results.concurrency.push(row));
+        record(&mut results, "concurrency (one process)", r);
+        if let Some(cli) = &cli {
+            println!("bench: 20 apps at once from 20 otturnaut processes");
+            let r = bounded(MINUTE * 10, "concurrency", concurrency::processes(&rig, cli, 20))
+                .await
+                .map(|row| results.concurrency.push(row));
+            record(&mut results, "concurrency (processes)", r);
+        }
+    }
+    if args.wants("footprint")
+        && let Some(cli) = &cli
+    {
+        let apps = if args.quick { 10 } else { 100 };
+        println!("bench: footprint (status with {apps} apps)");
+        let r = bounded(MINUTE * 20, "footprint", footprint::run(&rig, cli, apps))
+            .await
+            .map(|f| results.footprint = Some(f));
+        record(&mut results, "footprint", r);
+    }
+
+    match app::sweep(&rig.agent.adapters).await {
+        Ok(0) => {}
+        Ok(n) => results.notes.push(format!("the final sweep removed {n} leftover containers/images")),
+        Err(e) => results.errors.push(format!("final sweep: {e:#}")),
+    }
+    results.load_after = load_average();
+    results.took = began.elapsed();
+
+    let markdown = results.markdown();
+    println!("\n{markdown}");
+    let path = args.output.clone().unwrap_or_else(|| {
+        if args.quick {
+            app::bench_dir().join("BENCHMARKS.quick.md")
+        } else {
+            app::workspace_root().join("BENCHMARKS.md")
+        }
+    });
+    report::write(&path, &markdown)?;
+    println!("bench: report written to {}", path.display());
+    Ok(if results.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn record(results: &mut Results, section: &str, r: Result<()>) {
+    if let Err(e) = r {
+        eprintln!("bench: {section} failed: {e:#}");
+        results.errors.push(format!("{section}: {e:#}"));
+    }
+}
+
+async fn zero_downtime_section(rig: &Rig, args: &Args, results: &mut Results) -> Result<()> {
+    let variants: Vec<Option<bool>> = match MigrateReq::current() {
+        Some(_) => vec![Some(true), Some(false)],
+        None => {
+            results.notes.push("net.ipv4.tcp_migrate_req is not available here: measured as is".into());
+            vec![None]
+        }
+    };
+    let mut index = 0;
+    for migrate in variants {
+        let _guard = match migrate {
+            Some(on) => match MigrateReq::set(on) {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    results.notes.push(format!("could not set net.ipv4.tcp_migrate_req ({e:#}); skipped that variant"));
+                    continue;
+                }
+            },
+            None => None,
+        };
+        for retire in [Retire::Drain, Retire::Naive] {
+            for mode in Mode::ALL {
+                index += 1;
+                println!(
+                    "bench: zero downtime: {} redeploys, {}, {}, tcp_migrate_req={}",
+                    args.redeploys(),
+                    retire.name(),
+                    mode.name(),
+                    migrate.map_or("unchanged".into(), |m| u8::from(m).to_string())
+                );
+                let limit = MINUTE * 3 + MINUTE * args.redeploys();
+                let row = bounded(
+                    limit,
+                    "a zero-downtime run",
+                    zero_downtime::run_one(rig, index, migrate, retire, mode, args.redeploys(), args.concurrency),
+                )
+                .await?;
+                let l = &row.load;
+                println!(
+                    "  {} requests, {} failed {:?}, {} retried, added latency p99 {} ms, drain median {} ms",
+                    l.requests,
+                    l.failed(),
+                    l.failures,
+                    l.retries,
+                    ms_opt(super::stats::quantile(&l.added, 0.99)),
+                    ms_opt(median(&row.drains))
+                );
+                for (t, s) in l.samples.iter().take(3) {
+                    println!("    {:.2} s: {s}", t.as_secs_f64());
+                }
+                results.zero_downtime.push(row);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn timing_section(rig: &Rig, args: &Args, binary: &std::path::Path, results: &mut Results) -> Result<()> {
+    let git = GitServer::start(binary).await.context("starting the bench's git server")?;
+    for kind in [deploy_timing::Kind::Image, deploy_timing::Kind::Git] {
+        println!("bench: deploy timing, {}, {} runs", kind.name(), args.runs());
+        let limit = MINUTE * 2 * args.runs() + MINUTE * 5;
+        let t = bounded(limit, "deploy timing", deploy_timing::run(rig, kind, args.runs(), &git)).await?;
+        let wall = median(&t.agent.iter().map(|r| r.wall).collect::<Vec<_>>()).unwrap_or_default();
+        let overhead = median(&t.agent.iter().map(|r| r.overhead()).collect::<Vec<_>>()).unwrap_or_default();
+        let shell = median(&t.shell.iter().map(|r| r.wall).collect::<Vec<_>>()).unwrap_or_default();
+        println!("  agent {} ms (overhead {} ms), shell {} ms", ms(wall), ms(overhead), ms(shell));
+        results.timing.push(t);
+    }
+    Ok(())
+}
+
+/// Runs `f`, failing if it takes longer than `limit`.
+async fn bounded<T>(limit: Duration, what: &str, f: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(limit, f).await.with_context(|| format!("{what} took longer than {limit:?}"))?
+}

@@ -1,0 +1,131 @@
+//! Zero downtime: clients at fixed concurrency through Caddy while the app
+//! is redeployed back to back, with the agent's drain and with a naive
+//! retire (no drain, no stop grace), in each client mode.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use otturnaut_core::{DeployEvent, EventSink, Step};
+use otturnaut_steps::Strategy as _;
+
+use super::app::{Rig, app_id, domain, image_spec};
+use super::load::{self, Mode};
+
+/// How the old release is retired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retire {
+    /// The agent's defaults: wait for Caddy's in-flight count of the old
+    /// upstream to reach 0 (up to 30 s), then SIGTERM with 10 s grace.
+    Drain,
+    /// `timeouts.drain = 0`, `timeouts.stop = 0`: stopped right after the switch.
+    Naive,
+}
+
+impl Retire {
+    pub fn name(self) -> &'static str {
+        match self {
+            Retire::Drain => "exact drain",
+            Retire::Naive => "naive (no drain)",
+        }
+    }
+}
+
+/// Request shape: mostly short, one in `LONG_EVERY` long enough to be in
+/// flight across a route switch.
+pub const SHORT_MS: u64 = 50;
+pub const LONG_MS: u64 = 1000;
+pub const LONG_EVERY: u64 = 40;
+
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub migrate_req: Option<bool>,
+    pub retire: Retire,
+    pub mode: Mode,
+    pub redeploys: u32,
+    pub failed_deploys: u32,
+    pub load: load::Report,
+    /// How long each drain waited (agent mode: until 0 in flight).
+    pub drains: Vec<Duration>,
+    pub deploys: Vec<Duration>,
+}
+
+impl Row {
+    /// Versions seen that the run deployed (`r0`..`rN`), and anything else.
+    pub fn versions_seen(&self) -> (usize, usize) {
+        let expected: BTreeSet<String> = (0..=self.redeploys).map(|i| format!("r{i}")).collect();
+        let seen = self.load.versions.keys().filter(|v| expected.contains(*v)).count();
+        (seen, self.load.versions.len() - seen)
+    }
+}
+
+pub async fn run_one(
+    rig: &Rig,
+    index: usize,
+    migrate_req: Option<bool>,
+    retire: Retire,
+    mode: Mode,
+    redeploys: u32,
+    concurrency: usize,
+) -> Result<Row> {
+    let app = app_id(&format!("zd-{index}"));
+    let _ = rig.undeploy(&app).await;
+    rig.strategy
+        .execute(image_spec(&app, "r0"), &EventSink::discard())
+        .await
+        .with_context(|| format!("first deploy of {app}"))?;
+    let config = load::Config {
+        addr: rig.caddy.listen,
+        host: domain(&app).to_string(),
+        concurrency,
+        mode,
+        timeout: Duration::from_secs(10),
+        short_ms: SHORT_MS,
+        long_ms: LONG_MS,
+        long_every: LONG_EVERY,
+        // Far more than the redeploys should take: a bound, not a schedule.
+        max_duration: Duration::from_secs(120) + Duration::from_secs(60) * redeploys,
+    };
+    let running = load::start(config);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let mut row = Row {
+        migrate_req,
+        retire,
+        mode,
+        redeploys,
+        failed_deploys: 0,
+        load: load::Report::default(),
+        drains: Vec::new(),
+        deploys: Vec::new(),
+    };
+    for i in 1..=redeploys {
+        let mut spec = image_spec(&app, &format!("r{i}"));
+        if retire == Retire::Naive {
+            spec.timeouts.drain = Duration::ZERO;
+            spec.timeouts.stop = Duration::ZERO;
+        }
+        let (events, mut rx) = EventSink::channel();
+        match rig.strategy.execute(spec, &events).await {
+            Ok(done) => row.deploys.push(done.elapsed),
+            Err(e) => {
+                row.failed_deploys += 1;
+                eprintln!("bench: redeploy {i} of {app} failed: {e}");
+            }
+        }
+        while let Ok(event) = rx.try_recv() {
+            if let DeployEvent::StepFinished { step: Step::Drain, elapsed_ms, .. } = event {
+                row.drains.push(Duration::from_millis(elapsed_ms));
+            }
+        }
+    }
+    // Long requests started just before the last switch finish before the
+    // load stops, so none is cut off by the bench itself.
+    tokio::time::sleep(Duration::from_millis(LONG_MS + 500)).await;
+    row.load = running.stop().await;
+    rig.undeploy(&app).await?;
+    if row.load.requests == 0 {
+        bail!("the load generator sent no request to {app}");
+    }
+    Ok(row)
+}
