@@ -123,6 +123,16 @@ pub struct DeployArgs {
         help_heading = "Source (one of)"
     )]
     pub build_args: Vec<String>,
+    /// A private key file for ssh:// and git@host:path repositories. Copied
+    /// (mode 0600) for the clone only, then deleted; never printed
+    #[arg(
+        long = "ssh-key",
+        value_name = "FILE",
+        requires = "repo",
+        conflicts_with = "image",
+        help_heading = "Source (one of)"
+    )]
+    pub ssh_key: Option<std::path::PathBuf>,
     /// A prebuilt image to run instead: used if present locally, pulled otherwise
     #[arg(long, value_name = "IMAGE", help_heading = "Source (one of)")]
     pub image: Option<String>,

@@ -74,7 +74,14 @@ fn source(args: &DeployArgs) -> Result<Source, Invalid> {
                 check_value("--build-arg", &checked, &value)?;
                 build_args.insert(name, value);
             }
-            Ok(Source::Git { url, git_ref, dockerfile, build_args, ssh_key: None })
+            let ssh_key = match &args.ssh_key {
+                Some(path) => Some(Secret::new(
+                    std::fs::read_to_string(path)
+                        .map_err(|e| Invalid::new("--ssh-key", format!("cannot read {}: {e}", path.display())))?,
+                )),
+                None => None,
+            };
+            Ok(Source::Git { url, git_ref, dockerfile, build_args, ssh_key })
         }
         (None, Some(image)) => Ok(Source::Image { reference: image.parse::<ImageRef>().map_err(invalid("--image"))? }),
         // clap's argument group already refuses these; kept for a clear message anyway.
