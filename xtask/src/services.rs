@@ -314,6 +314,7 @@ pub fn up(env: &Env) -> Result<()> {
     ensure_installed()?;
     env.prepare()?;
     let _lock = lock(&env.state)?;
+    migrate_queued_connections();
 
     let mut starting = Vec::new();
     let mut failures = Vec::new();
@@ -379,6 +380,25 @@ pub fn up(env: &Env) -> Result<()> {
         env.git_base().display()
     );
     Ok(())
+}
+
+const TCP_MIGRATE_REQ: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+
+/// Sets `net.ipv4.tcp_migrate_req = 1` (Linux 5.14+), idempotently. Caddy 2.6 opens a new
+/// SO_REUSEPORT listener on every config change and closes the old one; without this, the
+/// kernel resets connections still queued on the closed socket instead of handing them to the
+/// new one. Best effort: a machine that cannot set it only gets a warning.
+fn migrate_queued_connections() {
+    match fs::read_to_string(TCP_MIGRATE_REQ) {
+        Ok(v) if v.trim() == "1" => {}
+        Ok(_) => match fs::write(TCP_MIGRATE_REQ, "1") {
+            Ok(()) => println!("sysctl     net.ipv4.tcp_migrate_req = 1 (connections queued on a closed listener move to its successor)"),
+            Err(e) => eprintln!(
+                "warning: could not set net.ipv4.tcp_migrate_req = 1 ({e}); Caddy reloads may reset queued connections"
+            ),
+        },
+        Err(e) => eprintln!("warning: net.ipv4.tcp_migrate_req is not available ({e}); needs Linux 5.14+"),
+    }
 }
 
 fn wait_ready(env: &Env, svc: Service, mut child: Option<Child>, rec: Record) -> Result<()> {

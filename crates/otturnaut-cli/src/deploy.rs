@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use otturnaut_adapters::Agent;
-use otturnaut_core::{AppId, DeployEvent, DeploySpec, DeploymentId, EventSink, Release, Source};
+use otturnaut_core::{AppId, DeployEvent, DeploySpec, DeploymentId, EventSink, Release, Source, Step};
 use otturnaut_steps::{
     BlueGreen, DeployError, Deployed, Residue, RetryPolicy, Strategy, UndoOutcome, live_release, reconcile_app,
 };
@@ -63,6 +63,20 @@ impl Signals {
 enum Ending {
     Done(Box<Result<Deployed, DeployError>>),
     Interrupted(&'static str),
+    /// An adapter (or the pipeline) panicked: handled like an interrupt.
+    Panicked(String),
+}
+
+/// The message of a panic that ended the deploy task.
+fn panic_message(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(panic) => panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_else(|| "a panic".to_owned()),
+        Err(e) => e.to_string(),
+    }
 }
 
 async fn deploy(global: &GlobalArgs, args: &DeployArgs, out: &mut Out) -> Result<Exit, Fatal> {
@@ -82,24 +96,38 @@ async fn deploy(global: &GlobalArgs, args: &DeployArgs, out: &mut Out) -> Result
     out.human(describe_source(&spec));
     out.start_spinner();
     let mut deployment: Option<DeploymentId> = None;
-    let ending = {
-        let mut deploy = strategy.execute(spec.clone(), &sink);
-        loop {
-            tokio::select! {
-                biased;
-                Some(event) = rx.recv() => {
-                    if let DeployEvent::Started { deployment: d, .. } = &event {
-                        deployment = Some(d.clone());
-                    }
-                    out.event(&event);
+    // Set once the new release is recorded: from then on nothing is undone.
+    let mut committed = false;
+    // A task of its own, so that a panic in the deploy ends only that task:
+    // its tokens still hand their undos to the reaper, which keeps running.
+    let mut deploy = tokio::spawn({
+        let (strategy, spec, sink) = (strategy.clone(), spec.clone(), sink.clone());
+        async move { strategy.execute(spec, &sink).await }
+    });
+    let ending = loop {
+        tokio::select! {
+            biased;
+            Some(event) = rx.recv() => {
+                match &event {
+                    DeployEvent::Started { deployment: d, .. } => deployment = Some(d.clone()),
+                    DeployEvent::StepFinished { step: Step::RecordState, .. } => committed = true,
+                    _ => {}
                 }
-                result = &mut deploy => break Ending::Done(Box::new(result)),
-                name = signals.next() => break Ending::Interrupted(name),
+                out.event(&event);
             }
+            result = &mut deploy => break match result {
+                Ok(result) => Ending::Done(Box::new(result)),
+                Err(e) => Ending::Panicked(panic_message(e)),
+            },
+            name = signals.next() => break Ending::Interrupted(name),
         }
-        // Leaving this block drops the deploy future: on an interrupt, its
-        // tokens hand their undos to the reaper.
     };
+    if matches!(ending, Ending::Interrupted(_)) {
+        // Drop the deploy future and wait until it is gone: its tokens hand
+        // their undos to the reaper before `flush` is asked for.
+        deploy.abort();
+        let _ = deploy.await;
+    }
     while let Ok(event) = rx.try_recv() {
         out.event(&event);
     }
@@ -110,7 +138,11 @@ async fn deploy(global: &GlobalArgs, args: &DeployArgs, out: &mut Out) -> Result
             Ok(deployed) => Ok(report.deployed(&deployed)),
             Err(e) => Ok(report.failed(&e).await),
         },
-        Ending::Interrupted(name) => Ok(report.interrupted(name, deployment, &strategy, &mut signals).await),
+        Ending::Interrupted(name) => Ok(report.interrupted(name, deployment, committed, &strategy, &mut signals).await),
+        Ending::Panicked(message) => {
+            let cause = format!("a panic ({message})");
+            Ok(report.interrupted(&cause, deployment, committed, &strategy, &mut signals).await)
+        }
     }
 }
 
@@ -264,10 +296,14 @@ impl Report<'_> {
         exit
     }
 
+    /// The deploy was stopped by `signal` (or a panic). Before the commit,
+    /// what it did is undone; after it, the new release stays live and only
+    /// the old one's retirement is cut short (the sweep below finishes it).
     async fn interrupted(
         self,
-        signal: &'static str,
+        signal: &str,
         deployment: Option<DeploymentId>,
+        committed: bool,
         strategy: &BlueGreen,
         signals: &mut Signals,
     ) -> Exit {
@@ -319,6 +355,10 @@ impl Report<'_> {
                 undo.residue.into_iter().filter(|r| r.kind != "port").collect()
             }
         };
+        if committed {
+            let done = Done { agent: self.agent, spec: self.spec, cleaned: &self.cleaned, started: self.started };
+            return committed_then_interrupted(out, done, signal, deployment, residue).await;
+        }
         let exit = if residue.is_empty() { Exit::Failed } else { Exit::Residue };
         let (live, live_json) = live_now(self.agent, &app).await;
         if out.is_json() {
@@ -348,6 +388,55 @@ impl Report<'_> {
         }
         exit
     }
+}
+
+/// What [`committed_then_interrupted`] reports on.
+struct Done<'a> {
+    agent: &'a Agent,
+    spec: &'a DeploySpec,
+    cleaned: &'a [String],
+    started: Instant,
+}
+
+/// A signal after the commit point: the deploy succeeded, retiring the old
+/// release was cut short and finished by the sweep. Exit 0, as for any
+/// deploy whose retirement left something for `reconcile`.
+async fn committed_then_interrupted(
+    out: &Out,
+    report: Done<'_>,
+    signal: &str,
+    deployment: Option<DeploymentId>,
+    residue: Vec<Residue>,
+) -> Exit {
+    let app = &report.spec.app;
+    let live = live_release(&report.agent.adapters, app).await.ok().flatten();
+    if out.is_json() {
+        out.json_line(&json!({
+            "result": "deployed",
+            "app": app,
+            "deployment": deployment,
+            "port": live.as_ref().map(|r| r.host_port),
+            "domains": report.spec.domains,
+            "interrupted": signal,
+            "rolled_back": false,
+            "residue": residue,
+            "live": live.as_ref().map(release_json),
+            "cleaned": report.cleaned,
+            "error": null,
+            "elapsed_ms": millis(report.started.elapsed()),
+            "exit_code": Exit::Ok.code(),
+        }));
+    } else {
+        out.say(format!(
+            "{} deployed {app}; {signal} arrived after the new release went live, so retiring the old one \
+             was cut short and finished at once",
+            out.paint.green("✓")
+        ));
+        for r in &residue {
+            out.say(format!("  {} left {r}; `otturnaut reconcile {app}` removes it", out.paint.yellow("!")));
+        }
+    }
+    Exit::Ok
 }
 
 fn release_json(r: &Release) -> Value {

@@ -67,9 +67,11 @@ fn covers(r: &Residue, item: &Item) -> bool {
         "file" => r.kind == "source_dir" && item.text.starts_with("src/"),
         _ => false,
     };
+    // Residue names its resource by container name, image tag, deployment
+    // or Docker id.
+    let by_id = item.id.as_deref().is_some_and(|id| r.what.contains(id.trim_start_matches("sha256:")));
     let deployment_ok = match &item.deployment {
-        // Residue names its resource by container name, image tag or deployment.
-        Some(d) if item.kind != "route" => r.what.contains(d.as_str()),
+        Some(d) if item.kind != "route" => r.what.contains(d.as_str()) || by_id,
         _ => true,
     };
     kind_ok && deployment_ok

@@ -57,7 +57,8 @@ fn points(steps: &[Step]) -> Vec<(&'static str, &'static str)> {
 
 /// `count` trials from `seed`: a third first deploys, the rest redeploys;
 /// kill points dealt from shuffled lists of every step event so all phases
-/// are covered; every sixth a random time instead; recovery alternating.
+/// are covered (0–100 ms after the event); every fifth a random time (0–3 s)
+/// instead; recovery alternating.
 pub fn plan(seed: u64, count: usize) -> Vec<Trial> {
     let mut rng = Rng::new(seed);
     let mut redeploy = points(&Step::ALL);
@@ -69,14 +70,14 @@ pub fn plan(seed: u64, count: usize) -> Vec<Trial> {
     (0..count)
         .map(|n| {
             let is_first = n % 3 == 2;
-            let kill = if n % 6 == 5 {
-                Kill::Delay(rng.millis(0, 5000))
+            let kill = if n % 5 == 4 {
+                Kill::Delay(rng.millis(0, 3000))
             } else {
                 let list = if is_first { &first } else { &redeploy };
                 let cursor = if is_first { &mut f } else { &mut r };
                 let (kind, step) = list[*cursor % list.len()];
                 *cursor += 1;
-                Kill::After { kind, step, delay: rng.millis(0, 250) }
+                Kill::After { kind, step, delay: rng.millis(0, 100) }
             };
             let recover = if n % 2 == 0 { Recover::Reconcile } else { Recover::NextDeploy };
             Trial { n, first: is_first, kill, recover }

@@ -38,7 +38,7 @@ impl Options {
         let quick = var("CHAOS_QUICK").is_some_and(|v| v != "0");
         Options {
             seed: var("CHAOS_SEED").and_then(|s| s.parse().ok()).unwrap_or_else(rng::seed_from_clock),
-            trials: var("CHAOS_TRIALS").and_then(|s| s.parse().ok()).unwrap_or(if quick { 10 } else { 30 }),
+            trials: var("CHAOS_TRIALS").and_then(|s| s.parse().ok()).unwrap_or(if quick { 10 } else { 40 }),
             quick,
             docker_restart: var("CHAOS_DOCKER_RESTART"),
             report: var("CHAOS_REPORT"),

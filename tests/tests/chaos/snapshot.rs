@@ -16,6 +16,7 @@ use otturnaut_core::traits::{ContainerRuntime as _, ImageBuilder as _, Router as
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ContainerFact {
     pub name: String,
+    pub id: String,
     pub deployment: String,
     pub running: bool,
     pub state: String,
@@ -49,6 +50,8 @@ pub struct Item {
     pub text: String,
     /// The deployment it belongs to, when it says.
     pub deployment: Option<String>,
+    /// Docker's id (containers and images), which residue may name instead.
+    pub id: Option<String>,
 }
 
 impl fmt::Display for Item {
@@ -78,6 +81,7 @@ impl Snapshot {
                 kind: "container",
                 text: format!("{} {} {port}", c.name, c.state),
                 deployment: Some(c.deployment.clone()),
+                id: Some(c.id.clone()),
             });
         }
         for i in &self.images {
@@ -87,14 +91,16 @@ impl Snapshot {
                 kind: "image",
                 text: format!("{name} {short}"),
                 deployment: Some(i.deployment.clone()),
+                id: Some(i.id.clone()),
             });
         }
         if let Some((port, domains)) = &self.route {
             let deployment = self.containers.iter().find(|c| c.port == Some(*port)).map(|c| c.deployment.clone());
-            items.insert(Item { kind: "route", text: format!("→ :{port} for {}", domains.join(",")), deployment });
+            let text = format!("→ :{port} for {}", domains.join(","));
+            items.insert(Item { kind: "route", text, deployment, id: None });
         }
         for f in &self.files {
-            items.insert(Item { kind: "file", text: f.clone(), deployment: deployment_in(f) });
+            items.insert(Item { kind: "file", text: f.clone(), deployment: deployment_in(f), id: None });
         }
         items
     }
@@ -151,6 +157,7 @@ impl Observer {
             .into_iter()
             .map(|c| ContainerFact {
                 name: c.name,
+                id: c.id.0,
                 deployment: c.deployment.to_string(),
                 running: c.running,
                 state: c.state,

@@ -166,20 +166,13 @@ impl World {
             Src::Git(r) => args.extend(["--repo".into(), self.repo_url(), "--ref".into(), r.into()]),
             Src::Image(v) => args.extend(["--image".into(), self.image(v)]),
         }
+        let domain = World::domain(app);
         args.extend(
-            [
-                "--container-port",
-                "8080",
-                "--domain",
-                &World::domain(app),
-                "--health",
-                "http:/healthz",
-                "--health-timeout",
-                "20s",
-                "--json",
-            ]
-            .map(str::to_owned),
+            ["--container-port", "8080", "--domain", &domain, "--health", "http:/healthz", "--json"].map(str::to_owned),
         );
+        if !extra.contains(&"--health-timeout") {
+            args.extend(["--health-timeout".to_owned(), "20s".to_owned()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         args
     }

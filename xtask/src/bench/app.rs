@@ -200,6 +200,7 @@ impl Rig {
             ..AgentConfig::default()
         };
         let agent = Agent::connect(&config).await.context("connecting the agent to Docker and the private Caddy")?;
+        agent.prepare().await.context("setting up Otturnaut's server in the private Caddy")?;
         let clock = Clock::default();
         let adapters = timed(&agent.adapters, &clock);
         let strategy = BlueGreen::new(adapters.clone());

@@ -276,11 +276,14 @@ async fn remove_shell_leftovers() {
             let _ = output(&argv, limit).await;
         }
     }
-    if let Ok(out) = output(&["docker", "images", "-q", "otturnaut-benchsh"], limit).await {
-        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect();
-        if !ids.is_empty() {
-            let mut argv = vec!["docker", "rmi", "-f"];
-            argv.extend(ids.iter().map(String::as_str));
+    // By tag, never by id: a build of the same context has the fixture
+    // image's id, and removing by id would take that image with it.
+    let tags = ["docker", "images", "otturnaut-benchsh", "--format", "{{.Repository}}:{{.Tag}}"];
+    if let Ok(out) = output(&tags, limit).await {
+        let tags: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect();
+        if !tags.is_empty() {
+            let mut argv = vec!["docker", "rmi"];
+            argv.extend(tags.iter().map(String::as_str));
             let _ = output(&argv, limit).await;
         }
     }

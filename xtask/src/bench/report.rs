@@ -33,6 +33,7 @@ pub struct Results {
     pub load_after: String,
     pub took: Duration,
     pub zero_downtime: Vec<zero_downtime::Row>,
+    pub reloads: Vec<zero_downtime::ReloadRow>,
     pub timing: Vec<Timings>,
     pub rollback: Vec<(Case, Vec<rollback::Run>)>,
     pub switch: Vec<route_switch::Row>,
@@ -72,6 +73,7 @@ impl Results {
         let _ = writeln!(w);
         self.targets_table(w);
         self.zero_downtime_table(w);
+        self.reload_table(w);
         self.timing_tables(w);
         self.rollback_table(w);
         self.switch_table(w);
@@ -197,9 +199,9 @@ impl Results {
         let _ = writeln!(
             w,
             "| tcp_migrate_req | Retire | Client | Requests | Failed | 5xx | Connect | Reset | Timeout | Retried \
-             | p50 ms | p99 ms | Max ms | Versions | Drain median / max ms | Failed deploys |"
+             | p50 ms | p99 ms | Max ms | Versions | Drain median / max ms | Drain errors | Failed deploys |"
         );
-        let _ = writeln!(w, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(w, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for r in &self.zero_downtime {
             let l = &r.load;
             let (seen, unexpected) = r.versions_seen();
@@ -210,7 +212,7 @@ impl Results {
             };
             let _ = writeln!(
                 w,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} |",
                 migrate(r.migrate_req),
                 r.retire.name(),
                 r.mode.name(),
@@ -227,6 +229,7 @@ impl Results {
                 versions,
                 ms_opt(median(&r.drains)),
                 ms_opt(r.drains.iter().max().copied()),
+                r.drain_errors,
                 r.failed_deploys,
             );
         }
@@ -248,6 +251,59 @@ impl Results {
             }
             let _ = writeln!(w);
         }
+    }
+
+    fn reload_table(&self, w: &mut String) {
+        if self.reloads.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            w,
+            "### Caddy reloads alone\n\n{} config changes back to back (another app's route switching \
+             ports, 20 ms apart), no deploy, while {} clients send `GET /slow?ms=0` as fast as they can to \
+             a release that never changes: what a reload itself costs each kind of client.\n",
+            self.reloads[0].reloads, self.clients
+        );
+        let _ = writeln!(
+            w,
+            "| tcp_migrate_req | Client | Requests | Failed | 5xx | Connect | Reset | Timeout | p50 ms | p99 ms | Max ms |"
+        );
+        let _ = writeln!(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for r in &self.reloads {
+            let l = &r.load;
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                migrate(r.migrate_req),
+                r.mode.name(),
+                l.requests,
+                bold_if(l.failed()),
+                l.count(Failure::Status5xx),
+                l.count(Failure::Connect),
+                l.count(Failure::Reset),
+                l.count(Failure::Timeout) + l.count(Failure::Other),
+                ms_opt(quantile(&l.added, 0.5)),
+                ms_opt(quantile(&l.added, 0.99)),
+                ms_opt(l.added.last().copied()),
+            );
+        }
+        let samples: Vec<String> = self
+            .reloads
+            .iter()
+            .filter(|r| !r.load.samples.is_empty())
+            .map(|r| {
+                let first: Vec<String> =
+                    r.load.samples.iter().take(3).map(|(t, s)| format!("{:.1} s: {s}", t.as_secs_f64())).collect();
+                format!("- {}, {}: {}", migrate(r.migrate_req), r.mode.name(), first.join("; "))
+            })
+            .collect();
+        if !samples.is_empty() {
+            let _ = writeln!(w, "\nFirst failures:\n");
+            for s in samples {
+                let _ = writeln!(w, "{s}");
+            }
+        }
+        let _ = writeln!(w);
     }
 
     fn timing_tables(&self, w: &mut String) {
@@ -396,18 +452,22 @@ impl Results {
              of the route list for its ETag, then a conditional PATCH), and a raw PATCH of the same route \
              object. \"Raw GET\" is a GET of the route list alone, the read the adapter adds.\n"
         );
-        let _ = writeln!(w, "| Other routes | Adapter ms | Raw PATCH ms | Ratio | Raw GET ms | Adapter max ms |");
-        let _ = writeln!(w, "|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(
+            w,
+            "| Other routes | Adapter ms | Raw PATCH ms | Ratio | Raw GET ms | By hand: GET + If-Match PATCH ms | Adapter max ms |"
+        );
+        let _ = writeln!(w, "|---:|---:|---:|---:|---:|---:|---:|");
         for r in &self.switch {
             let (a, p) = (median(&r.adapter).unwrap_or_default(), median(&r.raw_patch).unwrap_or_default());
             let _ = writeln!(
                 w,
-                "| {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} |",
                 r.others,
                 ms(a),
                 ms(p),
                 ratio(a, p),
                 ms_opt(median(&r.raw_get)),
+                ms_opt(median(&r.raw_conditional)),
                 ms_opt(r.adapter.iter().max().copied())
             );
         }

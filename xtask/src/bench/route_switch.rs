@@ -20,6 +20,9 @@ pub struct Row {
     pub raw_patch: Vec<Duration>,
     /// A raw GET of the route list: the read the adapter adds.
     pub raw_get: Vec<Duration>,
+    /// The adapter's protocol by hand: GET of the list for its ETag, then
+    /// the PATCH with `If-Match`.
+    pub raw_conditional: Vec<Duration>,
 }
 
 const ROUTES: &str = "/config/apps/http/servers/otturnaut/routes";
@@ -55,7 +58,9 @@ pub async fn run(others: usize, iterations: u32) -> Result<Row> {
     // What the adapter writes when switching from b to a: the same object.
     let back_to_a = route_json(&id, host.as_str(), a.get(), Some(b.get()));
     let client = super::caddy::client();
-    let mut row = Row { others, adapter: Vec::new(), raw_patch: Vec::new(), raw_get: Vec::new() };
+    let to_b = route_json(&id, host.as_str(), b.get(), Some(a.get()));
+    let mut row =
+        Row { others, adapter: Vec::new(), raw_patch: Vec::new(), raw_get: Vec::new(), raw_conditional: Vec::new() };
     for _ in 0..iterations {
         let t = Instant::now();
         adapter.set_route(&app, &target(b)).await?;
@@ -72,11 +77,36 @@ pub async fn run(others: usize, iterations: u32) -> Result<Row> {
         let list = client.get(format!("{}{ROUTES}", caddy.admin_url)).send().await?.bytes().await?;
         row.raw_get.push(t.elapsed());
         anyhow::ensure!(!list.is_empty(), "empty route list");
+
+        // The same switch as the adapter's, by hand, and back.
+        let t = Instant::now();
+        conditional_patch(&client, &caddy.admin_url, index, &to_b).await?;
+        row.raw_conditional.push(t.elapsed());
+        conditional_patch(&client, &caddy.admin_url, index, &back_to_a).await?;
     }
     // The raw PATCH really wrote what the adapter would have.
     let now = adapter.route(&app).await?;
     anyhow::ensure!(now.map(|r| r.port) == Some(a), "after the raw PATCH the route does not point to {a}");
     Ok(row)
+}
+
+/// GET the route list (its ETag is a trailer in Caddy 2.6), then PATCH
+/// route `index` under `If-Match`.
+async fn conditional_patch(client: &reqwest::Client, admin: &str, index: usize, route: &Value) -> Result<()> {
+    use http_body_util::BodyExt as _;
+    let resp = client.get(format!("{admin}{ROUTES}")).send().await?;
+    let header = resp.headers().get("etag").cloned();
+    let body = reqwest::Body::from(resp).collect().await?;
+    let etag = header
+        .or_else(|| body.trailers().and_then(|t| t.get("etag")).cloned())
+        .and_then(|v| v.to_str().ok().map(str::to_owned))
+        .ok_or_else(|| anyhow::anyhow!("Caddy sent no ETag for {ROUTES}"))?;
+    let _: Value = serde_json::from_slice(&body.to_bytes())?;
+    let resp = client.patch(format!("{admin}{ROUTES}/{index}")).header("If-Match", etag).json(route).send().await?;
+    let status = resp.status();
+    let _ = resp.bytes().await?;
+    anyhow::ensure!(status.is_success(), "conditional PATCH answered {status}");
+    Ok(())
 }
 
 fn port(p: u16) -> HostPort {

@@ -52,6 +52,10 @@ async fn run_async(args: &Args) -> Result<ExitCode> {
     let binary = app::build_app_binary().await?;
     app::build_image(&binary).await?;
     let rig = Rig::start().await?;
+    match rig.caddy.call(reqwest::Method::GET, "/config/apps/http/grace_period", None).await {
+        Ok(g) => results.notes.push(format!("Caddy `apps.http.grace_period` as the adapter set it: {}", g.trim())),
+        Err(e) => results.errors.push(format!("reading Caddy's grace_period: {e:#}")),
+    }
     let swept = app::sweep(&rig.agent.adapters).await?;
     if swept > 0 {
         println!("bench: removed {swept} leftovers of an earlier run");
@@ -211,6 +215,19 @@ async fn zero_downtime_section(rig: &Rig, args: &Args, results: &mut Results) ->
                 }
                 results.zero_downtime.push(row);
             }
+        }
+        let reloads = if args.quick { 30 } else { 200 };
+        for mode in Mode::ALL {
+            println!("bench: {reloads} Caddy reloads alone, {}", mode.name());
+            let limit = MINUTE * 2 + Duration::from_secs(1) * reloads;
+            let row = bounded(
+                limit,
+                "a reload stress run",
+                zero_downtime::reload_stress(rig, migrate, mode, reloads, args.concurrency),
+            )
+            .await?;
+            println!("  {} requests, {} failed {:?}", row.load.requests, row.load.failed(), row.load.failures);
+            results.reloads.push(row);
         }
     }
     Ok(())

@@ -47,6 +47,9 @@ pub struct Row {
     pub load: load::Report,
     /// How long each drain waited (agent mode: until 0 in flight).
     pub drains: Vec<Duration>,
+    /// Drains that ended in an error (the old release was then stopped
+    /// without knowing whether requests were in flight).
+    pub drain_errors: u32,
     pub deploys: Vec<Duration>,
 }
 
@@ -97,6 +100,7 @@ pub async fn run_one(
         failed_deploys: 0,
         load: load::Report::default(),
         drains: Vec::new(),
+        drain_errors: 0,
         deploys: Vec::new(),
     };
     for i in 1..=redeploys {
@@ -114,8 +118,15 @@ pub async fn run_one(
             }
         }
         while let Ok(event) = rx.try_recv() {
-            if let DeployEvent::StepFinished { step: Step::Drain, elapsed_ms, .. } = event {
-                row.drains.push(Duration::from_millis(elapsed_ms));
+            match event {
+                DeployEvent::StepFinished { step: Step::Drain, elapsed_ms, .. } => {
+                    row.drains.push(Duration::from_millis(elapsed_ms));
+                }
+                DeployEvent::StepFailed { step: Step::Drain, error, .. } => {
+                    row.drain_errors += 1;
+                    eprintln!("bench: the drain of redeploy {i} of {app} failed: {error}");
+                }
+                _ => {}
             }
         }
     }
@@ -128,4 +139,58 @@ pub async fn run_one(
         bail!("the load generator sent no request to {app}");
     }
     Ok(row)
+}
+
+/// Caddy reloads alone, no deploy: `reloads` config changes back to back
+/// (a route of another app switching ports) while clients hammer a release
+/// that never changes. Whatever fails here is Caddy's reload, not the agent.
+#[derive(Debug, Clone)]
+pub struct ReloadRow {
+    pub migrate_req: Option<bool>,
+    pub mode: Mode,
+    pub reloads: u32,
+    pub load: load::Report,
+}
+
+pub async fn reload_stress(
+    rig: &Rig,
+    migrate_req: Option<bool>,
+    mode: Mode,
+    reloads: u32,
+    concurrency: usize,
+) -> Result<ReloadRow> {
+    use otturnaut_core::RouteTarget;
+
+    let app = app_id("reload");
+    let other = app_id("reload-other");
+    let _ = rig.undeploy(&app).await;
+    rig.strategy
+        .execute(image_spec(&app, "steady"), &EventSink::discard())
+        .await
+        .with_context(|| format!("deploying {app}"))?;
+    let config = load::Config {
+        addr: rig.caddy.listen,
+        host: domain(&app).to_string(),
+        concurrency,
+        mode,
+        timeout: Duration::from_secs(10),
+        short_ms: 0,
+        long_ms: 0,
+        long_every: 1_000_000,
+        max_duration: Duration::from_secs(60) + Duration::from_millis(200) * reloads,
+    };
+    let running = load::start(config);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ports = [31901u16, 31902];
+    for i in 0..reloads {
+        let port = otturnaut_core::HostPort::try_from(ports[i as usize % 2])?;
+        let target = RouteTarget { domains: vec![domain(&other)], port };
+        rig.adapters.router.set_route(&other, &target).await?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = running.stop().await;
+    rig.adapters.router.remove_route(&other).await?;
+    rig.undeploy(&app).await?;
+    Ok(ReloadRow { migrate_req, mode, reloads, load: report })
 }
