@@ -40,7 +40,8 @@ fn spec(app: &AppId, url: &str, domain: &Domain) -> DeploySpec {
     };
     let mut spec = DeploySpec::new(app.clone(), source, ContainerPort::try_from(8080).expect("port"));
     spec.domains = vec![domain.clone()];
-    let mut health = HealthCheck::new(HealthKind::Http { path: "/healthz".parse().expect("path"), expected_status: 200 });
+    let mut health =
+        HealthCheck::new(HealthKind::Http { path: "/healthz".parse().expect("path"), expected_status: 200 });
     health.interval = Duration::from_millis(100);
     health.deadline = Duration::from_secs(20);
     spec.health = health;
@@ -133,7 +134,8 @@ async fn blue_green_over_git_daemon_then_redeploy() {
     }
     eprintln!("first deploy {first_took:?}, redeploy {second_took:?}: {}", steps.join(" "));
 
-    let report = undeploy_app(&agent.adapters, &app, Duration::from_secs(5), RetryPolicy::default()).await.expect("undeploy");
+    let report =
+        undeploy_app(&agent.adapters, &app, Duration::from_secs(5), RetryPolicy::default()).await.expect("undeploy");
     assert!(report.residue.is_empty(), "{report:?}");
     assert_eq!(agent.adapters.router.route(&app).await.expect("route"), None);
     // Caddy answers a request no route matches with an empty 200.

@@ -159,4 +159,3 @@ impl StateStore for Faulty {
         self.around("record_state", self.inner.state.forget(app)).await
     }
 }
-

@@ -57,7 +57,10 @@ impl StateStore for LabelState {
         match route {
             Some(r) if r.port != release.host_port => Err(Error::failed(
                 op,
-                format!("Caddy routes {} to port {}, not to the new release's port {}", release.app, r.port, release.host_port),
+                format!(
+                    "Caddy routes {} to port {}, not to the new release's port {}",
+                    release.app, r.port, release.host_port
+                ),
             )),
             None if !release.domains.is_empty() => {
                 Err(Error::failed(op, format!("Caddy has no route for {}", release.app)))

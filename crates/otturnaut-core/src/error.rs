@@ -28,38 +28,17 @@ impl fmt::Display for Service {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid {what} {value:?}: {reason}")]
-    Invalid {
-        what: &'static str,
-        value: String,
-        reason: String,
-    },
+    Invalid { what: &'static str, value: String, reason: String },
     #[error("{service} is unreachable at {address}: {detail}")]
-    Unavailable {
-        service: Service,
-        address: String,
-        detail: String,
-    },
+    Unavailable { service: Service, address: String, detail: String },
     #[error("{operation} failed: {detail}")]
     Failed { operation: String, detail: String },
     #[error("image build failed: {detail}{}", tail(log_tail))]
-    BuildFailed {
-        detail: String,
-        log_tail: Vec<String>,
-    },
-    #[error(
-        "container {container} exited with code {exit_code} during the health check{}",
-        tail(logs)
-    )]
-    ContainerExited {
-        container: ContainerId,
-        exit_code: i64,
-        logs: Vec<String>,
-    },
+    BuildFailed { detail: String, log_tail: Vec<String> },
+    #[error("container {container} exited with code {exit_code} during the health check{}", tail(logs))]
+    ContainerExited { container: ContainerId, exit_code: i64, logs: Vec<String> },
     #[error("not healthy after {}: {last_error}", humantime::format_duration(*deadline))]
-    Unhealthy {
-        deadline: Duration,
-        last_error: String,
-    },
+    Unhealthy { deadline: Duration, last_error: String },
     #[error("host port {0} is already in use")]
     PortTaken(HostPort),
     #[error("no free host port left in {0}")]
@@ -71,31 +50,16 @@ pub enum Error {
 }
 
 fn tail(lines: &[String]) -> String {
-    if lines.is_empty() {
-        String::new()
-    } else {
-        format!("; last lines:\n  {}", lines.join("\n  "))
-    }
+    if lines.is_empty() { String::new() } else { format!("; last lines:\n  {}", lines.join("\n  ")) }
 }
 
 impl Error {
-    pub fn invalid(
-        what: &'static str,
-        value: impl Into<String>,
-        reason: impl Into<String>,
-    ) -> Self {
-        Error::Invalid {
-            what,
-            value: value.into(),
-            reason: reason.into(),
-        }
+    pub fn invalid(what: &'static str, value: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Invalid { what, value: value.into(), reason: reason.into() }
     }
 
     pub fn failed(operation: impl Into<String>, detail: impl fmt::Display) -> Self {
-        Error::Failed {
-            operation: operation.into(),
-            detail: detail.to_string(),
-        }
+        Error::Failed { operation: operation.into(), detail: detail.to_string() }
     }
 
     /// True when the cause is a service we could not reach at all (exit code 4

@@ -136,9 +136,7 @@ impl EventSink {
     }
 
     pub fn warn(&self, message: impl Into<String>) {
-        self.emit(DeployEvent::Warning {
-            message: message.into(),
-        });
+        self.emit(DeployEvent::Warning { message: message.into() });
     }
 }
 
@@ -148,18 +146,10 @@ pub(crate) fn millis(d: Duration) -> u64 {
 
 impl DeployEvent {
     pub fn step_finished(step: Step, elapsed: Duration, detail: Option<String>) -> Self {
-        DeployEvent::StepFinished {
-            step,
-            elapsed_ms: millis(elapsed),
-            detail,
-        }
+        DeployEvent::StepFinished { step, elapsed_ms: millis(elapsed), detail }
     }
 
     pub fn step_failed(step: Step, elapsed: Duration, error: &impl fmt::Display) -> Self {
-        DeployEvent::StepFailed {
-            step,
-            elapsed_ms: millis(elapsed),
-            error: error.to_string(),
-        }
+        DeployEvent::StepFailed { step, elapsed_ms: millis(elapsed), error: error.to_string() }
     }
 }

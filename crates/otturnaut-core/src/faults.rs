@@ -116,11 +116,7 @@ impl FaultPlan {
 
     /// Parses a comma-separated list such as `start_container.after:fail,build.before:hang`.
     pub fn parse(s: &str) -> Result<Self> {
-        let faults = s
-            .split(',')
-            .filter(|p| !p.trim().is_empty())
-            .map(str::parse)
-            .collect::<Result<Vec<Fault>>>()?;
+        let faults = s.split(',').filter(|p| !p.trim().is_empty()).map(str::parse).collect::<Result<Vec<Fault>>>()?;
         Ok(FaultPlan::new(faults))
     }
 
@@ -137,9 +133,9 @@ impl FaultPlan {
     pub async fn hit(&self, call: &str, phase: Phase) -> Result<()> {
         let mode = {
             let mut rules = self.lock();
-            let found = rules.iter_mut().find(|(f, fired)| {
-                f.call == call && f.phase == phase && !(f.mode != FaultMode::FailAlways && *fired)
-            });
+            let found = rules
+                .iter_mut()
+                .find(|(f, fired)| f.call == call && f.phase == phase && !(f.mode != FaultMode::FailAlways && *fired));
             match found {
                 Some((f, fired)) => {
                     *fired = true;

@@ -75,13 +75,8 @@ fn check_dns_label(what: &'static str, s: &str) -> Result<(), Error> {
     if s.len() > 63 {
         return bad("must be at most 63 characters");
     }
-    if let Some(c) = s
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
-    {
-        return bad(&format!(
-            "may contain only lowercase letters, digits and '-' (found {c:?})"
-        ));
+    if let Some(c) = s.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')) {
+        return bad(&format!("may contain only lowercase letters, digits and '-' (found {c:?})"));
     }
     if s.starts_with('-') || s.ends_with('-') {
         return bad("must not start or end with '-'");
@@ -128,9 +123,7 @@ impl DeploymentId {
     /// When the deployment was created, from the ULID's timestamp.
     pub fn created(&self) -> std::time::SystemTime {
         // A parsed id is always a valid ULID, so this cannot fail.
-        ulid::Ulid::from_string(&self.0.to_ascii_uppercase())
-            .map(|u| u.datetime())
-            .unwrap_or(std::time::UNIX_EPOCH)
+        ulid::Ulid::from_string(&self.0.to_ascii_uppercase()).map(|u| u.datetime()).unwrap_or(std::time::UNIX_EPOCH)
     }
 }
 
@@ -138,11 +131,7 @@ impl FromStr for DeploymentId {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
         if s.len() != 26 || s.chars().any(|c| c.is_ascii_uppercase()) {
-            return Err(Error::invalid(
-                "deployment id",
-                s,
-                "must be a 26-character lowercase ULID",
-            ));
+            return Err(Error::invalid("deployment id", s, "must be a 26-character lowercase ULID"));
         }
         ulid::Ulid::from_string(&s.to_ascii_uppercase())
             .map_err(|e| Error::invalid("deployment id", s, format!("not a ULID: {e}")))?;
@@ -169,10 +158,7 @@ impl FromStr for Domain {
             if label.is_empty() || label.len() > 63 {
                 return bad("each dot-separated label must be 1 to 63 characters");
             }
-            if !label
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            {
+            if !label.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
                 return bad("may contain only letters, digits, '-' and '.'");
             }
             if label.starts_with('-') || label.ends_with('-') {
@@ -192,9 +178,7 @@ impl FromStr for EnvName {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
         let mut chars = s.chars();
-        let ok_first = chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+        let ok_first = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
         if !ok_first || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') || s.len() > 256 {
             return Err(Error::invalid(
                 "environment variable name",
@@ -227,9 +211,7 @@ impl FromStr for ImageRef {
         if let Some(d) = digest {
             let valid = d.split_once(':').is_some_and(|(alg, hex)| {
                 !alg.is_empty()
-                    && alg
-                        .chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+                    && alg.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
                     && hex.len() >= 32
                     && hex.chars().all(|c| c.is_ascii_hexdigit())
             });
@@ -246,8 +228,7 @@ impl FromStr for ImageRef {
             let ok = !t.is_empty()
                 && t.len() <= 128
                 && !t.starts_with(['.', '-'])
-                && t.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+                && t.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
             if !ok {
                 return bad("tag must be 1-128 of [A-Za-z0-9_.-], not starting with '.' or '-'");
             }
@@ -255,20 +236,14 @@ impl FromStr for ImageRef {
         let mut parts = name.split('/').peekable();
         let mut first = true;
         while let Some(part) = parts.next() {
-            let is_registry = first
-                && parts.peek().is_some()
-                && (part.contains('.') || part.contains(':') || part == "localhost");
+            let is_registry =
+                first && parts.peek().is_some() && (part.contains('.') || part.contains(':') || part == "localhost");
             first = false;
             let ok = if is_registry {
-                !part.is_empty()
-                    && part
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c))
+                !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c))
             } else {
                 !part.is_empty()
-                    && part
-                        .chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+                    && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
                     && part.starts_with(|c: char| c.is_ascii_alphanumeric())
                     && part.ends_with(|c: char| c.is_ascii_alphanumeric())
             };
@@ -290,17 +265,7 @@ mod tests {
         for ok in ["a", "shop", "shop-frontend", "a1", &"x".repeat(63)] {
             assert!(ok.parse::<AppId>().is_ok(), "{ok}");
         }
-        for bad in [
-            "",
-            "-a",
-            "a-",
-            "Shop",
-            "a_b",
-            "a.b",
-            "a b",
-            &"x".repeat(64),
-            "é",
-        ] {
+        for bad in ["", "-a", "a-", "Shop", "a_b", "a.b", "a b", &"x".repeat(64), "é"] {
             assert!(bad.parse::<AppId>().is_err(), "{bad}");
         }
     }
@@ -312,19 +277,12 @@ mod tests {
         let b = DeploymentId::generate();
         assert!(a < b);
         assert_eq!(a.as_str().parse::<DeploymentId>().ok(), Some(a.clone()));
-        assert!(
-            "01ARZ3NDEKTSV4RRFFQ69G5FAV"
-                .parse::<DeploymentId>()
-                .is_err()
-        );
+        assert!("01ARZ3NDEKTSV4RRFFQ69G5FAV".parse::<DeploymentId>().is_err());
     }
 
     #[test]
     fn domains_and_images() {
-        assert_eq!(
-            "Shop.Example.com".parse::<Domain>().map(String::from).ok(),
-            Some("shop.example.com".into())
-        );
+        assert_eq!("Shop.Example.com".parse::<Domain>().map(String::from).ok(), Some("shop.example.com".into()));
         assert!("*.example.com".parse::<Domain>().is_ok());
         for bad in ["", "a..b", "-a.com", "a_b.com", "exa mple.com", "a.com/x"] {
             assert!(bad.parse::<Domain>().is_err(), "{bad}");

@@ -10,9 +10,7 @@ use crate::Error;
 
 macro_rules! port_newtype {
     ($name:ident, $what:literal) => {
-        #[derive(
-            Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize,
-        )]
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
         #[serde(try_from = "u16", into = "u16")]
         pub struct $name(u16);
 
@@ -41,11 +39,9 @@ macro_rules! port_newtype {
         impl FromStr for $name {
             type Err = Error;
             fn from_str(s: &str) -> Result<Self, Error> {
-                let n: u16 = s.trim().parse().map_err(|_| {
-                    Error::invalid($what, s, "must be a number between 1 and 65535")
-                })?;
-                n.try_into()
-                    .map_err(|_| Error::invalid($what, s, "must be between 1 and 65535"))
+                let n: u16 =
+                    s.trim().parse().map_err(|_| Error::invalid($what, s, "must be a number between 1 and 65535"))?;
+                n.try_into().map_err(|_| Error::invalid($what, s, "must be between 1 and 65535"))
             }
         }
 
@@ -79,16 +75,9 @@ impl PortRange {
             ));
         }
         if start > end {
-            return Err(Error::invalid(
-                "port range",
-                text,
-                "start must not be greater than end",
-            ));
+            return Err(Error::invalid("port range", text, "start must not be greater than end"));
         }
-        Ok(PortRange {
-            start: HostPort(start),
-            end: HostPort(end),
-        })
+        Ok(PortRange { start: HostPort(start), end: HostPort(end) })
     }
 
     pub fn start(self) -> HostPort {
@@ -118,31 +107,20 @@ impl PortRange {
 
 impl Default for PortRange {
     fn default() -> Self {
-        PortRange {
-            start: HostPort(10000),
-            end: HostPort(20000),
-        }
+        PortRange { start: HostPort(10000), end: HostPort(20000) }
     }
 }
 
 impl FromStr for PortRange {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
-        let (a, b) = s.split_once('-').ok_or_else(|| {
-            Error::invalid(
-                "port range",
-                s,
-                "must look like START-END, e.g. 10000-20000",
-            )
-        })?;
+        let (a, b) = s
+            .split_once('-')
+            .ok_or_else(|| Error::invalid("port range", s, "must look like START-END, e.g. 10000-20000"))?;
         let num = |x: &str| {
-            x.trim().parse::<u16>().map_err(|_| {
-                Error::invalid(
-                    "port range",
-                    s,
-                    "START and END must be numbers between 1024 and 65535",
-                )
-            })
+            x.trim()
+                .parse::<u16>()
+                .map_err(|_| Error::invalid("port range", s, "START and END must be numbers between 1024 and 65535"))
         };
         PortRange::new(num(a)?, num(b)?)
     }
@@ -176,15 +154,9 @@ mod tests {
     fn ports_and_ranges() {
         assert!("0".parse::<HostPort>().is_err());
         assert!("65536".parse::<ContainerPort>().is_err());
-        assert_eq!(
-            "8080".parse::<ContainerPort>().map(u16::from).ok(),
-            Some(8080)
-        );
+        assert_eq!("8080".parse::<ContainerPort>().map(u16::from).ok(), Some(8080));
         let r: PortRange = "10000-10002".parse().expect("valid range");
-        assert_eq!(
-            r.iter().map(u16::from).collect::<Vec<_>>(),
-            vec![10000, 10001, 10002]
-        );
+        assert_eq!(r.iter().map(u16::from).collect::<Vec<_>>(), vec![10000, 10001, 10002]);
         for bad in ["", "10", "20000-10000", "80-90", "a-b", "1000-"] {
             assert!(bad.parse::<PortRange>().is_err(), "{bad}");
         }

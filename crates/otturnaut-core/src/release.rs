@@ -14,12 +14,7 @@ pub struct ContainerId(pub String);
 impl fmt::Display for ContainerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Full ids are 64 hex digits; 12 is what `docker ps` shows.
-        f.write_str(
-            self.0
-                .get(..12)
-                .filter(|_| self.0.len() == 64)
-                .unwrap_or(&self.0),
-        )
+        f.write_str(self.0.get(..12).filter(|_| self.0.len() == 64).unwrap_or(&self.0))
     }
 }
 

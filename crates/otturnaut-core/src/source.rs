@@ -72,11 +72,7 @@ impl FromStr for CommitSha {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
         if !(s.len() == 40 || s.len() == 64) || !s.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(Error::invalid(
-                "commit SHA",
-                s,
-                "must be 40 or 64 hex digits",
-            ));
+            return Err(Error::invalid("commit SHA", s, "must be 40 or 64 hex digits"));
         }
         Ok(CommitSha(s.to_ascii_lowercase()))
     }
@@ -123,9 +119,7 @@ impl RepoUrl {
             return bad("must not contain spaces or control characters");
         }
         if s.contains("::") {
-            return bad(
-                "remote helpers such as ext:: are not allowed; use https://, ssh://, git:// or user@host:path",
-            );
+            return bad("remote helpers such as ext:: are not allowed; use https://, ssh://, git:// or user@host:path");
         }
         let transport = if let Some((scheme, rest)) = s.split_once("://") {
             let transport = match scheme.to_ascii_lowercase().as_str() {
@@ -161,19 +155,13 @@ impl RepoUrl {
             match s.split_once(':') {
                 Some((userhost, path)) if !userhost.contains('/') => {
                     let host = userhost.rsplit('@').next().unwrap_or_default();
-                    if host.is_empty()
-                        || host.starts_with('-')
-                        || path.is_empty()
-                        || path.starts_with('-')
-                    {
+                    if host.is_empty() || host.starts_with('-') || path.is_empty() || path.starts_with('-') {
                         return bad("scp-like URLs look like git@host:owner/repo.git");
                     }
                     Transport::Ssh
                 }
                 _ => {
-                    return bad(
-                        "must be a URL (https://, ssh://, git://) or scp-like git@host:path",
-                    );
+                    return bad("must be a URL (https://, ssh://, git://) or scp-like git@host:path");
                 }
             }
         };
@@ -275,35 +263,15 @@ mod tests {
 
     #[test]
     fn refs() {
-        for ok in [
-            "main",
-            "v1.2.3",
-            "feature/x",
-            "0123456789abcdef0123456789abcdef01234567",
-        ] {
+        for ok in ["main", "v1.2.3", "feature/x", "0123456789abcdef0123456789abcdef01234567"] {
             assert!(ok.parse::<GitRef>().is_ok(), "{ok}");
         }
-        for bad in [
-            "",
-            "-main",
-            "--upload-pack=x",
-            "a..b",
-            "a b",
-            "a\nb",
-            "a~1",
-            "x.lock",
-            "a//b",
-            "/a",
-            "@",
-            ".hidden",
-        ] {
+        for bad in
+            ["", "-main", "--upload-pack=x", "a..b", "a b", "a\nb", "a~1", "x.lock", "a//b", "/a", "@", ".hidden"]
+        {
             assert!(bad.parse::<GitRef>().is_err(), "{bad}");
         }
-        assert!(
-            GitRef::try_from("0123456789abcdef0123456789abcdef01234567")
-                .map(|r| r.is_full_sha())
-                .unwrap_or(false)
-        );
+        assert!(GitRef::try_from("0123456789abcdef0123456789abcdef01234567").map(|r| r.is_full_sha()).unwrap_or(false));
         assert!(!GitRef::default().is_full_sha());
     }
 
@@ -315,11 +283,7 @@ mod tests {
             ("git@github.com:o/r.git", Transport::Ssh),
             ("git://127.0.0.1/r.git", Transport::Git),
         ] {
-            assert_eq!(
-                ok.parse::<RepoUrl>().map(|u| u.transport()).ok(),
-                Some(t),
-                "{ok}"
-            );
+            assert_eq!(ok.parse::<RepoUrl>().map(|u| u.transport()).ok(), Some(t), "{ok}");
         }
         for bad in [
             "",
@@ -346,16 +310,9 @@ mod tests {
 
     #[test]
     fn dockerfiles() {
+        assert_eq!(DockerfilePath::from_str("./a/../Dockerfile").map(String::from).ok(), Some("Dockerfile".into()));
         assert_eq!(
-            DockerfilePath::from_str("./a/../Dockerfile")
-                .map(String::from)
-                .ok(),
-            Some("Dockerfile".into())
-        );
-        assert_eq!(
-            DockerfilePath::from_str("docker//prod.Dockerfile")
-                .map(String::from)
-                .ok(),
+            DockerfilePath::from_str("docker//prod.Dockerfile").map(String::from).ok(),
             Some("docker/prod.Dockerfile".into())
         );
         for bad in ["", "/etc/passwd", "../Dockerfile", "a/../../b", ".", "a\\b"] {

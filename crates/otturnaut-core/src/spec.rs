@@ -7,9 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::string_newtype;
-use crate::{
-    AppId, ContainerPort, DockerfilePath, Domain, EnvName, Error, GitRef, ImageRef, RepoUrl, Secret,
-};
+use crate::{AppId, ContainerPort, DockerfilePath, Domain, EnvName, Error, GitRef, ImageRef, RepoUrl, Secret};
 
 /// A complete deploy request. Every field is already validated, so a spec that
 /// exists can be deployed without further input checks.
@@ -116,10 +114,8 @@ string_newtype!(HttpPath);
 impl FromStr for HttpPath {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
-        let ok = s.starts_with('/')
-            && s.len() <= 2048
-            && !s.starts_with("//")
-            && s.chars().all(|c| c.is_ascii_graphic());
+        let ok =
+            s.starts_with('/') && s.len() <= 2048 && !s.starts_with("//") && s.chars().all(|c| c.is_ascii_graphic());
         if !ok {
             return Err(Error::invalid(
                 "health check path",
@@ -203,26 +199,19 @@ mod tests {
         assert_eq!(spec.health.deadline, Duration::from_secs(30));
         assert_eq!(
             spec.health.kind,
-            HealthKind::Http {
-                path: "/healthz".parse().expect("path"),
-                expected_status: 200
-            }
+            HealthKind::Http { path: "/healthz".parse().expect("path"), expected_status: 200 }
         );
         assert!(!format!("{spec:?}").contains("postgres://secret"));
-        let again: DeploySpec =
-            serde_json::from_str(&serde_json::to_string(&spec).expect("ser")).expect("de");
+        let again: DeploySpec = serde_json::from_str(&serde_json::to_string(&spec).expect("ser")).expect("de");
         assert_eq!(again.app, spec.app);
     }
 
     #[test]
     fn bad_fields_are_refused_with_the_field_named() {
         let json = r#"{"app": "Shop!", "source": {"type": "image", "reference": "x"}, "container_port": 80}"#;
-        let err = serde_json::from_str::<DeploySpec>(json)
-            .expect_err("bad app id")
-            .to_string();
+        let err = serde_json::from_str::<DeploySpec>(json).expect_err("bad app id").to_string();
         assert!(err.contains("app id"), "{err}");
-        let json =
-            r#"{"app": "a", "source": {"type": "git", "url": "ext::sh"}, "container_port": 80}"#;
+        let json = r#"{"app": "a", "source": {"type": "git", "url": "ext::sh"}, "container_port": 80}"#;
         assert!(serde_json::from_str::<DeploySpec>(json).is_err());
     }
 }

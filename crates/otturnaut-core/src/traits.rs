@@ -15,9 +15,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::{
-    AppId, CommitSha, ContainerId, ContainerPort, ContainerStatus, DeploymentId, DockerfilePath,
-    Domain, EnvName, EventSink, GitRef, HealthCheck, HostPort, ImageRef, ManagedContainer,
-    ManagedImage, Release, RepoUrl, Result, RouteTarget, Secret,
+    AppId, CommitSha, ContainerId, ContainerPort, ContainerStatus, DeploymentId, DockerfilePath, Domain, EnvName,
+    EventSink, GitRef, HealthCheck, HostPort, ImageRef, ManagedContainer, ManagedImage, Release, RepoUrl, Result,
+    RouteTarget, Secret,
 };
 
 /// A source tree checked out for one deployment.
@@ -151,12 +151,7 @@ pub trait PortAllocator: Send + Sync {
 pub trait HealthProbe: Send + Sync {
     /// Waits until the container passes `check` or the check's deadline passes.
     /// Fails at once if the container exits.
-    async fn check(
-        &self,
-        container: &ContainerId,
-        port: HostPort,
-        check: &HealthCheck,
-    ) -> Result<()>;
+    async fn check(&self, container: &ContainerId, port: HostPort, check: &HealthCheck) -> Result<()>;
 }
 
 #[async_trait]

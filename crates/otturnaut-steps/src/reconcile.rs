@@ -119,7 +119,8 @@ pub async fn undeploy_app(
         actions.push(UndoAction::ReleasePort { deployment: c.deployment.clone() });
     }
     for image in &images {
-        actions.push(UndoAction::RemoveImage { image: image.tags.first().cloned().unwrap_or_else(|| image.id.clone()) });
+        actions
+            .push(UndoAction::RemoveImage { image: image.tags.first().cloned().unwrap_or_else(|| image.id.clone()) });
     }
     for (owner, deployment) in sources.into_iter().filter(|(owner, _)| owner == app) {
         actions.push(UndoAction::RemoveSource { app: owner, deployment });
@@ -155,4 +156,3 @@ async fn run(a: &Adapters, app: Option<&AppId>, actions: Vec<UndoAction>, retry:
 pub async fn live_release(a: &Adapters, app: &AppId) -> otturnaut_core::Result<Option<Release>> {
     a.state.load(app).await
 }
-

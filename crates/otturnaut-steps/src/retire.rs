@@ -49,7 +49,9 @@ pub(crate) async fn retire(ctx: &Context, old: &Release, new: &Release) -> Vec<R
         let started = Instant::now();
         ctx.events.emit(DeployEvent::StepStarted { step });
         match perform_with_retry(&action, a, ctx.retry).await {
-            (_, Ok(())) => ctx.events.emit(DeployEvent::step_finished(step, started.elapsed(), Some(action.to_string()))),
+            (_, Ok(())) => {
+                ctx.events.emit(DeployEvent::step_finished(step, started.elapsed(), Some(action.to_string())))
+            }
             (_, Err(e)) => {
                 warn(step, started, &e);
                 residue.push(Residue {

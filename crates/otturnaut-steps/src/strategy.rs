@@ -8,12 +8,12 @@ use async_trait::async_trait;
 use otturnaut_core::{Adapters, DeployEvent, DeploySpec, DeploymentId, EventSink, Release, Step};
 use serde::{Deserialize, Serialize};
 
+use crate::DeployError;
 use crate::locks::AppLocks;
 use crate::reaper::Reaper;
 use crate::retire::retire;
 use crate::tokens::{Context, Fetched};
 use crate::undo::{Residue, RetryPolicy};
-use crate::DeployError;
 
 /// A deploy that reached its commit point.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,12 +128,7 @@ impl BlueGreen {
         if let Some(old) = &committed.previous {
             residue.extend(retire(&committed.ctx, old, &committed.release).await);
         }
-        Ok(Deployed {
-            release: committed.release,
-            previous: committed.previous,
-            residue,
-            elapsed: started.elapsed(),
-        })
+        Ok(Deployed { release: committed.release, previous: committed.previous, residue, elapsed: started.elapsed() })
     }
 }
 

@@ -64,14 +64,9 @@ async fn timed<T>(
 /// Rolls back after `step` failed: first its own in-doubt undo (armed before
 /// its call), then `older` (already newest first), and builds the error.
 async fn fail(ctx: &Context, step: Step, cause: Error, own: Option<UndoAction>, older: Vec<UndoAction>) -> DeployError {
-    let undo = PendingUndos::after_failure(own, older, ctx.reaper.clone()).run(&ctx.adapters, &ctx.events, ctx.retry).await;
-    DeployError::Failed {
-        app: ctx.spec.app.clone(),
-        deployment: ctx.deployment.clone(),
-        step,
-        cause,
-        undo,
-    }
+    let undo =
+        PendingUndos::after_failure(own, older, ctx.reaper.clone()).run(&ctx.adapters, &ctx.events, ctx.retry).await;
+    DeployError::Failed { app: ctx.spec.app.clone(), deployment: ctx.deployment.clone(), step, cause, undo }
 }
 
 async fn undo_all(ctx: &Context, actions: Vec<UndoAction>) -> UndoReport {
@@ -204,8 +199,7 @@ impl Built {
     /// Reserves a host port for the new container.
     pub async fn allocate_port(self, previous: Option<Release>) -> Result<PortHeld, DeployError> {
         let ctx = self.prev.ctx.clone();
-        let mut guard =
-            Guard::armed(UndoAction::ReleasePort { deployment: ctx.deployment.clone() }, &ctx.reaper);
+        let mut guard = Guard::armed(UndoAction::ReleasePort { deployment: ctx.deployment.clone() }, &ctx.reaper);
         let work = ctx.adapters.ports.allocate(&ctx.deployment, &[]);
         match timed(&ctx, Step::AllocatePort, None, work, |p| Some(format!("port {p}"))).await {
             Ok(port) => Ok(PortHeld { port, previous, guard, prev: self }),
@@ -418,18 +412,17 @@ impl Routed {
             commit: built.prev.source.as_ref().map(|s| s.commit.clone()),
         };
         let previous = held.previous.clone();
-        let mut guard = Guard::armed(UndoAction::RestoreState { previous: previous.clone(), app: spec.app.clone() }, &ctx.reaper);
+        let mut guard =
+            Guard::armed(UndoAction::RestoreState { previous: previous.clone(), app: spec.app.clone() }, &ctx.reaper);
         let work = ctx.adapters.state.record(&release);
         match timed(&ctx, Step::RecordState, None, work, |_| Some(format!("deployment {}", release.deployment))).await {
             Ok(()) => {
                 guard.disarm();
-                let leftovers: Vec<UndoAction> = self
-                    .unwind()
-                    .into_iter()
-                    .filter(|a| matches!(a, UndoAction::RemoveSource { .. }))
-                    .collect();
-                let cleanup =
-                    PendingUndos::cleanup(leftovers, ctx.reaper.clone()).run(&ctx.adapters, &ctx.events, ctx.retry).await;
+                let leftovers: Vec<UndoAction> =
+                    self.unwind().into_iter().filter(|a| matches!(a, UndoAction::RemoveSource { .. })).collect();
+                let cleanup = PendingUndos::cleanup(leftovers, ctx.reaper.clone())
+                    .run(&ctx.adapters, &ctx.events, ctx.retry)
+                    .await;
                 for r in &cleanup.residue {
                     ctx.events.warn(format!("after commit: {r}"));
                 }

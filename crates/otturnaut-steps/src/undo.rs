@@ -10,22 +10,37 @@ use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
-use otturnaut_core::{Adapters, AppId, ContainerId, DeployEvent, DeploymentId, EventSink, Release, RouteTarget};
 use futures_util::FutureExt;
+use otturnaut_core::{Adapters, AppId, ContainerId, DeployEvent, DeploymentId, EventSink, Release, RouteTarget};
 use serde::{Deserialize, Serialize};
 
 use crate::reaper::Reaper;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UndoAction {
-    RemoveSource { app: AppId, deployment: DeploymentId },
-    RemoveImage { image: String },
-    ReleasePort { deployment: DeploymentId },
-    RemoveContainer { name: String },
+    RemoveSource {
+        app: AppId,
+        deployment: DeploymentId,
+    },
+    RemoveImage {
+        image: String,
+    },
+    ReleasePort {
+        deployment: DeploymentId,
+    },
+    RemoveContainer {
+        name: String,
+    },
     /// Put the app's route back as it was: to `previous`, or gone.
-    RestoreRoute { app: AppId, previous: Option<RouteTarget> },
+    RestoreRoute {
+        app: AppId,
+        previous: Option<RouteTarget>,
+    },
     /// Put the app's recorded release back as it was.
-    RestoreState { app: AppId, previous: Option<Release> },
+    RestoreState {
+        app: AppId,
+        previous: Option<Release>,
+    },
 }
 
 impl UndoAction {
@@ -167,10 +182,15 @@ pub(crate) async fn perform_with_retry(
         last = match tokio::time::timeout(retry.attempt_timeout, attempt_fut).await {
             Ok(Ok(result)) => result,
             Ok(Err(panic)) => {
-                let why = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+                let why = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
                 Err(otturnaut_core::Error::failed(action.to_string(), format!("panicked: {}", why.unwrap_or_default())))
             }
-            Err(_) => Err(otturnaut_core::Error::Timeout { operation: action.to_string(), after: retry.attempt_timeout }),
+            Err(_) => {
+                Err(otturnaut_core::Error::Timeout { operation: action.to_string(), after: retry.attempt_timeout })
+            }
         };
         if last.is_ok() || attempt == attempts {
             return (attempt, last);

@@ -289,7 +289,9 @@ impl SourceFetcher for GitFetcher {
                 for entry in entries.flatten() {
                     let path = entry.path();
                     let ours = path.extension().is_some_and(|ext| ext == "key" || ext == "log");
-                    if let Some(ids) = path.file_stem().and_then(|s| s.to_str()).filter(|_| ours).and_then(parse_dir_name) {
+                    if let Some(ids) =
+                        path.file_stem().and_then(|s| s.to_str()).filter(|_| ours).and_then(parse_dir_name)
+                    {
                         found.push(ids);
                     }
                 }
