@@ -204,7 +204,7 @@ async fn dropping_the_deploy_future_at_the_health_check_leaves_nothing_once_the_
 /// `cargo xtask chaos` runs (`CHAOS_SEED`, `CHAOS_TRIALS`, `CHAOS_QUICK`,
 /// `CHAOS_DOCKER_RESTART`, `CHAOS_REPORT`).
 #[tokio::test]
-#[ignore = "the full chaos run (10+ minutes): cargo xtask chaos"]
+#[ignore = "the full chaos run (about 8 minutes): cargo xtask chaos"]
 async fn chaos_full() {
     let opts = Options::from_env();
     let report = harness::run(&opts).await.unwrap_or_else(|e| panic!("chaos run (seed {}): {e:#}", opts.seed));

@@ -17,7 +17,7 @@ pub struct Args {
     /// Seed of the crash trials' choices (printed; the same seed replays a run)
     #[arg(long)]
     pub seed: Option<u64>,
-    /// How many SIGKILL crash trials (default 30, 10 with --quick)
+    /// How many SIGKILL crash trials (default 40, 10 with --quick)
     #[arg(long)]
     pub trials: Option<usize>,
     /// A smaller matrix: forward fault points and a few of each other kind
@@ -48,7 +48,7 @@ daemon, through the `otturnaut` binary built with `--features faults` (OTTURNAUT
      (and with --docker-restart, the Docker daemon restarted during a health check).
 
 Prints a table per part and writes it as Markdown (see RELIABILITY.md). Exits non-zero if any
-case failed. Takes about 10 minutes (--quick: about 4).
+case failed. Takes about 8 minutes (--quick: about 3).
 
 Examples:
   cargo xtask chaos

@@ -155,7 +155,7 @@ impl StateStore for Faulty {
     async fn record(&self, release: &Release) -> Result<()> {
         self.around("record_state", self.inner.state.record(release)).await
     }
-    async fn forget(&self, app: &AppId) -> Result<()> {
-        self.around("record_state", self.inner.state.forget(app)).await
+    async fn restore(&self, app: &AppId, previous: Option<Release>) -> Result<()> {
+        self.around("record_state", self.inner.state.restore(app, previous)).await
     }
 }

@@ -76,9 +76,9 @@ impl StateStore for LabelState {
         }
     }
 
-    async fn forget(&self, _app: &AppId) -> Result<()> {
-        // Nothing is stored: undoing a record is undoing the route switch,
-        // which has its own undo.
+    async fn restore(&self, _app: &AppId, _previous: Option<Release>) -> Result<()> {
+        // Nothing is stored: what is live follows the route, and putting the
+        // route back is the route switch's own undo.
         Ok(())
     }
 }

@@ -398,9 +398,12 @@ impl StateStore for Fake {
         self.point("record_state", Phase::After).await
     }
 
-    async fn forget(&self, app: &AppId) -> Result<()> {
+    async fn restore(&self, app: &AppId, previous: Option<Release>) -> Result<()> {
         self.point("record_state", Phase::Before).await?;
-        self.lock().world.recorded.remove(app);
+        match previous {
+            Some(release) => self.lock().world.recorded.insert(app.clone(), release),
+            None => self.lock().world.recorded.remove(app),
+        };
         self.point("record_state", Phase::After).await
     }
 }

@@ -160,8 +160,9 @@ pub trait StateStore: Send + Sync {
     async fn load(&self, app: &AppId) -> Result<Option<Release>>;
     /// Records `release` as live: the commit point of a deploy.
     async fn record(&self, release: &Release) -> Result<()>;
-    /// Forgets the recorded release of `app` (undo of a first deploy's record).
-    async fn forget(&self, app: &AppId) -> Result<()>;
+    /// Puts back what was recorded for `app` before (`None`: nothing), the
+    /// undo of a `record` whose outcome is in doubt.
+    async fn restore(&self, app: &AppId, previous: Option<Release>) -> Result<()>;
 }
 
 /// Every port a strategy drives, as shared trait objects.

@@ -8,15 +8,14 @@
 //! - a managed image of the app that the live release does not run;
 //! - a fetched source tree or key file of the app (no deploy is running: the
 //!   caller holds the app's lock);
-//! - a route to an upstream nothing serves: repointed to the live release if
-//!   the app has one, else removed.
+//! - a route to an upstream nothing serves: removed.
 //!
 //! The caller must hold the app's deploy lock, or a deploy in progress would
 //! look like orphans.
 
 use std::collections::BTreeSet;
 
-use otturnaut_core::{Adapters, AppId, Release, RouteTarget, live_container};
+use otturnaut_core::{Adapters, AppId, Release, live_container};
 use serde::{Deserialize, Serialize};
 
 use crate::undo::{Residue, RetryPolicy, UndoAction, perform_with_retry};
@@ -59,15 +58,10 @@ pub async fn reconcile_app(a: &Adapters, app: &AppId, retry: RetryPolicy) -> ott
     )?;
     let live = live_container(&containers, route.as_ref().map(|r| r.port));
     let mut actions = Vec::new();
-    match (&route, live) {
-        (Some(r), Some(l)) if Some(r.port) != l.host_port => {
-            if let Some(port) = l.host_port {
-                let target = RouteTarget { domains: r.domains.clone(), port };
-                actions.push(UndoAction::RestoreRoute { app: app.clone(), previous: Some(target) });
-            }
-        }
-        (Some(_), None) => actions.push(UndoAction::RestoreRoute { app: app.clone(), previous: None }),
-        _ => {}
+    // A route whose upstream nothing serves has no live release behind it
+    // (the live release is defined by the route): remove it.
+    if route.is_some() && live.is_none() {
+        actions.push(UndoAction::RestoreRoute { app: app.clone(), previous: None });
     }
     for c in &containers {
         if live.is_none_or(|l| l.id != c.id) {

@@ -63,8 +63,7 @@ impl UndoAction {
             UndoAction::RemoveContainer { name } => a.runtime.remove(&ContainerId(name.clone())).await,
             UndoAction::RestoreRoute { app, previous: Some(target) } => a.router.set_route(app, target).await,
             UndoAction::RestoreRoute { app, previous: None } => a.router.remove_route(app).await,
-            UndoAction::RestoreState { previous: Some(release), .. } => a.state.record(release).await,
-            UndoAction::RestoreState { app, previous: None } => a.state.forget(app).await,
+            UndoAction::RestoreState { app, previous } => a.state.restore(app, previous.clone()).await,
         }
     }
 }

@@ -134,7 +134,7 @@ mock! {
     impl StateStore for State {
         async fn load(&self, app: &AppId) -> Result<Option<Release>>;
         async fn record(&self, release: &Release) -> Result<()>;
-        async fn forget(&self, app: &AppId) -> Result<()>;
+        async fn restore(&self, app: &AppId, previous: Option<Release>) -> Result<()>;
     }
 }
 
@@ -451,7 +451,12 @@ async fn route_undo_restores_the_previous_upstream() {
         .withf(move |r| s.is(&r.deployment) && r.host_port == b_port)
         .returning(|_| Err(boom("record")));
     let prev = old.clone();
-    m.state.expect_record().times(1).in_sequence(&mut seq).withf(move |r| *r == prev).returning(|_| Ok(()));
+    m.state
+        .expect_restore()
+        .times(1)
+        .in_sequence(&mut seq)
+        .withf(move |_, r| r.as_ref() == Some(&prev))
+        .returning(|_, _| Ok(()));
     let (a, back) = (app.clone(), route_to(&old));
     m.router
         .expect_set_route()
@@ -460,7 +465,6 @@ async fn route_undo_restores_the_previous_upstream() {
         .withf(move |x, t| *x == a && *t == back)
         .returning(|_, _| Ok(()));
     m.router.expect_remove_route().never();
-    m.state.expect_forget().never();
     git_rollback_in_sequence(&mut m, &mut seq, &seen, &app);
 
     let (adapters, live) = m.into_live();
@@ -492,7 +496,12 @@ async fn first_deploy_route_undo_removes_the_route() {
         .returning(|_, _| Ok(()));
     m.state.expect_record().times(1).in_sequence(&mut seq).returning(|_| Err(boom("record")));
     let a = app.clone();
-    m.state.expect_forget().times(1).in_sequence(&mut seq).withf(move |x| *x == a).returning(|_| Ok(()));
+    m.state
+        .expect_restore()
+        .times(1)
+        .in_sequence(&mut seq)
+        .withf(move |x, r| *x == a && r.is_none())
+        .returning(|_, _| Ok(()));
     let a = app.clone();
     m.router.expect_remove_route().times(1).in_sequence(&mut seq).withf(move |x| *x == a).returning(|_| Ok(()));
     git_rollback_in_sequence(&mut m, &mut seq, &seen, &app);
@@ -946,7 +955,7 @@ async fn app_without_domains_never_touches_routes() {
         m.router.expect_remove_route().never();
         if fail_record {
             m.state.expect_record().times(1).in_sequence(&mut seq).returning(|_| Err(boom("record")));
-            m.state.expect_forget().times(1).in_sequence(&mut seq).returning(|_| Ok(()));
+            m.state.expect_restore().times(1).in_sequence(&mut seq).returning(|_, _| Ok(()));
             git_rollback_in_sequence(&mut m, &mut seq, &seen, &app);
         } else {
             m.state.expect_record().times(1).returning(|_| Ok(()));

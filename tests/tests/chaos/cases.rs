@@ -314,6 +314,12 @@ pub async fn run(world: &World, case: &Case, live_app: &mut Option<LiveApp>) -> 
     }
     if !reached {
         verdict.notes.push("not reached".into());
+    } else if case.expect == Expect::Succeeds
+        && case.faults.ends_with(":fail")
+        && out.warnings().is_empty()
+        && out.residue().is_empty()
+    {
+        verdict.notes.push("fired, the retry succeeded".into());
     }
     if case.scenario == Scenario::Fresh
         && let Err(e) = world.clean_up(&app).await

@@ -51,13 +51,19 @@ pub struct Trial {
     pub recover: Recover,
 }
 
+/// Every step event of `steps` but the last one's `step_finished`: after it
+/// the process has next to nothing left to do, so a kill would come too late.
 fn points(steps: &[Step]) -> Vec<(&'static str, &'static str)> {
-    steps.iter().flat_map(|s| [("step_started", s.name()), ("step_finished", s.name())]).collect()
+    let mut all: Vec<_> =
+        steps.iter().flat_map(|s| [("step_started", s.name()), ("step_finished", s.name())]).collect();
+    all.pop();
+    all
 }
 
 /// `count` trials from `seed`: a third first deploys, the rest redeploys;
 /// kill points dealt from shuffled lists of every step event so all phases
-/// are covered (0–100 ms after the event); every fifth a random time (0–3 s)
+/// are covered (0–100 ms after the event; 0–10 ms from the route switch on,
+/// whose steps take milliseconds); every fifth a random time (0–2 s)
 /// instead; recovery alternating.
 pub fn plan(seed: u64, count: usize) -> Vec<Trial> {
     let mut rng = Rng::new(seed);
@@ -71,13 +77,16 @@ pub fn plan(seed: u64, count: usize) -> Vec<Trial> {
         .map(|n| {
             let is_first = n % 3 == 2;
             let kill = if n % 5 == 4 {
-                Kill::Delay(rng.millis(0, 3000))
+                Kill::Delay(rng.millis(0, 2000))
             } else {
                 let list = if is_first { &first } else { &redeploy };
                 let cursor = if is_first { &mut f } else { &mut r };
                 let (kind, step) = list[*cursor % list.len()];
                 *cursor += 1;
-                Kill::After { kind, step, delay: rng.millis(0, 100) }
+                // From the route switch on, steps take milliseconds: a long
+                // delay would land after the end of the deploy.
+                let late = Step::ALL.iter().any(|s| s.name() == step && *s >= Step::SwitchRoute);
+                Kill::After { kind, step, delay: if late { rng.millis(0, 10) } else { rng.millis(0, 100) } }
             };
             let recover = if n % 2 == 0 { Recover::Reconcile } else { Recover::NextDeploy };
             Trial { n, first: is_first, kill, recover }

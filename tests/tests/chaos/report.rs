@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::cases::Row;
+use super::cases::{Row, Scenario};
 use super::crash::{Recover, TrialRow};
 use super::infra::InfraRow;
 
@@ -56,27 +56,50 @@ impl Report {
             let _ = writeln!(md, "#### Fault points\n");
             let _ = writeln!(
                 md,
-                "Prober: failed requests / requests through Caddy while the old release had to answer \
-                 (`+n new`: answers from the new release between a switch and its rollback). Orphans: what \
-                 the deploy left (reported as residue) → what is left after `otturnaut reconcile APP`.\n"
+                "Each cell: result · exit code · prober · orphans · time. Prober: failed requests / requests \
+                 through Caddy; `+n new`: answers from the new release (normal once a deploy commits; before a \
+                 rollback, allowed only for faults after the route switch). Orphans: what the deploy left, all \
+                 of it reported as residue → what is left after `otturnaut reconcile APP`.\n"
             );
-            let _ =
-                writeln!(md, "| group | fault point | scenario | result | exit | prober | orphans | time | notes |");
-            let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+            let _ = writeln!(md, "| group | fault point | fresh app | app with a live release | notes |");
+            let _ = writeln!(md, "|---|---|---|---|---|");
+            let mut labels: Vec<(String, &'static str)> = Vec::new();
             for r in &self.rows {
-                let mut notes = r.verdict.problems.clone();
-                notes.extend(r.verdict.notes.iter().cloned());
+                let key = (r.case.label(), r.case.group);
+                if !labels.contains(&key) {
+                    labels.push(key);
+                }
+            }
+            for (label, group) in &labels {
+                let of = |scenario: Scenario| {
+                    self.rows.iter().find(|r| r.case.label() == *label && r.case.scenario == scenario)
+                };
+                let text = |r: Option<&Row>| {
+                    r.map_or("–".to_owned(), |r| {
+                        format!(
+                            "{} · {} · {} · {} · {:.1}s",
+                            verdict(r.verdict.passed()),
+                            r.exit,
+                            r.probes,
+                            r.verdict.orphans_text(),
+                            r.took.as_secs_f64()
+                        )
+                    })
+                };
+                let mut notes = Vec::new();
+                for r in [of(Scenario::Fresh), of(Scenario::Live)].into_iter().flatten() {
+                    let mut n = r.verdict.problems.clone();
+                    n.extend(r.verdict.notes.iter().cloned());
+                    if !n.is_empty() {
+                        notes.push(format!("{}: {}", r.case.scenario.name(), n.join(", ")));
+                    }
+                }
                 let _ = writeln!(
                     md,
-                    "| {} | `{}` | {} | {} | {} | {} | {} | {:.1}s | {} |",
-                    r.case.group,
-                    cell(&r.case.label()),
-                    r.case.scenario.name(),
-                    verdict(r.verdict.passed()),
-                    r.exit,
-                    r.probes,
-                    r.verdict.orphans_text(),
-                    r.took.as_secs_f64(),
+                    "| {group} | `{}` | {} | {} | {} |",
+                    cell(label),
+                    text(of(Scenario::Fresh)),
+                    text(of(Scenario::Live)),
                     cell(&notes.join("; "))
                 );
             }

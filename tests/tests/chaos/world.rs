@@ -58,8 +58,12 @@ pub struct World {
     /// `otturnaut-chaos-{pid}:{version}` images for `--image` deploys.
     image_base: String,
     images: Vec<String>,
-    next_app: AtomicU32,
 }
+
+/// Numbers app ids across every world of this process: two worlds (tests
+/// running in parallel) share the Docker daemon, and one world's reconcile
+/// would take the other's app of the same name for its own leftovers.
+static NEXT_APP: AtomicU32 = AtomicU32::new(0);
 
 impl World {
     pub async fn new(bin: PathBuf) -> anyhow::Result<World> {
@@ -107,7 +111,6 @@ impl World {
             daemon,
             image_base: format!("otturnaut-chaos-{}", std::process::id()),
             images: Vec::new(),
-            next_app: AtomicU32::new(0),
         };
         for version in ["v1", "v2"] {
             world.build_plain_image(version)?;
@@ -147,7 +150,7 @@ impl World {
 
     /// A fresh app id, unique across processes: `cx{pid}-{n}-{tag}`.
     pub fn app(&self, tag: &str) -> AppId {
-        let n = self.next_app.fetch_add(1, Ordering::Relaxed);
+        let n = NEXT_APP.fetch_add(1, Ordering::Relaxed);
         let id = format!("cx{}-{n}-{tag}", std::process::id());
         id.parse().unwrap_or_else(|e| panic!("app id {id:?}: {e}"))
     }

@@ -266,16 +266,18 @@ impl Results {
         );
         let _ = writeln!(
             w,
-            "| tcp_migrate_req | Client | Requests | Failed | 5xx | Connect | Reset | Timeout | p50 ms | p99 ms | Max ms |"
+            "| tcp_migrate_req | Client | Upstream keep-alive idle timeout | Requests | Failed | 5xx | Connect | Reset | Timeout \
+             | p50 ms | p99 ms | Max ms | Peak connections Caddy → app |"
         );
-        let _ = writeln!(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(w, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for r in &self.reloads {
             let l = &r.load;
             let _ = writeln!(
                 w,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 migrate(r.migrate_req),
                 r.mode.name(),
+                r.upstream_idle_timeout.as_deref().unwrap_or("Caddy's default (2m)"),
                 l.requests,
                 bold_if(l.failed()),
                 l.count(Failure::Status5xx),
@@ -285,6 +287,7 @@ impl Results {
                 ms_opt(quantile(&l.added, 0.5)),
                 ms_opt(quantile(&l.added, 0.99)),
                 ms_opt(l.added.last().copied()),
+                r.peak_open.map_or_else(|| "-".to_owned(), |n| n.to_string()),
             );
         }
         let samples: Vec<String> = self

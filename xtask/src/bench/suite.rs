@@ -217,16 +217,34 @@ async fn zero_downtime_section(rig: &Rig, args: &Args, results: &mut Results) ->
             }
         }
         let reloads = if args.quick { 30 } else { 200 };
-        for mode in Mode::ALL {
-            println!("bench: {reloads} Caddy reloads alone, {}", mode.name());
+        // The last run: what a short upstream keep-alive idle timeout on the
+        // route changes (only with the kernel setting on).
+        let runs = Mode::ALL
+            .map(|m| (m, None))
+            .into_iter()
+            .chain((migrate != Some(false)).then_some((Mode::Retry, Some("2s"))));
+        for (mode, idle) in runs {
+            println!(
+                "bench: {reloads} Caddy reloads alone, {}{}",
+                mode.name(),
+                idle.map_or(String::new(), |t| format!(", upstream keep-alive idle_timeout {t}"))
+            );
             let limit = MINUTE * 2 + Duration::from_secs(1) * reloads;
             let row = bounded(
                 limit,
                 "a reload stress run",
-                zero_downtime::reload_stress(rig, migrate, mode, reloads, args.concurrency),
+                zero_downtime::reload_stress(rig, migrate, mode, reloads, args.concurrency, idle),
             )
             .await?;
-            println!("  {} requests, {} failed {:?}", row.load.requests, row.load.failed(), row.load.failures);
+            println!(
+                "  {} requests, {} failed {:?}, peak {:?} connections to the app, app restarted {} times {:?}",
+                row.load.requests,
+                row.load.failed(),
+                row.load.failures,
+                row.peak_open,
+                row.app_restarts,
+                row.app_log
+            );
             results.reloads.push(row);
         }
     }

@@ -238,7 +238,7 @@ impl StateStore for Timed<dyn StateStore> {
     async fn record(&self, release: &Release) -> Result<()> {
         self.clock.time(Service::State, self.inner.record(release)).await
     }
-    async fn forget(&self, app: &AppId) -> Result<()> {
-        self.clock.time(Service::State, self.inner.forget(app)).await
+    async fn restore(&self, app: &AppId, previous: Option<Release>) -> Result<()> {
+        self.clock.time(Service::State, self.inner.restore(app, previous)).await
     }
 }

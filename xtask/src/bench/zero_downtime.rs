@@ -150,6 +150,14 @@ pub struct ReloadRow {
     pub mode: Mode,
     pub reloads: u32,
     pub load: load::Report,
+    /// Restarts of the app's container during the run, and its last lines if any.
+    pub app_restarts: u32,
+    pub app_log: Vec<String>,
+    /// The keep-alive idle timeout set on the app's route for this run, if any.
+    pub upstream_idle_timeout: Option<String>,
+    /// Most connections from Caddy to the app's port seen during the run
+    /// (sampled every 10 reloads).
+    pub peak_open: Option<usize>,
 }
 
 pub async fn reload_stress(
@@ -158,6 +166,7 @@ pub async fn reload_stress(
     mode: Mode,
     reloads: u32,
     concurrency: usize,
+    upstream_idle_timeout: Option<&str>,
 ) -> Result<ReloadRow> {
     use otturnaut_core::RouteTarget;
 
@@ -168,6 +177,21 @@ pub async fn reload_stress(
         .execute(image_spec(&app, "steady"), &EventSink::discard())
         .await
         .with_context(|| format!("deploying {app}"))?;
+    if let Some(idle) = upstream_idle_timeout {
+        // What the adapter could write: a short keep-alive idle timeout on
+        // the route's proxy, so connections an old config left idle close soon.
+        let path = format!("/id/{}", otturnaut_adapters::caddy::route_id(&app));
+        let mut route: serde_json::Value =
+            serde_json::from_str(&rig.caddy.call(reqwest::Method::GET, &path, None).await?)?;
+        // Caddy 2.6's defaults for the rest: an explicit `keep_alive` replaces
+        // them all, and Go's 2 idle connections per host would be far fewer.
+        route["handle"][0]["transport"] = serde_json::json!({
+            "protocol": "http",
+            "dial_timeout": "3s",
+            "keep_alive": { "probe_interval": "30s", "max_idle_conns_per_host": 32, "idle_timeout": idle },
+        });
+        rig.caddy.call(reqwest::Method::PATCH, &path, Some(&route)).await?;
+    }
     let config = load::Config {
         addr: rig.caddy.listen,
         host: domain(&app).to_string(),
@@ -179,18 +203,51 @@ pub async fn reload_stress(
         long_every: 1_000_000,
         max_duration: Duration::from_secs(60) + Duration::from_millis(200) * reloads,
     };
+    let app_port = rig.adapters.router.route(&app).await?.map(|r| r.port.get()).unwrap_or_default();
     let running = load::start(config);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let ports = [31901u16, 31902];
+    let mut peak_open = None;
     for i in 0..reloads {
         let port = otturnaut_core::HostPort::try_from(ports[i as usize % 2])?;
         let target = RouteTarget { domains: vec![domain(&other)], port };
         rig.adapters.router.set_route(&other, &target).await?;
+        if i % 10 == 9
+            && let Some(n) = open_connections_to(app_port).await
+        {
+            peak_open = peak_open.max(Some(n));
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let report = running.stop().await;
+    let mut app_restarts = 0;
+    let mut app_log = Vec::new();
+    for c in rig.adapters.runtime.list(Some(&app)).await? {
+        let id = c.id.0.clone();
+        let out = super::machine::stdout(&["docker", "inspect", "-f", "{{.RestartCount}}", &id]).await?;
+        app_restarts += out.trim().parse::<u32>().unwrap_or(0);
+        if app_restarts > 0 {
+            app_log = rig.adapters.runtime.logs(&c.id, 5).await.unwrap_or_default();
+        }
+    }
     rig.adapters.router.remove_route(&other).await?;
     rig.undeploy(&app).await?;
-    Ok(ReloadRow { migrate_req, mode, reloads, load: report })
+    Ok(ReloadRow {
+        migrate_req,
+        mode,
+        reloads,
+        load: report,
+        app_restarts,
+        app_log,
+        upstream_idle_timeout: upstream_idle_timeout.map(str::to_owned),
+        peak_open,
+    })
+}
+
+/// Established TCP connections to port `port` (Caddy's ends), from `ss`.
+async fn open_connections_to(port: u16) -> Option<usize> {
+    let filter = format!("( dport = :{port} )");
+    let out = super::machine::stdout(&["ss", "-Htn", "state", "established", &filter]).await.ok()?;
+    Some(out.lines().filter(|l| !l.trim().is_empty()).count())
 }
