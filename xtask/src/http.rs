@@ -33,10 +33,7 @@ pub fn get_tcp(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<Re
 }
 
 fn get(mut stream: impl Read + Write, host: &str, path: &str) -> io::Result<Response> {
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: otturnaut-xtask\r\nAccept: */*\r\n\r\n"
-    )?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: otturnaut-xtask\r\nAccept: */*\r\n\r\n")?;
     stream.flush()?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
@@ -47,20 +44,11 @@ fn parse(raw: &[u8]) -> io::Result<Response> {
     let text = String::from_utf8_lossy(raw);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status_line = head.lines().next().unwrap_or_default();
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("not an HTTP response: {status_line:?}"),
-            )
+    let status =
+        status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("not an HTTP response: {status_line:?}"))
         })?;
-    Ok(Response {
-        status,
-        body: body.to_owned(),
-    })
+    Ok(Response { status, body: body.to_owned() })
 }
 
 #[cfg(test)]

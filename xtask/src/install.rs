@@ -23,13 +23,7 @@ const NEEDS: &[(&str, &str)] = &[
 pub fn missing_packages() -> Vec<&'static str> {
     NEEDS
         .iter()
-        .filter(|(bin, _)| {
-            if bin.starts_with('/') {
-                !is_executable(Path::new(bin))
-            } else {
-                which(bin).is_none()
-            }
-        })
+        .filter(|(bin, _)| if bin.starts_with('/') { !is_executable(Path::new(bin)) } else { which(bin).is_none() })
         .map(|(_, pkg)| *pkg)
         .collect()
 }
@@ -63,10 +57,7 @@ pub fn ensure_installed() -> Result<()> {
     })?;
     let still = missing_packages();
     if !still.is_empty() {
-        bail!(
-            "`{install}` succeeded but these are still missing: {}",
-            still.join(", ")
-        );
+        bail!("`{install}` succeeded but these are still missing: {}", still.join(", "));
     }
     Ok(())
 }

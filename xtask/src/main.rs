@@ -137,25 +137,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Services { action } => match action {
             ServicesCmd::Up => services::up(&env).map(|()| ExitCode::SUCCESS),
             ServicesCmd::Down => services::down(&env).map(|()| ExitCode::SUCCESS),
-            ServicesCmd::Status => Ok(if services::status(&env) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }),
+            ServicesCmd::Status => Ok(if services::status(&env) { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
         },
         Cmd::Bench(args) => bench::run(&args),
         Cmd::Chaos(args) => chaos::run(&env, &args),
         Cmd::Demo => demo::run(&env),
-        Cmd::Test {
-            skip_lints,
-            cargo_test_args,
-        } => testing::run(
-            &env,
-            &testing::Options {
-                skip_lints,
-                cargo_test_args,
-            },
-        ),
+        Cmd::Test { skip_lints, cargo_test_args } => {
+            testing::run(&env, &testing::Options { skip_lints, cargo_test_args })
+        }
     }
 }
 
@@ -171,12 +160,9 @@ mod tests {
 
     #[test]
     fn test_passes_trailing_args_to_cargo_test() {
-        let cli =
-            Cli::try_parse_from(["xtask", "test", "--", "-p", "otturnaut-core"]).expect("parses");
+        let cli = Cli::try_parse_from(["xtask", "test", "--", "-p", "otturnaut-core"]).expect("parses");
         match cli.command {
-            Cmd::Test {
-                cargo_test_args, ..
-            } => assert_eq!(cargo_test_args, ["-p", "otturnaut-core"]),
+            Cmd::Test { cargo_test_args, .. } => assert_eq!(cargo_test_args, ["-p", "otturnaut-core"]),
             other => panic!("parsed as {other:?}"),
         }
     }

@@ -33,9 +33,7 @@ pub fn spawn_detached(program: &Path, args: &[String], log: &Path, cwd: &Path) -
         .append(true)
         .open(log)
         .with_context(|| format!("opening log file {}", log.display()))?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     writeln!(
         log_file,
         "\n=== `cargo xtask services up` started {} {} (unix time {now}) ===",
@@ -62,14 +60,9 @@ pub fn spawn_detached(program: &Path, args: &[String], log: &Path, cwd: &Path) -
     cmd.args(args)
         .current_dir(cwd)
         .stdin(Stdio::null())
-        .stdout(
-            log_file
-                .try_clone()
-                .context("duplicating log file handle")?,
-        )
+        .stdout(log_file.try_clone().context("duplicating log file handle")?)
         .stderr(log_file);
-    cmd.spawn()
-        .with_context(|| format!("starting {}", program.display()))
+    cmd.spawn().with_context(|| format!("starting {}", program.display()))
 }
 
 /// Which process `up` started: the pid plus its kernel start time, so a recycled pid
@@ -130,10 +123,7 @@ impl Record {
         if self.wait_gone(program, Duration::from_secs(5)) {
             return Ok(());
         }
-        bail!(
-            "{program} (pid {}) is still running after SIGTERM and SIGKILL",
-            self.pid
-        )
+        bail!("{program} (pid {}) is still running after SIGTERM and SIGKILL", self.pid)
     }
 
     fn wait_gone(&self, program: &str, within: Duration) -> bool {
@@ -150,11 +140,7 @@ impl Record {
 
 /// Uses the shell's `kill` builtin: std has no signal API and this crate forbids `unsafe`.
 fn signal(pid: u32, sig: &str, whole_group: bool) -> Result<()> {
-    let target = if whole_group {
-        format!("-{pid}")
-    } else {
-        pid.to_string()
-    };
+    let target = if whole_group { format!("-{pid}") } else { pid.to_string() };
     let out = Command::new("sh")
         .args(["-c", "kill -s \"$1\" -- \"$2\"", "sh", sig, &target])
         .stderr(Stdio::piped())
@@ -162,10 +148,7 @@ fn signal(pid: u32, sig: &str, whole_group: bool) -> Result<()> {
         .context("running sh to send a signal")?;
     // A process that exited between our check and the signal is what we wanted anyway.
     if !out.status.success() && proc_stat(pid).is_some_and(|s| !s.zombie) {
-        bail!(
-            "kill -s {sig} {target} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("kill -s {sig} {target} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }
@@ -181,10 +164,7 @@ fn proc_stat(pid: u32) -> Option<ProcStat> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // fields[0] is field 3 (state); start time is field 22.
-    Some(ProcStat {
-        zombie: matches!(*fields.first()?, "Z" | "X"),
-        start_time: fields.get(19)?.parse().ok()?,
-    })
+    Some(ProcStat { zombie: matches!(*fields.first()?, "Z" | "X"), start_time: fields.get(19)?.parse().ok()? })
 }
 
 /// The last `n` lines of a log file, for error messages.
@@ -205,8 +185,7 @@ pub fn log_tail(log: &Path, n: usize) -> String {
 pub fn lock(state_dir: &Path) -> Result<File> {
     let path = state_dir.join("xtask.lock");
     let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-    file.lock()
-        .with_context(|| format!("locking {}", path.display()))?;
+    file.lock().with_context(|| format!("locking {}", path.display()))?;
     Ok(file)
 }
 
@@ -219,15 +198,9 @@ mod tests {
         let me = Record::of(std::process::id()).expect("own stat is readable");
         let exe = std::env::current_exe().expect("current exe");
         let argv0 = std::env::args().next().expect("argv0");
-        let name = Path::new(&argv0)
-            .file_name()
-            .and_then(|n| n.to_str())
-            .expect("utf-8 name");
+        let name = Path::new(&argv0).file_name().and_then(|n| n.to_str()).expect("utf-8 name");
         assert!(me.is_alive_as(name), "{} should be alive", exe.display());
-        let recycled = Record {
-            start_time: me.start_time + 1,
-            ..me
-        };
+        let recycled = Record { start_time: me.start_time + 1, ..me };
         assert!(!recycled.is_alive_as(name));
         assert!(!me.is_alive_as("dockerd"));
     }

@@ -29,15 +29,15 @@ pub struct Env {
 
 impl Env {
     pub fn from_env() -> Result<Self> {
-        let state = std::env::var_os("OTTURNAUT_DEV_STATE")
-            .map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), PathBuf::from);
+        let state =
+            std::env::var_os("OTTURNAUT_DEV_STATE").map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), PathBuf::from);
         let docker_sock = match std::env::var("DOCKER_HOST") {
             Err(_) => PathBuf::from(DEFAULT_DOCKER_SOCK),
             Ok(host) => match host.strip_prefix("unix://") {
                 Some(path) => PathBuf::from(path),
-                None => bail!(
-                    "DOCKER_HOST={host:?} is not a unix:// socket; the dev services only run a local dockerd"
-                ),
+                None => {
+                    bail!("DOCKER_HOST={host:?} is not a unix:// socket; the dev services only run a local dockerd")
+                }
             },
         };
         Ok(Self { state, docker_sock })
@@ -60,12 +60,7 @@ impl Env {
     }
 
     fn prepare(&self) -> Result<()> {
-        for dir in [
-            self.state.clone(),
-            self.state.join("logs"),
-            self.state.join("run"),
-            self.git_base(),
-        ] {
+        for dir in [self.state.clone(), self.state.join("logs"), self.state.join("run"), self.git_base()] {
             fs::create_dir_all(&dir).with_context(|| {
                 format!(
                     "creating {} (set OTTURNAUT_DEV_STATE to a writable directory to use another place)",
@@ -75,8 +70,7 @@ impl Env {
         }
         // An explicit config keeps `caddy run` from picking up a Caddyfile in its working
         // directory, and `persist: false` keeps test configs out of ~/.config/caddy/autosave.json.
-        let config =
-            format!(r#"{{"admin":{{"listen":"{CADDY_ADMIN}","config":{{"persist":false}}}}}}"#);
+        let config = format!(r#"{{"admin":{{"listen":"{CADDY_ADMIN}","config":{{"persist":false}}}}}}"#);
         let path = self.caddy_config();
         fs::write(&path, config + "\n").with_context(|| format!("writing {}", path.display()))
     }
@@ -142,11 +136,7 @@ impl Service {
                 let r = crate::http::get_unix(&env.docker_sock, "/_ping", PROBE_TIMEOUT)
                     .with_context(|| format!("GET /_ping on {}", env.docker_sock.display()))?;
                 if r.status != 200 {
-                    bail!(
-                        "GET /_ping on {} answered {}",
-                        env.docker_sock.display(),
-                        r.status
-                    );
+                    bail!("GET /_ping on {} answered {}", env.docker_sock.display(), r.status);
                 }
                 Ok(())
             }
@@ -175,19 +165,14 @@ impl Service {
                 .unwrap_or_default()
                 .to_owned(),
             Self::Caddy => command_version("caddy", &["version"]),
-            Self::GitDaemon => command_version("git", &["--version"])
-                .trim_start_matches("git version ")
-                .to_owned(),
+            Self::GitDaemon => command_version("git", &["--version"]).trim_start_matches("git version ").to_owned(),
         }
     }
 
     fn launch(self, env: &Env) -> Result<(PathBuf, Vec<String>)> {
         let need = |bin: &str| {
-            which(bin).ok_or_else(|| {
-                anyhow!(
-                    "{bin} is not installed (run `cargo xtask services up` as root to install it)"
-                )
-            })
+            which(bin)
+                .ok_or_else(|| anyhow!("{bin} is not installed (run `cargo xtask services up` as root to install it)"))
         };
         match self {
             Self::Docker => {
@@ -204,20 +189,12 @@ impl Service {
                 }
                 Ok((need("dockerd")?, args))
             }
-            Self::Caddy => Ok((
-                need("caddy")?,
-                vec![
-                    "run".into(),
-                    "--config".into(),
-                    env.caddy_config().display().to_string(),
-                ],
-            )),
+            Self::Caddy => {
+                Ok((need("caddy")?, vec!["run".into(), "--config".into(), env.caddy_config().display().to_string()]))
+            }
             Self::GitDaemon => {
                 let git = need("git")?;
-                let out = Command::new(&git)
-                    .arg("--exec-path")
-                    .output()
-                    .context("running git --exec-path")?;
+                let out = Command::new(&git).arg("--exec-path").output().context("running git --exec-path")?;
                 let exec_path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
                 // Run git-daemon itself rather than `git daemon`: the wrapper would be a
                 // different process from the one listening, and the one we record and stop.
@@ -249,11 +226,9 @@ impl Service {
     /// Who started it, for `status` and `up` output.
     fn owner(self, env: &Env) -> String {
         match Record::load(&env.record(self)) {
-            Some(rec) if rec.is_alive_as(self.program()) => format!(
-                "pid {} started by `services up`, log {}",
-                rec.pid,
-                env.log(self).display()
-            ),
+            Some(rec) if rec.is_alive_as(self.program()) => {
+                format!("pid {} started by `services up`, log {}", rec.pid, env.log(self).display())
+            }
             _ => "not started by `services up`".into(),
         }
     }
@@ -262,15 +237,14 @@ impl Service {
 /// Sends an upload-pack request for a repository that does not exist: a git daemon answers
 /// with an `ERR` pkt-line (or just hangs up), anything else answers with something else.
 fn probe_git(addr: SocketAddr) -> Result<()> {
-    let mut s = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT)
-        .with_context(|| format!("connecting to git://{addr}"))?;
+    let mut s =
+        TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).with_context(|| format!("connecting to git://{addr}"))?;
     s.set_read_timeout(Some(PROBE_TIMEOUT))?;
     s.set_write_timeout(Some(PROBE_TIMEOUT))?;
     let payload = format!("git-upload-pack /otturnaut-probe.git\0host={}\0", addr.ip());
     write!(s, "{:04x}{payload}", payload.len() + 4)?;
     let mut reply = Vec::new();
-    s.read_to_end(&mut reply)
-        .with_context(|| format!("reading the reply of git://{addr}"))?;
+    s.read_to_end(&mut reply).with_context(|| format!("reading the reply of git://{addr}"))?;
     let is_pkt_line = reply.len() >= 4 && reply[..4].iter().all(u8::is_ascii_hexdigit);
     if reply.is_empty() || is_pkt_line {
         Ok(())
@@ -284,14 +258,9 @@ fn probe_git(addr: SocketAddr) -> Result<()> {
 
 fn docker_version(env: &Env) -> Result<String> {
     let r = crate::http::get_unix(&env.docker_sock, "/version", PROBE_TIMEOUT)?;
-    let v: serde_json::Value =
-        serde_json::from_str(&r.body).context("parsing Docker's /version")?;
+    let v: serde_json::Value = serde_json::from_str(&r.body).context("parsing Docker's /version")?;
     let field = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("?").to_owned();
-    Ok(format!(
-        "{} (API {})",
-        field("Version"),
-        field("ApiVersion")
-    ))
+    Ok(format!("{} (API {})", field("Version"), field("ApiVersion")))
 }
 
 fn command_version(bin: &str, args: &[&str]) -> String {
@@ -299,12 +268,9 @@ fn command_version(bin: &str, args: &[&str]) -> String {
         return "not installed".into();
     };
     match Command::new(path).args(args).output() {
-        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_owned(),
+        Ok(out) if out.status.success() => {
+            String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().trim().to_owned()
+        }
         _ => format!("? (`{bin} {}` failed)", args.join(" ")),
     }
 }
@@ -321,21 +287,14 @@ pub fn up(env: &Env) -> Result<()> {
     for svc in Service::ALL {
         let name = svc.name();
         if svc.probe(env).is_ok() {
-            println!(
-                "{name:<11} already up at {} ({})",
-                svc.address(env),
-                svc.owner(env)
-            );
+            println!("{name:<11} already up at {} ({})", svc.address(env), svc.owner(env));
             continue;
         }
         let record_path = env.record(svc);
         if let Some(rec) = Record::load(&record_path).filter(|r| r.is_alive_as(svc.program())) {
             // An earlier `up` started it and it is still coming up (or wedged): wait for it
             // rather than start a second one that would fight it for the port.
-            println!(
-                "{name:<11} waiting for pid {} from an earlier `services up`",
-                rec.pid
-            );
+            println!("{name:<11} waiting for pid {} from an earlier `services up`", rec.pid);
             starting.push((svc, None, rec));
             continue;
         }
@@ -348,11 +307,7 @@ pub fn up(env: &Env) -> Result<()> {
         });
         match started {
             Ok((child, rec)) => {
-                println!(
-                    "{name:<11} starting: pid {}, log {}",
-                    rec.pid,
-                    log.display()
-                );
+                println!("{name:<11} starting: pid {}, log {}", rec.pid, log.display());
                 starting.push((svc, Some(child), rec));
             }
             Err(e) => failures.push(format!("{name}: {e:#}")),
@@ -362,23 +317,16 @@ pub fn up(env: &Env) -> Result<()> {
     for (svc, child, rec) in starting {
         let began = Instant::now();
         match wait_ready(env, svc, child, rec) {
-            Ok(()) => println!(
-                "{:<11} up at {} after {:.1}s",
-                svc.name(),
-                svc.address(env),
-                began.elapsed().as_secs_f64()
-            ),
+            Ok(()) => {
+                println!("{:<11} up at {} after {:.1}s", svc.name(), svc.address(env), began.elapsed().as_secs_f64())
+            }
             Err(e) => failures.push(format!("{e:#}")),
         }
     }
     if !failures.is_empty() {
         bail!("{}", failures.join("\n\n"));
     }
-    println!(
-        "services up; repositories for {} go in {}",
-        Service::GitDaemon.address(env),
-        env.git_base().display()
-    );
+    println!("services up; repositories for {} go in {}", Service::GitDaemon.address(env), env.git_base().display());
     Ok(())
 }
 
@@ -392,7 +340,9 @@ fn migrate_queued_connections() {
     match fs::read_to_string(TCP_MIGRATE_REQ) {
         Ok(v) if v.trim() == "1" => {}
         Ok(_) => match fs::write(TCP_MIGRATE_REQ, "1") {
-            Ok(()) => println!("sysctl     net.ipv4.tcp_migrate_req = 1 (connections queued on a closed listener move to its successor)"),
+            Ok(()) => println!(
+                "sysctl     net.ipv4.tcp_migrate_req = 1 (connections queued on a closed listener move to its successor)"
+            ),
             Err(e) => eprintln!(
                 "warning: could not set net.ipv4.tcp_migrate_req = 1 ({e}); Caddy reloads may reset queued connections"
             ),
@@ -454,21 +404,14 @@ pub fn down(env: &Env) -> Result<()> {
             }
             Some(rec) if !rec.is_alive_as(svc.program()) => {
                 let _ = fs::remove_file(&record_path);
-                println!(
-                    "{name:<11} already stopped (removed stale record of pid {})",
-                    rec.pid
-                );
+                println!("{name:<11} already stopped (removed stale record of pid {})", rec.pid);
             }
             Some(rec) => {
                 let began = Instant::now();
                 match rec.stop(svc.program(), svc.stop_grace()) {
                     Ok(()) => {
                         let _ = fs::remove_file(&record_path);
-                        println!(
-                            "{name:<11} stopped pid {} in {:.1}s",
-                            rec.pid,
-                            began.elapsed().as_secs_f64()
-                        );
+                        println!("{name:<11} stopped pid {} in {:.1}s", rec.pid, began.elapsed().as_secs_f64());
                     }
                     Err(e) => failures.push(format!("{name}: {e:#}")),
                 }

@@ -48,12 +48,7 @@ pub fn run(env: &Env, opts: &Options) -> Result<ExitCode> {
         if !opts.skip_lints {
             ensure_component(&cargo, "fmt", "rustfmt");
             ensure_component(&cargo, "clippy", "clippy");
-            steps.push(cargo_step(
-                &cargo,
-                &root,
-                "fmt",
-                &["fmt", "--all", "--", "--check"],
-            ));
+            steps.push(cargo_step(&cargo, &root, "fmt", &["fmt", "--all", "--", "--check"]));
         }
         let mut test_args = vec!["test", "--workspace", "--locked", "--no-fail-fast"];
         test_args.extend(opts.cargo_test_args.iter().map(String::as_str));
@@ -63,15 +58,7 @@ pub fn run(env: &Env, opts: &Options) -> Result<ExitCode> {
                 &cargo,
                 &root,
                 "clippy",
-                &[
-                    "clippy",
-                    "--workspace",
-                    "--all-targets",
-                    "--locked",
-                    "--",
-                    "-D",
-                    "warnings",
-                ],
+                &["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"],
             ));
         }
     }
@@ -79,11 +66,7 @@ pub fn run(env: &Env, opts: &Options) -> Result<ExitCode> {
     println!("\n==> summary");
     for s in &steps {
         let verdict = if s.ok { "ok" } else { "FAILED" };
-        println!(
-            "  {:<12} {verdict:<7} {:>7.1}s",
-            s.name,
-            s.took.as_secs_f64()
-        );
+        println!("  {:<12} {verdict:<7} {:>7.1}s", s.name, s.took.as_secs_f64());
         if !s.note.is_empty() {
             for line in s.note.lines() {
                 println!("      {line}");
@@ -95,11 +78,7 @@ pub fn run(env: &Env, opts: &Options) -> Result<ExitCode> {
     }
     let all_ok = steps.iter().all(|s| s.ok);
     println!("{}", if all_ok { "ALL PASSED" } else { "FAILED" });
-    Ok(if all_ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn cargo_step(cargo: &OsString, root: &Path, name: &'static str, args: &[&str]) -> Step {
@@ -108,32 +87,19 @@ fn cargo_step(cargo: &OsString, root: &Path, name: &'static str, args: &[&str]) 
     let result = Command::new(cargo).args(args).current_dir(root).status();
     let (ok, note) = match result {
         Ok(status) if status.success() => (true, String::new()),
-        Ok(status) => (
-            false,
-            format!("`cargo {}` exited with {status}", args.join(" ")),
-        ),
+        Ok(status) => (false, format!("`cargo {}` exited with {status}", args.join(" "))),
         Err(e) => (false, format!("could not run cargo: {e}")),
     };
-    Step {
-        name,
-        ok,
-        took: began.elapsed(),
-        note,
-    }
+    Step { name, ok, took: began.elapsed(), note }
 }
 
 /// A minimal rustup profile lacks rustfmt and clippy; add them rather than fail the gate on
 /// a tooling gap. If this fails too, the step itself reports the problem.
 fn ensure_component(cargo: &OsString, subcommand: &str, component: &str) {
-    let present = Command::new(cargo)
-        .args([subcommand, "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let present = Command::new(cargo).args([subcommand, "--version"]).output().is_ok_and(|o| o.status.success());
     if !present && crate::proc::which("rustup").is_some() {
         println!("+ rustup component add {component}");
-        let _ = Command::new("rustup")
-            .args(["component", "add", component])
-            .status();
+        let _ = Command::new("rustup").args(["component", "add", component]).status();
     }
 }
 
