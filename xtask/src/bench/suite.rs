@@ -216,14 +216,17 @@ async fn zero_downtime_section(rig: &Rig, args: &Args, results: &mut Results) ->
                 results.zero_downtime.push(row);
             }
         }
-        let reloads = if args.quick { 30 } else { 200 };
-        // The last run: what a short upstream keep-alive idle timeout on the
-        // route changes (only with the kernel setting on).
-        let runs = Mode::ALL
-            .map(|m| (m, None))
-            .into_iter()
-            .chain((migrate != Some(false)).then_some((Mode::Retry, Some("2s"))));
-        for (mode, idle) in runs {
+        // Few reloads per client mode: what one reload costs, before the
+        // connections Caddy leaves open pile up. Then (with the kernel
+        // setting on) many reloads, without and with a short upstream
+        // keep-alive idle timeout on the route.
+        let (few, many) = if args.quick { (30, 100) } else { (60, 200) };
+        let mut runs: Vec<(Mode, u32, Option<&str>)> = Mode::ALL.iter().map(|m| (*m, few, None)).collect();
+        if migrate != Some(false) {
+            runs.push((Mode::Retry, many, None));
+            runs.push((Mode::Retry, many, Some("2s")));
+        }
+        for (mode, reloads, idle) in runs {
             println!(
                 "bench: {reloads} Caddy reloads alone, {}{}",
                 mode.name(),
