@@ -129,8 +129,11 @@ impl GitServer {
             git(&argv).await?;
         }
         let port = free_port()?;
-        let daemon = Command::new("git")
-            .args(["daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1"])
+        // `git daemon` would exec a child that outlives a kill of the `git`
+        // we hold: run `git-daemon` itself, so kill_on_drop reaches it.
+        let exec_path = git(&["--exec-path"]).await?;
+        let daemon = Command::new(Path::new(&exec_path).join("git-daemon"))
+            .args(["--reuseaddr", "--export-all", "--listen=127.0.0.1"])
             .arg(format!("--port={port}"))
             .arg(format!("--base-path={}", dir.path().display()))
             .arg(dir.path())
