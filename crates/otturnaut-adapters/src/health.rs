@@ -43,7 +43,7 @@ impl Probe {
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| Error::failed("setting up the HTTP health probe client", error_chain(&e)))?;
+            .map_err(|e| Error::failed("setting up the HTTP health probe client", crate::error_chain(&e)))?;
         Ok(Probe { runtime, host: IpAddr::V4(Ipv4Addr::LOCALHOST), http })
     }
 
@@ -84,7 +84,8 @@ impl Probe {
 
     async fn http(&self, addr: SocketAddr, path: &HttpPath, expected: u16) -> std::result::Result<(), String> {
         let url = format!("http://{addr}{path}");
-        let response = self.http.get(&url).send().await.map_err(|e| format!("GET {url}: {}", error_chain(&e)))?;
+        let response =
+            self.http.get(&url).send().await.map_err(|e| format!("GET {url}: {}", crate::error_chain(&e)))?;
         let status = response.status().as_u16();
         if status == expected { Ok(()) } else { Err(format!("GET {url} answered {status}, expected {expected}")) }
     }
@@ -160,20 +161,6 @@ impl HealthProbe for Probe {
         }
         Err(Error::Unhealthy { deadline: check.deadline, last_error })
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@
 //! 412 from a stale `If-Match`, a 400 from reading a path that does not exist,
 //! a 404 from an unknown `@id`.
 
-use std::error::Error as _;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
@@ -125,7 +124,7 @@ impl Admin {
             match self.send_once(&method, path, body, if_match).await {
                 Ok(reply) => return Ok(reply),
                 Err(e) if attempt < TRANSPORT_ATTEMPTS && !e.is_timeout() => {
-                    tracing::debug!(operation, %method, path, error = %error_chain(&e), "retrying a Caddy admin request");
+                    tracing::debug!(operation, %method, path, error = %crate::error_chain(&e), "retrying a Caddy admin request");
                     tokio::time::sleep(Duration::from_millis(25 * u64::from(attempt))).await;
                     attempt += 1;
                 }
@@ -170,20 +169,7 @@ impl Admin {
         Error::Unavailable {
             service: Service::Caddy,
             address: self.base.clone(),
-            detail: format!("{operation}: {method} {path}: {}", error_chain(&e)),
+            detail: format!("{operation}: {method} {path}: {}", crate::error_chain(&e)),
         }
     }
-}
-
-/// `e` and its sources, joined: reqwest's own message alone ("error sending
-/// request") hides the useful part ("Connection refused").
-fn error_chain(e: &reqwest::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

@@ -18,7 +18,6 @@ mod context;
 mod dockerignore;
 mod run;
 
-use std::error::Error as StdError;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
@@ -69,13 +68,13 @@ impl Docker {
         let address = host.to_owned();
         let unavailable =
             |detail: String| Error::Unavailable { service: Service::Docker, address: address.clone(), detail };
-        let client = bollard::Docker::connect_with_host(host).map_err(|e| unavailable(error_chain(&e)))?;
+        let client = bollard::Docker::connect_with_host(host).map_err(|e| unavailable(crate::error_chain(&e)))?;
         // bollard speaks the newest API it knows; an older daemon (20.10 is
         // API 1.41) refuses that, so step down to what the daemon offers.
         let client = tokio::time::timeout(CONNECT_TIMEOUT, client.negotiate_version())
             .await
             .map_err(|_| unavailable(format!("no answer within {}", humantime::format_duration(CONNECT_TIMEOUT))))?
-            .map_err(|e| unavailable(error_chain(&e)))?;
+            .map_err(|e| unavailable(crate::error_chain(&e)))?;
         Ok(Docker { client, address, bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST) })
     }
 
@@ -122,31 +121,15 @@ impl Docker {
             | BollardError::HttpClientError { .. } => Error::Unavailable {
                 service: Service::Docker,
                 address: self.address.clone(),
-                detail: format!("{operation}: {}", error_chain(&e)),
+                detail: format!("{operation}: {}", crate::error_chain(&e)),
             },
-            other => Error::failed(operation, error_chain(&other)),
+            other => Error::failed(operation, crate::error_chain(&other)),
         }
     }
 }
 
 fn is_not_found(e: &BollardError) -> bool {
     matches!(e, BollardError::DockerResponseServerError { status_code: 404, .. })
-}
-
-/// An error with its causes, since bollard's transport errors say little
-/// on their own ("client error (Connect)").
-fn error_chain(e: &dyn StdError) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// Keeps the last `cap` lines seen, for error messages.
