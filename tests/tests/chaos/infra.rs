@@ -142,7 +142,8 @@ pub async fn docker_restarts_during_the_health_check(
             pid_file.display()
         )
     })?;
-    let pid = pid.trim().to_owned();
+    // The record is `PID STARTTIME` (so a recycled pid is never taken for ours).
+    let pid = pid.split_whitespace().next().unwrap_or_default().to_owned();
     let la = live_app(world, slot).await?;
     let (app, live) = (la.app.clone(), la.live.clone());
     let before = world.observer.snapshot(&app).await?;
@@ -159,6 +160,9 @@ pub async fn docker_restarts_during_the_health_check(
     let deadline = Instant::now() + Duration::from_secs(60);
     while PathBuf::from(format!("/proc/{pid}")).exists() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if PathBuf::from(format!("/proc/{pid}")).exists() {
+        v.problem(format!("dockerd (pid {pid}) did not stop: the daemon was not restarted"));
     }
     let up = Command::new(xtask).args(["services", "up"]).status().context("running xtask services up")?;
     if !up.success() {
