@@ -86,17 +86,37 @@ fn port_is_free(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
+/// One app's world: a work dir, the connected agent, a repository whose
+/// `main` serves v1, served by its own git daemon.
+struct Fixture {
+    work: tempfile::TempDir,
+    agent: Agent,
+    app: AppId,
+    domain: Domain,
+    repo: GitRepo,
+    _daemon: GitDaemon,
+    url: String,
+    bg: BlueGreen,
+}
+
+impl Fixture {
+    async fn new(prefix: &str) -> Fixture {
+        let work = tempfile::tempdir().expect("work dir");
+        let agent = agent(work.path()).await;
+        let app = unique_app(prefix);
+        let domain: Domain = format!("{app}.test").parse().expect("domain");
+        let repo = GitRepo::new();
+        repo.commit_with("v1", |d| write_context(d, &Behaviour::serve("v1")));
+        let daemon = GitDaemon::for_repo(&repo);
+        let url = daemon.url(&repo);
+        let bg = BlueGreen::new(agent.adapters.clone());
+        Fixture { work, agent, app, domain, repo, _daemon: daemon, url, bg }
+    }
+}
+
 #[tokio::test]
 async fn blue_green_over_git_daemon_then_redeploy() {
-    let work = tempfile::tempdir().expect("work dir");
-    let agent = agent(work.path()).await;
-    let app = unique_app("e2e");
-    let domain: Domain = format!("{app}.test").parse().expect("domain");
-    let repo = GitRepo::new();
-    repo.commit_with("v1", |d| write_context(d, &Behaviour::serve("v1")));
-    let daemon = GitDaemon::for_repo(&repo);
-    let url = daemon.url(&repo);
-    let bg = BlueGreen::new(agent.adapters.clone());
+    let Fixture { work, agent, app, domain, repo, _daemon, url, bg } = Fixture::new("e2e").await;
 
     let t = Instant::now();
     let first = bg.execute(spec(&app, &url, &domain), &EventSink::discard()).await.expect("first deploy");
@@ -145,15 +165,7 @@ async fn blue_green_over_git_daemon_then_redeploy() {
 
 #[tokio::test]
 async fn failed_redeploy_keeps_the_old_release_and_leaves_nothing() {
-    let work = tempfile::tempdir().expect("work dir");
-    let agent = agent(work.path()).await;
-    let app = unique_app("e2efail");
-    let domain: Domain = format!("{app}.test").parse().expect("domain");
-    let repo = GitRepo::new();
-    repo.commit_with("v1", |d| write_context(d, &Behaviour::serve("v1")));
-    let daemon = GitDaemon::for_repo(&repo);
-    let url = daemon.url(&repo);
-    let bg = BlueGreen::new(agent.adapters.clone());
+    let Fixture { work, agent, app, domain, repo, _daemon, url, bg } = Fixture::new("e2efail").await;
     bg.execute(spec(&app, &url, &domain), &EventSink::discard()).await.expect("first deploy");
     let before = snapshot(&agent, &app, work.path()).await;
 
