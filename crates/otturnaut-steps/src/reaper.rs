@@ -5,7 +5,6 @@
 //! acquisition and performs them one at a time, in the order received.
 
 use std::fmt;
-use std::sync::Arc;
 
 use otturnaut_core::{Adapters, EventSink};
 use tokio::sync::{mpsc, oneshot};
@@ -20,9 +19,8 @@ enum Msg {
 /// A handle to the reaper task. Cheap to clone.
 #[derive(Clone)]
 pub struct Reaper {
+    // The task runs until the last handle (and so the last sender) is gone.
     tx: mpsc::UnboundedSender<Msg>,
-    // Kept so a handle can outlive a caller that dropped everything else.
-    _task: Arc<tokio::task::JoinHandle<()>>,
 }
 
 impl fmt::Debug for Reaper {
@@ -35,7 +33,7 @@ impl Reaper {
     /// Starts the reaper on the current tokio runtime.
     pub fn spawn(adapters: Adapters, events: EventSink, retry: RetryPolicy) -> Reaper {
         let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
-        let task = tokio::spawn(async move {
+        tokio::spawn(async move {
             let mut report = UndoReport::default();
             while let Some(msg) = rx.recv().await {
                 match msg {
@@ -50,7 +48,7 @@ impl Reaper {
                 }
             }
         });
-        Reaper { tx, _task: Arc::new(task) }
+        Reaper { tx }
     }
 
     pub(crate) fn hand_over(&self, action: UndoAction) {

@@ -211,6 +211,13 @@ struct Attempt<'a> {
 
 /// Runs `a`, judges it like a fault case; `check_outcome` adds the case's
 /// own assertions.
+/// A signalled deploy must roll back and exit promptly, not wait out its step.
+fn stops_within_30s(out: &super::cli::Outcome, v: &mut Verdict) {
+    if out.elapsed > Duration::from_secs(30) {
+        v.problem(format!("took {:.1}s to stop", out.elapsed.as_secs_f64()));
+    }
+}
+
 async fn failing_deploy(
     world: &World,
     slot: &mut Option<LiveApp>,
@@ -351,12 +358,7 @@ pub async fn sigint_during_build(world: &World, slot: &mut Option<LiveApp>) -> a
         signal: Some(("build", "INT", 1500)),
         step: None,
     };
-    failing_deploy(world, slot, a, |out, v| {
-        if out.elapsed > Duration::from_secs(30) {
-            v.problem(format!("took {:.1}s to stop", out.elapsed.as_secs_f64()));
-        }
-    })
-    .await
+    failing_deploy(world, slot, a, stops_within_30s).await
 }
 
 /// SIGTERM while a real health check waits for a server that never listens.
@@ -369,10 +371,5 @@ pub async fn sigterm_during_health_check(world: &World, slot: &mut Option<LiveAp
         signal: Some(("health_check", "TERM", 1500)),
         step: None,
     };
-    failing_deploy(world, slot, a, |out, v| {
-        if out.elapsed > Duration::from_secs(30) {
-            v.problem(format!("took {:.1}s to stop", out.elapsed.as_secs_f64()));
-        }
-    })
-    .await
+    failing_deploy(world, slot, a, stops_within_30s).await
 }
