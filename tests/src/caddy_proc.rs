@@ -233,32 +233,72 @@ fn with_admin(config: Value, admin_port: u16) -> Value {
 pub struct Upstream {
     pub port: u16,
     hits: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
 impl Upstream {
+    /// Answers each request after `delay` and closes the connection.
     pub async fn start(body: &str, delay: Duration) -> Upstream {
+        Upstream::spawn(body, delay, false).await
+    }
+
+    /// Answers each request after `delay` and keeps connections open for
+    /// more, like most app servers; [`Upstream::open_connections`] counts them.
+    pub async fn keep_alive(body: &str, delay: Duration) -> Upstream {
+        Upstream::spawn(body, delay, true).await
+    }
+
+    async fn spawn(body: &str, delay: Duration, keep_alive: bool) -> Upstream {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("binding an upstream on 127.0.0.1");
         let port = listener.local_addr().expect("upstream address").port();
-        let hits = Arc::new(AtomicUsize::new(0));
+        let (hits, open) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let body = body.to_owned();
-        let counter = Arc::clone(&hits);
+        let (counter, opened) = (Arc::clone(&hits), Arc::clone(&open));
         let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
+            while let Ok((mut stream, _)) = listener.accept().await {
                 let body = body.clone();
-                let counter = Arc::clone(&counter);
+                let (counter, opened) = (Arc::clone(&counter), Arc::clone(&opened));
+                opened.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let _ = answer(stream, &body, delay, &counter).await;
+                    let _ = if keep_alive {
+                        serve_keep_alive(&mut stream, &body, delay, &counter).await
+                    } else {
+                        answer(stream, &body, delay, &counter).await
+                    };
+                    opened.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
-        Upstream { port, hits, task }
+        Upstream { port, hits, open, task }
     }
 
     /// Requests that reached this upstream.
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
     }
+
+    /// Connections to this upstream that the client has not closed yet.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+}
+
+/// Answers requests on one connection until the client closes it.
+async fn serve_keep_alive(
+    stream: &mut TcpStream,
+    body: &str,
+    delay: Duration,
+    hits: &AtomicUsize,
+) -> std::io::Result<()> {
+    let response =
+        format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    while !read_head(stream).await?.is_empty() {
+        hits.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(delay).await;
+        stream.write_all(response.as_bytes()).await?;
+    }
+    Ok(())
 }
 
 impl Drop for Upstream {
@@ -291,6 +331,60 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
         head.extend_from_slice(&buf[..n]);
     }
     Ok(head)
+}
+
+/// A proxy in front of a Caddy admin API that holds every request of one
+/// method for a while before passing it on: it widens the window between an
+/// adapter's read and its write, where concurrent changes can slip in.
+/// Expects one request per connection, as the adapter sends them.
+#[derive(Debug)]
+pub struct SlowAdmin {
+    pub url: String,
+    task: JoinHandle<()>,
+}
+
+impl SlowAdmin {
+    pub async fn start(admin_url: &str, method: &'static str, delay: Duration) -> SlowAdmin {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("binding the slow admin proxy");
+        let url = format!("http://{}", listener.local_addr().expect("proxy address"));
+        let target = admin_url.trim_start_matches("http://").trim_end_matches('/').to_owned();
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(head) = read_head(&mut client).await else { return };
+                    if head.starts_with(format!("{method} ").as_bytes()) {
+                        tokio::time::sleep(delay).await;
+                    }
+                    // Caddy checks the Host header against its own address.
+                    let end = head.windows(4).position(|w| w == b"\r\n\r\n").map_or(head.len(), |i| i + 4);
+                    let mut fixed: Vec<u8> = String::from_utf8_lossy(&head[..end])
+                        .split_inclusive("\r\n")
+                        .map(|line| {
+                            if line.to_ascii_lowercase().starts_with("host:") {
+                                format!("Host: {target}\r\n")
+                            } else {
+                                line.to_owned()
+                            }
+                        })
+                        .collect::<String>()
+                        .into_bytes();
+                    fixed.extend_from_slice(&head[end..]);
+                    let Ok(mut upstream) = TcpStream::connect(target.as_str()).await else { return };
+                    if upstream.write_all(&fixed).await.is_ok() {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    }
+                });
+            }
+        });
+        SlowAdmin { url, task }
+    }
+}
+
+impl Drop for SlowAdmin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// `GET /` through a Caddy listener with the given `Host`, on a fresh

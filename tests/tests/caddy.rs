@@ -6,11 +6,13 @@
 
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
 use otturnaut_adapters::caddy::{Caddy, route_id};
 use otturnaut_core::traits::Router;
 use otturnaut_core::{AppId, Domain, Error, HostPort, RouteTarget, Service};
 use otturnaut_tests::caddy_proc::{
-    CaddyProc, SHARED_LISTEN, Upstream, admin_get, free_port, get_via, shared_caddy, test_caddy,
+    CaddyProc, SHARED_LISTEN, SlowAdmin, Upstream, admin_get, free_port, get_via, shared_caddy, test_caddy,
 };
 use otturnaut_tests::services::{CADDY_ADMIN, require_caddy, unique_app};
 use serde_json::{Value, json};
@@ -473,6 +475,99 @@ async fn in_flight_still_counts_the_old_upstream_after_a_switch() {
         .await;
     assert_eq!(old.hits(), 1, "the old upstream got no new traffic");
     assert_eq!(caddy.route(&app).await.expect("route"), Some(target(&app, new.port)));
+}
+
+#[tokio::test]
+async fn replaced_configs_close_their_upstream_connections_within_seconds() {
+    let caddy = shared().await;
+    let app = unique_app("idle");
+    let _guard = RouteGuard { caddy: caddy.clone(), app: app.clone() };
+    let host = domain_of(&app);
+    let old = Upstream::keep_alive("old", Duration::ZERO).await;
+    let new = Upstream::keep_alive("new", Duration::ZERO).await;
+    caddy.set_route(&app, &target(&app, old.port)).await.expect("route to old");
+    // Requests whose head is still arriving when the config changes: the old
+    // config serves them, through its transport, after it was cleaned up.
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let mut stream = tokio::net::TcpStream::connect(SHARED_LISTEN).await.expect("connect to Caddy");
+        stream.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n").as_bytes()).await.expect("send");
+        clients.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    caddy.set_route(&app, &target(&app, new.port)).await.expect("switch to new");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for stream in &mut clients {
+        stream.write_all(b"\r\n").await.expect("finish the request");
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.expect("read the answer");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("old"), "{answer}");
+    }
+    assert!(old.open_connections() >= 1, "the old config pooled its upstream connection after its cleanup");
+    assert_eq!(ask(SHARED_LISTEN, host.as_str()).await, (200, "new".to_owned()));
+    // Nothing will ever use or close that connection but its idle timeout:
+    // 2 min by default, 2 s as the adapter configures it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while old.open_connections() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} connection(s) to the old upstream still open 10 s after the switch",
+            old.open_connections()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Switches of some apps racing with other apps' routes being removed and
+/// added again, which shifts the indices of every route after them: each
+/// switch must land on its own app's route, and every route must survive.
+#[tokio::test]
+async fn concurrent_switches_and_removals_keep_one_correct_route_per_app() {
+    let caddy_proc = CaddyProc::start(Value::Null).await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    test_caddy(&caddy_proc.admin_url(), &listen).ensure_server().await.expect("ensure_server");
+    // Every PATCH (a switch's write) waits 20 ms after its read, so that
+    // removals land in between.
+    let slow = SlowAdmin::start(&caddy_proc.admin_url(), "PATCH", Duration::from_millis(20)).await;
+    let caddy = test_caddy(&slow.url, &listen);
+    let churn: Vec<AppId> = (0..8).map(|_| unique_app("churn")).collect();
+    let apps: Vec<AppId> = (0..8).map(|_| unique_app("race")).collect();
+    // Churning routes first, so that removing one shifts the others.
+    for app in churn.iter().chain(&apps) {
+        caddy.set_route(app, &target(app, 20000)).await.expect("first route");
+    }
+    let switches = apps.iter().enumerate().map(|(i, app)| {
+        let caddy = caddy.clone();
+        async move {
+            for k in 1..=8u16 {
+                caddy.set_route(app, &target(app, 20000 + 10 * k + i as u16)).await.expect("switch");
+            }
+        }
+    });
+    let churning = churn.iter().map(|app| {
+        let caddy = caddy.clone();
+        async move {
+            for _ in 0..4 {
+                caddy.remove_route(app).await.expect("remove a churning route");
+                caddy.set_route(app, &target(app, 30000)).await.expect("add it again");
+            }
+        }
+    });
+    futures_util::future::join(futures_util::future::join_all(switches), futures_util::future::join_all(churning))
+        .await;
+
+    let routes = caddy_proc.config("/config/apps/http/servers/otturnaut/routes").await;
+    let ids: Vec<&str> = routes.as_array().into_iter().flatten().filter_map(|r| r["@id"].as_str()).collect();
+    assert_eq!(ids.len(), apps.len() + churn.len(), "routes in Caddy: {ids:?}");
+    for (i, app) in apps.iter().enumerate() {
+        assert_eq!(count_routes(&routes, &route_id(app)), 1, "routes in Caddy: {ids:?}");
+        assert_eq!(caddy.route(app).await.expect("route"), Some(target(app, 20080 + i as u16)));
+    }
+    for app in &churn {
+        assert_eq!(count_routes(&routes, &route_id(app)), 1, "routes in Caddy: {ids:?}");
+        assert_eq!(caddy.route(app).await.expect("route"), Some(target(app, 30000)));
+    }
 }
 
 #[tokio::test]

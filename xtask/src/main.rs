@@ -115,8 +115,8 @@ const TEST_HELP: &str = "\
 The CI gate, also what .ci/run runs. In order:
   1. cargo xtask services up (installs and starts what is missing; stops here if that fails)
   2. cargo fmt --all -- --check
-  3. cargo test --workspace --locked --no-fail-fast [extra args]
-  4. cargo clippy --workspace --all-targets --locked -- -D warnings
+  3. cargo test --workspace --all-features --locked --no-fail-fast [extra args]
+  4. cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 Every step runs even when an earlier one failed, then a summary lists each step's result and
 time. Exits non-zero if any step failed. CI and other environment variables pass through.";
 

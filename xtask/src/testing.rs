@@ -50,7 +50,9 @@ pub fn run(env: &Env, opts: &Options) -> Result<ExitCode> {
             ensure_component(&cargo, "clippy", "clippy");
             steps.push(cargo_step(&cargo, &root, "fmt", &["fmt", "--all", "--", "--check"]));
         }
-        let mut test_args = vec!["test", "--workspace", "--locked", "--no-fail-fast"];
+        // All features: the bench's unit tests and lints build only with xtask's `bench`
+        // (the other features are already on through the tests crate).
+        let mut test_args = vec!["test", "--workspace", "--all-features", "--locked", "--no-fail-fast"];
         test_args.extend(opts.cargo_test_args.iter().map(String::as_str));
         steps.push(cargo_step(&cargo, &root, "test", &test_args));
         if !opts.skip_lints {
@@ -58,7 +60,7 @@ pub fn run(env: &Env, opts: &Options) -> Result<ExitCode> {
                 &cargo,
                 &root,
                 "clippy",
-                &["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"],
+                &["clippy", "--workspace", "--all-targets", "--all-features", "--locked", "--", "-D", "warnings"],
             ));
         }
     }

@@ -6,16 +6,25 @@
 //! in the config belongs to someone else: every write targets the exact path
 //! it changes, and the root is never replaced.
 //!
-//! Route writes are read-modify-write guarded by Caddy's ETag: read our
-//! server's route list (its ETag comes with it), decide, and send the change
-//! with `If-Match`, so Caddy refuses it with 412 if the list changed in
-//! between; then read again and retry. Simpler schemes are unsafe in 2.6:
+//! Route writes are read-modify-write guarded by Caddy's ETag: read, decide,
+//! and send the change with `If-Match`, so Caddy refuses it (412) if what we
+//! read changed in between; then read again and retry. Simpler schemes are
+//! unsafe in 2.6:
 //! - `/id/{id}` is resolved to an array index before Caddy takes its config
 //!   lock, so a write through `/id/` can land on a neighbour when a concurrent
 //!   delete shifts the list;
 //! - duplicate `@id`s are accepted (the later one silently wins the index), so
 //!   a blind "append if missing" can leave two routes for one app, and the
 //!   first, stale one is the one that matches requests.
+//!
+//! What is read depends on the change. Replacing an app's route (every
+//! redeploy) reads only that route, through `/id/`: Caddy's ETag for it names
+//! its position (`…/routes/7 <hash>`), so a PATCH of `routes/7` under that
+//! ETag lands exactly on the route we read, or is refused if the list shifted.
+//! Its cost does not grow with the number of apps (the whole list is 130 KiB
+//! at 1000 apps). Appending a new app's route must know that no route with
+//! its `@id` exists anywhere, so it reads the whole list and is guarded by
+//! the list's ETag.
 
 mod admin;
 mod json;
@@ -88,6 +97,16 @@ impl Routes {
     fn find(&self, id: &str) -> Option<(usize, &Value)> {
         self.list.as_ref()?.iter().enumerate().find(|(_, r)| json::id_of(r) == Some(id))
     }
+}
+
+/// What `GET /id/{id}` found.
+enum Lookup {
+    /// Our route, at `routes/{index}`; `etag` guards a write to exactly it.
+    Found { index: usize, route: Value, etag: String },
+    /// Caddy has no object with the `@id`.
+    Missing,
+    /// Caddy's index pointed at a neighbour: the list shifted while we read.
+    Moved,
 }
 
 impl Caddy {
@@ -252,21 +271,48 @@ impl Caddy {
         Ok(Some(Routes { list, etag: reply.etag }))
     }
 
-    /// Fails unless `reply` (to `GET /id/{id}`) is an object in our route
-    /// list. Caddy names the object's expanded path in the ETag.
-    fn check_ours(&self, op: &str, id: &str, reply: &Reply) -> Result<()> {
-        let path = reply.etag.as_deref().map(|e| e.trim_matches('"').split(' ').next().unwrap_or_default());
-        match path {
-            Some(p) if p.starts_with(&format!("{ROUTES_PATH}/")) => Ok(()),
-            Some(p) => Err(Error::failed(
-                op,
-                format!(
-                    "the @id {id} belongs to an object outside Otturnaut's server, at {p}; \
-                     rename that object's @id"
-                ),
-            )),
-            None => Err(Error::failed(op, format!("Caddy did not say where the object with @id {id} is (no ETag)"))),
+    /// Our route with `id`, read through `/id/` (see the module docs).
+    async fn lookup(&self, op: &str, id: &str) -> Result<Lookup> {
+        let reply = self.admin.get(op, &format!("/id/{id}")).await?;
+        if reply.status == StatusCode::NOT_FOUND {
+            return Ok(Lookup::Missing);
         }
+        if !reply.is_success() {
+            return Err(reply.failure(op));
+        }
+        let index = self.check_ours(op, id, &reply)?;
+        let route = reply.json(op)?;
+        let Some(etag) = reply.etag.filter(|_| json::id_of(&route) == Some(id)) else {
+            return Ok(Lookup::Moved);
+        };
+        Ok(Lookup::Found { index, route, etag })
+    }
+
+    /// The index in our route list of the object `reply` (to `GET /id/{id}`)
+    /// was read from; fails if it is anything else. Caddy names the object's
+    /// expanded path in the ETag.
+    fn check_ours(&self, op: &str, id: &str, reply: &Reply) -> Result<usize> {
+        let Some(path) = reply.etag.as_deref().map(|e| e.trim_matches('"').split(' ').next().unwrap_or_default())
+        else {
+            return Err(Error::failed(op, format!("Caddy did not say where the object with @id {id} is (no ETag)")));
+        };
+        if let Some(index) = path.strip_prefix(ROUTES_PATH).and_then(|p| p.strip_prefix('/')) {
+            return index.parse().map_err(|_| {
+                Error::failed(
+                    op,
+                    format!(
+                        "the @id {id} belongs to an object inside a route of Otturnaut's server, at {path}; \
+                         rename that object's @id"
+                    ),
+                )
+            });
+        }
+        Err(Error::failed(
+            op,
+            format!(
+                "the @id {id} belongs to an object outside Otturnaut's server, at {path}; rename that object's @id"
+            ),
+        ))
     }
 
     async fn write(&self, op: &str, method: Method, path: &str, body: &Value, if_match: Option<&str>) -> Result<Reply> {
@@ -292,18 +338,20 @@ impl Router for Caddy {
     async fn route(&self, app: &AppId) -> Result<Option<RouteTarget>> {
         let op = format!("reading the Caddy route of app {app}");
         let id = route_id(app);
-        let reply = self.admin.get(&op, &format!("/id/{id}")).await?;
-        if reply.status == StatusCode::NOT_FOUND {
-            return Ok(None);
+        for attempt in 1..=MAX_ATTEMPTS {
+            let route = match self.lookup(&op, &id).await? {
+                Lookup::Found { route, .. } => route,
+                Lookup::Missing => return Ok(None),
+                Lookup::Moved => {
+                    backoff(&op, attempt).await;
+                    continue;
+                }
+            };
+            return json::parse_route(&route)
+                .map(Some)
+                .map_err(|why| Error::failed(&op, format!("route {id} is not one Otturnaut wrote: {why}: {route}")));
         }
-        if !reply.is_success() {
-            return Err(reply.failure(&op));
-        }
-        self.check_ours(&op, &id, &reply)?;
-        let route = reply.json(&op)?;
-        json::parse_route(&route)
-            .map(Some)
-            .map_err(|why| Error::failed(&op, format!("route {id} is not one Otturnaut wrote: {why}: {route}")))
+        Err(gave_up(&op))
     }
 
     async fn set_route(&self, app: &AppId, target: &RouteTarget) -> Result<()> {
@@ -318,39 +366,43 @@ impl Router for Caddy {
         let id = route_id(app);
         let host = &self.config.upstream_host;
         for attempt in 1..=MAX_ATTEMPTS {
-            let Some(routes) = self.read_routes(&op).await? else {
-                // Caddy lost our server (restarted without --resume?) or was never set up.
-                self.ensure_server().await?;
-                continue;
-            };
-            let etag = routes.etag.as_deref();
-            let reply = if let Some((i, old)) = routes.find(&id) {
-                let draining = json::draining_after(old, target.port);
-                let new = json::route(&id, &target.domains, host, target.port, draining);
-                if *old == new {
-                    return Ok(());
+            let reply = match self.lookup(&op, &id).await? {
+                Lookup::Found { index, route, etag } => {
+                    let draining = json::draining_after(&route, target.port);
+                    let new = json::route(&id, &target.domains, host, target.port, draining);
+                    if route == new {
+                        return Ok(());
+                    }
+                    self.write(&op, Method::PATCH, &format!("{ROUTES_PATH}/{index}"), &new, Some(&etag)).await?
                 }
-                let path = format!("{ROUTES_PATH}/{i}");
-                self.write(&op, Method::PATCH, &path, &new, etag).await?
-            } else {
-                let elsewhere = self.admin.get(&op, &format!("/id/{id}")).await?;
-                if elsewhere.is_success() {
-                    // Ours after all (appended since our read): read again.
-                    self.check_ours(&op, &id, &elsewhere)?;
+                Lookup::Moved => {
                     backoff(&op, attempt).await;
                     continue;
                 }
-                let new = json::route(&id, &target.domains, host, target.port, None);
-                // POST appends to a list, and sets a missing key to the value as is.
-                let body = if routes.list.is_some() { new } else { json!([new]) };
-                self.write(&op, Method::POST, ROUTES_PATH, &body, etag).await?
+                Lookup::Missing => {
+                    let Some(routes) = self.read_routes(&op).await? else {
+                        // Caddy lost our server (restarted without --resume?) or was never set up.
+                        self.ensure_server().await?;
+                        continue;
+                    };
+                    if routes.find(&id).is_some() {
+                        // Appended since our lookup: start again.
+                        backoff(&op, attempt).await;
+                        continue;
+                    }
+                    let new = json::route(&id, &target.domains, host, target.port, None);
+                    // POST appends to a list, and sets a missing key to the value as is.
+                    let body = if routes.list.is_some() { new } else { json!([new]) };
+                    self.write(&op, Method::POST, ROUTES_PATH, &body, routes.etag.as_deref()).await?
+                }
             };
             if reply.is_success() {
                 return Ok(());
             }
-            if reply.status != StatusCode::PRECONDITION_FAILED {
+            if !stale(&reply) {
                 return Err(reply.failure(&op));
             }
+
             backoff(&op, attempt).await;
         }
         Err(gave_up(&op))
@@ -371,7 +423,7 @@ impl Router for Caddy {
             // On success, go round once more: a duplicate left by an older
             // writer would otherwise survive.
             if !reply.is_success() {
-                if reply.status != StatusCode::PRECONDITION_FAILED {
+                if !stale(&reply) {
                     return Err(reply.failure(&op));
                 }
                 backoff(&op, attempt).await;
@@ -396,6 +448,14 @@ impl Router for Caddy {
             .map_err(|e| Error::failed(&op, format!("unexpected /reverse_proxy/upstreams answer: {e}")))?;
         Ok(upstreams.iter().filter(|u| u.address == addr).map(|u| u64::try_from(u.num_requests).unwrap_or(0)).sum())
     }
+}
+
+/// True when a conditional write was refused only because what it was
+/// conditioned on changed: Caddy answers 412, or, when the list shrank below
+/// the index the ETag names, 500 "array index out of bounds".
+fn stale(reply: &Reply) -> bool {
+    reply.status == StatusCode::PRECONDITION_FAILED
+        || (reply.status == StatusCode::INTERNAL_SERVER_ERROR && reply.message().contains("index out of bounds"))
 }
 
 /// True when a create failed only because someone else got there first.

@@ -6,8 +6,9 @@
 //! { "@id": "otturnaut-app-shop",
 //!   "match": [{ "host": ["shop.example.com"] }],
 //!   "handle": [
-//!     { "handler": "reverse_proxy", "upstreams": [{ "dial": "127.0.0.1:10001" }] },
-//!     { "handler": "reverse_proxy", "upstreams": [{ "dial": "127.0.0.1:10000" }] } ],
+//!     { "handler": "reverse_proxy", "upstreams": [{ "dial": "127.0.0.1:10001" }],
+//!       "transport": { "protocol": "http", "keep_alive": { "idle_timeout": "2s", … }, … } },
+//!     { "handler": "reverse_proxy", "upstreams": [{ "dial": "127.0.0.1:10000" }], "transport": … } ],
 //!   "terminal": true }
 //! ```
 //!
@@ -68,6 +69,7 @@ pub(crate) fn route(
         json!({
             "handler": "reverse_proxy",
             "upstreams": [{ "dial": upstream_addr(upstream_host, p) }],
+            "transport": transport(),
         })
     };
     let mut handle = vec![proxy(port)];
@@ -77,6 +79,32 @@ pub(crate) fn route(
         "match": [{ "host": domains }],
         "handle": handle,
         "terminal": true,
+    })
+}
+
+/// The upstream transport: Caddy's defaults, but idle upstream connections
+/// close after 2 s instead of 2 min.
+///
+/// Every config change builds new transports, and Caddy 2.6 does not close
+/// the replaced ones' idle connections: they linger until their idle timeout.
+/// A busy app leaves about 20 per redeploy (one per concurrent request), so
+/// with the 2 min default a burst of redeploys piles up thousands of open
+/// connections to the app, and at about 3,300 the app's `docker-proxy` runs
+/// out of file descriptors and every request to the app fails. The live
+/// transport pays one loopback connect after 2 s of idleness.
+///
+/// Caddy fills `keep_alive`'s defaults only when the whole object is absent,
+/// so the other fields carry its defaults explicitly (0 would mean Go's
+/// defaults: 2 idle connections per host, no TCP keep-alive probes).
+fn transport() -> Value {
+    json!({
+        "protocol": "http",
+        "dial_timeout": "3s",
+        "keep_alive": {
+            "probe_interval": "30s",
+            "max_idle_conns_per_host": 32,
+            "idle_timeout": "2s",
+        },
     })
 }
 
@@ -152,6 +180,7 @@ mod tests {
         assert_eq!(parse_route(&r), Ok(target));
         assert_eq!(r["terminal"], json!(true));
         assert_eq!(r["handle"].as_array().map(Vec::len), Some(1));
+        assert_eq!(r["handle"][0]["transport"]["keep_alive"]["idle_timeout"], json!("2s"));
     }
 
     #[test]
