@@ -15,7 +15,7 @@ use super::load::{Failure, Mode};
 use super::machine::Machine;
 use super::rollback::{self, Case};
 use super::route_switch;
-use super::stats::{median, ms, ms_opt, quantile, ratio};
+use super::stats::{binomial_upper_tail, median, ms, ms_opt, quantile, ratio};
 use super::timing::Service;
 use super::zero_downtime::{self, Retire};
 
@@ -33,6 +33,8 @@ pub struct Results {
     pub load_after: String,
     pub took: Duration,
     pub zero_downtime: Vec<zero_downtime::Row>,
+    /// The raw keep-alive reset comparison: drain and naive, per kernel setting.
+    pub resets: Vec<zero_downtime::Row>,
     pub reloads: Vec<zero_downtime::ReloadRow>,
     pub timing: Vec<Timings>,
     pub rollback: Vec<(Case, Vec<rollback::Run>)>,
@@ -73,6 +75,7 @@ impl Results {
         let _ = writeln!(w);
         self.targets_table(w);
         self.zero_downtime_table(w);
+        self.resets_table(w);
         self.reload_table(w);
         self.timing_tables(w);
         self.rollback_table(w);
@@ -103,17 +106,8 @@ impl Results {
                     met: Some(a == 0 && b == 0),
                 });
             }
-            if let (Some(drain), Some(naive)) = (find(Retire::Drain, Mode::Raw), find(Retire::Naive, Mode::Raw)) {
-                let (d, n) = (drain.load.count(Failure::Reset), naive.load.count(Failure::Reset));
-                t.push(Target {
-                    what: format!("raw keep-alive resets no worse than naive ({})", migrate(m)),
-                    measured: format!(
-                        "{d} resets ({} failed) vs naive {n} resets ({} failed)",
-                        drain.load.failed(),
-                        naive.load.failed()
-                    ),
-                    met: Some(d <= n),
-                });
+            if let Some(target) = self.resets_target(m) {
+                t.push(target);
             }
         }
         if let Some(image) = self.timing.iter().find(|x| x.kind == Kind::Image) {
@@ -156,6 +150,44 @@ impl Results {
             });
         }
         t
+    }
+
+    /// Raw keep-alive resets, drain against naive. Judged on the reset
+    /// comparison when it ran: resets are rare at the zero-downtime table's
+    /// load (0–2 per 20 redeploys either way), where one more is noise.
+    /// "No worse" is then a statement about rates: met unless the drain's
+    /// resets per reload are significantly higher (one-sided p < 0.05).
+    fn resets_target(&self, m: Option<bool>) -> Option<Target> {
+        let what = format!("raw keep-alive resets no worse than naive ({})", migrate(m));
+        let find = |rows: &[zero_downtime::Row], retire: Retire| {
+            rows.iter().find(|r| r.migrate_req == m && r.retire == retire && r.mode == Mode::Raw).cloned()
+        };
+        let table = match (find(&self.zero_downtime, Retire::Drain), find(&self.zero_downtime, Retire::Naive)) {
+            (Some(d), Some(n)) => {
+                Some(format!("table above: {} vs {}", d.load.count(Failure::Reset), n.load.count(Failure::Reset)))
+            }
+            _ => None,
+        };
+        let (Some(drain), Some(naive)) = (find(&self.resets, Retire::Drain), find(&self.resets, Retire::Naive)) else {
+            let (d, n) = (find(&self.zero_downtime, Retire::Drain)?, find(&self.zero_downtime, Retire::Naive)?);
+            let (d, n) = (d.load.count(Failure::Reset), n.load.count(Failure::Reset));
+            return Some(Target { what, measured: format!("{d} resets vs naive {n}"), met: Some(d <= n) });
+        };
+        let c = ResetComparison::of(&drain, &naive);
+        let mut measured = format!(
+            "{} resets in {} reloads ({:.2} per reload) vs naive {} in {} ({:.2}); one-sided p = {:.2}",
+            c.drain,
+            c.drain_reloads,
+            c.drain_rate(),
+            c.naive,
+            c.naive_reloads,
+            c.naive_rate(),
+            c.p_worse()
+        );
+        if let Some(table) = table {
+            measured.push_str(&format!("; {table}"));
+        }
+        Some(Target { what, measured, met: Some(c.p_worse() >= 0.05) })
     }
 
     fn targets_table(&self, w: &mut String) {
@@ -253,6 +285,56 @@ impl Results {
         }
     }
 
+    fn resets_table(&self, w: &mut String) {
+        if self.resets.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            w,
+            "### Raw keep-alive resets, drain against naive\n\nThe zero-downtime table's raw keep-alive rows see \
+             0–2 resets per 20 redeploys, with the drain or without: too few to compare. They come from \
+             Caddy's reloads (see the next table), one per deploy either way. Here {} raw keep-alive clients \
+             ask for `GET /slow?ms=0` (one in {} for {} ms) so that each reload finds many connections \
+             between two requests, and each retire mode is redeployed {} times. \"p (drain worse)\" is the \
+             one-sided exact test of the drain's resets per reload being higher than the naive mode's \
+             (conditional binomial); below 0.05 would mean the drain adds resets.\n",
+            self.clients,
+            zero_downtime::LONG_EVERY,
+            zero_downtime::LONG_MS,
+            self.resets[0].redeploys,
+        );
+        let _ = writeln!(
+            w,
+            "| tcp_migrate_req | Retire | Redeploys | Requests | Resets | Resets per reload | 5xx | Other failures \
+             | p (drain worse) |"
+        );
+        let _ = writeln!(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+        for r in &self.resets {
+            let l = &r.load;
+            let resets = l.count(Failure::Reset);
+            let naive = self
+                .resets
+                .iter()
+                .find(|n| n.migrate_req == r.migrate_req && n.retire == Retire::Naive)
+                .filter(|_| r.retire == Retire::Drain);
+            let p = naive.map_or_else(|| "".to_owned(), |n| format!("{:.2}", ResetComparison::of(r, n).p_worse()));
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} | {} | {:.2} | {} | {} | {} |",
+                migrate(r.migrate_req),
+                r.retire.name(),
+                r.redeploys,
+                l.requests,
+                resets,
+                ResetComparison::rate(resets, reloads(r)),
+                l.count(Failure::Status5xx),
+                l.failed() - resets - l.count(Failure::Status5xx),
+                p,
+            );
+        }
+        let _ = writeln!(w);
+    }
+
     fn reload_table(&self, w: &mut String) {
         if self.reloads.is_empty() {
             return;
@@ -279,7 +361,7 @@ impl Results {
                 migrate(r.migrate_req),
                 r.mode.name(),
                 r.reloads,
-                r.upstream_idle_timeout.as_deref().unwrap_or("Caddy's default (2m)"),
+                r.upstream_idle.name(),
                 l.requests,
                 bold_if(l.failed()),
                 l.count(Failure::Status5xx),
@@ -534,6 +616,53 @@ impl Results {
     }
 }
 
+/// Caddy reloads during a zero-downtime run: one route switch per
+/// successful redeploy (a failed one switches and switches back, or not at all).
+fn reloads(r: &zero_downtime::Row) -> u64 {
+    u64::from(r.redeploys.saturating_sub(r.failed_deploys))
+}
+
+/// Resets per reload, drain against naive.
+struct ResetComparison {
+    drain: u64,
+    drain_reloads: u64,
+    naive: u64,
+    naive_reloads: u64,
+}
+
+impl ResetComparison {
+    fn of(drain: &zero_downtime::Row, naive: &zero_downtime::Row) -> Self {
+        ResetComparison {
+            drain: drain.load.count(Failure::Reset),
+            drain_reloads: reloads(drain),
+            naive: naive.load.count(Failure::Reset),
+            naive_reloads: reloads(naive),
+        }
+    }
+
+    fn rate(events: u64, reloads: u64) -> f64 {
+        if reloads == 0 { 0.0 } else { events as f64 / reloads as f64 }
+    }
+
+    fn drain_rate(&self) -> f64 {
+        Self::rate(self.drain, self.drain_reloads)
+    }
+
+    fn naive_rate(&self) -> f64 {
+        Self::rate(self.naive, self.naive_reloads)
+    }
+
+    /// How likely this many of the resets fall on the drain's side, or more,
+    /// if both modes had the same rate per reload.
+    fn p_worse(&self) -> f64 {
+        let exposure = self.drain_reloads + self.naive_reloads;
+        if exposure == 0 {
+            return 1.0;
+        }
+        binomial_upper_tail(self.drain, self.drain + self.naive, self.drain_reloads as f64 / exposure as f64)
+    }
+}
+
 fn migrate(m: Option<bool>) -> &'static str {
     match m {
         Some(true) => "tcp_migrate_req=1",
@@ -562,4 +691,50 @@ pub fn write(path: &Path, generated: &str) -> Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw_row(retire: Retire, resets: u64, redeploys: u32) -> zero_downtime::Row {
+        let mut load = super::super::load::Report::default();
+        load.failures.insert(Failure::Reset, resets);
+        zero_downtime::Row {
+            migrate_req: Some(true),
+            retire,
+            mode: Mode::Raw,
+            redeploys,
+            failed_deploys: 0,
+            load,
+            drains: Vec::new(),
+            drain_errors: 0,
+            deploys: Vec::new(),
+        }
+    }
+
+    fn verdict(drain: u64, naive: u64) -> Option<bool> {
+        let results = Results {
+            resets: vec![raw_row(Retire::Drain, drain, 30), raw_row(Retire::Naive, naive, 30)],
+            ..Results::default()
+        };
+        results.resets_target(Some(true)).and_then(|t| t.met)
+    }
+
+    #[test]
+    fn resets_are_judged_as_rates() {
+        assert_eq!(verdict(80, 85), Some(true));
+        assert_eq!(verdict(90, 80), Some(true), "a few more resets is within chance");
+        assert_eq!(verdict(120, 60), Some(false), "twice the rate is not");
+        assert_eq!(verdict(0, 0), Some(true));
+    }
+
+    #[test]
+    fn without_the_comparison_the_table_counts_decide() {
+        let results = Results {
+            zero_downtime: vec![raw_row(Retire::Drain, 2, 20), raw_row(Retire::Naive, 1, 20)],
+            ..Results::default()
+        };
+        assert_eq!(results.resets_target(Some(true)).and_then(|t| t.met), Some(false));
+    }
 }

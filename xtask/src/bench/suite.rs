@@ -15,7 +15,10 @@ use super::machine::{Machine, MigrateReq, load_average, stdout};
 use super::report::{self, Results};
 use super::rollback::{self, Case};
 use super::stats::{median, ms, ms_opt};
-use super::zero_downtime::{self, Retire};
+use super::zero_downtime::{self, Plan, Retire, UpstreamIdle};
+
+/// Redeploys per retire mode in the raw keep-alive reset comparison.
+const RESET_REDEPLOYS: u32 = 30;
 use super::{Args, concurrency, deploy_timing, footprint, route_switch};
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -194,12 +197,16 @@ async fn zero_downtime_section(rig: &Rig, args: &Args, results: &mut Results) ->
                     migrate.map_or("unchanged".into(), |m| u8::from(m).to_string())
                 );
                 let limit = MINUTE * 3 + MINUTE * args.redeploys();
-                let row = bounded(
-                    limit,
-                    "a zero-downtime run",
-                    zero_downtime::run_one(rig, index, migrate, retire, mode, args.redeploys(), args.concurrency),
-                )
-                .await?;
+                let plan = Plan {
+                    migrate_req: migrate,
+                    retire,
+                    mode,
+                    short_ms: zero_downtime::SHORT_MS,
+                    redeploys: args.redeploys(),
+                };
+                let row =
+                    bounded(limit, "a zero-downtime run", zero_downtime::run_one(rig, index, plan, args.concurrency))
+                        .await?;
                 let l = &row.load;
                 println!(
                     "  {} requests, {} failed {:?}, {} retried, added latency p99 {} ms, drain median {} ms",
@@ -216,22 +223,38 @@ async fn zero_downtime_section(rig: &Rig, args: &Args, results: &mut Results) ->
                 results.zero_downtime.push(row);
             }
         }
-        // Few reloads per client mode: what one reload costs, before the
-        // connections Caddy leaves open pile up. Then (with the kernel
-        // setting on) many reloads, without and with a short upstream
-        // keep-alive idle timeout on the route.
+        // Raw keep-alive resets are rare (a few per 20 redeploys) and come
+        // from Caddy's reloads, one per deploy with or without the drain: a
+        // busier load makes them frequent enough to compare the two.
+        let redeploys = if args.quick { 5 } else { RESET_REDEPLOYS };
+        for retire in [Retire::Drain, Retire::Naive] {
+            index += 1;
+            println!(
+                "bench: raw keep-alive resets: {redeploys} redeploys, {}, GET /slow?ms=0, tcp_migrate_req={}",
+                retire.name(),
+                migrate.map_or("unchanged".into(), |m| u8::from(m).to_string())
+            );
+            let plan = Plan { migrate_req: migrate, retire, mode: Mode::Raw, short_ms: 0, redeploys };
+            let limit = MINUTE * 3 + MINUTE * redeploys;
+            let row =
+                bounded(limit, "a reset comparison run", zero_downtime::run_one(rig, index, plan, args.concurrency))
+                    .await?;
+            println!("  {} requests, {} failed {:?}", row.load.requests, row.load.failed(), row.load.failures);
+            results.resets.push(row);
+        }
+        // Few reloads per client mode: what one reload costs. Then (with the
+        // kernel setting on) many reloads, with the route as the adapter
+        // writes it and with Caddy's default upstream keep-alive, to show
+        // the connection pile-up the adapter's 2 s idle timeout prevents.
         let (few, many) = if args.quick { (30, 100) } else { (60, 200) };
-        let mut runs: Vec<(Mode, u32, Option<&str>)> = Mode::ALL.iter().map(|m| (*m, few, None)).collect();
+        let mut runs: Vec<(Mode, u32, UpstreamIdle)> =
+            Mode::ALL.iter().map(|m| (*m, few, UpstreamIdle::Adapter)).collect();
         if migrate != Some(false) {
-            runs.push((Mode::Retry, many, None));
-            runs.push((Mode::Retry, many, Some("2s")));
+            runs.push((Mode::Retry, many, UpstreamIdle::CaddyDefault));
+            runs.push((Mode::Retry, many, UpstreamIdle::Adapter));
         }
         for (mode, reloads, idle) in runs {
-            println!(
-                "bench: {reloads} Caddy reloads alone, {}{}",
-                mode.name(),
-                idle.map_or(String::new(), |t| format!(", upstream keep-alive idle_timeout {t}"))
-            );
+            println!("bench: {reloads} Caddy reloads alone, {}, upstream keep-alive {}", mode.name(), idle.name());
             let limit = MINUTE * 2 + Duration::from_secs(1) * reloads;
             let row = bounded(
                 limit,

@@ -62,15 +62,21 @@ impl Row {
     }
 }
 
-pub async fn run_one(
-    rig: &Rig,
-    index: usize,
-    migrate_req: Option<bool>,
-    retire: Retire,
-    mode: Mode,
-    redeploys: u32,
-    concurrency: usize,
-) -> Result<Row> {
+/// One zero-downtime run.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    pub migrate_req: Option<bool>,
+    pub retire: Retire,
+    pub mode: Mode,
+    /// [`SHORT_MS`] for the zero-downtime table. The reset comparison asks
+    /// for 0 ms, so that clients reuse connections many times per reload and
+    /// the rare resets become frequent enough to compare.
+    pub short_ms: u64,
+    pub redeploys: u32,
+}
+
+pub async fn run_one(rig: &Rig, index: usize, plan: Plan, concurrency: usize) -> Result<Row> {
+    let Plan { migrate_req, retire, mode, short_ms, redeploys } = plan;
     let app = app_id(&format!("zd-{index}"));
     let _ = rig.undeploy(&app).await;
     rig.strategy
@@ -83,7 +89,7 @@ pub async fn run_one(
         concurrency,
         mode,
         timeout: Duration::from_secs(10),
-        short_ms: SHORT_MS,
+        short_ms,
         long_ms: LONG_MS,
         long_every: LONG_EVERY,
         // Far more than the redeploys should take: a bound, not a schedule.
@@ -141,6 +147,24 @@ pub async fn run_one(
     Ok(row)
 }
 
+/// The upstream keep-alive settings of the app's route in a reload run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamIdle {
+    /// As the adapter writes the route: idle connections close after 2 s.
+    Adapter,
+    /// The route's `transport` removed: Caddy's defaults (2 min).
+    CaddyDefault,
+}
+
+impl UpstreamIdle {
+    pub fn name(self) -> &'static str {
+        match self {
+            UpstreamIdle::Adapter => "2s (the adapter's)",
+            UpstreamIdle::CaddyDefault => "Caddy's default (2m)",
+        }
+    }
+}
+
 /// Caddy reloads alone, no deploy: `reloads` config changes back to back
 /// (a route of another app switching ports) while clients hammer a release
 /// that never changes. Whatever fails here is Caddy's reload, not the agent.
@@ -153,8 +177,7 @@ pub struct ReloadRow {
     /// Restarts of the app's container during the run, and its last lines if any.
     pub app_restarts: u32,
     pub app_log: Vec<String>,
-    /// The keep-alive idle timeout set on the app's route for this run, if any.
-    pub upstream_idle_timeout: Option<String>,
+    pub upstream_idle: UpstreamIdle,
     /// Most connections from Caddy to the app's port seen during the run
     /// (sampled every 10 reloads).
     pub peak_open: Option<usize>,
@@ -166,7 +189,7 @@ pub async fn reload_stress(
     mode: Mode,
     reloads: u32,
     concurrency: usize,
-    upstream_idle_timeout: Option<&str>,
+    upstream_idle: UpstreamIdle,
 ) -> Result<ReloadRow> {
     use otturnaut_core::RouteTarget;
 
@@ -177,19 +200,14 @@ pub async fn reload_stress(
         .execute(image_spec(&app, "steady"), &EventSink::discard())
         .await
         .with_context(|| format!("deploying {app}"))?;
-    if let Some(idle) = upstream_idle_timeout {
-        // What the adapter could write: a short keep-alive idle timeout on
-        // the route's proxy, so connections an old config left idle close soon.
+    if upstream_idle == UpstreamIdle::CaddyDefault {
         let path = format!("/id/{}", otturnaut_adapters::caddy::route_id(&app));
         let mut route: serde_json::Value =
             serde_json::from_str(&rig.caddy.call(reqwest::Method::GET, &path, None).await?)?;
-        // Caddy 2.6's defaults for the rest: an explicit `keep_alive` replaces
-        // them all, and Go's 2 idle connections per host would be far fewer.
-        route["handle"][0]["transport"] = serde_json::json!({
-            "protocol": "http",
-            "dial_timeout": "3s",
-            "keep_alive": { "probe_interval": "30s", "max_idle_conns_per_host": 32, "idle_timeout": idle },
-        });
+        let Some(handler) = route["handle"][0].as_object_mut() else {
+            bail!("the route of {app} has no handler: {route}");
+        };
+        handler.remove("transport");
         rig.caddy.call(reqwest::Method::PATCH, &path, Some(&route)).await?;
     }
     let config = load::Config {
@@ -240,7 +258,7 @@ pub async fn reload_stress(
         load: report,
         app_restarts,
         app_log,
-        upstream_idle_timeout: upstream_idle_timeout.map(str::to_owned),
+        upstream_idle,
         peak_open,
     })
 }
