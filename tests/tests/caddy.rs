@@ -362,6 +362,34 @@ async fn list_routes_lists_only_our_apps_routes() {
     assert_eq!(routes.as_array().map(Vec::len), Some(3), "{routes}");
 }
 
+#[tokio::test]
+async fn a_duplicate_of_our_route_stops_deploys_with_both_positions() {
+    let caddy_proc = CaddyProc::start(Value::Null).await;
+    let caddy = test_caddy(&caddy_proc.admin_url(), &format!("127.0.0.1:{}", free_port()));
+    caddy.ensure_server().await.expect("ensure_server");
+    let (app, other) = (unique_app("dup"), unique_app("dup"));
+    caddy.set_route(&app, &target(&app, 10001)).await.expect("set_route");
+    caddy.set_route(&other, &target(&other, 10002)).await.expect("set_route");
+    // Someone appends a copy of the app's route by hand: Caddy 2.6 takes it.
+    let copy = caddy_proc.config(&format!("/id/{}", route_id(&app))).await;
+    caddy_proc.post("/config/apps/http/servers/otturnaut/routes", &copy).await;
+    let before = caddy_proc.raw("/config/").await;
+
+    for err in [
+        caddy.ensure_server().await.expect_err("ensure_server sees the duplicate"),
+        caddy.list_routes().await.map(|_| ()).expect_err("list_routes sees the duplicate"),
+    ] {
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("two routes with @id {}", route_id(&app)))
+                && text.contains("otturnaut/routes/0")
+                && text.contains("otturnaut/routes/2"),
+            "names the @id and both positions: {text}"
+        );
+    }
+    assert_eq!(caddy_proc.raw("/config/").await, before, "nothing was changed");
+}
+
 // --- routes, on the shared instance ---------------------------------------
 
 #[tokio::test]

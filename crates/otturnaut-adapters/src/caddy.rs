@@ -21,10 +21,17 @@
 //! redeploy) reads only that route, through `/id/`: Caddy's ETag for it names
 //! its position (`…/routes/7 <hash>`), so a PATCH of `routes/7` under that
 //! ETag lands exactly on the route we read, or is refused if the list shifted.
-//! Its cost does not grow with the number of apps (the whole list is 130 KiB
+//! Its cost does not grow with the number of apps (the whole list is ~320 KiB
 //! at 1000 apps). Appending a new app's route must know that no route with
 //! its `@id` exists anywhere, so it reads the whole list and is guarded by
 //! the list's ETag.
+//!
+//! What `/id/` cannot see is a second route with the same `@id` (it resolves
+//! to the last one, while the first one serves the domains): a switch would
+//! then change a route that serves nothing. We never create one; someone
+//! writing into our server by hand could. [`Caddy::ensure_server`] (run
+//! before every CLI deploy, and reading the whole server anyway) and
+//! [`Caddy::list_routes`] refuse to go on when they find one, naming both.
 
 mod admin;
 mod json;
@@ -150,6 +157,7 @@ impl Caddy {
         let Some(routes) = self.read_routes(op).await? else {
             return Ok(Vec::new());
         };
+        check_no_duplicates(op, routes.list.as_deref().unwrap_or_default())?;
         let mut out = Vec::new();
         for route in routes.list.iter().flatten() {
             let Some(id) = json::id_of(route).filter(|id| id.starts_with(ROUTE_ID_PREFIX)) else {
@@ -231,9 +239,10 @@ impl Caddy {
                 self.write_ok(op, Method::POST, &path, &json!({ "disable": true })).await?;
             }
         }
-        if !server.get("routes").is_some_and(Value::is_array) {
+        match server.get("routes").and_then(Value::as_array) {
+            Some(routes) => check_no_duplicates(op, routes)?,
             // POST sets a key that is missing or not a list; on a list it would append.
-            self.write_ok(op, Method::POST, ROUTES_PATH, &json!([])).await?;
+            None => self.write_ok(op, Method::POST, ROUTES_PATH, &json!([])).await?,
         }
         Ok(())
     }
@@ -448,6 +457,27 @@ impl Router for Caddy {
             .map_err(|e| Error::failed(&op, format!("unexpected /reverse_proxy/upstreams answer: {e}")))?;
         Ok(upstreams.iter().filter(|u| u.address == addr).map(|u| u64::try_from(u.num_requests).unwrap_or(0)).sum())
     }
+}
+
+/// Fails if two routes carry the same one of our `@id`s (see the module docs).
+fn check_no_duplicates(op: &str, routes: &[Value]) -> Result<()> {
+    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (i, route) in routes.iter().enumerate() {
+        let Some(id) = json::id_of(route).filter(|id| id.starts_with(ROUTE_ID_PREFIX)) else {
+            continue;
+        };
+        if let Some(first) = seen.insert(id, i) {
+            return Err(Error::failed(
+                op,
+                format!(
+                    "Otturnaut's server in Caddy has two routes with @id {id}, at {ROUTES_PATH}/{first} and \
+                     {ROUTES_PATH}/{i}; the first one serves the app's domains, and Otturnaut cannot tell which \
+                     is right. Remove the wrong one, then try again"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// True when a conditional write was refused only because what it was

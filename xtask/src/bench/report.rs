@@ -163,9 +163,11 @@ impl Results {
             rows.iter().find(|r| r.migrate_req == m && r.retire == retire && r.mode == Mode::Raw).cloned()
         };
         let table = match (find(&self.zero_downtime, Retire::Drain), find(&self.zero_downtime, Retire::Naive)) {
-            (Some(d), Some(n)) => {
-                Some(format!("table above: {} vs {}", d.load.count(Failure::Reset), n.load.count(Failure::Reset)))
-            }
+            (Some(d), Some(n)) => Some(format!(
+                "zero-downtime table: {} vs {}",
+                d.load.count(Failure::Reset),
+                n.load.count(Failure::Reset)
+            )),
             _ => None,
         };
         let (Some(drain), Some(naive)) = (find(&self.resets, Retire::Drain), find(&self.resets, Retire::Naive)) else {
@@ -175,7 +177,7 @@ impl Results {
         };
         let c = ResetComparison::of(&drain, &naive);
         let mut measured = format!(
-            "{} resets in {} reloads ({:.2} per reload) vs naive {} in {} ({:.2}); one-sided p = {:.2}",
+            "drain: {} resets / {} reloads ({:.2} per reload); naive: {} / {} ({:.2}); one-sided p = {:.2}",
             c.drain,
             c.drain_reloads,
             c.drain_rate(),
@@ -299,7 +301,7 @@ impl Results {
              one-sided exact test of the drain's resets per reload being higher than the naive mode's \
              (conditional binomial); below 0.05 would mean the drain adds resets.\n",
             self.clients,
-            zero_downtime::LONG_EVERY,
+            zero_downtime::RESET_LONG_EVERY,
             zero_downtime::LONG_MS,
             self.resets[0].redeploys,
         );

@@ -98,9 +98,12 @@ pub async fn run(others: usize, iterations: u32) -> Result<Row> {
         row.raw_conditional.push(t.elapsed());
         conditional_patch(&client, &caddy.admin_url, &id, index, &back_to_a).await?;
     }
-    // The raw PATCH really wrote what the adapter would have.
-    let now = adapter.route(&app).await?;
-    anyhow::ensure!(now.map(|r| r.port) == Some(a), "after the raw PATCH the route does not point to {a}");
+    // The raw PATCH wrote exactly what the adapter writes.
+    let now: Value = serde_json::from_str(&caddy.call(reqwest::Method::GET, &format!("/id/{id}"), None).await?)?;
+    adapter.set_route(&app, &target(b)).await?;
+    let adapters: Value = serde_json::from_str(&caddy.call(reqwest::Method::GET, &format!("/id/{id}"), None).await?)?;
+    anyhow::ensure!(now == back_to_a, "after the raw PATCH the route is {now}, not {back_to_a}");
+    anyhow::ensure!(adapters == to_b, "the adapter wrote {adapters}, the raw PATCHes would write {to_b}");
     Ok(row)
 }
 
@@ -129,7 +132,18 @@ fn port(p: u16) -> HostPort {
 
 /// A route as the adapter writes it (see `otturnaut_adapters::caddy`).
 fn route_json(id: &str, host: &str, port: u16, draining: Option<u16>) -> Value {
-    let proxy = |p: u16| json!({ "handler": "reverse_proxy", "upstreams": [{ "dial": format!("127.0.0.1:{p}") }] });
+    let transport = json!({
+        "protocol": "http",
+        "dial_timeout": "3s",
+        "keep_alive": { "probe_interval": "30s", "max_idle_conns_per_host": 32, "idle_timeout": "2s" },
+    });
+    let proxy = |p: u16| {
+        json!({
+            "handler": "reverse_proxy",
+            "upstreams": [{ "dial": format!("127.0.0.1:{p}") }],
+            "transport": transport,
+        })
+    };
     let mut handle = vec![proxy(port)];
     handle.extend(draining.map(proxy));
     json!({ "@id": id, "match": [{ "host": [host] }], "handle": handle, "terminal": true })

@@ -202,6 +202,7 @@ async fn zero_downtime_section(rig: &Rig, args: &Args, results: &mut Results) ->
                     retire,
                     mode,
                     short_ms: zero_downtime::SHORT_MS,
+                    long_every: zero_downtime::LONG_EVERY,
                     redeploys: args.redeploys(),
                 };
                 let row =
@@ -234,7 +235,8 @@ async fn zero_downtime_section(rig: &Rig, args: &Args, results: &mut Results) ->
                 retire.name(),
                 migrate.map_or("unchanged".into(), |m| u8::from(m).to_string())
             );
-            let plan = Plan { migrate_req: migrate, retire, mode: Mode::Raw, short_ms: 0, redeploys };
+            let long_every = zero_downtime::RESET_LONG_EVERY;
+            let plan = Plan { migrate_req: migrate, retire, mode: Mode::Raw, short_ms: 0, long_every, redeploys };
             let limit = MINUTE * 3 + MINUTE * redeploys;
             let row =
                 bounded(limit, "a reset comparison run", zero_downtime::run_one(rig, index, plan, args.concurrency))

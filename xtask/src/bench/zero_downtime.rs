@@ -68,15 +68,22 @@ pub struct Plan {
     pub migrate_req: Option<bool>,
     pub retire: Retire,
     pub mode: Mode,
-    /// [`SHORT_MS`] for the zero-downtime table. The reset comparison asks
-    /// for 0 ms, so that clients reuse connections many times per reload and
-    /// the rare resets become frequent enough to compare.
+    /// [`SHORT_MS`] and [`LONG_EVERY`] for the zero-downtime table. The
+    /// reset comparison asks for 0 ms and [`RESET_LONG_EVERY`], so that
+    /// clients reuse connections many times per reload and the rare resets
+    /// become frequent enough to compare.
     pub short_ms: u64,
+    pub long_every: u64,
     pub redeploys: u32,
 }
 
+/// One request in this many is long in the reset comparison: enough for the
+/// drain to have something to wait for, few enough that clients spend most
+/// of their time on short requests, between which resets happen.
+pub const RESET_LONG_EVERY: u64 = 400;
+
 pub async fn run_one(rig: &Rig, index: usize, plan: Plan, concurrency: usize) -> Result<Row> {
-    let Plan { migrate_req, retire, mode, short_ms, redeploys } = plan;
+    let Plan { migrate_req, retire, mode, short_ms, long_every, redeploys } = plan;
     let app = app_id(&format!("zd-{index}"));
     let _ = rig.undeploy(&app).await;
     rig.strategy
@@ -91,7 +98,7 @@ pub async fn run_one(rig: &Rig, index: usize, plan: Plan, concurrency: usize) ->
         timeout: Duration::from_secs(10),
         short_ms,
         long_ms: LONG_MS,
-        long_every: LONG_EVERY,
+        long_every,
         // Far more than the redeploys should take: a bound, not a schedule.
         max_duration: Duration::from_secs(120) + Duration::from_secs(60) * redeploys,
     };
@@ -251,16 +258,7 @@ pub async fn reload_stress(
     }
     rig.adapters.router.remove_route(&other).await?;
     rig.undeploy(&app).await?;
-    Ok(ReloadRow {
-        migrate_req,
-        mode,
-        reloads,
-        load: report,
-        app_restarts,
-        app_log,
-        upstream_idle,
-        peak_open,
-    })
+    Ok(ReloadRow { migrate_req, mode, reloads, load: report, app_restarts, app_log, upstream_idle, peak_open })
 }
 
 /// Established TCP connections to port `port` (Caddy's ends), from `ss`.
