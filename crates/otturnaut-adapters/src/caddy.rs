@@ -411,7 +411,6 @@ impl Router for Caddy {
             if !stale(&reply) {
                 return Err(reply.failure(&op));
             }
-
             backoff(&op, attempt).await;
         }
         Err(gave_up(&op))

@@ -26,6 +26,9 @@ pub struct Row {
     /// The adapter's protocol by hand: `GET /id/{id}` for the ETag, then the
     /// PATCH with `If-Match`.
     pub raw_conditional: Vec<Duration>,
+    /// Raw PATCHes with no route carrying an explicit upstream transport:
+    /// what every reload would cost without the adapter's idle timeout.
+    pub raw_patch_plain: Vec<Duration>,
 }
 
 const ROUTES: &str = "/config/apps/http/servers/otturnaut/routes";
@@ -39,13 +42,15 @@ pub async fn run(others: usize, iterations: u32) -> Result<Row> {
         ..CaddyConfig::default()
     })?;
     adapter.ensure_server().await?;
+    // Other apps' routes in the shape they keep once redeployed: live and draining.
     let fillers: Vec<Value> = (0..others)
         .map(|i| {
             let app = app_id(&format!("filler-{i}"));
-            route_json(&route_id(&app), domain(&app).as_str(), 40000 + (i % 20000) as u16, None)
+            let live = 40000 + (i % 10000) as u16;
+            route_json(&route_id(&app), domain(&app).as_str(), live, Some(live + 10000))
         })
         .collect();
-    caddy.call(reqwest::Method::PATCH, ROUTES, Some(&Value::Array(fillers))).await?;
+    caddy.call(reqwest::Method::PATCH, ROUTES, Some(&Value::Array(fillers.clone()))).await?;
 
     let app = app_id("switch");
     let host = domain(&app);
@@ -69,6 +74,7 @@ pub async fn run(others: usize, iterations: u32) -> Result<Row> {
         raw_get: Vec::new(),
         raw_get_list: Vec::new(),
         raw_conditional: Vec::new(),
+        raw_patch_plain: Vec::new(),
     };
     for _ in 0..iterations {
         let t = Instant::now();
@@ -104,7 +110,34 @@ pub async fn run(others: usize, iterations: u32) -> Result<Row> {
     let adapters: Value = serde_json::from_str(&caddy.call(reqwest::Method::GET, &format!("/id/{id}"), None).await?)?;
     anyhow::ensure!(now == back_to_a, "after the raw PATCH the route is {now}, not {back_to_a}");
     anyhow::ensure!(adapters == to_b, "the adapter wrote {adapters}, the raw PATCHes would write {to_b}");
+
+    // What the explicit upstream transport costs each reload: the same raw
+    // PATCHes with no route carrying one.
+    let mut plain: Vec<Value> = fillers;
+    plain.push(to_b.clone());
+    plain.iter_mut().for_each(without_transport);
+    caddy.call(reqwest::Method::PATCH, ROUTES, Some(&Value::Array(plain))).await?;
+    let (mut plain_a, mut plain_b) = (back_to_a, to_b);
+    without_transport(&mut plain_a);
+    without_transport(&mut plain_b);
+    for i in 0..iterations {
+        let body = if i % 2 == 0 { &plain_a } else { &plain_b };
+        let t = Instant::now();
+        let resp = client.patch(format!("{}{ROUTES}/{index}", caddy.admin_url)).json(body).send().await?;
+        let status = resp.status();
+        let _ = resp.bytes().await?;
+        row.raw_patch_plain.push(t.elapsed());
+        anyhow::ensure!(status.is_success(), "raw PATCH answered {status}");
+    }
     Ok(row)
+}
+
+fn without_transport(route: &mut Value) {
+    for handler in route["handle"].as_array_mut().into_iter().flatten() {
+        if let Some(h) = handler.as_object_mut() {
+            h.remove("transport");
+        }
+    }
 }
 
 /// `GET /id/{id}` (its ETag, naming the route's position, is a trailer in
@@ -137,14 +170,10 @@ fn route_json(id: &str, host: &str, port: u16, draining: Option<u16>) -> Value {
         "dial_timeout": "3s",
         "keep_alive": { "probe_interval": "30s", "max_idle_conns_per_host": 32, "idle_timeout": "2s" },
     });
-    let proxy = |p: u16| {
-        json!({
-            "handler": "reverse_proxy",
-            "upstreams": [{ "dial": format!("127.0.0.1:{p}") }],
-            "transport": transport,
-        })
-    };
-    let mut handle = vec![proxy(port)];
+    let proxy = |p: u16| json!({ "handler": "reverse_proxy", "upstreams": [{ "dial": format!("127.0.0.1:{p}") }] });
+    let mut live = proxy(port);
+    live["transport"] = transport;
+    let mut handle = vec![live];
     handle.extend(draining.map(proxy));
     json!({ "@id": id, "match": [{ "host": [host] }], "handle": handle, "terminal": true })
 }
