@@ -537,7 +537,7 @@ impl Results {
         let n = self.switch[0].adapter.len();
         let _ = writeln!(
             w,
-            "### Route switch\n\nMedians of {n} switches each, alternating: the adapter's `set_route` (`GET \
+            "### Route switch\n\nMedians of {n} switches each, alternating (each goes first half of the time): the adapter's `set_route` (`GET \
              /id/{{id}}` of the app's route for its ETag, then a PATCH of that route under `If-Match`), and a \
              raw PATCH of the same route object. \"Raw GET\" is that `GET /id/{{id}}` alone, the read the \
              adapter adds; \"List GET\" reads the whole route list, as the adapter's first design did to \

@@ -76,17 +76,28 @@ pub async fn run(others: usize, iterations: u32) -> Result<Row> {
         raw_conditional: Vec::new(),
         raw_patch_plain: Vec::new(),
     };
-    for _ in 0..iterations {
+    let raw_patch = async |route: &Value| -> Result<Duration> {
         let t = Instant::now();
-        adapter.set_route(&app, &target(b)).await?;
-        row.adapter.push(t.elapsed());
-
-        let t = Instant::now();
-        let resp = client.patch(format!("{}{ROUTES}/{index}", caddy.admin_url)).json(&back_to_a).send().await?;
+        let resp = client.patch(format!("{}{ROUTES}/{index}", caddy.admin_url)).json(route).send().await?;
         let status = resp.status();
         let _ = resp.bytes().await?;
-        row.raw_patch.push(t.elapsed());
         anyhow::ensure!(status.is_success(), "raw PATCH answered {status}");
+        Ok(t.elapsed())
+    };
+    for i in 0..iterations {
+        // Each goes first half of the time, so neither always follows the
+        // same kind of write. Either way the route ends on `a`.
+        if i % 2 == 0 {
+            let t = Instant::now();
+            adapter.set_route(&app, &target(b)).await?;
+            row.adapter.push(t.elapsed());
+            row.raw_patch.push(raw_patch(&back_to_a).await?);
+        } else {
+            row.raw_patch.push(raw_patch(&to_b).await?);
+            let t = Instant::now();
+            adapter.set_route(&app, &target(a)).await?;
+            row.adapter.push(t.elapsed());
+        }
 
         let t = Instant::now();
         let route = client.get(format!("{}/id/{id}", caddy.admin_url)).send().await?.bytes().await?;

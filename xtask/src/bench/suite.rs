@@ -85,7 +85,9 @@ async fn run_async(args: &Args) -> Result<ExitCode> {
         }
     }
     if args.wants("switch") {
-        let iterations = if args.quick { 5 } else { 20 };
+        // A switch at 1000 routes is one ~70 ms reload whose cost varies by
+        // several ms from one to the next: enough samples for a stable median.
+        let iterations = if args.quick { 10 } else { 40 };
         for others in [1, 100, 1000] {
             println!("bench: route switch with {others} other routes");
             let r = bounded(MINUTE * 5, "route switch", route_switch::run(others, iterations)).await.map(|row| {
