@@ -85,6 +85,9 @@ async fn deploy(global: &GlobalArgs, args: &DeployArgs, out: &mut Out) -> Result
     let spec = input::deploy_spec(args)?;
     let agent = connect(&settings.agent).await?;
     agent.prepare().await.map_err(|e| Fatal::service("setting up our Caddy server", &e))?;
+    if let Some(message) = crate::host::migrate_req_warning(&settings.agent.caddy_admin) {
+        out.event(&DeployEvent::Warning { message });
+    }
     let _lock = take_lock(out, &settings, &spec.app, "deploy").await?;
     // Timed from here: waiting for another deploy is not this one's time.
     let started = Instant::now();

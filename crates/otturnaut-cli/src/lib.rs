@@ -9,6 +9,7 @@ mod cleanup;
 mod deploy;
 mod exit;
 mod faults;
+mod host;
 mod input;
 mod lock;
 mod logs;
