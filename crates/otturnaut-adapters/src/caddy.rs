@@ -7,9 +7,10 @@
 //! it changes, and the root is never replaced.
 //!
 //! Route writes are read-modify-write guarded by Caddy's ETag: read, decide,
-//! and send the change with `If-Match`, so Caddy refuses it (412) if what we
-//! read changed in between; then read again and retry. Simpler schemes are
-//! unsafe in 2.6:
+//! and send the change with `If-Match`, so Caddy refuses it if what we read
+//! changed in between (412, or 500 "index out of bounds" when the list shrank
+//! below the position the ETag names); then read again and retry. Simpler
+//! schemes are unsafe in 2.6:
 //! - `/id/{id}` is resolved to an array index before Caddy takes its config
 //!   lock, so a write through `/id/` can land on a neighbour when a concurrent
 //!   delete shifts the list;
@@ -30,8 +31,9 @@
 //! to the last one, while the first one serves the domains): a switch would
 //! then change a route that serves nothing. We never create one; someone
 //! writing into our server by hand could. [`Caddy::ensure_server`] (run
-//! before every CLI deploy, and reading the whole server anyway) and
-//! [`Caddy::list_routes`] refuse to go on when they find one, naming both.
+//! before every CLI deploy, and reading the whole server anyway) refuses to
+//! go on when it finds one, naming both; read-only commands still work, and
+//! `remove_route` removes every copy.
 
 mod admin;
 mod json;
@@ -50,8 +52,8 @@ use self::admin::{Admin, Reply};
 use self::json::{HTTP_APP_PATH, ROUTES_PATH, SERVER_PATH};
 pub use self::json::{ROUTE_ID_PREFIX, SERVER_NAME, route_id};
 
-/// How often a write is retried when someone else changed the route list
-/// between our read and our write.
+/// How often a read or write is retried when someone else changed the route
+/// list under it.
 const MAX_ATTEMPTS: u32 = 30;
 
 #[derive(Clone, Debug)]
@@ -112,7 +114,8 @@ enum Lookup {
     Found { index: usize, route: Value, etag: String },
     /// Caddy has no object with the `@id`.
     Missing,
-    /// Caddy's index pointed at a neighbour: the list shifted while we read.
+    /// Caddy's index pointed at a neighbour, or past the end of the list:
+    /// the list shifted while we read.
     Moved,
 }
 
@@ -132,7 +135,8 @@ impl Caddy {
     /// Creates our server under `apps.http.servers` if it is missing, from any
     /// starting config, and brings its listen addresses and automatic HTTPS
     /// setting in line with [`CaddyConfig`]; its routes are left alone.
-    /// Changes nothing when all is already in place.
+    /// Changes nothing when all is already in place. Fails, changing nothing,
+    /// if two routes carry the same one of our `@id`s (see the module docs).
     ///
     /// Also sets `apps.http.grace_period` if nobody has. Caddy 2.6 has no
     /// per-server grace period: it belongs to the whole HTTP app, so a value
@@ -157,7 +161,6 @@ impl Caddy {
         let Some(routes) = self.read_routes(op).await? else {
             return Ok(Vec::new());
         };
-        check_no_duplicates(op, routes.list.as_deref().unwrap_or_default())?;
         let mut out = Vec::new();
         for route in routes.list.iter().flatten() {
             let Some(id) = json::id_of(route).filter(|id| id.starts_with(ROUTE_ID_PREFIX)) else {
@@ -215,6 +218,10 @@ impl Caddy {
     /// Brings an existing server's own settings in line with our config, one
     /// targeted write per setting that differs.
     async fn converge_server(&self, op: &str, server: &Value) -> Result<()> {
+        let routes = server.get("routes").and_then(Value::as_array);
+        if let Some(routes) = routes {
+            check_no_duplicates(op, routes)?;
+        }
         let listen = json!(self.config.listen);
         match server.get("listen") {
             Some(current) if *current == listen => {}
@@ -239,10 +246,9 @@ impl Caddy {
                 self.write_ok(op, Method::POST, &path, &json!({ "disable": true })).await?;
             }
         }
-        match server.get("routes").and_then(Value::as_array) {
-            Some(routes) => check_no_duplicates(op, routes)?,
+        if routes.is_none() {
             // POST sets a key that is missing or not a list; on a list it would append.
-            None => self.write_ok(op, Method::POST, ROUTES_PATH, &json!([])).await?,
+            self.write_ok(op, Method::POST, ROUTES_PATH, &json!([])).await?;
         }
         Ok(())
     }
@@ -285,6 +291,11 @@ impl Caddy {
         let reply = self.admin.get(op, &format!("/id/{id}")).await?;
         if reply.status == StatusCode::NOT_FOUND {
             return Ok(Lookup::Missing);
+        }
+        // Caddy resolves the @id to a path, then reads that path: a route
+        // removed in between leaves the path past the end of the list.
+        if reply.status == StatusCode::BAD_REQUEST && reply.message().contains("index out of bounds") {
+            return Ok(Lookup::Moved);
         }
         if !reply.is_success() {
             return Err(reply.failure(op));
