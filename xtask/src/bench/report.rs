@@ -273,23 +273,12 @@ impl Results {
             );
         }
         let _ = writeln!(w);
-        let samples: Vec<String> = self
-            .zero_downtime
-            .iter()
-            .filter(|r| !r.load.samples.is_empty())
-            .map(|r| {
-                let first: Vec<String> =
-                    r.load.samples.iter().take(3).map(|(t, s)| format!("{:.1} s: {s}", t.as_secs_f64())).collect();
-                format!("- {}, {}, {}: {}", migrate(r.migrate_req), r.retire.name(), r.mode.name(), first.join("; "))
-            })
-            .collect();
-        if !samples.is_empty() {
-            let _ = writeln!(w, "First failures of each row (time since the load started):\n");
-            for s in samples {
-                let _ = writeln!(w, "{s}");
-            }
-            let _ = writeln!(w);
-        }
+        first_failures(
+            w,
+            self.zero_downtime
+                .iter()
+                .map(|r| (format!("{}, {}, {}", migrate(r.migrate_req), r.retire.name(), r.mode.name()), &r.load)),
+        );
     }
 
     fn resets_table(&self, w: &mut String) {
@@ -381,23 +370,20 @@ impl Results {
                 r.peak_open.map_or_else(|| "-".to_owned(), |n| n.to_string()),
             );
         }
-        let samples: Vec<String> = self
-            .reloads
-            .iter()
-            .filter(|r| !r.load.samples.is_empty())
-            .map(|r| {
-                let first: Vec<String> =
-                    r.load.samples.iter().take(3).map(|(t, s)| format!("{:.1} s: {s}", t.as_secs_f64())).collect();
-                format!("- {}, {}: {}", migrate(r.migrate_req), r.mode.name(), first.join("; "))
-            })
-            .collect();
-        if !samples.is_empty() {
-            let _ = writeln!(w, "\nFirst failures:\n");
-            for s in samples {
-                let _ = writeln!(w, "{s}");
-            }
-        }
         let _ = writeln!(w);
+        first_failures(
+            w,
+            self.reloads.iter().map(|r| {
+                let label = format!(
+                    "{}, {}, {} reloads, upstream idle timeout {}",
+                    migrate(r.migrate_req),
+                    r.mode.name(),
+                    r.reloads,
+                    r.upstream_idle.name()
+                );
+                (label, &r.load)
+            }),
+        );
     }
 
     fn timing_tables(&self, w: &mut String) {
@@ -671,6 +657,25 @@ impl ResetComparison {
             return 1.0;
         }
         binomial_upper_tail(self.drain, self.drain + self.naive, self.drain_reloads as f64 / exposure as f64)
+    }
+}
+
+/// The first few failures of each run that had any, labelled.
+fn first_failures<'a>(w: &mut String, runs: impl Iterator<Item = (String, &'a super::load::Report)>) {
+    let lines: Vec<String> = runs
+        .filter(|(_, load)| !load.samples.is_empty())
+        .map(|(label, load)| {
+            let first: Vec<String> =
+                load.samples.iter().take(3).map(|(t, s)| format!("{:.1} s: {s}", t.as_secs_f64())).collect();
+            format!("- {label}: {}", first.join("; "))
+        })
+        .collect();
+    if !lines.is_empty() {
+        let _ = writeln!(w, "First failures of each row (time since the load started):\n");
+        for line in lines {
+            let _ = writeln!(w, "{line}");
+        }
+        let _ = writeln!(w);
     }
 }
 
