@@ -101,8 +101,8 @@ pub(crate) fn route(
 /// defaults: 2 idle connections per host, no TCP keep-alive probes).
 ///
 /// The price: Caddy decodes an explicit transport on every reload, for every
-/// route. With 1000 apps a reload took ~85 ms instead of ~55 ms (measured by
-/// hand on Caddy 2.6.2; BENCHMARKS.md).
+/// route. With 1000 apps a reload took ~90 ms instead of ~55 ms (Caddy 2.6.2;
+/// BENCHMARKS.md, route switch).
 fn transport() -> Value {
     json!({
         "protocol": "http",
