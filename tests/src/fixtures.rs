@@ -14,7 +14,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use otturnaut_adapters::docker::Docker;
 use otturnaut_core::traits::{BuildRequest, ContainerRuntime, ImageBuilder, RunRequest};
-use otturnaut_core::{AppId, CommitSha, ContainerPort, DeployEvent, DeploymentId, EventSink, HostPort, RepoUrl};
+use otturnaut_core::{
+    AppId, CommitSha, ContainerPort, DeployEvent, DeploySpec, DeploymentId, Domain, EventSink, HealthCheck, HealthKind,
+    HostPort, RepoUrl, Source,
+};
 
 /// Where the static busybox the fixtures copy into images lives.
 pub const BUSYBOX: &str = "/bin/busybox";
@@ -238,4 +241,26 @@ async fn remove_everything_of(app: &AppId, extra: &[String]) -> anyhow::Result<(
         }
     }
     Ok(())
+}
+
+/// A deploy of the fixture repository at `url` (`git_ref`), for `domain`:
+/// the fixture serves on 8080 and answers `/healthz`, checked every 100 ms
+/// for up to `health_deadline`; a 5 s drain.
+pub fn git_spec(app: &AppId, url: &str, git_ref: &str, domain: Domain, health_deadline: Duration) -> DeploySpec {
+    let source = Source::Git {
+        url: url.parse().expect("git:// URL"),
+        git_ref: git_ref.parse().expect("ref"),
+        dockerfile: Default::default(),
+        build_args: Default::default(),
+        ssh_key: None,
+    };
+    let mut spec = DeploySpec::new(app.clone(), source, ContainerPort::try_from(8080).expect("port"));
+    spec.domains = vec![domain];
+    let mut health =
+        HealthCheck::new(HealthKind::Http { path: "/healthz".parse().expect("path"), expected_status: 200 });
+    health.interval = Duration::from_millis(100);
+    health.deadline = health_deadline;
+    spec.health = health;
+    spec.timeouts.drain = Duration::from_secs(5);
+    spec
 }

@@ -18,10 +18,10 @@ use harness::snapshot::{Observer, diff};
 use harness::world::World;
 use harness::{Options, bin, crash, rng};
 use otturnaut_adapters::{Agent, AgentConfig};
-use otturnaut_core::{ContainerPort, DeployEvent, DeploySpec, EventSink, HealthCheck, HealthKind, Source, Step};
+use otturnaut_core::{DeployEvent, DeploySpec, EventSink, Step};
 use otturnaut_steps::{BlueGreen, RetryPolicy, Strategy, undeploy_app};
 use otturnaut_tests::caddy_proc::{get_via, test_caddy};
-use otturnaut_tests::fixtures::{Behaviour, write_context};
+use otturnaut_tests::fixtures::{Behaviour, git_spec, write_context};
 use otturnaut_tests::gitfix::{GitDaemon, GitRepo};
 use otturnaut_tests::services::{require_docker, unique_app};
 
@@ -84,18 +84,7 @@ async fn sigkilled_deploys_are_recovered_by_reconcile_or_the_next_deploy() {
     let mut failures = Vec::new();
     for trial in crash::plan(seed, 5) {
         let row = crash::run(&world, trial, &mut live).await.unwrap_or_else(|e| panic!("trial {}: {e:#}", trial.n));
-        eprintln!(
-            "trial {}: {} killed at {} (last event {}), {:?}: live {} left {} prober {} in {:.1}s",
-            trial.n,
-            if trial.first { "first deploy" } else { "redeploy" },
-            trial.kill.text(),
-            row.last_event,
-            trial.recover,
-            row.live_after,
-            row.left_by_kill,
-            row.prober,
-            row.took.as_secs_f64()
-        );
+        eprintln!("{}", row.summary());
         if !row.problems.is_empty() {
             failures.push(format!("trial {} ({}): {}", trial.n, trial.kill.text(), row.problems.join("; ")));
         }
@@ -107,22 +96,7 @@ async fn sigkilled_deploys_are_recovered_by_reconcile_or_the_next_deploy() {
 }
 
 fn spec(app: &otturnaut_core::AppId, url: &str, git_ref: &str, domain: &str) -> DeploySpec {
-    let source = Source::Git {
-        url: url.parse().expect("git:// URL"),
-        git_ref: git_ref.parse().expect("ref"),
-        dockerfile: Default::default(),
-        build_args: Default::default(),
-        ssh_key: None,
-    };
-    let mut spec = DeploySpec::new(app.clone(), source, ContainerPort::try_from(8080).expect("port"));
-    spec.domains = vec![domain.parse().expect("domain")];
-    let mut health =
-        HealthCheck::new(HealthKind::Http { path: "/healthz".parse().expect("path"), expected_status: 200 });
-    health.interval = Duration::from_millis(100);
-    health.deadline = Duration::from_secs(60);
-    spec.health = health;
-    spec.timeouts.drain = Duration::from_secs(5);
-    spec
+    git_spec(app, url, git_ref, domain.parse().expect("domain"), Duration::from_secs(60))
 }
 
 /// The library alone: a deploy future dropped (by `tokio::time::timeout`)

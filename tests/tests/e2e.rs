@@ -6,12 +6,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use otturnaut_adapters::{Agent, AgentConfig};
-use otturnaut_core::{
-    AppId, ContainerPort, DeploySpec, Domain, Error, EventSink, HealthCheck, HealthKind, Source, Step,
-};
+use otturnaut_core::{AppId, DeploySpec, Domain, Error, EventSink, Step};
 use otturnaut_steps::{BlueGreen, RetryPolicy, Strategy, undeploy_app};
 use otturnaut_tests::caddy_proc::{SHARED_LISTEN, get_via};
-use otturnaut_tests::fixtures::{Behaviour, write_context};
+use otturnaut_tests::fixtures::{Behaviour, git_spec, write_context};
 use otturnaut_tests::gitfix::{GitDaemon, GitRepo};
 use otturnaut_tests::services::{CADDY_ADMIN, require_caddy, require_docker, unique_app};
 
@@ -31,22 +29,7 @@ async fn agent(work_dir: &Path) -> Agent {
 }
 
 fn spec(app: &AppId, url: &str, domain: &Domain) -> DeploySpec {
-    let source = Source::Git {
-        url: url.parse().expect("git:// URL"),
-        git_ref: "main".parse().expect("ref"),
-        dockerfile: Default::default(),
-        build_args: Default::default(),
-        ssh_key: None,
-    };
-    let mut spec = DeploySpec::new(app.clone(), source, ContainerPort::try_from(8080).expect("port"));
-    spec.domains = vec![domain.clone()];
-    let mut health =
-        HealthCheck::new(HealthKind::Http { path: "/healthz".parse().expect("path"), expected_status: 200 });
-    health.interval = Duration::from_millis(100);
-    health.deadline = Duration::from_secs(20);
-    spec.health = health;
-    spec.timeouts.drain = Duration::from_secs(5);
-    spec
+    git_spec(app, url, "main", domain.clone(), Duration::from_secs(20))
 }
 
 /// Everything of `app` that exists outside the agent, for before/after diffs.

@@ -15,7 +15,9 @@
 
 use std::collections::BTreeSet;
 
-use otturnaut_core::{Adapters, AppId, Release, live_container};
+use otturnaut_core::{
+    Adapters, AppId, DeploymentId, ManagedContainer, ManagedImage, Release, RouteTarget, live_container,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::undo::{Residue, RetryPolicy, UndoAction, perform_with_retry};
@@ -50,12 +52,7 @@ pub async fn apps_with_resources(a: &Adapters) -> otturnaut_core::Result<BTreeSe
 
 /// Removes what interrupted deploys of `app` left behind; keeps the live release.
 pub async fn reconcile_app(a: &Adapters, app: &AppId, retry: RetryPolicy) -> otturnaut_core::Result<CleanupReport> {
-    let (containers, images, route, sources) = tokio::try_join!(
-        a.runtime.list(Some(app)),
-        a.builder.list_images(Some(app)),
-        a.router.route(app),
-        a.fetcher.leftovers()
-    )?;
+    let Inventory { containers, images, route, sources } = inventory(a, app).await?;
     let live = live_container(&containers, route.as_ref().map(|r| r.port));
     let mut actions = Vec::new();
     // A route whose upstream nothing serves has no live release behind it
@@ -72,12 +69,11 @@ pub async fn reconcile_app(a: &Adapters, app: &AppId, retry: RetryPolicy) -> ott
     for image in &images {
         let in_use = live.is_some_and(|l| l.image == image.id || image.tags.contains(&l.image));
         if !in_use {
-            let name = image.tags.first().cloned().unwrap_or_else(|| image.id.clone());
-            actions.push(UndoAction::RemoveImage { image: name });
+            actions.push(UndoAction::RemoveImage { image: image_name(image) });
         }
     }
-    for (owner, deployment) in sources.into_iter().filter(|(owner, _)| owner == app) {
-        actions.push(UndoAction::RemoveSource { app: owner, deployment });
+    for deployment in sources {
+        actions.push(UndoAction::RemoveSource { app: app.clone(), deployment });
     }
     Ok(run(a, Some(app), actions, retry).await)
 }
@@ -91,12 +87,7 @@ pub async fn undeploy_app(
     grace: std::time::Duration,
     retry: RetryPolicy,
 ) -> otturnaut_core::Result<CleanupReport> {
-    let (containers, images, route, sources) = tokio::try_join!(
-        a.runtime.list(Some(app)),
-        a.builder.list_images(Some(app)),
-        a.router.route(app),
-        a.fetcher.leftovers()
-    )?;
+    let Inventory { containers, images, route, sources } = inventory(a, app).await?;
     let mut actions = Vec::new();
     if route.is_some() {
         actions.push(UndoAction::RestoreRoute { app: app.clone(), previous: None });
@@ -113,16 +104,40 @@ pub async fn undeploy_app(
         actions.push(UndoAction::ReleasePort { deployment: c.deployment.clone() });
     }
     for image in &images {
-        actions
-            .push(UndoAction::RemoveImage { image: image.tags.first().cloned().unwrap_or_else(|| image.id.clone()) });
+        actions.push(UndoAction::RemoveImage { image: image_name(image) });
     }
-    for (owner, deployment) in sources.into_iter().filter(|(owner, _)| owner == app) {
-        actions.push(UndoAction::RemoveSource { app: owner, deployment });
+    for deployment in sources {
+        actions.push(UndoAction::RemoveSource { app: app.clone(), deployment });
     }
     let mut rest = run(a, Some(app), actions, retry).await;
     report.done.append(&mut rest.done);
     report.residue = rest.residue;
     Ok(report)
+}
+
+/// What exists of one app, wherever it lives.
+struct Inventory {
+    containers: Vec<ManagedContainer>,
+    images: Vec<ManagedImage>,
+    route: Option<RouteTarget>,
+    /// Deployments whose fetched sources are still in the work dir.
+    sources: Vec<DeploymentId>,
+}
+
+async fn inventory(a: &Adapters, app: &AppId) -> otturnaut_core::Result<Inventory> {
+    let (containers, images, route, sources) = tokio::try_join!(
+        a.runtime.list(Some(app)),
+        a.builder.list_images(Some(app)),
+        a.router.route(app),
+        a.fetcher.leftovers()
+    )?;
+    let sources = sources.into_iter().filter(|(owner, _)| owner == app).map(|(_, d)| d).collect();
+    Ok(Inventory { containers, images, route, sources })
+}
+
+/// How an image is named for removal: by tag when it has one.
+fn image_name(image: &ManagedImage) -> String {
+    image.tags.first().cloned().unwrap_or_else(|| image.id.clone())
 }
 
 async fn run(a: &Adapters, app: Option<&AppId>, actions: Vec<UndoAction>, retry: RetryPolicy) -> CleanupReport {

@@ -53,6 +53,15 @@ impl Verdict {
         self.problems.push(p.into());
     }
 
+    /// Takes in what a later check found: its problems and notes, and its
+    /// count of what was left.
+    pub fn absorb(&mut self, checked: Verdict) {
+        self.problems.extend(checked.problems);
+        self.notes.extend(checked.notes);
+        self.left = checked.left;
+        self.left_after_reconcile = checked.left_after_reconcile;
+    }
+
     pub fn orphans_text(&self) -> String {
         if self.left == 0 { "0".to_owned() } else { format!("{}→{}", self.left, self.left_after_reconcile) }
     }

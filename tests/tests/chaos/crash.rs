@@ -110,6 +110,25 @@ pub struct TrialRow {
     pub took: Duration,
 }
 
+impl TrialRow {
+    /// One line: the trial, where it was killed, and what recovery found.
+    pub fn summary(&self) -> String {
+        let t = &self.trial;
+        format!(
+            "[crash {:>2}] {:<8} kill at {:<32} last={:<28} {:?} live={} left={} prober={} ({:.1}s)",
+            t.n,
+            if t.first { "first" } else { "redeploy" },
+            t.kill.text(),
+            self.last_event,
+            t.recover,
+            self.live_after,
+            self.left_by_kill,
+            self.prober,
+            self.took.as_secs_f64(),
+        )
+    }
+}
+
 fn describe(v: &serde_json::Value) -> String {
     let kind = v.get("event").and_then(|e| e.as_str()).unwrap_or("?");
     match v.get("step").and_then(|s| s.as_str()) {

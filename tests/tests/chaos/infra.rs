@@ -69,12 +69,10 @@ pub async fn caddy_dies_before_the_switch(world: &mut World, slot: &mut Option<L
     if !error.contains("Caddy") {
         v.problem(format!("the error does not name Caddy: {error:?}"));
     }
-    let checked =
+    let mut checked =
         check::failed(world, &app, &before, Some(&live), &out, None, false, Some(&probes), new_version).await?;
-    v.problems.extend(checked.problems.into_iter().filter(|p| !p.starts_with("expected exit")));
-    v.notes.extend(checked.notes);
-    v.left = checked.left;
-    v.left_after_reconcile = checked.left_after_reconcile;
+    checked.problems.retain(|p| !p.starts_with("expected exit"));
+    v.absorb(checked);
     v.notes.push(format!("error: {}", error.lines().next().unwrap_or_default()));
     *slot = Some(la);
     Ok(row(
@@ -180,12 +178,10 @@ pub async fn docker_restarts_during_the_health_check(
     if !matches!(out.code, Some(1 | 3 | 4)) {
         v.problem(format!("expected the deploy to fail, got {}", out.summary()));
     }
-    let checked =
+    let mut checked =
         check::failed(world, &app, &before, Some(&live), &out, None, false, Some(&probes), new_version).await?;
-    v.problems.extend(checked.problems.into_iter().filter(|p| !p.starts_with("expected exit")));
-    v.notes.extend(checked.notes);
-    v.left = checked.left;
-    v.left_after_reconcile = checked.left_after_reconcile;
+    checked.problems.retain(|p| !p.starts_with("expected exit"));
+    v.absorb(checked);
     *slot = Some(la);
     Ok(row(
         "Docker daemon restarted during the health check",
@@ -249,10 +245,7 @@ async fn failing_deploy(
     let probes = prober.stop().await;
     check_outcome(&out, &mut v);
     let checked = check::failed(world, &app, &before, Some(&live), &out, a.step, false, Some(&probes), "").await?;
-    v.problems.extend(checked.problems);
-    v.notes.extend(checked.notes);
-    v.left = checked.left;
-    v.left_after_reconcile = checked.left_after_reconcile;
+    v.absorb(checked);
     if !v.passed() {
         v.notes.push(out.summary());
     }

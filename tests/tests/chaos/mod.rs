@@ -115,16 +115,8 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         match crash::run(&world, trial, &mut crash_live).await {
             Ok(row) => {
                 println!(
-                    "[crash {:>2}] {:<8} kill at {:<32} last={:<28} {:?} live={} left={} prober={} ({:.1}s) {}",
-                    trial.n,
-                    if trial.first { "first" } else { "redeploy" },
-                    trial.kill.text(),
-                    row.last_event,
-                    trial.recover,
-                    row.live_after,
-                    row.left_by_kill,
-                    row.prober,
-                    row.took.as_secs_f64(),
+                    "{} {}",
+                    row.summary(),
                     if row.problems.is_empty() {
                         "pass".to_owned()
                     } else {

@@ -426,11 +426,7 @@ impl Results {
             "\nAgent steps (median ms, from `StepFinished` events; load_state runs beside fetch and build):\n"
         );
         let steps: Vec<Step> = Step::ALL.to_vec();
-        let _ = write!(w, "| Step |");
-        for t in &self.timing {
-            let _ = write!(w, " {} |", t.kind.name());
-        }
-        let _ = writeln!(w, "\n|---|{}", "---:|".repeat(self.timing.len()));
+        self.per_kind_header(w, "Step");
         for step in steps {
             let cells: Vec<String> = self
                 .timing
@@ -447,11 +443,7 @@ impl Results {
         }
         let _ = writeln!(w, "\nTime awaited per service (median ms per deploy; calls in parentheses):\n");
         let services = [Service::Git, Service::Docker, Service::Caddy, Service::Probe, Service::Ports, Service::State];
-        let _ = write!(w, "| Service |");
-        for t in &self.timing {
-            let _ = write!(w, " {} |", t.kind.name());
-        }
-        let _ = writeln!(w, "\n|---|{}", "---:|".repeat(self.timing.len()));
+        self.per_kind_header(w, "Service");
         for s in services {
             let cells: Vec<String> = self
                 .timing
@@ -465,11 +457,7 @@ impl Results {
             let _ = writeln!(w, "| {} | {} |", s.name(), cells.join(" | "));
         }
         let _ = writeln!(w, "\nShell baseline steps (median ms):\n");
-        let _ = write!(w, "| Step |");
-        for t in &self.timing {
-            let _ = write!(w, " {} |", t.kind.name());
-        }
-        let _ = writeln!(w, "\n|---|{}", "---:|".repeat(self.timing.len()));
+        self.per_kind_header(w, "Step");
         for step in ["clone", "build", "run", "health", "switch", "stop", "remove"] {
             let cells: Vec<String> = self
                 .timing
@@ -486,6 +474,12 @@ impl Results {
             let _ = writeln!(w, "| {step} | {} |", cells.join(" | "));
         }
         let _ = writeln!(w);
+    }
+
+    /// The head of a table with one column per deploy kind.
+    fn per_kind_header(&self, w: &mut String, first: &str) {
+        let kinds: String = self.timing.iter().map(|t| format!(" {} |", t.kind.name())).collect();
+        let _ = writeln!(w, "| {first} |{kinds}\n|---|{}", "---:|".repeat(self.timing.len()));
     }
 
     fn rollback_table(&self, w: &mut String) {
