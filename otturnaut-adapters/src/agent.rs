@@ -75,7 +75,7 @@ impl Agent {
             router: router.clone(),
             ports: Arc::new(PortPool::new(config.port_range, runtime.clone())),
             health: Arc::new(Probe::new(runtime.clone())?.with_host(config.bind_address)),
-            state: Arc::new(LabelState::new(runtime, router)),
+            state: Arc::new(LabelState::new(runtime.clone(), runtime, router)),
         };
         Ok(Agent { adapters, docker, caddy, git })
     }

@@ -18,14 +18,22 @@
 //!   a blind "append if missing" can leave two routes for one app, and the
 //!   first, stale one is the one that matches requests.
 //!
-//! What is read depends on the change. Replacing an app's route (every
-//! redeploy) reads only that route, through `/id/`: Caddy's ETag for it names
-//! its position (`…/routes/7 <hash>`), so a PATCH of `routes/7` under that
-//! ETag lands exactly on the route we read, or is refused if the list shifted.
-//! Its cost does not grow with the number of apps (the whole list is ~320 KiB
-//! at 1000 apps). Appending a new app's route must know that no route with
-//! its `@id` exists anywhere, so it reads the whole list and is guarded by
-//! the list's ETag.
+//! What is read depends on the change. Replacing an app's route with the
+//! same domains (every ordinary redeploy) reads only that route, through
+//! `/id/`: Caddy's ETag for it names its position (`…/routes/7 <hash>`), so a
+//! PATCH of `routes/7` under that ETag lands exactly on the route we read, or
+//! is refused if the list shifted. Its cost does not grow with the number of
+//! apps (the whole list is ~320 KiB at 1000 apps). Every other change (a new
+//! app, new domains, a removal, reconcile restoring many routes at once) is
+//! one write of the whole list under the list's ETag, so that it can check
+//! what no single route shows:
+//! - each domain has one owner: a domain another app's route has is refused
+//!   ([`Error::DomainTaken`]), case-insensitively, identical wildcards too;
+//! - an exact host always beats a wildcard, whatever the order of the routes:
+//!   a route whose `*.` wildcard covers another app's exact host excludes it
+//!   with a `not` matcher, recomputed on every whole-list write (and kept
+//!   as is by the same-domains PATCH, which changes no domain);
+//! - an app never gets two routes.
 //!
 //! What `/id/` cannot see is a second route with the same `@id` (it resolves
 //! to the last one, while the first one serves the domains): a switch would
@@ -43,7 +51,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use otturnaut_core::traits::Router;
-use otturnaut_core::{AppId, Error, HostPort, Result, RouteTarget};
+use otturnaut_core::{AppId, Domain, Error, HostPort, Result, RouteTarget, domain_conflict};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -99,13 +107,6 @@ struct Routes {
     /// `None` when our server exists but has no `routes` key.
     list: Option<Vec<Value>>,
     etag: Option<String>,
-}
-
-impl Routes {
-    /// The first route with `id`, and its index.
-    fn find(&self, id: &str) -> Option<(usize, &Value)> {
-        self.list.as_ref()?.iter().enumerate().find(|(_, r)| json::id_of(r) == Some(id))
-    }
 }
 
 /// What `GET /id/{id}` found.
@@ -335,6 +336,65 @@ impl Caddy {
         ))
     }
 
+    /// Sets the routes of `set` and removes those of `remove`, in one write of
+    /// our whole route list guarded by its ETag: every other app's domains
+    /// are checked (a domain another app serves fails with
+    /// [`Error::DomainTaken`], changing nothing), and every wildcard route's
+    /// exclusions are recomputed. Writes nothing if nothing changes.
+    async fn write_routes(&self, op: &str, set: &[(AppId, RouteTarget)], remove: &[AppId]) -> Result<()> {
+        let host = &self.config.upstream_host;
+        for attempt in 1..=MAX_ATTEMPTS {
+            let Some(routes) = self.read_routes(op).await? else {
+                if set.is_empty() {
+                    return Ok(());
+                }
+                // Caddy lost our server (restarted empty?) or was never set up.
+                self.ensure_server().await?;
+                continue;
+            };
+            let old = routes.list.clone().unwrap_or_default();
+            if !set.is_empty() {
+                // A removal drops every copy; a write must know which is right.
+                check_no_duplicates(op, &old)?;
+            }
+            let mut list: Vec<Value> = Vec::with_capacity(old.len() + set.len());
+            let mut pending: Vec<&(AppId, RouteTarget)> = set.iter().collect();
+            for route in &old {
+                let app = json::id_of(route).and_then(json::app_of_route_id);
+                match app {
+                    Some(app) if remove.contains(&app) => {}
+                    Some(app) => match pending.iter().position(|(a, _)| *a == app) {
+                        Some(i) => {
+                            let (app, target) = pending.remove(i);
+                            let draining = json::draining_after(route, target.port);
+                            list.push(json::route(&route_id(app), &target.domains, host, target.port, draining, &[]));
+                        }
+                        None => list.push(route.clone()),
+                    },
+                    None => list.push(route.clone()),
+                }
+            }
+            for (app, target) in pending {
+                list.push(json::route(&route_id(app), &target.domains, host, target.port, None, &[]));
+            }
+            owners_and_exclusions(op, set, &mut list)?;
+            if routes.list.is_some() && list == old {
+                return Ok(());
+            }
+            // PATCH replaces the list; POST sets a missing `routes` key.
+            let method = if routes.list.is_some() { Method::PATCH } else { Method::POST };
+            let reply = self.write(op, method, ROUTES_PATH, &Value::Array(list), routes.etag.as_deref()).await?;
+            if reply.is_success() {
+                return Ok(());
+            }
+            if !stale(&reply) {
+                return Err(reply.failure(op));
+            }
+            backoff(op, attempt).await;
+        }
+        Err(gave_up(op))
+    }
+
     async fn write(&self, op: &str, method: Method, path: &str, body: &Value, if_match: Option<&str>) -> Result<Reply> {
         self.admin.send(op, method, path, Some(body), if_match).await
     }
@@ -376,46 +436,29 @@ impl Router for Caddy {
 
     async fn set_route(&self, app: &AppId, target: &RouteTarget) -> Result<()> {
         let op = format!("routing app {app} through Caddy");
-        if target.domains.is_empty() {
-            return Err(Error::invalid(
-                "route",
-                app.as_str(),
-                "needs at least one domain: a route without a host matcher would take every request",
-            ));
-        }
+        check_has_domains(app, target)?;
         let id = route_id(app);
         let host = &self.config.upstream_host;
         for attempt in 1..=MAX_ATTEMPTS {
-            let reply = match self.lookup(&op, &id).await? {
-                Lookup::Found { index, route, etag } => {
-                    let draining = json::draining_after(&route, target.port);
-                    let new = json::route(&id, &target.domains, host, target.port, draining);
-                    if route == new {
-                        return Ok(());
-                    }
-                    self.write(&op, Method::PATCH, &format!("{ROUTES_PATH}/{index}"), &new, Some(&etag)).await?
-                }
+            let (index, route, etag) = match self.lookup(&op, &id).await? {
+                Lookup::Found { index, route, etag } => (index, route, etag),
                 Lookup::Moved => {
                     backoff(&op, attempt).await;
                     continue;
                 }
-                Lookup::Missing => {
-                    let Some(routes) = self.read_routes(&op).await? else {
-                        // Caddy lost our server (restarted without --resume?) or was never set up.
-                        self.ensure_server().await?;
-                        continue;
-                    };
-                    if routes.find(&id).is_some() {
-                        // Appended since our lookup: start again.
-                        backoff(&op, attempt).await;
-                        continue;
-                    }
-                    let new = json::route(&id, &target.domains, host, target.port, None);
-                    // POST appends to a list, and sets a missing key to the value as is.
-                    let body = if routes.list.is_some() { new } else { json!([new]) };
-                    self.write(&op, Method::POST, ROUTES_PATH, &body, routes.etag.as_deref()).await?
-                }
+                // A new route, or new domains: the whole list is checked for
+                // owners and rewritten (see the module docs).
+                Lookup::Missing => return self.write_routes(&op, &[(app.clone(), target.clone())], &[]).await,
             };
+            if json::parse_route(&route).map(|t| t.domains).as_ref() != Ok(&target.domains) {
+                return self.write_routes(&op, &[(app.clone(), target.clone())], &[]).await;
+            }
+            let draining = json::draining_after(&route, target.port);
+            let new = json::route(&id, &target.domains, host, target.port, draining, &json::excluded(&route));
+            if route == new {
+                return Ok(());
+            }
+            let reply = self.write(&op, Method::PATCH, &format!("{ROUTES_PATH}/{index}"), &new, Some(&etag)).await?;
             if reply.is_success() {
                 return Ok(());
             }
@@ -427,28 +470,17 @@ impl Router for Caddy {
         Err(gave_up(&op))
     }
 
+    async fn set_routes(&self, routes: &[(AppId, RouteTarget)]) -> Result<()> {
+        let op = format!("restoring the Caddy routes of {} app(s)", routes.len());
+        for (app, target) in routes {
+            check_has_domains(app, target)?;
+        }
+        self.write_routes(&op, routes, &[]).await
+    }
+
     async fn remove_route(&self, app: &AppId) -> Result<()> {
         let op = format!("removing the Caddy route of app {app}");
-        let id = route_id(app);
-        for attempt in 1..=MAX_ATTEMPTS {
-            let Some(routes) = self.read_routes(&op).await? else {
-                return Ok(());
-            };
-            let Some((i, _)) = routes.find(&id) else {
-                return Ok(());
-            };
-            let path = format!("{ROUTES_PATH}/{i}");
-            let reply = self.admin.send(&op, Method::DELETE, &path, None, routes.etag.as_deref()).await?;
-            // On success, go round once more: a duplicate left by an older
-            // writer would otherwise survive.
-            if !reply.is_success() {
-                if !stale(&reply) {
-                    return Err(reply.failure(&op));
-                }
-                backoff(&op, attempt).await;
-            }
-        }
-        Err(gave_up(&op))
+        self.write_routes(&op, &[], std::slice::from_ref(app)).await
     }
 
     async fn in_flight(&self, port: HostPort) -> Result<u64> {
@@ -467,6 +499,50 @@ impl Router for Caddy {
             .map_err(|e| Error::failed(&op, format!("unexpected /reverse_proxy/upstreams answer: {e}")))?;
         Ok(upstreams.iter().filter(|u| u.address == addr).map(|u| u64::try_from(u.num_requests).unwrap_or(0)).sum())
     }
+}
+
+fn check_has_domains(app: &AppId, target: &RouteTarget) -> Result<()> {
+    if target.domains.is_empty() {
+        return Err(Error::invalid(
+            "route",
+            app.as_str(),
+            "needs at least one domain: a route without a host matcher would take every request",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that no domain of the routes being set (`set`) belongs to another
+/// app's route in `list`, then writes every one of our routes' exclusions.
+fn owners_and_exclusions(op: &str, set: &[(AppId, RouteTarget)], list: &mut [Value]) -> Result<()> {
+    let ours: Vec<(usize, AppId, Vec<Domain>)> = list
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            let app = json::id_of(r).and_then(json::app_of_route_id)?;
+            Some((i, app, json::parse_route(r).ok()?.domains))
+        })
+        .collect();
+    for (app, target) in set {
+        let others = ours.iter().map(|(_, a, d)| (a, d.as_slice()));
+        if let Some((domain, owner)) = domain_conflict(app, &target.domains, others) {
+            tracing::debug!(op, %domain, %owner, "domain already taken");
+            return Err(Error::DomainTaken { domain, owner });
+        }
+    }
+    let pairs: Vec<(&AppId, &[Domain])> = ours.iter().map(|(_, a, d)| (a, d.as_slice())).collect();
+    for ((i, _, _), excluded) in ours.iter().zip(json::exclusions(&pairs)) {
+        let matcher = &mut list[*i]["match"][0];
+        match excluded.is_empty() {
+            true => {
+                if let Some(m) = matcher.as_object_mut() {
+                    m.remove("not");
+                }
+            }
+            false => matcher["not"] = json!([{ "host": excluded }]),
+        }
+    }
+    Ok(())
 }
 
 /// Fails if two routes carry the same one of our `@id`s (see the module docs).

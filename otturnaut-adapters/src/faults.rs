@@ -78,8 +78,11 @@ impl ImageBuilder for Faulty {
     async fn build(&self, req: &BuildRequest, events: &EventSink) -> Result<String> {
         self.around("build", self.inner.builder.build(req, events)).await
     }
-    async fn ensure_image(&self, reference: &ImageRef, events: &EventSink) -> Result<()> {
-        self.around("ensure_image", self.inner.builder.ensure_image(reference, events)).await
+    async fn ensure_image(&self, reference: &ImageRef, tag: &str, events: &EventSink) -> Result<()> {
+        self.around("ensure_image", self.inner.builder.ensure_image(reference, tag, events)).await
+    }
+    async fn tag_image(&self, image: &str, tag: &str) -> Result<()> {
+        self.inner.builder.tag_image(image, tag).await
     }
     async fn remove_image(&self, image: &str) -> Result<()> {
         self.around("remove_image", self.inner.builder.remove_image(image)).await
@@ -118,6 +121,9 @@ impl Router for Faulty {
     }
     async fn set_route(&self, app: &AppId, target: &RouteTarget) -> Result<()> {
         self.around("switch_route", self.inner.router.set_route(app, target)).await
+    }
+    async fn set_routes(&self, routes: &[(AppId, RouteTarget)]) -> Result<()> {
+        self.inner.router.set_routes(routes).await
     }
     async fn remove_route(&self, app: &AppId) -> Result<()> {
         self.around("remove_route", self.inner.router.remove_route(app)).await

@@ -1,21 +1,24 @@
-//! The live state of an app, rebuilt from the outside world: Docker labels and
-//! Caddy's routes. Nothing is stored by the agent itself.
+//! The live state of an app, rebuilt from the outside world. Nothing is
+//! stored by the agent itself: the durable record of which release is live is
+//! a Docker tag, the live mark `otturnaut-{app}:live-{deployment}` on the
+//! release's image ([`otturnaut_core::live_container`] says how it is read).
+//! Caddy's route is derived state: `reconcile` rebuilds it from the mark.
 //!
-//! The live release of an app is the managed container Caddy routes the app to;
-//! for an app without a route (no domains), its newest running managed
-//! container (see [`otturnaut_core::live_container`]). Recording a release is therefore a check that the outside world
-//! already says so (the route switch made it true), which is what makes it a
-//! sound commit point.
+//! Recording a release (the commit point of a deploy) first checks that the
+//! outside world already routes to it and that it runs, then writes the mark
+//! in one atomic tag call. The previous release's mark is removed when it is
+//! retired; until then the newer mark wins.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use otturnaut_core::traits::{ContainerRuntime, Router, StateStore, image_tag};
-use otturnaut_core::{AppId, Error, ManagedContainer, Release, Result, live_container};
+use otturnaut_core::traits::{ContainerRuntime, ImageBuilder, Router, StateStore, image_tag, live_tag};
+use otturnaut_core::{AppId, Error, ManagedContainer, ManagedImage, Release, Result, live_container};
 
 #[derive(Clone)]
 pub struct LabelState {
     runtime: Arc<dyn ContainerRuntime>,
+    images: Arc<dyn ImageBuilder>,
     router: Arc<dyn Router>,
 }
 
@@ -26,59 +29,69 @@ impl std::fmt::Debug for LabelState {
 }
 
 impl LabelState {
-    pub fn new(runtime: Arc<dyn ContainerRuntime>, router: Arc<dyn Router>) -> Self {
-        LabelState { runtime, router }
+    pub fn new(runtime: Arc<dyn ContainerRuntime>, images: Arc<dyn ImageBuilder>, router: Arc<dyn Router>) -> Self {
+        LabelState { runtime, images, router }
     }
 }
 
-fn release_of(app: &AppId, c: &ManagedContainer) -> Option<Release> {
+/// The release a live container is, as the pipeline and `status` see it.
+pub fn release_of(app: &AppId, c: &ManagedContainer, images: &[ManagedImage]) -> Option<Release> {
     Some(Release {
         app: app.clone(),
         deployment: c.deployment.clone(),
         container: c.id.clone(),
-        image_owned: c.image == image_tag(app, &c.deployment),
         image: c.image.clone(),
         host_port: c.host_port?,
         domains: c.domains.clone(),
-        commit: None,
+        commit: images.iter().find(|i| i.deployment == c.deployment).and_then(|i| i.commit.clone()),
     })
 }
 
 #[async_trait]
 impl StateStore for LabelState {
     async fn load(&self, app: &AppId) -> Result<Option<Release>> {
-        let (containers, route) = tokio::try_join!(self.runtime.list(Some(app)), self.router.route(app))?;
-        Ok(live_container(&containers, route.as_ref().map(|r| r.port)).and_then(|c| release_of(app, c)))
+        let (containers, images, route) =
+            tokio::try_join!(self.runtime.list(Some(app)), self.images.list_images(Some(app)), self.router.route(app))?;
+        Ok(live_container(app, &containers, &images, route.as_ref().map(|r| r.port))
+            .and_then(|c| release_of(app, c, &images)))
     }
 
     async fn record(&self, release: &Release) -> Result<()> {
         let op = format!("recording {} as the live release of {}", release.deployment, release.app);
         let route = self.router.route(&release.app).await?;
         match route {
-            Some(r) if r.port != release.host_port => Err(Error::failed(
-                op,
-                format!(
-                    "Caddy routes {} to port {}, not to the new release's port {}",
-                    release.app, r.port, release.host_port
-                ),
-            )),
+            Some(r) if r.port != release.host_port => {
+                return Err(Error::failed(
+                    op,
+                    format!(
+                        "Caddy routes {} to port {}, not to the new release's port {}",
+                        release.app, r.port, release.host_port
+                    ),
+                ));
+            }
             None if !release.domains.is_empty() => {
-                Err(Error::failed(op, format!("Caddy has no route for {}", release.app)))
+                return Err(Error::failed(op, format!("Caddy has no route for {}", release.app)));
             }
-            _ => {
-                let status = self.runtime.status(&release.container).await?;
-                if status.running {
-                    Ok(())
-                } else {
-                    Err(Error::failed(op, format!("container {} is no longer running", release.container)))
-                }
-            }
+            _ => {}
         }
+        let status = self.runtime.status(&release.container).await?;
+        if !status.running {
+            return Err(Error::failed(op, format!("container {} is no longer running", release.container)));
+        }
+        // The commit point: one atomic tag call.
+        self.images
+            .tag_image(&image_tag(&release.app, &release.deployment), &live_tag(&release.app, &release.deployment))
+            .await
     }
 
-    async fn restore(&self, _app: &AppId, _previous: Option<Release>) -> Result<()> {
-        // Nothing is stored: what is live follows the route, and putting the
-        // route back is the route switch's own undo.
+    /// Removes every live mark of `app` but `previous`'s: whatever `record`
+    /// wrote is gone, and the mark that was live before is live again.
+    async fn restore(&self, app: &AppId, previous: Option<Release>) -> Result<()> {
+        let images = self.images.list_images(Some(app)).await?;
+        let keep = previous.map(|p| p.deployment);
+        for image in images.iter().filter(|i| i.live && Some(&i.deployment) != keep.as_ref()) {
+            self.images.remove_image(&live_tag(app, &image.deployment)).await?;
+        }
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! `otturnaut undeploy` and `otturnaut reconcile`.
 
 use otturnaut_core::{AppId, Timeouts};
-use otturnaut_steps::{CleanupReport, Residue, RetryPolicy, apps_with_resources, reconcile_app, undeploy_app};
+use otturnaut_steps::{CleanupReport, Residue, RetryPolicy, apps_with_resources, undeploy_app};
 use serde_json::json;
 
 use crate::args::GlobalArgs;
@@ -100,17 +100,22 @@ async fn run_reconcile(global: &GlobalArgs, only: Option<&str>, out: &Out) -> Re
             apps_with_resources(&agent.adapters).await.map_err(|e| Fatal::service("listing Otturnaut's apps", &e))?
         }
     };
-    let mut reports: Vec<CleanupReport> = Vec::new();
+    // Every app's lock is held at once, so that the routes of all of them
+    // are restored in one Caddy config change.
+    let mut locks = Vec::new();
+    let mut locked = std::collections::BTreeSet::new();
     let mut skipped: Vec<(AppId, String)> = Vec::new();
     for app in apps {
         // A deploy in progress looks like leftovers: never reconcile under it.
-        let _lock = match lock::try_lock(&settings.locks_dir(), &app, "reconcile") {
-            Ok(Ok(lock)) => lock,
+        match lock::try_lock(&settings.locks_dir(), &app, "reconcile") {
+            Ok(Ok(lock)) => {
+                locks.push(lock);
+                locked.insert(app);
+            }
             Ok(Err(holder)) => {
                 let why = holder.describe(&app);
                 out.human(format!("skipped {app}: {why}"));
                 skipped.push((app, why));
-                continue;
             }
             Err(e) => {
                 return Err(Fatal::new(
@@ -121,14 +126,20 @@ async fn run_reconcile(global: &GlobalArgs, only: Option<&str>, out: &Out) -> Re
                     ),
                 ));
             }
-        };
-        let report = reconcile_app(&agent.adapters, &app, RetryPolicy::default())
-            .await
-            .map_err(|e| Fatal::service(&format!("reconciling {app}"), &e))?;
-        if !out.is_json() && !report.done.is_empty() {
-            say_done(out, &format!("cleaned up {app}"), &report.done);
         }
-        reports.push(report);
+    }
+    let reports: Vec<CleanupReport> = match locked.is_empty() {
+        true => Vec::new(),
+        false => otturnaut_steps::reconcile(&agent.adapters, &locked, RetryPolicy::default())
+            .await
+            .map_err(|e| Fatal::service("reconciling", &e))?,
+    };
+    drop(locks);
+    for report in &reports {
+        if !out.is_json() && !report.done.is_empty() {
+            let app = report.app.as_ref().map(AppId::as_str).unwrap_or_default();
+            say_done(out, &format!("reconciled {app}"), &report.done);
+        }
     }
     let done: Vec<&String> = reports.iter().flat_map(|r| &r.done).collect();
     let residue: Vec<Residue> = reports.iter().flat_map(|r| r.residue.iter().cloned()).collect();
@@ -144,7 +155,7 @@ async fn run_reconcile(global: &GlobalArgs, only: Option<&str>, out: &Out) -> Re
         }));
     } else {
         if done.is_empty() && residue.is_empty() {
-            out.say(format!("{} nothing to clean up", out.paint.green("✓")));
+            out.say(format!("{} nothing to repair or clean up", out.paint.green("✓")));
         }
         say_residue(out, &residue);
     }

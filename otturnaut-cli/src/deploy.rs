@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 use otturnaut_adapters::Agent;
 use otturnaut_core::{AppId, DeployEvent, DeploySpec, DeploymentId, EventSink, Release, Source, Step};
 use otturnaut_steps::{
-    BlueGreen, DeployError, Deployed, Residue, RetryPolicy, Strategy, UndoOutcome, live_release, reconcile_app,
+    BlueGreen, DeployError, Deployed, Residue, RetryPolicy, Strategy, UndoOutcome, domain_owner, live_release,
+    reconcile_app,
 };
 use serde_json::{Value, json};
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -84,6 +85,18 @@ async fn deploy(global: &GlobalArgs, args: &DeployArgs, out: &mut Out) -> Result
     let settings = settings(global)?;
     let spec = input::deploy_spec(args)?;
     let agent = connect(&settings.agent).await?;
+    let owner = domain_owner(&agent.adapters, &spec.app, &spec.domains)
+        .await
+        .map_err(|e| Fatal::service("checking which apps serve the domains", &e))?;
+    if let Some((domain, owner)) = owner {
+        return Err(Fatal::new(
+            Exit::Usage,
+            format!(
+                "invalid --domain {domain}: it is already served by app {owner}; a domain has one owner \
+                 (undeploy {owner}, or redeploy it without {domain}, first)"
+            ),
+        ));
+    }
     agent.prepare().await.map_err(|e| Fatal::service("setting up our Caddy server", &e))?;
     if let Some(message) = crate::host::migrate_req_warning(&settings.agent.caddy_admin) {
         out.event(&DeployEvent::Warning { message });

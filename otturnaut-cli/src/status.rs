@@ -25,6 +25,9 @@ struct AppStatus {
     container_port: Option<u16>,
     domains: Vec<String>,
     urls: Vec<String>,
+    /// True when the live release has domains but Caddy does not route them
+    /// to it (after a Caddy restart, say): `otturnaut reconcile` restores it.
+    route_missing: bool,
     container: Option<ContainerStatus>,
     /// When the live container last started (RFC 3339, from Docker).
     started: Option<String>,
@@ -66,11 +69,15 @@ async fn status(global: &GlobalArgs, app: Option<&str>, out: &Out) -> Result<Exi
 
     let mut all = Vec::new();
     for app in apps {
-        let live =
-            live_release(a, &app).await.map_err(|e| Fatal::service(&format!("reading {app}'s live release"), &e))?;
+        let (live, route) = tokio::try_join!(live_release(a, &app), a.router.route(&app))
+            .map_err(|e| Fatal::service(&format!("reading {app}'s live release"), &e))?;
         let mine: Vec<&ManagedContainer> = containers.iter().filter(|c| c.app == app).collect();
         let my_images: Vec<&ManagedImage> = images.iter().filter(|i| i.app == app).collect();
-        all.push(app_status(&agent, &settings.agent, app, live, &mine, &my_images).await);
+        let mut status = app_status(&agent, &settings.agent, app, live, &mine, &my_images).await;
+        status.route_missing = status.live
+            && !status.domains.is_empty()
+            && route.is_none_or(|r| Some(r.port.get()) != status.port || r.domains.len() != status.domains.len());
+        all.push(status);
     }
 
     if out.is_json() {
@@ -106,6 +113,7 @@ async fn app_status(
         container_port: None,
         domains: Vec::new(),
         urls: Vec::new(),
+        route_missing: false,
         container: None,
         started: None,
         containers: containers.len(),
@@ -155,6 +163,9 @@ fn human(s: &AppStatus) -> Vec<String> {
     let state = s.container.as_ref().map_or("unknown", |c| c.state.as_str());
     let since = s.started.as_deref().map(|t| format!(" since {t}")).unwrap_or_default();
     lines.push(format!("{}  {state}{since}", s.app));
+    if s.route_missing {
+        lines.push("  live, route missing: run `otturnaut reconcile` (Caddy does not route its domains to it)".into());
+    }
     let row = |k: &str, v: &str| format!("  {k:<11} {v}");
     lines.push(row("deployment", deployment));
     lines.push(row("image", s.image.as_deref().unwrap_or_default()));

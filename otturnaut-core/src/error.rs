@@ -1,7 +1,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::{ContainerId, HostPort, PortRange};
+use crate::{AppId, ContainerId, HostPort, PortRange};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -45,6 +45,8 @@ pub enum Error {
     PortsExhausted(PortRange),
     #[error("{operation} timed out after {}", humantime::format_duration(*after))]
     Timeout { operation: String, after: Duration },
+    #[error("domain {domain} is already served by app {owner}")]
+    DomainTaken { domain: crate::Domain, owner: AppId },
     #[error("injected fault at {0}")]
     Injected(String),
 }

@@ -145,6 +145,37 @@ impl FromStr for DeploymentId {
 pub struct Domain(String);
 string_newtype!(Domain);
 
+impl Domain {
+    /// `*.example.com`: one leading wildcard label, the only kind accepted.
+    pub fn is_wildcard(&self) -> bool {
+        self.0.starts_with("*.")
+    }
+
+    /// True when this wildcard covers the exact host `host`, as Caddy's host
+    /// matcher does: `*.example.com` covers `a.example.com`, but neither
+    /// `example.com` nor `a.b.example.com`.
+    pub fn covers(&self, host: &Domain) -> bool {
+        let Some(suffix) = self.0.strip_prefix("*.") else {
+            return false;
+        };
+        !host.is_wildcard() && host.0.split_once('.').is_some_and(|(_, rest)| rest == suffix)
+    }
+}
+
+/// The first of `domains` that another app already has, with that app.
+/// Domains are lowercase once parsed, so equality is case-insensitive; two
+/// identical wildcards conflict, while a wildcard and an exact host it covers
+/// do not (the exact host wins, see the Caddy adapter).
+pub fn domain_conflict<'a, I>(app: &AppId, domains: &[Domain], others: I) -> Option<(Domain, AppId)>
+where
+    I: IntoIterator<Item = (&'a AppId, &'a [Domain])>,
+{
+    others
+        .into_iter()
+        .filter(|(owner, _)| *owner != app)
+        .find_map(|(owner, theirs)| domains.iter().find(|d| theirs.contains(d)).map(|d| (d.clone(), owner.clone())))
+}
+
 impl FromStr for Domain {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
@@ -259,6 +290,30 @@ impl FromStr for ImageRef {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn wildcards_cover_exactly_one_label() {
+        let d = |s: &str| s.parse::<Domain>().expect("valid domain");
+        assert!(d("*.example.com").covers(&d("a.example.com")));
+        assert!(d("*.EXAMPLE.com").covers(&d("A.example.COM")), "case-insensitive");
+        assert!(!d("*.example.com").covers(&d("example.com")));
+        assert!(!d("*.example.com").covers(&d("a.b.example.com")));
+        assert!(!d("*.example.com").covers(&d("*.example.com")), "a wildcard is not an exact host");
+        assert!(!d("a.example.com").covers(&d("a.example.com")), "only wildcards cover");
+    }
+
+    #[test]
+    fn domain_conflicts_name_the_other_app() {
+        let d = |s: &str| s.parse::<Domain>().expect("valid domain");
+        let app = |s: &str| s.parse::<AppId>().expect("valid app");
+        let (victim, evil) = (app("victim"), app("evil"));
+        let theirs = vec![d("shop.localhost"), d("*.example.com")];
+        let others = [(&victim, theirs.as_slice())];
+        assert_eq!(domain_conflict(&evil, &[d("SHOP.localhost")], others), Some((d("shop.localhost"), victim.clone())));
+        assert_eq!(domain_conflict(&evil, &[d("*.Example.com")], others), Some((d("*.example.com"), victim.clone())));
+        assert_eq!(domain_conflict(&evil, &[d("a.example.com")], others), None, "exact beats wildcard");
+        assert_eq!(domain_conflict(&victim, &[d("shop.localhost")], others), None, "its own domain");
+    }
 
     #[test]
     fn app_ids() {

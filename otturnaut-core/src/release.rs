@@ -18,17 +18,17 @@ impl fmt::Display for ContainerId {
     }
 }
 
-/// The live release of an app: what Caddy routes to (or, for an app without
-/// domains, its newest running managed container).
+/// The live release of an app: the one its durable live mark names (see
+/// [`live_container`]).
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Release {
     pub app: AppId,
     pub deployment: DeploymentId,
     pub container: ContainerId,
-    /// Image reference or id the container runs.
+    /// The image as the user knows it: the tag Otturnaut built, or the
+    /// prebuilt reference deployed. The container itself runs the release's
+    /// own tag, [`crate::traits::image_tag`], which pins the exact image.
     pub image: String,
-    /// True when Otturnaut built the image and so may remove it.
-    pub image_owned: bool,
     pub host_port: HostPort,
     pub domains: Vec<Domain>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -51,12 +51,21 @@ pub struct ContainerStatus {
 
 /// A container carrying our labels, as listed from Docker.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+///
+/// Architecture invariant: only genuine containers are ever listed, whose name
+/// is `otturnaut-{app}-{deployment}` for the app and deployment their labels
+/// name. Anything else carrying our labels (a build's intermediate container
+/// given a Dockerfile's `LABEL`s, a container made by hand) is invisible to
+/// status, reconcile, undeploy and the port pool: never live, never removed.
 pub struct ManagedContainer {
     pub id: ContainerId,
     pub name: String,
     pub app: AppId,
     pub deployment: DeploymentId,
+    /// The image as the user knows it (see [`Release::image`]).
     pub image: String,
+    /// The id of the image the container runs (`sha256:…`).
+    pub image_id: String,
     pub host_port: Option<HostPort>,
     pub container_port: Option<ContainerPort>,
     pub domains: Vec<Domain>,
@@ -67,29 +76,78 @@ pub struct ManagedContainer {
     pub created: i64,
 }
 
-/// An image carrying our labels, as listed from Docker.
+/// One release's image, as listed from Docker by its tags: the release tag
+/// `otturnaut-{app}:{deployment}` ([`crate::traits::image_tag`]) and, for the
+/// release recorded as live, the live mark `otturnaut-{app}:live-{deployment}`
+/// ([`crate::traits::live_tag`]). Only these tags make an image ours: an
+/// image that merely carries our labels (a build's intermediate layer) is not
+/// listed.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct ManagedImage {
+    /// The image id the release tag points to (`sha256:…`); for a live mark
+    /// left without its release tag, the id the mark points to.
     pub id: String,
+    /// Our tags of this deployment, the live mark first: removing them all
+    /// removes the release's image (or only untags a prebuilt one).
     pub tags: Vec<String>,
     pub app: AppId,
     pub deployment: DeploymentId,
+    /// True when the release tag exists (false: only a stale live mark is left).
+    pub released: bool,
+    /// True when the live mark exists: this release was committed as live.
+    pub live: bool,
     pub commit: Option<CommitSha>,
     /// Unix seconds.
     pub created: i64,
 }
 
-/// Which of an app's managed containers is its live release: the running one
-/// Caddy routes the app to; for an app without a route, the newest running
-/// container deployed without domains. A container deployed with domains that
-/// Caddy does not route to never served as live (its deploy did not reach the
-/// route switch), so it is never picked.
-pub fn live_container(containers: &[ManagedContainer], routed_port: Option<HostPort>) -> Option<&ManagedContainer> {
-    let mut running = containers.iter().filter(|c| c.running);
+/// Which of an app's containers is its live release, from what Docker holds
+/// durably: the release named by the newest live mark whose container exists
+/// and runs exactly the image of that release's tag. Caddy is not consulted:
+/// its routes are derived from this, and are rebuilt from it after a restart.
+///
+/// Architecture invariant: the commit point of a deploy writes the live mark
+/// (one atomic Docker tag call), and the previous mark is removed only after
+/// it. If a crash leaves two marks, the newer deployment (deployment ids are
+/// ULIDs, ordered by creation time) is the one committed last.
+///
+/// Releases deployed before live marks existed have none: for an app without
+/// any mark, the old rule applies (the running container Caddy routes to; for
+/// an app without a route, the newest running one deployed without domains),
+/// and `reconcile` writes the mark.
+pub fn live_container<'a>(
+    app: &AppId,
+    containers: &'a [ManagedContainer],
+    images: &[ManagedImage],
+    routed_port: Option<HostPort>,
+) -> Option<&'a ManagedContainer> {
+    let mut marked: Vec<&ManagedImage> = images.iter().filter(|i| i.app == *app && i.live).collect();
+    if marked.is_empty() {
+        return legacy_live(app, containers, routed_port);
+    }
+    marked.sort_by(|a, b| b.deployment.cmp(&a.deployment));
+    marked.iter().find_map(|mark| {
+        let release = images.iter().find(|i| i.app == *app && i.deployment == mark.deployment && i.released)?;
+        containers.iter().find(|c| c.app == *app && c.deployment == mark.deployment && c.image_id == release.id)
+    })
+}
+
+fn legacy_live<'a>(
+    app: &AppId,
+    containers: &'a [ManagedContainer],
+    routed_port: Option<HostPort>,
+) -> Option<&'a ManagedContainer> {
+    let mut running = containers.iter().filter(|c| c.app == *app && c.running);
     match routed_port {
         Some(port) => running.find(|c| c.host_port == Some(port)),
         None => running
             .filter(|c| c.domains.is_empty())
             .max_by(|a, b| (a.created, &a.deployment).cmp(&(b.created, &b.deployment))),
     }
+}
+
+/// True when a release has no live mark anywhere for its app, so the legacy
+/// rule of [`live_container`] decides (and `reconcile` should write the mark).
+pub fn unmarked(app: &AppId, images: &[ManagedImage]) -> bool {
+    !images.iter().any(|i| i.app == *app && i.live)
 }

@@ -149,7 +149,6 @@ impl Fake {
             deployment,
             container: ContainerId(name),
             image,
-            image_owned: true,
             host_port: port,
             domains,
             commit: None,
@@ -218,9 +217,19 @@ impl ImageBuilder for Fake {
         Ok(tag)
     }
 
-    async fn ensure_image(&self, _reference: &ImageRef, _events: &EventSink) -> Result<()> {
+    async fn ensure_image(&self, _reference: &ImageRef, tag: &str, _events: &EventSink) -> Result<()> {
         self.point("ensure_image", Phase::Before).await?;
+        if self.lock().world.images.insert(tag.to_owned()) {
+            self.acquire(Resource::Image(tag.to_owned()));
+        }
         self.point("ensure_image", Phase::After).await
+    }
+
+    async fn tag_image(&self, _image: &str, tag: &str) -> Result<()> {
+        if self.lock().world.images.insert(tag.to_owned()) {
+            self.acquire(Resource::Image(tag.to_owned()));
+        }
+        Ok(())
     }
 
     async fn remove_image(&self, image: &str) -> Result<()> {
@@ -323,6 +332,8 @@ impl ContainerRuntime for Fake {
                 app: c.app.clone(),
                 deployment: c.deployment.clone(),
                 image: c.image.clone(),
+                // The fake names images by tag only.
+                image_id: c.image.clone(),
                 host_port: Some(c.port),
                 container_port: None,
                 domains: c.domains.clone(),
@@ -361,6 +372,17 @@ impl Router for Fake {
         }
         self.acquire(Resource::Route(app.clone(), target.port));
         self.point("switch_route", Phase::After).await
+    }
+
+    async fn set_routes(&self, routes: &[(AppId, RouteTarget)]) -> Result<()> {
+        for (app, target) in routes {
+            let old = self.lock().world.routes.insert(app.clone(), target.clone());
+            if let Some(old) = old {
+                self.release(Resource::Route(app.clone(), old.port));
+            }
+            self.acquire(Resource::Route(app.clone(), target.port));
+        }
+        Ok(())
     }
 
     async fn remove_route(&self, app: &AppId) -> Result<()> {

@@ -75,6 +75,16 @@ pub fn image_tag(app: &AppId, deployment: &DeploymentId) -> String {
     format!("otturnaut-{app}:{deployment}")
 }
 
+/// The live mark: a second tag on the release image, `otturnaut-{app}:live-{deployment}`.
+/// Writing it is the commit point of a deploy (see [`crate::live_container`]).
+/// `live-` cannot start a deployment id, so the two kinds of tag never mix.
+pub fn live_tag(app: &AppId, deployment: &DeploymentId) -> String {
+    format!("otturnaut-{app}:{LIVE_PREFIX}{deployment}")
+}
+
+/// What starts the tag of a live mark.
+pub const LIVE_PREFIX: &str = "live-";
+
 pub fn container_name(app: &AppId, deployment: &DeploymentId) -> String {
     format!("otturnaut-{app}-{deployment}")
 }
@@ -84,10 +94,16 @@ pub trait ImageBuilder: Send + Sync {
     /// Builds and tags the image, streaming log lines to `events`. Returns the
     /// image reference to run (the tag).
     async fn build(&self, req: &BuildRequest, events: &EventSink) -> Result<String>;
-    /// Makes sure a prebuilt image is present locally (pulling it if not).
-    async fn ensure_image(&self, reference: &ImageRef, events: &EventSink) -> Result<()>;
-    /// Removes an image we built (by tag or id). Succeeds if it is already gone.
+    /// Makes sure a prebuilt image is present locally (pulling it if not) and
+    /// tags it as the release's own `tag` ([`image_tag`]), which pins the exact
+    /// image for this release even if the reference later moves.
+    async fn ensure_image(&self, reference: &ImageRef, tag: &str, events: &EventSink) -> Result<()>;
+    /// Tags `image` as `tag` (`repo:tag`), moving the tag if it exists. Atomic.
+    async fn tag_image(&self, image: &str, tag: &str) -> Result<()>;
+    /// Removes a tag of ours; the image goes with its last tag. Succeeds if
+    /// it is already gone.
     async fn remove_image(&self, image: &str) -> Result<()>;
+    /// Our release images, found by their tags (see [`ManagedImage`]).
     async fn list_images(&self, app: Option<&AppId>) -> Result<Vec<ManagedImage>>;
 }
 
@@ -95,7 +111,10 @@ pub trait ImageBuilder: Send + Sync {
 pub struct RunRequest {
     pub app: AppId,
     pub deployment: DeploymentId,
+    /// What the container runs: the release tag ([`image_tag`]).
     pub image: String,
+    /// The image as the user knows it, recorded in a label for `status`.
+    pub reference: String,
     pub host_port: HostPort,
     pub container_port: ContainerPort,
     pub env: BTreeMap<EnvName, Secret>,
@@ -127,8 +146,13 @@ pub trait ContainerRuntime: Send + Sync {
 pub trait Router: Send + Sync {
     /// Where the app's route points now, if it has one.
     async fn route(&self, app: &AppId) -> Result<Option<RouteTarget>>;
-    /// Creates or replaces the app's route in one config change.
+    /// Creates or replaces the app's route in one config change. Fails with
+    /// [`crate::Error::DomainTaken`], changing nothing, if another app's route
+    /// serves one of the domains.
     async fn set_route(&self, app: &AppId, target: &RouteTarget) -> Result<()>;
+    /// Creates or replaces every listed app's route in **one** config change
+    /// (one Caddy reload however many apps), with the same domain rule.
+    async fn set_routes(&self, routes: &[(AppId, RouteTarget)]) -> Result<()>;
     /// Deletes the app's route. Succeeds if there is none.
     async fn remove_route(&self, app: &AppId) -> Result<()>;
     /// Requests currently in flight to the upstream on `port`.

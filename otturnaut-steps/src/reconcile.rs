@@ -1,22 +1,29 @@
-//! Reconcile and undeploy: bring an app's resources back in line with its
-//! live release, or remove them all.
+//! Reconcile and undeploy: bring apps' resources back in line with their
+//! committed releases, or remove them all.
 //!
-//! What is an orphan (and only these are touched; everything is found by our
-//! labels, our Caddy route ids and our work-dir names):
-//! - a managed container of the app that is not its live release
-//!   ([`otturnaut_core::live_container`]);
-//! - a managed image of the app that the live release does not run;
-//! - a fetched source tree or key file of the app (no deploy is running: the
-//!   caller holds the app's lock);
-//! - a route to an upstream nothing serves: removed.
+//! The committed (live) release of an app is what Docker's live mark says
+//! ([`otturnaut_core::live_container`]); Caddy's routes are derived from it.
+//! Reconcile therefore restores, never destroys, what was committed:
+//! - a live release whose route is missing, or points elsewhere, gets its
+//!   route back; all such routes are written in **one** Caddy config change;
+//! - a live release from before live marks existed gets its mark;
+//! - a container of the app that is not the live release is removed, with
+//!   its port; a release image that the live release does not run is removed
+//!   (its live mark first, then its release tag);
+//! - a fetched source tree or key file of the app is removed;
+//! - a route of an app with no live release (or one deployed without
+//!   domains) is removed.
 //!
-//! The caller must hold the app's deploy lock, or a deploy in progress would
-//! look like orphans.
+//! Only genuine resources are seen at all: containers named and labelled as
+//! the agent makes them, images by our tags, routes by our `@id`s, work-dir
+//! files by our names. The caller must hold the apps' deploy locks, or a
+//! deploy in progress would look like orphans.
 
 use std::collections::BTreeSet;
 
+use otturnaut_core::traits::{image_tag, live_tag};
 use otturnaut_core::{
-    Adapters, AppId, DeploymentId, ManagedContainer, ManagedImage, Release, RouteTarget, live_container,
+    Adapters, AppId, DeploymentId, ManagedContainer, ManagedImage, Release, RouteTarget, live_container, unmarked,
 };
 use serde::{Deserialize, Serialize};
 
@@ -27,7 +34,7 @@ pub struct CleanupReport {
     pub app: Option<AppId>,
     /// What was removed or repaired, as sentences.
     pub done: Vec<String>,
-    /// What could not be removed.
+    /// What could not be removed or repaired.
     pub residue: Vec<Residue>,
 }
 
@@ -37,7 +44,8 @@ impl CleanupReport {
     }
 }
 
-/// Every app that has any managed container, image, route or source leftover.
+/// Every app that has any genuine container, release image, route or source
+/// leftover.
 pub async fn apps_with_resources(a: &Adapters) -> otturnaut_core::Result<BTreeSet<AppId>> {
     let (containers, images, routes, sources) =
         tokio::try_join!(a.runtime.list(None), a.builder.list_images(None), a.router.routes(), a.fetcher.leftovers())?;
@@ -50,32 +58,141 @@ pub async fn apps_with_resources(a: &Adapters) -> otturnaut_core::Result<BTreeSe
         .collect())
 }
 
-/// Removes what interrupted deploys of `app` left behind; keeps the live release.
+/// Reconciles one app (see [`reconcile`]).
 pub async fn reconcile_app(a: &Adapters, app: &AppId, retry: RetryPolicy) -> otturnaut_core::Result<CleanupReport> {
-    let Inventory { containers, images, route, sources } = inventory(a, app).await?;
-    let live = live_container(&containers, route.as_ref().map(|r| r.port));
-    let mut actions = Vec::new();
-    // A route whose upstream nothing serves has no live release behind it
-    // (the live release is defined by the route): remove it.
-    if route.is_some() && live.is_none() {
-        actions.push(UndoAction::RestoreRoute { app: app.clone(), previous: None });
-    }
-    for c in &containers {
-        if live.is_none_or(|l| l.id != c.id) {
-            actions.push(UndoAction::RemoveContainer { name: c.id.0.clone() });
-            actions.push(UndoAction::ReleasePort { deployment: c.deployment.clone() });
+    let mut reports = reconcile(a, &BTreeSet::from([app.clone()]), retry).await?;
+    Ok(reports.pop().unwrap_or_else(|| CleanupReport { app: Some(app.clone()), ..CleanupReport::default() }))
+}
+
+/// Brings each of `apps` in line with its committed release (see the module
+/// docs): one report per app, in order. Missing routes of all of them are
+/// restored in one Caddy config change.
+pub async fn reconcile(
+    a: &Adapters,
+    apps: &BTreeSet<AppId>,
+    retry: RetryPolicy,
+) -> otturnaut_core::Result<Vec<CleanupReport>> {
+    let inventory = Inventory::read(a, apps).await?;
+    let plans: Vec<Plan> = apps.iter().map(|app| Plan::new(app, &inventory)).collect();
+
+    // Routes first, all in one write: a release that serves again is the
+    // point of reconciling, and a container the old route still points to
+    // must not be removed before traffic has moved off it.
+    let restores: Vec<(AppId, RouteTarget)> =
+        plans.iter().filter_map(|p| p.restore.clone().map(|t| (p.app.clone(), t))).collect();
+    let restored = match restores.is_empty() {
+        true => Ok(()),
+        false => a.router.set_routes(&restores).await.map_err(|e| e.to_string()),
+    };
+
+    let mut reports = Vec::new();
+    for plan in plans {
+        let mut report = CleanupReport { app: Some(plan.app.clone()), ..CleanupReport::default() };
+        let mut actions = plan.actions;
+        if let Some(target) = &plan.restore {
+            match &restored {
+                Ok(()) => report.done.push(format!("restored {}'s route to port {}", plan.app, target.port)),
+                Err(e) => {
+                    report.residue.push(Residue {
+                        kind: "route".into(),
+                        what: format!("restore {}'s route to port {}", plan.app, target.port),
+                        error: e.clone(),
+                        in_doubt: false,
+                    });
+                    // Traffic still goes where the route points: keep that.
+                    if let Some(port) = plan.routed_port {
+                        actions.retain(|act| !serves(act, &inventory.containers, port));
+                    }
+                }
+            }
         }
-    }
-    for image in &images {
-        let in_use = live.is_some_and(|l| l.image == image.id || image.tags.contains(&l.image));
-        if !in_use {
-            actions.push(UndoAction::RemoveImage { image: image_name(image) });
+        if let Some(live) = &plan.adopt {
+            match adopt(a, live).await {
+                Ok(()) => report.done.push(format!("recorded {} as {}'s live release", live.deployment, live.app)),
+                Err(e) => report.residue.push(Residue {
+                    kind: "state".into(),
+                    what: format!("record {} as {}'s live release", live.deployment, live.app),
+                    error: e.to_string(),
+                    in_doubt: false,
+                }),
+            }
         }
+        let mut rest = run(a, Some(&plan.app), actions, retry).await;
+        report.done.append(&mut rest.done);
+        report.residue.append(&mut rest.residue);
+        reports.push(report);
     }
-    for deployment in sources {
-        actions.push(UndoAction::RemoveSource { app: app.clone(), deployment });
+    Ok(reports)
+}
+
+/// True when `action` removes the container serving `port`.
+fn serves(action: &UndoAction, containers: &[ManagedContainer], port: otturnaut_core::HostPort) -> bool {
+    let UndoAction::RemoveContainer { name } = action else {
+        return false;
+    };
+    containers.iter().any(|c| c.id.0 == *name && c.host_port == Some(port))
+}
+
+/// Writes the live mark of a release deployed before marks existed, pinning
+/// its image under its release tag too (prebuilt images had none).
+async fn adopt(a: &Adapters, live: &ManagedContainer) -> otturnaut_core::Result<()> {
+    a.builder.tag_image(&live.image_id, &image_tag(&live.app, &live.deployment)).await?;
+    a.builder.tag_image(&live.image_id, &live_tag(&live.app, &live.deployment)).await
+}
+
+/// What reconciling one app will do.
+struct Plan {
+    app: AppId,
+    /// The route to write, if the app's route is not what its live release needs.
+    restore: Option<RouteTarget>,
+    /// Where the app's route points now.
+    routed_port: Option<otturnaut_core::HostPort>,
+    /// A live release without a live mark, to be marked.
+    adopt: Option<ManagedContainer>,
+    actions: Vec<UndoAction>,
+}
+
+impl Plan {
+    fn new(app: &AppId, inv: &Inventory) -> Plan {
+        let route = inv.routes.iter().find(|(a, _)| a == app).map(|(_, t)| t.clone());
+        let containers: Vec<ManagedContainer> = inv.containers.iter().filter(|c| c.app == *app).cloned().collect();
+        let images: Vec<&ManagedImage> = inv.images.iter().filter(|i| i.app == *app).collect();
+        let owned: Vec<ManagedImage> = images.iter().map(|i| (*i).clone()).collect();
+        let live = live_container(app, &containers, &owned, route.as_ref().map(|r| r.port)).cloned();
+
+        let mut actions = Vec::new();
+        let wanted = live
+            .as_ref()
+            .filter(|l| !l.domains.is_empty())
+            .and_then(|l| Some(RouteTarget { domains: l.domains.clone(), port: l.host_port? }));
+        let restore = match (&wanted, &route) {
+            (Some(w), Some(r)) if w == r => None,
+            (Some(w), _) => Some(w.clone()),
+            (None, Some(_)) => {
+                actions.push(UndoAction::RestoreRoute { app: app.clone(), previous: None });
+                None
+            }
+            (None, None) => None,
+        };
+        for c in &containers {
+            if live.as_ref().is_none_or(|l| l.id != c.id) {
+                actions.push(UndoAction::RemoveContainer { name: c.id.0.clone() });
+                actions.push(UndoAction::ReleasePort { deployment: c.deployment.clone() });
+            }
+        }
+        for image in &images {
+            if live.as_ref().is_none_or(|l| l.deployment != image.deployment) {
+                actions.extend(image.tags.iter().map(|t| UndoAction::RemoveImage { image: t.clone() }));
+            }
+        }
+        for (owner, deployment) in &inv.sources {
+            if owner == app {
+                actions.push(UndoAction::RemoveSource { app: app.clone(), deployment: deployment.clone() });
+            }
+        }
+        let adopt = live.clone().filter(|_| unmarked(app, &owned));
+        Plan { app: app.clone(), restore, routed_port: route.map(|r| r.port), adopt, actions }
     }
-    Ok(run(a, Some(app), actions, retry).await)
 }
 
 /// Removes everything of `app`: its route first (so no request reaches a
@@ -87,26 +204,26 @@ pub async fn undeploy_app(
     grace: std::time::Duration,
     retry: RetryPolicy,
 ) -> otturnaut_core::Result<CleanupReport> {
-    let Inventory { containers, images, route, sources } = inventory(a, app).await?;
+    let inv = Inventory::read(a, &BTreeSet::from([app.clone()])).await?;
     let mut actions = Vec::new();
-    if route.is_some() {
+    if !inv.routes.is_empty() {
         actions.push(UndoAction::RestoreRoute { app: app.clone(), previous: None });
     }
     let mut report = CleanupReport { app: Some(app.clone()), ..CleanupReport::default() };
-    for c in containers.iter().filter(|c| c.running) {
+    for c in inv.containers.iter().filter(|c| c.running) {
         // Best effort: the forced removal below ends it anyway.
         if a.runtime.stop(&c.id, grace).await.is_ok() {
             report.done.push(format!("stopped container {}", c.name));
         }
     }
-    for c in &containers {
+    for c in &inv.containers {
         actions.push(UndoAction::RemoveContainer { name: c.id.0.clone() });
         actions.push(UndoAction::ReleasePort { deployment: c.deployment.clone() });
     }
-    for image in &images {
-        actions.push(UndoAction::RemoveImage { image: image_name(image) });
+    for image in &inv.images {
+        actions.extend(image.tags.iter().map(|t| UndoAction::RemoveImage { image: t.clone() }));
     }
-    for deployment in sources {
+    for (_, deployment) in inv.sources {
         actions.push(UndoAction::RemoveSource { app: app.clone(), deployment });
     }
     let mut rest = run(a, Some(app), actions, retry).await;
@@ -115,29 +232,41 @@ pub async fn undeploy_app(
     Ok(report)
 }
 
-/// What exists of one app, wherever it lives.
+/// What exists of a set of apps, wherever it lives, read once.
 struct Inventory {
     containers: Vec<ManagedContainer>,
     images: Vec<ManagedImage>,
-    route: Option<RouteTarget>,
-    /// Deployments whose fetched sources are still in the work dir.
-    sources: Vec<DeploymentId>,
+    routes: Vec<(AppId, RouteTarget)>,
+    /// Fetched sources still in the work dir.
+    sources: Vec<(AppId, DeploymentId)>,
 }
 
-async fn inventory(a: &Adapters, app: &AppId) -> otturnaut_core::Result<Inventory> {
-    let (containers, images, route, sources) = tokio::try_join!(
-        a.runtime.list(Some(app)),
-        a.builder.list_images(Some(app)),
-        a.router.route(app),
-        a.fetcher.leftovers()
-    )?;
-    let sources = sources.into_iter().filter(|(owner, _)| owner == app).map(|(_, d)| d).collect();
-    Ok(Inventory { containers, images, route, sources })
-}
-
-/// How an image is named for removal: by tag when it has one.
-fn image_name(image: &ManagedImage) -> String {
-    image.tags.first().cloned().unwrap_or_else(|| image.id.clone())
+impl Inventory {
+    async fn read(a: &Adapters, apps: &BTreeSet<AppId>) -> otturnaut_core::Result<Inventory> {
+        // One app: ask Docker for just that app's; several: list everything once.
+        let only = match apps.len() {
+            1 => apps.first(),
+            _ => None,
+        };
+        let (containers, images, routes, sources) = tokio::try_join!(
+            a.runtime.list(only),
+            a.builder.list_images(only),
+            async {
+                match only {
+                    Some(app) => Ok(a.router.route(app).await?.map(|t| (app.clone(), t)).into_iter().collect()),
+                    None => a.router.routes().await,
+                }
+            },
+            a.fetcher.leftovers()
+        )?;
+        let wanted = |app: &AppId| apps.contains(app);
+        Ok(Inventory {
+            containers: containers.into_iter().filter(|c| wanted(&c.app)).collect(),
+            images: images.into_iter().filter(|i| wanted(&i.app)).collect(),
+            routes: routes.into_iter().filter(|(app, _)| wanted(app)).collect(),
+            sources: sources.into_iter().filter(|(app, _)| wanted(app)).collect(),
+        })
+    }
 }
 
 async fn run(a: &Adapters, app: Option<&AppId>, actions: Vec<UndoAction>, retry: RetryPolicy) -> CleanupReport {
@@ -164,4 +293,31 @@ async fn run(a: &Adapters, app: Option<&AppId>, actions: Vec<UndoAction>, retry:
 /// The live release of `app` as the outside world says (for `status`).
 pub async fn live_release(a: &Adapters, app: &AppId) -> otturnaut_core::Result<Option<Release>> {
     a.state.load(app).await
+}
+
+/// The first of `domains` that another app already has, with that app: in
+/// Caddy's routes, or as a domain of another app's committed release (which
+/// owns it even while Caddy has lost its route). Read-only: front ends call
+/// it to refuse a deploy before anything is created; the route write checks
+/// again, so a race between two deploys cannot give a domain two owners.
+pub async fn domain_owner(
+    a: &Adapters,
+    app: &AppId,
+    domains: &[otturnaut_core::Domain],
+) -> otturnaut_core::Result<Option<(otturnaut_core::Domain, AppId)>> {
+    if domains.is_empty() {
+        return Ok(None);
+    }
+    let (containers, images, routes) =
+        tokio::try_join!(a.runtime.list(None), a.builder.list_images(None), a.router.routes())?;
+    let apps: BTreeSet<&AppId> = containers.iter().map(|c| &c.app).filter(|other| *other != app).collect();
+    let live: Vec<(AppId, Vec<otturnaut_core::Domain>)> = apps
+        .into_iter()
+        .filter_map(|other| {
+            let routed = routes.iter().find(|(a, _)| a == other).map(|(_, t)| t.port);
+            live_container(other, &containers, &images, routed).map(|c| (other.clone(), c.domains.clone()))
+        })
+        .collect();
+    let owners = routes.iter().map(|(a, t)| (a, t.domains.as_slice())).chain(live.iter().map(|(a, d)| (a, d.as_slice())));
+    Ok(otturnaut_core::domain_conflict(app, domains, owners))
 }

@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use otturnaut_core::traits::{image_tag, live_tag};
 use otturnaut_core::{DeployEvent, Release, Step};
 
 use crate::tokens::Context;
@@ -40,11 +41,15 @@ pub(crate) async fn retire(ctx: &Context, old: &Release, new: &Release) -> Vec<R
         Err(e) => warn(Step::StopOld, started, &e),
     }
 
-    let mut removals = vec![(Step::RemoveOld, UndoAction::RemoveContainer { name: old.container.0.clone() })];
-    if old.image_owned && old.image != new.image {
-        removals.push((Step::RemoveOld, UndoAction::RemoveImage { image: old.image.clone() }));
-    }
-    removals.push((Step::ReleaseOldPort, UndoAction::ReleasePort { deployment: old.deployment.clone() }));
+    // The old live mark goes before the old release tag: an image is removed
+    // with its last tag only. Removing the release tag of a prebuilt image
+    // only untags it.
+    let removals = [
+        (Step::RemoveOld, UndoAction::RemoveContainer { name: old.container.0.clone() }),
+        (Step::RemoveOld, UndoAction::RemoveImage { image: live_tag(&old.app, &old.deployment) }),
+        (Step::RemoveOld, UndoAction::RemoveImage { image: image_tag(&old.app, &old.deployment) }),
+        (Step::ReleaseOldPort, UndoAction::ReleasePort { deployment: old.deployment.clone() }),
+    ];
     for (step, action) in removals {
         let started = Instant::now();
         ctx.events.emit(DeployEvent::StepStarted { step });

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use otturnaut_core::traits::{BuildRequest, FetchRequest, FetchedSource, RunRequest, container_name};
+use otturnaut_core::traits::{BuildRequest, FetchRequest, FetchedSource, RunRequest, container_name, image_tag};
 use otturnaut_core::{
     Adapters, ContainerId, DeployEvent, DeploySpec, DeploymentId, Error, EventSink, HostPort, Release, RouteTarget,
     Source, Step,
@@ -139,15 +139,19 @@ impl Fetched {
                 (work, guard)
             }
             (Source::Image { reference }, _) => {
+                // The release's own tag on the prebuilt image: removing it
+                // only untags, never the user's image.
+                let tag = image_tag(&spec.app, &ctx.deployment);
+                let guard = Guard::armed(UndoAction::RemoveImage { image: tag.clone() }, &ctx.reaper);
                 let builder = ctx.adapters.builder.clone();
                 let events = ctx.events.clone();
                 let reference = reference.clone();
                 let work: std::pin::Pin<Box<dyn Future<Output = Result<String, Error>> + Send>> =
                     Box::pin(async move {
-                        builder.ensure_image(&reference, &events).await?;
+                        builder.ensure_image(&reference, &tag, &events).await?;
                         Ok(reference.to_string())
                     });
-                (work, Guard::empty(&ctx.reaper))
+                (work, guard)
             }
             (Source::Git { .. }, None) => {
                 let e = Error::failed("build", "no fetched source to build from");
@@ -176,7 +180,7 @@ impl Fetched {
     }
 }
 
-/// A built (or verified prebuilt) image.
+/// A built image, or a prebuilt one present and tagged for this release.
 #[derive(Debug)]
 pub struct Built {
     image: String,
@@ -250,7 +254,8 @@ impl PortHeld {
                 let req = RunRequest {
                     app: spec.app.clone(),
                     deployment: ctx.deployment.clone(),
-                    image: image.clone(),
+                    image: image_tag(&spec.app, &ctx.deployment),
+                    reference: image.clone(),
                     host_port: port,
                     container_port: spec.container_port,
                     env: spec.env.clone(),
@@ -406,7 +411,6 @@ impl Routed {
             deployment: ctx.deployment.clone(),
             container: running.container.clone(),
             image: built.image.clone(),
-            image_owned: matches!(spec.source, Source::Git { .. }),
             host_port: held.port,
             domains: spec.domains.clone(),
             commit: built.prev.source.as_ref().map(|s| s.commit.clone()),

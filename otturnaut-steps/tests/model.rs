@@ -410,19 +410,19 @@ fn ideal_success_world(
     let new = &deployed.release;
     if let Some(p) = prior {
         w.containers.remove(&p.container.0);
-        w.images.remove(&p.image);
+        w.images.remove(&otturnaut_core::traits::image_tag(&p.app, &p.deployment));
         w.ports.remove(&p.deployment);
     }
-    if new.image_owned {
-        w.images.insert(new.image.clone());
-    }
+    // Every release has its own tag, built or prebuilt, and runs it.
+    let tag = otturnaut_core::traits::image_tag(&new.app, &new.deployment);
+    w.images.insert(tag.clone());
     w.ports.insert(new.deployment.clone(), new.host_port);
     w.containers.insert(
         new.container.0.clone(),
         otturnaut_core::testing::FakeContainer {
             app: new.app.clone(),
             deployment: new.deployment.clone(),
-            image: new.image.clone(),
+            image: tag,
             port: new.host_port,
             running: true,
             domains: spec.domains.clone(),

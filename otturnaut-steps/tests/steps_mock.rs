@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use mockall::{Sequence, mock};
 use otturnaut_core::traits::{
     BuildRequest, ContainerRuntime, FetchRequest, FetchedSource, HealthProbe, ImageBuilder, PortAllocator, Router,
-    RunRequest, SourceFetcher, StateStore, container_name, image_tag,
+    RunRequest, SourceFetcher, StateStore, container_name, image_tag, live_tag,
 };
 use otturnaut_core::{
     Adapters, AppId, CommitSha, ContainerId, ContainerPort, ContainerStatus, DeployEvent, DeploySpec, DeploymentId,
@@ -46,7 +46,8 @@ mock! {
 mock! {
     pub Builder {
         fn build(&self, req: &BuildRequest, events: &EventSink) -> Result<String>;
-        fn ensure_image(&self, reference: &ImageRef, events: &EventSink) -> Result<()>;
+        fn ensure_image(&self, reference: &ImageRef, tag: &str, events: &EventSink) -> Result<()>;
+        fn tag_image(&self, image: &str, tag: &str) -> Result<()>;
         fn remove_image(&self, image: &str) -> Result<()>;
     }
 }
@@ -56,8 +57,11 @@ impl ImageBuilder for MockBuilder {
     async fn build(&self, req: &BuildRequest, events: &EventSink) -> Result<String> {
         MockBuilder::build(self, req, events)
     }
-    async fn ensure_image(&self, reference: &ImageRef, events: &EventSink) -> Result<()> {
-        MockBuilder::ensure_image(self, reference, events)
+    async fn ensure_image(&self, reference: &ImageRef, tag: &str, events: &EventSink) -> Result<()> {
+        MockBuilder::ensure_image(self, reference, tag, events)
+    }
+    async fn tag_image(&self, image: &str, tag: &str) -> Result<()> {
+        MockBuilder::tag_image(self, image, tag)
     }
     async fn remove_image(&self, image: &str) -> Result<()> {
         MockBuilder::remove_image(self, image)
@@ -105,6 +109,7 @@ mock! {
     impl Router for Router {
         async fn route(&self, app: &AppId) -> Result<Option<RouteTarget>>;
         async fn set_route(&self, app: &AppId, target: &RouteTarget) -> Result<()>;
+        async fn set_routes(&self, routes: &[(AppId, RouteTarget)]) -> Result<()>;
         async fn remove_route(&self, app: &AppId) -> Result<()>;
         async fn in_flight(&self, port: HostPort) -> Result<u64>;
         async fn routes(&self) -> Result<Vec<(AppId, RouteTarget)>>;
@@ -293,7 +298,6 @@ fn old_release(app: &AppId, host_port: HostPort, names: &[&str], owned: bool) ->
         app: app.clone(),
         container: ContainerId(container_name(app, &deployment)),
         image: if owned { image_tag(app, &deployment) } else { "prebuilt:0".into() },
-        image_owned: owned,
         deployment,
         host_port,
         domains: domains(names),
@@ -723,7 +727,7 @@ async fn undo_failing_for_good_becomes_residue_and_the_rest_still_run() {
 
 // 6a. A prebuilt image is neither fetched nor built, and never removed on rollback.
 #[tokio::test]
-async fn prebuilt_image_is_not_fetched_built_or_removed() {
+async fn prebuilt_image_is_not_fetched_or_built_and_only_its_release_tag_is_removed() {
     let app = app("prebuilt");
     let b_port = port(20008);
     let seen = Seen::default();
@@ -732,12 +736,12 @@ async fn prebuilt_image_is_not_fetched_built_or_removed() {
     m.fetcher.expect_fetch().never();
     m.fetcher.expect_remove().never();
     m.builder.expect_build().never();
-    m.builder.expect_remove_image().never();
+    let (s, a) = (seen.clone(), app.clone());
     m.builder
         .expect_ensure_image()
         .times(1)
-        .withf(|r, _| r.as_str() == "registry.test/team/web:1.2")
-        .returning(|_, _| Ok(()));
+        .withf(move |r, tag, _| r.as_str() == "registry.test/team/web:1.2" && tag == image_tag(&a, &s.get()))
+        .returning(|_, _, _| Ok(()));
     m.state.expect_load().times(1).returning(|_| Ok(None));
     let s = seen.clone();
     m.ports.expect_allocate().times(1).returning(move |d, _| {
@@ -747,7 +751,7 @@ async fn prebuilt_image_is_not_fetched_built_or_removed() {
     m.runtime
         .expect_start()
         .times(1)
-        .withf(|req| req.image == "registry.test/team/web:1.2")
+        .withf(|req| req.reference == "registry.test/team/web:1.2" && req.image == image_tag(&req.app, &req.deployment))
         .returning(|_| Ok(ContainerId(NEW_CONTAINER_ID.into())));
     m.health.expect_check().times(1).returning(|_, _, _| Err(boom("health")));
     let (s, a) = (seen.clone(), app.clone());
@@ -759,18 +763,26 @@ async fn prebuilt_image_is_not_fetched_built_or_removed() {
         .returning(|_| Ok(()));
     let s = seen.clone();
     m.ports.expect_release().times(1).in_sequence(&mut seq).withf(move |d| s.is(d)).returning(|_| Ok(()));
+    // Only the release's own tag: the user's image stays.
+    let (s, a) = (seen.clone(), app.clone());
+    m.builder
+        .expect_remove_image()
+        .times(1)
+        .in_sequence(&mut seq)
+        .withf(move |image| image == image_tag(&a, &s.get()))
+        .returning(|_| Ok(()));
 
     let (adapters, live) = m.into_live();
     let (result, _) = deploy(adapters, image_spec(&app, "registry.test/team/web:1.2", &["web.example"])).await;
     let err = result.expect_err("unhealthy");
-    assert_clean_rollback(&err, Step::HealthCheck, 2);
+    assert_clean_rollback(&err, Step::HealthCheck, 3);
     live.verify().await;
 }
 
-// 6b. Replacing a prebuilt release with another: the new release is recorded
-// as not owned, and retiring the old one leaves its (user's) image alone.
+// 6b. Replacing a prebuilt release with another: retiring the old one removes
+// only its live mark and release tag, never the (user's) image it tags.
 #[tokio::test]
-async fn prebuilt_release_is_recorded_unowned_and_its_image_kept_on_retire() {
+async fn prebuilt_release_retires_only_its_own_tags() {
     let app = app("prebuilt-retire");
     let (a_port, b_port) = (port(20009), port(20010));
     let old = old_release(&app, a_port, &[], false);
@@ -778,8 +790,9 @@ async fn prebuilt_release_is_recorded_unowned_and_its_image_kept_on_retire() {
     m.fetcher.expect_fetch().never();
     m.fetcher.expect_remove().never();
     m.builder.expect_build().never();
-    m.builder.expect_remove_image().never();
-    m.builder.expect_ensure_image().times(1).returning(|_, _| Ok(()));
+    let (mark, tag) = (live_tag(&app, &old.deployment), image_tag(&app, &old.deployment));
+    m.builder.expect_remove_image().times(2).withf(move |i| i == mark || i == tag).returning(|_| Ok(()));
+    m.builder.expect_ensure_image().times(1).returning(|_, _, _| Ok(()));
     let prev = old.clone();
     m.state.expect_load().times(1).returning(move |_| Ok(Some(prev.clone())));
     m.ports.expect_allocate().times(1).returning(move |_, _| Ok(b_port));
@@ -789,7 +802,7 @@ async fn prebuilt_release_is_recorded_unowned_and_its_image_kept_on_retire() {
     m.state
         .expect_record()
         .times(1)
-        .withf(|r| !r.image_owned && r.image == "prebuilt:1" && r.commit.is_none())
+        .withf(|r| r.image == "prebuilt:1" && r.commit.is_none())
         .returning(|_| Ok(()));
     m.router.expect_in_flight().times(1).withf(move |p| *p == a_port).returning(|_| Ok(0));
     let c = old.container.clone();
@@ -820,7 +833,7 @@ fn git_commit_over(m: &mut Mocks, seq: &mut Sequence, seen: &Seen, app: &AppId, 
         .expect_record()
         .times(1)
         .in_sequence(seq)
-        .withf(move |r| s.is(&r.deployment) && r.image_owned && r.commit == Some(sha()))
+        .withf(move |r| s.is(&r.deployment) && r.commit == Some(sha()))
         .returning(|_| Ok(()));
     let s = seen.clone();
     m.fetcher.expect_remove().times(1).in_sequence(seq).withf(move |_, d| s.is(d)).returning(|_, _| Ok(()));
@@ -862,6 +875,8 @@ async fn commit_then_retire_drains_and_removes_the_old_release_in_order() {
         .returning(|_, _| Ok(()));
     let c = old.container.clone();
     m.runtime.expect_remove().times(1).in_sequence(&mut seq).withf(move |id| *id == c).returning(|_| Ok(()));
+    let mark = live_tag(&app, &old.deployment);
+    m.builder.expect_remove_image().times(1).in_sequence(&mut seq).withf(move |i| i == mark).returning(|_| Ok(()));
     let image = old.image.clone();
     m.builder.expect_remove_image().times(1).in_sequence(&mut seq).withf(move |i| i == image).returning(|_| Ok(()));
     let d = old.deployment.clone();
@@ -891,8 +906,8 @@ fn retire_with(
     m.runtime.expect_stop().times(1).withf(move |id, _| *id == c).returning(move |_, _| stop());
     let c = old.container.clone();
     m.runtime.expect_remove().times(remove_times).withf(move |id| *id == c).returning(move |_| remove());
-    let image = old.image.clone();
-    m.builder.expect_remove_image().times(1).withf(move |i| i == image).returning(|_| Ok(()));
+    let (mark, image) = (live_tag(&old.app, &old.deployment), old.image.clone());
+    m.builder.expect_remove_image().times(2).withf(move |i| *i == mark || *i == image).returning(|_| Ok(()));
     let d = old.deployment.clone();
     m.ports.expect_release().times(1).withf(move |x| *x == d).returning(|_| Ok(()));
 }

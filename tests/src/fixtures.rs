@@ -177,6 +177,7 @@ pub fn run_request(
         app: app.clone(),
         deployment: deployment.clone(),
         image: image.to_owned(),
+        reference: image.to_owned(),
         host_port,
         container_port: ContainerPort::try_from(container_port)
             .unwrap_or_else(|e| panic!("container port {container_port}: {e}")),
@@ -185,7 +186,7 @@ pub fn run_request(
     }
 }
 
-/// Removes, when dropped, every container and image labelled with `app`, and
+/// Removes, when dropped, every container and release image of `app`, and
 /// any extra image registered with [`DockerCleanup::image`]. Works from a
 /// panicking test too: it runs on its own thread and runtime.
 #[derive(Debug)]
@@ -228,9 +229,12 @@ async fn remove_everything_of(app: &AppId, extra: &[String]) -> anyhow::Result<(
         docker.remove(&container.id).await?;
     }
     let force = || Some(RemoveImageOptionsBuilder::default().force(true).build());
-    let mut images: Vec<String> = docker.list_images(Some(app)).await?.into_iter().map(|i| i.id).collect();
-    images.extend(extra.iter().cloned());
-    for image in images {
+    // By our tags, never by id: a prebuilt release's id is a shared fixture
+    // image that other tests use.
+    for tag in docker.list_images(Some(app)).await?.into_iter().flat_map(|i| i.tags) {
+        docker.remove_image(&tag).await?;
+    }
+    for image in extra {
         match docker.client().remove_image(&image, force(), None).await {
             Ok(_) => {}
             Err(otturnaut_adapters::docker::bollard::errors::Error::DockerResponseServerError {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use otturnaut_adapters::docker::Docker;
-use otturnaut_core::traits::{ContainerRuntime, ImageBuilder};
+use otturnaut_core::traits::{ContainerRuntime, ImageBuilder, image_tag, live_tag};
 use otturnaut_core::{ContainerId, DeployEvent, DeploymentId, Error, EventSink, Secret, labels};
 use otturnaut_tests::fixtures::{
     self, Behaviour, DockerCleanup, build_image, build_request, free_port, run_request, write_context,
@@ -386,15 +386,21 @@ async fn ensure_image_uses_a_local_image_and_explains_a_failed_pull() {
     let app = unique_app("ensure");
     let _cleanup = DockerCleanup::new(&app);
     let image = build_image(&docker, &app, &Behaviour::NeverListen).await.expect("image");
+    let release = DeploymentId::generate();
+    let tag = image_tag(&app, &release);
     docker
-        .ensure_image(&image.tag.parse().expect("ref"), &EventSink::discard())
+        .ensure_image(&image.tag.parse().expect("ref"), &tag, &EventSink::discard())
         .await
         .expect("a local image needs no pull");
+    assert!(image_exists(&docker, &tag).await, "the release's own tag pins the image");
+    docker.remove_image(&tag).await.expect("untag");
+    assert!(image_exists(&docker, &image.tag).await, "removing the release tag leaves the image it tagged");
 
     // A registry on a closed loopback port: the pull fails without
     // sending anything off this machine.
     let missing = "127.0.0.1:1/otturnaut/missing:1".parse().expect("ref");
-    let err = docker.ensure_image(&missing, &EventSink::discard()).await.expect_err("cannot pull");
+    let tag = image_tag(&app, &DeploymentId::generate());
+    let err = docker.ensure_image(&missing, &tag, &EventSink::discard()).await.expect_err("cannot pull");
     let text = err.to_string();
     assert!(text.contains("pulling image 127.0.0.1:1/otturnaut/missing:1"), "{text}");
     assert!(text.contains("not present locally"), "{text}");
@@ -434,4 +440,58 @@ async fn follow_logs_streams_lines_as_they_come() {
         .expect("stream open")
         .expect("no error");
     assert!(next.contains("/version") || next.contains("response"), "{next}");
+}
+
+/// Only tags make an image ours, and a live mark is listed with its release.
+#[tokio::test]
+async fn images_are_ours_by_tag_and_live_marks_are_listed_with_their_release() {
+    let docker = fixtures::docker().await;
+    let app = unique_app("marks");
+    let _cleanup = DockerCleanup::new(&app);
+    let built = build_image(&docker, &app, &Behaviour::NeverListen).await.expect("image");
+    let prebuilt = DeploymentId::generate();
+    docker.tag_image(&built.tag, &image_tag(&app, &prebuilt)).await.expect("release tag");
+    docker.tag_image(&built.tag, &live_tag(&app, &prebuilt)).await.expect("live mark");
+
+    let listed = docker.list_images(Some(&app)).await.expect("list");
+    assert_eq!(listed.len(), 2, "one entry per release: {listed:#?}");
+    let marked = listed.iter().find(|i| i.deployment == prebuilt).expect("the marked release");
+    assert!(marked.live && marked.released, "{marked:?}");
+    assert_eq!(marked.tags, vec![live_tag(&app, &prebuilt), image_tag(&app, &prebuilt)], "the mark first");
+    assert_eq!(marked.commit, None, "labels of an image built for another release do not count");
+    let other = listed.iter().find(|i| i.deployment == built.deployment).expect("the built release");
+    assert!(!other.live && other.released, "{other:?}");
+    assert_eq!(other.id, marked.id, "both tag one image");
+}
+
+/// A container dressed up with our labels (as a build's intermediate
+/// container is, by a Dockerfile's `LABEL`s) but not named as the agent names
+/// its containers is invisible: never listed, so never live, removed or routed.
+#[tokio::test]
+async fn containers_with_our_labels_but_not_our_name_are_not_listed() {
+    use otturnaut_adapters::docker::bollard::models::ContainerCreateBody;
+    use otturnaut_adapters::docker::bollard::query_parameters::CreateContainerOptionsBuilder;
+    let docker = fixtures::docker().await;
+    let app = unique_app("spoofed");
+    let _cleanup = DockerCleanup::new(&app);
+    let image = build_image(&docker, &app, &Behaviour::NeverListen).await.expect("image");
+    let deployment = DeploymentId::generate();
+    let spoof_labels = [
+        (labels::MANAGED, "true".to_owned()),
+        (labels::APP, app.to_string()),
+        (labels::DEPLOYMENT, deployment.to_string()),
+        (labels::HOST_PORT, "10001".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let name = format!("spoof-{app}");
+    let body = ContainerCreateBody { image: Some(image.tag.clone()), labels: Some(spoof_labels), ..Default::default() };
+    let options = CreateContainerOptionsBuilder::default().name(&name).build();
+    docker.client().create_container(Some(options), body).await.expect("create the spoof");
+    let listed = docker.list(Some(&app)).await.expect("list");
+    let everything = docker.list(None).await.expect("list all");
+    docker.remove(&ContainerId(name.clone())).await.expect("remove the spoof");
+    assert!(listed.is_empty(), "{listed:?}");
+    assert!(everything.iter().all(|c| c.name != name), "{everything:?}");
 }

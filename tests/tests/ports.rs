@@ -56,6 +56,7 @@ impl ContainerRuntime for ListingRuntime {
                 app: "fake".parse().expect("app"),
                 deployment: DeploymentId::generate(),
                 image: "img".into(),
+                image_id: "sha256:img".into(),
                 host_port: Some(HostPort::try_from(p).expect("port")),
                 container_port: None,
                 domains: Vec::new(),

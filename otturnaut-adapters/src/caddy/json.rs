@@ -58,12 +58,17 @@ pub(crate) fn upstream_addr(host: &str, port: HostPort) -> String {
 /// `/reverse_proxy/upstreams` forgets the old upstream the moment the route
 /// switches, while requests the previous generation accepted are still being
 /// proxied to it, so `in_flight(old_port)` would read 0 too early.
+///
+/// `excluded` lists other apps' exact hosts that this route's wildcards would
+/// otherwise take (see [`exclusions`]): they go in a `not` matcher, so an exact
+/// host always wins over a wildcard whatever the order of the routes.
 pub(crate) fn route(
     id: &str,
     domains: &[Domain],
     upstream_host: &str,
     port: HostPort,
     draining: Option<HostPort>,
+    excluded: &[Domain],
 ) -> Value {
     let proxy = |p: HostPort| {
         json!({
@@ -77,12 +82,55 @@ pub(crate) fn route(
     // Never runs, so never dials: Caddy's default transport will do, and
     // each explicit one makes every reload slower (see `transport`).
     handle.extend(draining.map(proxy));
+    let mut matcher = json!({ "host": domains });
+    if !excluded.is_empty() {
+        matcher["not"] = json!([{ "host": excluded }]);
+    }
     json!({
         "@id": id,
-        "match": [{ "host": domains }],
+        "match": [matcher],
         "handle": handle,
         "terminal": true,
     })
+}
+
+/// The exact hosts a route we wrote excludes (its `not` matcher).
+pub(crate) fn excluded(route: &Value) -> Vec<Domain> {
+    route
+        .get("match")
+        .and_then(|m| m.get(0))
+        .and_then(|m| m.get("not"))
+        .and_then(|n| n.get(0))
+        .and_then(|n| n.get("host"))
+        .and_then(Value::as_array)
+        .map(|hosts| hosts.iter().filter_map(|h| h.as_str()?.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// For each app, the exact hosts of *other* apps that its wildcards cover.
+/// Every host is then matched by exactly one route: domains are unique per
+/// app (identical wildcards included), and two different `*.` wildcards
+/// never match the same host (they differ in label count or suffix).
+pub(crate) fn exclusions<'a>(routes: &[(&'a AppId, &'a [Domain])]) -> Vec<Vec<Domain>> {
+    routes
+        .iter()
+        .map(|(app, domains)| {
+            let wildcards: Vec<&Domain> = domains.iter().filter(|d| d.is_wildcard()).collect();
+            if wildcards.is_empty() {
+                return Vec::new();
+            }
+            let mut out: Vec<Domain> = routes
+                .iter()
+                .filter(|(other, _)| other != app)
+                .flat_map(|(_, theirs)| theirs.iter())
+                .filter(|host| wildcards.iter().any(|w| w.covers(host)))
+                .cloned()
+                .collect();
+            out.sort();
+            out.dedup();
+            out
+        })
+        .collect()
 }
 
 /// The upstream transport: Caddy's defaults, but idle upstream connections
@@ -182,7 +230,7 @@ mod tests {
     #[test]
     fn route_round_trips_through_json() {
         let target = RouteTarget { domains: domains(&["a.example.com", "b.example.com"]), port: port(10001) };
-        let r = route("otturnaut-app-a", &target.domains, "127.0.0.1", target.port, None);
+        let r = route("otturnaut-app-a", &target.domains, "127.0.0.1", target.port, None, &[]);
         assert_eq!(id_of(&r), Some("otturnaut-app-a"));
         assert_eq!(parse_route(&r), Ok(target));
         assert_eq!(r["terminal"], json!(true));
@@ -193,11 +241,11 @@ mod tests {
     #[test]
     fn a_switch_keeps_the_old_port_draining() {
         let d = domains(&["a.example.com"]);
-        let first = route("x", &d, "127.0.0.1", port(10000), None);
+        let first = route("x", &d, "127.0.0.1", port(10000), None, &[]);
         assert_eq!(draining_after(&first, port(10000)), None);
         assert_eq!(draining_after(&first, port(10001)), Some(port(10000)));
 
-        let second = route("x", &d, "127.0.0.1", port(10001), Some(port(10000)));
+        let second = route("x", &d, "127.0.0.1", port(10001), Some(port(10000)), &[]);
         assert!(second["handle"][0].get("transport").is_some(), "the live handler times out idle connections");
         assert!(second["handle"][1].get("transport").is_none(), "the draining one never dials");
         assert_eq!(
@@ -224,7 +272,7 @@ mod tests {
     fn ipv6_upstreams_are_bracketed() {
         assert_eq!(upstream_addr("::1", port(80)), "[::1]:80");
         assert_eq!(upstream_addr("127.0.0.1", port(80)), "127.0.0.1:80");
-        let r = route("x", &domains(&["a.b"]), "::1", port(8080), None);
+        let r = route("x", &domains(&["a.b"]), "::1", port(8080), None, &[]);
         assert_eq!(parse_route(&r).map(|t| t.port), Ok(port(8080)));
     }
 

@@ -1,6 +1,6 @@
 //! Image building, pulling and cleanup: [`ImageBuilder`] for [`Docker`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -8,11 +8,12 @@ use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateImageOptionsBuilder, ListImagesOptionsBuilder, RemoveImageOptionsBuilder,
+    TagImageOptionsBuilder,
 };
 use bytes::Bytes;
 use futures_util::StreamExt;
-use otturnaut_core::traits::{BuildRequest, ImageBuilder};
-use otturnaut_core::{AppId, DeployEvent, Error, EventSink, ImageRef, ManagedImage, Result, labels};
+use otturnaut_core::traits::{BuildRequest, ImageBuilder, LIVE_PREFIX};
+use otturnaut_core::{AppId, DeployEvent, DeploymentId, Error, EventSink, ImageRef, ManagedImage, Result, labels};
 use tokio::sync::mpsc;
 
 use super::{Docker, TAIL_LINES, Tail, context, is_not_found};
@@ -45,13 +46,19 @@ impl ImageBuilder for Docker {
         outcome.map(|()| tag)
     }
 
-    async fn ensure_image(&self, reference: &ImageRef, events: &EventSink) -> Result<()> {
+    async fn ensure_image(&self, reference: &ImageRef, tag: &str, events: &EventSink) -> Result<()> {
         match self.client.inspect_image(reference.as_str()).await {
-            Ok(_) => return Ok(()),
-            Err(e) if is_not_found(&e) => {}
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => self.pull(reference, events).await?,
             Err(e) => return Err(self.error(format!("inspecting image {reference}"), e)),
         }
-        self.pull(reference, events).await
+        self.tag_image(reference.as_str(), tag).await
+    }
+
+    async fn tag_image(&self, image: &str, tag: &str) -> Result<()> {
+        let (repo, name) = tag.rsplit_once(':').unwrap_or((tag, "latest"));
+        let options = TagImageOptionsBuilder::default().repo(repo).tag(name).build();
+        self.client.tag_image(image, Some(options)).await.map_err(|e| self.error(format!("tagging {image} as {tag}"), e))
     }
 
     async fn remove_image(&self, image: &str) -> Result<()> {
@@ -64,35 +71,65 @@ impl ImageBuilder for Docker {
     }
 
     async fn list_images(&self, app: Option<&AppId>) -> Result<Vec<ManagedImage>> {
-        let options = ListImagesOptionsBuilder::default().filters(&label_filters(app)).build();
+        let pattern = match app {
+            Some(app) => format!("otturnaut-{app}"),
+            None => "otturnaut-*".to_owned(),
+        };
+        let filters = HashMap::from([("reference", vec![pattern])]);
+        let options = ListImagesOptionsBuilder::default().filters(&filters).build();
         let images =
-            self.client.list_images(Some(options)).await.map_err(|e| self.error("listing managed images", e))?;
-        Ok(images
-            .into_iter()
-            .filter_map(|image| {
-                let label = |key: &str| image.labels.get(key).map(String::as_str);
-                let parsed = (
-                    label(labels::APP).and_then(|v| v.parse().ok()),
-                    label(labels::DEPLOYMENT).and_then(|v| v.parse().ok()),
-                );
-                let (Some(app), Some(deployment)) = parsed else {
-                    tracing::warn!(id = %image.id, "managed image with unreadable labels; ignored");
-                    return None;
+            self.client.list_images(Some(options)).await.map_err(|e| self.error("listing Otturnaut's images", e))?;
+        let mut found: BTreeMap<(AppId, DeploymentId), ManagedImage> = BTreeMap::new();
+        for image in images {
+            for tag in &image.repo_tags {
+                let Some((app, deployment, live)) = parse_our_tag(tag) else {
+                    continue;
                 };
-                Some(ManagedImage {
-                    commit: label(labels::COMMIT).and_then(|v| v.parse().ok()),
-                    tags: image.repo_tags.iter().filter(|t| t.as_str() != "<none>:<none>").cloned().collect(),
-                    id: image.id,
+                let label = |key: &str| image.labels.get(key).map(String::as_str);
+                // Labels count only on an image the agent built for this very
+                // release; a prebuilt image's labels are its author's.
+                let ours = label(labels::APP) == Some(app.as_str())
+                    && label(labels::DEPLOYMENT) == Some(deployment.as_str());
+                let entry = found.entry((app.clone(), deployment.clone())).or_insert_with(|| ManagedImage {
+                    id: image.id.clone(),
+                    tags: Vec::new(),
                     app,
                     deployment,
+                    released: false,
+                    live: false,
+                    commit: None,
                     created: image.created,
-                })
-            })
-            .collect())
+                });
+                if live {
+                    entry.live = true;
+                    entry.tags.insert(0, tag.clone());
+                } else {
+                    entry.released = true;
+                    entry.id = image.id.clone();
+                    entry.created = image.created;
+                    entry.tags.push(tag.clone());
+                    if ours {
+                        entry.commit = label(labels::COMMIT).and_then(|v| v.parse().ok());
+                    }
+                }
+            }
+        }
+        Ok(found.into_values().collect())
     }
 }
 
-/// Label filters selecting what Otturnaut manages, optionally for one app.
+/// `otturnaut-{app}:{deployment}` (a release tag) or
+/// `otturnaut-{app}:live-{deployment}` (a live mark, `true`).
+fn parse_our_tag(tag: &str) -> Option<(AppId, DeploymentId, bool)> {
+    let (repo, name) = tag.rsplit_once(':')?;
+    let app: AppId = repo.strip_prefix("otturnaut-")?.parse().ok()?;
+    match name.strip_prefix(LIVE_PREFIX) {
+        Some(d) => Some((app, d.parse().ok()?, true)),
+        None => Some((app, name.parse().ok()?, false)),
+    }
+}
+
+/// Label filters selecting containers Otturnaut manages, optionally for one app.
 pub(super) fn label_filters(app: Option<&AppId>) -> HashMap<&'static str, Vec<String>> {
     let mut wanted = vec![format!("{}=true", labels::MANAGED)];
     if let Some(app) = app {

@@ -14,7 +14,7 @@ use bollard::query_parameters::{
     StartContainerOptions, StopContainerOptionsBuilder,
 };
 use futures_util::{Stream, StreamExt};
-use otturnaut_core::traits::{ContainerRuntime, RunRequest};
+use otturnaut_core::traits::{ContainerRuntime, RunRequest, container_name};
 use otturnaut_core::{AppId, ContainerId, ContainerStatus, Error, ManagedContainer, Result, labels};
 
 use super::build::label_filters;
@@ -115,7 +115,7 @@ impl ContainerRuntime for Docker {
             .list_containers(Some(options))
             .await
             .map_err(|e| self.error("listing managed containers", e))?;
-        Ok(containers.into_iter().filter_map(managed_container).collect())
+        Ok(containers.into_iter().filter_map(managed_container).filter(genuine).collect())
     }
 }
 
@@ -209,11 +209,22 @@ fn container_labels(req: &RunRequest) -> HashMap<String, String> {
         (labels::HOST_PORT, req.host_port.to_string()),
         (labels::CONTAINER_PORT, req.container_port.to_string()),
         (labels::DOMAINS, domains.join(",")),
-        (labels::IMAGE, req.image.clone()),
+        (labels::IMAGE, req.reference.clone()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect()
+}
+
+/// Only a container the agent made counts (see [`ManagedContainer`]): its
+/// name is the one its labels imply. A build's intermediate container that a
+/// Dockerfile's `LABEL`s dressed up as ours has a name Docker made up.
+fn genuine(c: &ManagedContainer) -> bool {
+    let ok = c.name == container_name(&c.app, &c.deployment);
+    if !ok {
+        tracing::debug!(container = %c.id, name = %c.name, "a container with our labels but not our name; ignored");
+    }
+    ok
 }
 
 /// Reads our labels back; a container whose labels do not parse is not
@@ -225,7 +236,7 @@ fn managed_container(summary: ContainerSummary) -> Option<ManagedContainer> {
     let (Some(app), Some(deployment)) =
         (label(labels::APP).and_then(|v| v.parse().ok()), label(labels::DEPLOYMENT).and_then(|v| v.parse().ok()))
     else {
-        tracing::warn!(container = %id, "managed container with unreadable labels; ignored");
+        tracing::debug!(container = %id, "managed container with unreadable labels; ignored");
         return None;
     };
     let state = summary.state.map(|s| s.to_string()).unwrap_or_default();
@@ -236,6 +247,7 @@ fn managed_container(summary: ContainerSummary) -> Option<ManagedContainer> {
             .map(|n| n.trim_start_matches('/').to_owned())
             .unwrap_or_default(),
         image: label(labels::IMAGE).map(str::to_owned).or(summary.image).unwrap_or_default(),
+        image_id: summary.image_id.unwrap_or_default(),
         host_port: label(labels::HOST_PORT).and_then(|v| v.parse().ok()),
         container_port: label(labels::CONTAINER_PORT).and_then(|v| v.parse().ok()),
         domains: label(labels::DOMAINS)

@@ -161,8 +161,11 @@ impl ImageBuilder for Timed<dyn ImageBuilder> {
     async fn build(&self, req: &BuildRequest, events: &EventSink) -> Result<String> {
         self.clock.time(Service::Docker, self.inner.build(req, events)).await
     }
-    async fn ensure_image(&self, reference: &ImageRef, events: &EventSink) -> Result<()> {
-        self.clock.time(Service::Docker, self.inner.ensure_image(reference, events)).await
+    async fn ensure_image(&self, reference: &ImageRef, tag: &str, events: &EventSink) -> Result<()> {
+        self.clock.time(Service::Docker, self.inner.ensure_image(reference, tag, events)).await
+    }
+    async fn tag_image(&self, image: &str, tag: &str) -> Result<()> {
+        self.clock.time(Service::Docker, self.inner.tag_image(image, tag)).await
     }
     async fn remove_image(&self, image: &str) -> Result<()> {
         self.clock.time(Service::Docker, self.inner.remove_image(image)).await
@@ -201,6 +204,9 @@ impl Router for Timed<dyn Router> {
     }
     async fn set_route(&self, app: &AppId, target: &RouteTarget) -> Result<()> {
         self.clock.time(Service::Caddy, self.inner.set_route(app, target)).await
+    }
+    async fn set_routes(&self, routes: &[(AppId, RouteTarget)]) -> Result<()> {
+        self.clock.time(Service::Caddy, self.inner.set_routes(routes)).await
     }
     async fn remove_route(&self, app: &AppId) -> Result<()> {
         self.clock.time(Service::Caddy, self.inner.remove_route(app)).await
