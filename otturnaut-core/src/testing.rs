@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use crate::faults::{Fault, FaultPlan, Phase};
 use crate::traits::{
     Adapters, BuildRequest, ContainerRuntime, FetchRequest, FetchedSource, HealthProbe, ImageBuilder, PortAllocator,
-    Router, RunRequest, SourceFetcher, StateStore, container_name, image_tag,
+    Router, RunRequest, SourceFetcher, StateStore, container_name, image_tag, live_tag,
 };
 use crate::{
     AppId, CommitSha, ContainerId, ContainerStatus, DeploymentId, Error, EventSink, HealthCheck, HostPort, ImageRef,
@@ -129,6 +129,7 @@ impl Fake {
         let port = next_port(&mut inner);
         let w = &mut inner.world;
         w.images.insert(image.clone());
+        w.images.insert(live_tag(app, &deployment));
         w.ports.insert(deployment.clone(), port);
         w.containers.insert(
             name.clone(),
@@ -414,18 +415,43 @@ impl StateStore for Fake {
         Ok(found)
     }
 
+    /// Like the real store, recording writes the live mark, an image tag.
     async fn record(&self, release: &Release) -> Result<()> {
         self.point("record_state", Phase::Before).await?;
-        self.lock().world.recorded.insert(release.app.clone(), release.clone());
+        let mark = live_tag(&release.app, &release.deployment);
+        let new = {
+            let mut inner = self.lock();
+            inner.world.recorded.insert(release.app.clone(), release.clone());
+            inner.world.images.insert(mark.clone())
+        };
+        if new {
+            self.acquire(Resource::Image(mark));
+        }
         self.point("record_state", Phase::After).await
     }
 
     async fn restore(&self, app: &AppId, previous: Option<Release>) -> Result<()> {
         self.point("record_state", Phase::Before).await?;
-        match previous {
-            Some(release) => self.lock().world.recorded.insert(app.clone(), release),
-            None => self.lock().world.recorded.remove(app),
+        let keep = previous.as_ref().map(|p| live_tag(app, &p.deployment));
+        let prefix = format!("otturnaut-{app}:live-");
+        let removed: Vec<String> = {
+            let mut inner = self.lock();
+            match previous {
+                Some(release) => inner.world.recorded.insert(app.clone(), release),
+                None => inner.world.recorded.remove(app),
+            };
+            let marks: Vec<String> = inner
+                .world
+                .images
+                .iter()
+                .filter(|i| i.starts_with(&prefix) && Some(*i) != keep.as_ref())
+                .cloned()
+                .collect();
+            marks.into_iter().filter(|m| inner.world.images.remove(m)).collect()
         };
+        for mark in removed {
+            self.release(Resource::Image(mark));
+        }
         self.point("record_state", Phase::After).await
     }
 }

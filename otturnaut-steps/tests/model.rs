@@ -411,11 +411,13 @@ fn ideal_success_world(
     if let Some(p) = prior {
         w.containers.remove(&p.container.0);
         w.images.remove(&otturnaut_core::traits::image_tag(&p.app, &p.deployment));
+        w.images.remove(&otturnaut_core::traits::live_tag(&p.app, &p.deployment));
         w.ports.remove(&p.deployment);
     }
     // Every release has its own tag, built or prebuilt, and runs it.
     let tag = otturnaut_core::traits::image_tag(&new.app, &new.deployment);
     w.images.insert(tag.clone());
+    w.images.insert(otturnaut_core::traits::live_tag(&new.app, &new.deployment));
     w.ports.insert(new.deployment.clone(), new.host_port);
     w.containers.insert(
         new.container.0.clone(),
