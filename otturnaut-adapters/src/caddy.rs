@@ -348,8 +348,21 @@ impl Caddy {
                 if set.is_empty() {
                     return Ok(());
                 }
-                // Caddy lost our server (restarted empty?) or was never set up.
-                self.ensure_server().await?;
+                // Caddy lost our server (restarted empty, or a reboot) or was
+                // never set up: create it with its routes, in one write.
+                let mut list: Vec<Value> = set
+                    .iter()
+                    .map(|(app, t)| json::route(&route_id(app), &t.domains, host, t.port, None, &[]))
+                    .collect();
+                owners_and_exclusions(op, set, &mut list)?;
+                let reply = self.create_server(op, list).await?;
+                if reply.is_success() {
+                    return Ok(());
+                }
+                if !lost_race(&reply) {
+                    return Err(reply.failure(op));
+                }
+                backoff(op, attempt).await;
                 continue;
             };
             let old = routes.list.clone().unwrap_or_default();
@@ -393,6 +406,24 @@ impl Caddy {
             backoff(op, attempt).await;
         }
         Err(gave_up(op))
+    }
+
+    /// Creates our server holding `routes`: with the whole HTTP app (and our
+    /// grace period) if Caddy has none, else beside the servers it has.
+    /// Never replaces what exists (PUT fails on an existing key).
+    async fn create_server(&self, op: &str, routes: Vec<Value>) -> Result<Reply> {
+        let mut server = json::server(&self.config.listen, self.config.automatic_https);
+        server["routes"] = Value::Array(routes);
+        let app = json!({ "grace_period": go_duration(self.config.grace_period), "servers": { SERVER_NAME: server } });
+        let reply = self.write(op, Method::PUT, HTTP_APP_PATH, &app, None).await?;
+        if reply.is_success() || !lost_race(&reply) {
+            return Ok(reply);
+        }
+        let reply = self.write(op, Method::PUT, SERVER_PATH, &server, None).await?;
+        if reply.is_success() {
+            self.ensure_grace_period(op).await?;
+        }
+        Ok(reply)
     }
 
     async fn write(&self, op: &str, method: Method, path: &str, body: &Value, if_match: Option<&str>) -> Result<Reply> {

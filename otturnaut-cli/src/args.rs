@@ -70,11 +70,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Remove what interrupted or failed deploys left behind, for every app
+    /// Serve every committed release again and remove what interrupted deploys left behind
     #[command(long_about = RECONCILE_ABOUT)]
     Reconcile {
-        /// Only this app (default: every app with managed resources on this Docker daemon)
-        app: Option<String>,
+        /// Only these apps (default: every app with resources on this Docker daemon)
+        #[arg(value_name = "APP")]
+        apps: Vec<String>,
         /// One JSON result object on stdout instead of text
         #[arg(long)]
         json: bool,
@@ -219,21 +220,31 @@ Example:
   otturnaut undeploy shop";
 
 const RECONCILE_ABOUT: &str = "\
-Remove what interrupted or failed deploys left behind, for every app: containers that are not the
-live release, images the live release does not run, fetched source trees, and routes pointing at
-nothing. The live releases are kept. Apps with a deploy in progress are skipped.
+Bring apps back in line with their committed releases. Docker holds the durable record of which
+release of an app is live (the image tag otturnaut-APP:live-DEPLOYMENT, written when a deploy
+commits); Caddy's routes are derived from it. Reconcile:
 
-`otturnaut deploy` does this for its app before deploying, so you need this only after a deploy
-exited with code 3, or to tidy up.
+  - restores the route of every live release whose route is missing or wrong (after a Caddy
+    restart or a reboot), all of them in one Caddy config change;
+  - removes what interrupted or failed deploys left behind: containers that are not the live
+    release, release images the live release does not run, fetched source trees, and routes of
+    apps with no live release.
 
-With APP, only that app is reconciled; without, every app that has managed containers or
-images on this Docker daemon, so on a daemon shared by several agents (each with its own Caddy)
-name the app: another agent's releases are not routed by this Caddy and would be taken for
-leftovers.
+It never removes a live release. Apps with a deploy in progress are skipped. Only what Otturnaut
+made is looked at: containers named otturnaut-APP-DEPLOYMENT whose labels agree, images by their
+otturnaut-APP tags, routes by their @id.
+
+`otturnaut deploy` does this for its app before deploying. Run it after a deploy exited with code 3,
+after Caddy lost its config, and at boot (README: the otturnaut-reconcile.service unit).
+
+With APPs, only those apps are reconciled; without, every app that has containers or images on
+this Docker daemon, so on a daemon shared by several agents (each with its own Caddy) name the
+apps: another agent's releases would get routes in this Caddy.
 
 Examples:
-  otturnaut reconcile
-  otturnaut reconcile shop";
+  otturnaut reconcile                 # every app, e.g. at boot
+  otturnaut reconcile shop api --json
+";
 
 const LOGS_ABOUT: &str = "\
 Print the output (stdout and stderr) of APP's live container. If APP has no live release, the

@@ -82,21 +82,21 @@ fn say_done(out: &Out, title: &str, done: &[String]) {
     }
 }
 
-pub async fn reconcile(global: &GlobalArgs, app: Option<&str>, json: bool) -> Exit {
+pub async fn reconcile(global: &GlobalArgs, apps: &[String], json: bool) -> Exit {
     let out = Out::new(json);
-    match run_reconcile(global, app, &out).await {
+    match run_reconcile(global, apps, &out).await {
         Ok(exit) => exit,
         Err(fatal) => fail(&out, fatal, "reconcile", None),
     }
 }
 
-async fn run_reconcile(global: &GlobalArgs, only: Option<&str>, out: &Out) -> Result<Exit, Fatal> {
+async fn run_reconcile(global: &GlobalArgs, only: &[String], out: &Out) -> Result<Exit, Fatal> {
     let settings = settings(global)?;
-    let only = only.map(input::app_id).transpose()?;
+    let only: std::collections::BTreeSet<AppId> = only.iter().map(|a| input::app_id(a)).collect::<Result<_, _>>()?;
     let agent = connect(&settings.agent).await?;
-    let apps = match only {
-        Some(app) => std::collections::BTreeSet::from([app]),
-        None => {
+    let apps = match only.is_empty() {
+        false => only,
+        true => {
             apps_with_resources(&agent.adapters).await.map_err(|e| Fatal::service("listing Otturnaut's apps", &e))?
         }
     };

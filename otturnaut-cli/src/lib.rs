@@ -60,7 +60,7 @@ async fn run(cli: Cli) -> Exit {
         Command::Deploy(args) => deploy::run(&global, *args).await,
         Command::Status { app, json } => status::run(&global, app.as_deref(), json).await,
         Command::Undeploy { app, json } => cleanup::undeploy(&global, &app, json).await,
-        Command::Reconcile { app, json } => cleanup::reconcile(&global, app.as_deref(), json).await,
+        Command::Reconcile { apps, json } => cleanup::reconcile(&global, &apps, json).await,
         Command::Logs { app, follow, tail } => logs::run(&global, &app, follow, tail).await,
     }
 }

@@ -24,7 +24,9 @@ pub use error::{Error, Result, Service};
 pub use event::{DeployEvent, EventSink, Step};
 pub use ids::{AppId, DeploymentId, Domain, EnvName, ImageRef, domain_conflict};
 pub use net::{ContainerPort, HostPort, PortRange};
-pub use release::{ContainerId, ContainerStatus, ManagedContainer, ManagedImage, Release, RouteTarget, live_container, unmarked};
+pub use release::{
+    ContainerId, ContainerStatus, ManagedContainer, ManagedImage, Release, RouteTarget, live_container, unmarked,
+};
 pub use secret::Secret;
 pub use source::{CommitSha, DockerfilePath, GitRef, RepoUrl, Transport};
 pub use spec::{DeploySpec, HealthCheck, HealthKind, HttpPath, Source, Timeouts};

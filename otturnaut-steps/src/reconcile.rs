@@ -318,6 +318,7 @@ pub async fn domain_owner(
             live_container(other, &containers, &images, routed).map(|c| (other.clone(), c.domains.clone()))
         })
         .collect();
-    let owners = routes.iter().map(|(a, t)| (a, t.domains.as_slice())).chain(live.iter().map(|(a, d)| (a, d.as_slice())));
+    let owners =
+        routes.iter().map(|(a, t)| (a, t.domains.as_slice())).chain(live.iter().map(|(a, d)| (a, d.as_slice())));
     Ok(otturnaut_core::domain_conflict(app, domains, owners))
 }

@@ -800,11 +800,7 @@ async fn prebuilt_release_retires_only_its_own_tags() {
     m.runtime.expect_start().times(1).returning(|_| Ok(ContainerId(NEW_CONTAINER_ID.into())));
     m.health.expect_check().times(1).returning(|_, _, _| Ok(()));
     m.router.expect_route().times(1).returning(|_| Ok(None));
-    m.state
-        .expect_record()
-        .times(1)
-        .withf(|r| r.image == "prebuilt:1" && r.commit.is_none())
-        .returning(|_| Ok(()));
+    m.state.expect_record().times(1).withf(|r| r.image == "prebuilt:1" && r.commit.is_none()).returning(|_| Ok(()));
     m.router.expect_in_flight().times(1).withf(move |p| *p == a_port).returning(|_| Ok(0));
     let c = old.container.clone();
     m.runtime.expect_stop().times(1).withf(move |id, _| *id == c).returning(|_, _| Ok(()));

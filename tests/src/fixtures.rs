@@ -46,6 +46,11 @@ pub enum Behaviour {
     FailBuild,
     /// A `RUN` step sleeps `secs` seconds: for build timeouts.
     SlowBuild { secs: u32 },
+    /// A hostile repository: its Dockerfile's `LABEL`s claim to be the
+    /// release `deployment` of `victim` on `host_port`, then a `RUN` sleeps
+    /// `secs` seconds. The legacy builder gives that step's intermediate
+    /// container those labels.
+    Spoof { victim: String, deployment: String, host_port: u16, secs: u32 },
 }
 
 impl Behaviour {
@@ -82,6 +87,13 @@ impl Behaviour {
             Behaviour::FailBuild => lines
                 .push(r#"RUN ["/bin/busybox","sh","-c","echo step output; echo about to fail >&2; exit 7"]"#.into()),
             Behaviour::SlowBuild { secs } => {
+                lines.push(format!(r#"RUN ["/bin/busybox","sleep","{secs}"]"#));
+            }
+            Behaviour::Spoof { victim, deployment, host_port, secs } => {
+                lines.push(format!(
+                    "LABEL otturnaut.managed=true otturnaut.app={victim} otturnaut.deployment={deployment} \
+                     otturnaut.host_port={host_port} otturnaut.container_port=8080 otturnaut.domains={victim}.chaos.test"
+                ));
                 lines.push(format!(r#"RUN ["/bin/busybox","sleep","{secs}"]"#));
             }
         }

@@ -16,7 +16,7 @@ use harness::caddy::Caddy;
 use harness::cases::{self, Case, Ending, LiveApp, Scenario};
 use harness::snapshot::{Observer, diff};
 use harness::world::World;
-use harness::{Options, bin, crash, rng};
+use harness::{Options, bin, crash, infra, rng};
 use otturnaut_adapters::{Agent, AgentConfig};
 use otturnaut_core::{DeployEvent, DeploySpec, EventSink, Step};
 use otturnaut_steps::{BlueGreen, RetryPolicy, Strategy, undeploy_app};
@@ -79,11 +79,11 @@ async fn representative_fault_points_roll_back_or_leave_only_reported_residue() 
 async fn sigkilled_deploys_are_recovered_by_reconcile_or_the_next_deploy() {
     let seed = std::env::var("CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rng::seed_from_clock);
     eprintln!("crash trials: seed {seed} (CHAOS_SEED={seed} replays them)");
-    let world = World::new(bin::otturnaut()).await.expect("chaos world");
+    let mut world = World::new(bin::otturnaut()).await.expect("chaos world");
     let mut live = None;
     let mut failures = Vec::new();
     for trial in crash::plan(seed, 5) {
-        let row = crash::run(&world, trial, &mut live).await.unwrap_or_else(|e| panic!("trial {}: {e:#}", trial.n));
+        let row = crash::run(&mut world, trial, &mut live).await.unwrap_or_else(|e| panic!("trial {}: {e:#}", trial.n));
         eprintln!("{}", row.summary());
         if !row.problems.is_empty() {
             failures.push(format!("trial {} ({}): {}", trial.n, trial.kill.text(), row.problems.join("; ")));
@@ -93,6 +93,32 @@ async fn sigkilled_deploys_are_recovered_by_reconcile_or_the_next_deploy() {
         world.clean_up(&la.app).await.expect("cleaning up the live app");
     }
     assert!(failures.is_empty(), "seed {seed}: crash trials failed:\n{}", failures.join("\n"));
+}
+
+/// Durable truth: a Dockerfile whose `LABEL`s impersonate a live release
+/// changes nothing of it, and after Caddy restarts empty `reconcile` serves
+/// every app again from Docker's record, in one config write.
+#[tokio::test]
+async fn spoofed_labels_are_ignored_and_lost_routes_are_restored_by_reconcile() {
+    let mut world = World::new(bin::otturnaut()).await.expect("chaos world");
+    let mut slot = None;
+    let mut failures = Vec::new();
+    let spoof = infra::label_spoofing(&world, &mut slot).await;
+    let lost = infra::caddy_loses_its_config(&mut world, &mut slot).await;
+    for row in [spoof, lost] {
+        let row = row.unwrap_or_else(|e| panic!("harness: {e:#}"));
+        eprintln!(
+            "{}: exit {} prober {} {:?} {:?}",
+            row.name, row.exit, row.probes, row.verdict.problems, row.verdict.notes
+        );
+        if !row.verdict.passed() {
+            failures.push(format!("{}: {}", row.name, row.verdict.problems.join("; ")));
+        }
+    }
+    if let Some(la) = slot {
+        world.clean_up(&la.app).await.expect("cleaning up the live app");
+    }
+    assert!(failures.is_empty(), "durable-truth cases failed:\n{}", failures.join("\n"));
 }
 
 fn spec(app: &otturnaut_core::AppId, url: &str, git_ref: &str, domain: &str) -> DeploySpec {

@@ -662,3 +662,53 @@ async fn the_bundled_example_deploys() {
     assert!(body.contains("Hello from Otturnaut"), "{body}");
     h.run(&["undeploy", h.app.as_str()]).await.expect_code(0);
 }
+
+/// `deploy` of `h.app` from `url` for exactly `domains`.
+async fn deploy_for(h: &Harness, url: &str, domains: &[&str]) -> Run {
+    let mut args = vec!["deploy", h.app.as_str(), "--repo", url, "--container-port", "8080"];
+    for d in domains {
+        args.extend(["--domain", d]);
+    }
+    h.run(&args).await
+}
+
+/// Each domain has one owner (case-insensitively, identical wildcards too):
+/// a deploy claiming another app's domain exits 2 before anything is
+/// created. An exact host always beats a wildcard, whichever was deployed
+/// first, and falls back to the wildcard once its own app is gone.
+#[tokio::test]
+async fn a_domain_has_one_owner_and_an_exact_host_beats_a_wildcard() {
+    let wild = Harness::new("dom-wild", 21160).await;
+    let exact = Harness::new("dom-exact", 21180).await;
+    let rival = Harness::new("dom-rival", 21200).await;
+    let zone = format!("{}.localhost", wild.app);
+    let (star, x, y) = (format!("*.{zone}"), format!("x.{zone}"), format!("y.{zone}"));
+    let (wild_repo, exact_repo) = (serving_repo("wild"), serving_repo("exact"));
+
+    // The wildcard first, then the exact host.
+    deploy_for(&wild, &wild_repo.file_url(), &[&star]).await.expect_code(0);
+    deploy_for(&exact, &exact_repo.file_url(), &[&x]).await.expect_code(0);
+    assert_eq!(get_via(SHARED_LISTEN, &x).await.expect("x"), (200, "exact\n".to_owned()));
+    assert_eq!(get_via(SHARED_LISTEN, &y).await.expect("y"), (200, "wild\n".to_owned()));
+
+    // Claiming a taken domain: exit 2, naming the owner, nothing created.
+    for (claim, owner) in [(x.to_uppercase(), &exact.app), (star.clone(), &wild.app)] {
+        let run = deploy_for(&rival, &exact_repo.file_url(), &[&claim]).await;
+        run.expect_code(2);
+        assert!(run.stderr.contains(owner.as_str()), "the error names {owner}: {}", run.stderr);
+        assert!(rival.snapshot().await.is_empty(), "a refused deploy created something: {:?}", rival.snapshot().await);
+    }
+
+    // The wildcard redeployed after the exact host (its route is new): the
+    // exact host still wins.
+    wild.run(&["undeploy", wild.app.as_str()]).await.expect_code(0);
+    assert_eq!(get_via(SHARED_LISTEN, &x).await.expect("x"), (200, "exact\n".to_owned()));
+    deploy_for(&wild, &wild_repo.file_url(), &[&star]).await.expect_code(0);
+    assert_eq!(get_via(SHARED_LISTEN, &x).await.expect("x"), (200, "exact\n".to_owned()));
+    assert_eq!(get_via(SHARED_LISTEN, &y).await.expect("y"), (200, "wild\n".to_owned()));
+
+    // Without its exact app, the host falls to the wildcard.
+    exact.run(&["undeploy", exact.app.as_str()]).await.expect_code(0);
+    assert_eq!(get_via(SHARED_LISTEN, &x).await.expect("x"), (200, "wild\n".to_owned()));
+    wild.run(&["undeploy", wild.app.as_str()]).await.expect_code(0);
+}

@@ -58,7 +58,10 @@ impl ImageBuilder for Docker {
     async fn tag_image(&self, image: &str, tag: &str) -> Result<()> {
         let (repo, name) = tag.rsplit_once(':').unwrap_or((tag, "latest"));
         let options = TagImageOptionsBuilder::default().repo(repo).tag(name).build();
-        self.client.tag_image(image, Some(options)).await.map_err(|e| self.error(format!("tagging {image} as {tag}"), e))
+        self.client
+            .tag_image(image, Some(options))
+            .await
+            .map_err(|e| self.error(format!("tagging {image} as {tag}"), e))
     }
 
     async fn remove_image(&self, image: &str) -> Result<()> {
@@ -88,8 +91,8 @@ impl ImageBuilder for Docker {
                 let label = |key: &str| image.labels.get(key).map(String::as_str);
                 // Labels count only on an image the agent built for this very
                 // release; a prebuilt image's labels are its author's.
-                let ours = label(labels::APP) == Some(app.as_str())
-                    && label(labels::DEPLOYMENT) == Some(deployment.as_str());
+                let ours =
+                    label(labels::APP) == Some(app.as_str()) && label(labels::DEPLOYMENT) == Some(deployment.as_str());
                 let entry = found.entry((app.clone(), deployment.clone())).or_insert_with(|| ManagedImage {
                     id: image.id.clone(),
                     tags: Vec::new(),

@@ -40,6 +40,9 @@ impl Kill {
 pub enum Recover {
     Reconcile,
     NextDeploy,
+    /// Caddy restarted empty (losing every route), then `reconcile`: the last
+    /// committed release must be served, from Docker's record alone.
+    CaddyRestartThenReconcile,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -64,7 +67,8 @@ fn points(steps: &[Step]) -> Vec<(&'static str, &'static str)> {
 /// kill points dealt from shuffled lists of every step event so all phases
 /// are covered (0–100 ms after the event; 0–10 ms from the route switch on,
 /// whose steps take milliseconds); every fifth a random time (0–2 s)
-/// instead; recovery alternating.
+/// instead; recovery in turn by reconcile, the next deploy, and a Caddy
+/// restart (empty) then reconcile.
 pub fn plan(seed: u64, count: usize) -> Vec<Trial> {
     let mut rng = Rng::new(seed);
     let mut redeploy = points(&Step::ALL);
@@ -88,7 +92,11 @@ pub fn plan(seed: u64, count: usize) -> Vec<Trial> {
                 let late = Step::ALL.iter().any(|s| s.name() == step && *s >= Step::SwitchRoute);
                 Kill::After { kind, step, delay: if late { rng.millis(0, 10) } else { rng.millis(0, 100) } }
             };
-            let recover = if n % 2 == 0 { Recover::Reconcile } else { Recover::NextDeploy };
+            let recover = match n % 3 {
+                0 => Recover::Reconcile,
+                1 => Recover::NextDeploy,
+                _ => Recover::CaddyRestartThenReconcile,
+            };
             Trial { n, first: is_first, kill, recover }
         })
         .collect()
@@ -137,7 +145,7 @@ fn describe(v: &serde_json::Value) -> String {
     }
 }
 
-pub async fn run(world: &World, trial: Trial, live_app: &mut Option<LiveApp>) -> anyhow::Result<TrialRow> {
+pub async fn run(world: &mut World, trial: Trial, live_app: &mut Option<LiveApp>) -> anyhow::Result<TrialRow> {
     let started = Instant::now();
     let (app, old): (AppId, Option<Live>) = if trial.first {
         (world.app("k"), None)
@@ -175,7 +183,31 @@ pub async fn run(world: &World, trial: Trial, live_app: &mut Option<LiveApp>) ->
     let left_by_kill = world.observer.snapshot(&app).await?.orphans().len();
 
     let mut next_deployment = None;
+    // The commit point is the live mark, written by the step `record_state`.
+    let committed = killed_out.events.iter().any(|e| is_step_event(e, "step_finished", "record_state"));
     let next_version = match trial.recover {
+        Recover::CaddyRestartThenReconcile => {
+            prober.expect(Expect::Paused);
+            world.caddy.restart(false).await?;
+            let rec = world.reconcile(&app).await?;
+            if rec.code != Some(0) {
+                problems.push(format!("reconcile after the Caddy restart: {}", rec.summary()));
+            }
+            let last_committed =
+                if committed { killed_deployment.clone() } else { old.as_ref().map(|o| o.deployment.clone()) };
+            let live = world.observer.snapshot(&app).await?.live().map(|c| c.deployment.clone());
+            if live != last_committed {
+                problems.push(format!(
+                    "after the Caddy restart and reconcile, {live:?} is live, not the last committed {last_committed:?}"
+                ));
+            }
+            if let Some(version) = live.as_ref().and_then(|_| {
+                if committed { Some(new_version.to_owned()) } else { old.as_ref().map(|o| o.version.clone()) }
+            }) {
+                prober.expect(Expect::Version(version));
+            }
+            None
+        }
         Recover::Reconcile => {
             let rec = world.reconcile(&app).await?;
             if rec.code != Some(0) {

@@ -12,9 +12,13 @@ use anyhow::Context as _;
 
 use super::cases::LiveApp;
 use super::check::{self, Verdict, next_version};
+use super::cli::Outcome;
 use super::cli::is_step_event;
 use super::prober::{Expect, Prober};
+use super::snapshot::{Snapshot, diff};
 use super::world::{RUN_LIMIT, Src, World, via_caddy};
+use otturnaut_core::AppId;
+use otturnaut_tests::fixtures::Behaviour;
 
 #[derive(Clone, Debug)]
 pub struct InfraRow {
@@ -84,40 +88,260 @@ pub async fn caddy_dies_before_the_switch(world: &mut World, slot: &mut Option<L
     ))
 }
 
-/// Caddy restarted *without* its autosaved config: our server and routes
-/// are gone, the releases' containers still run and nothing routes to them.
-/// Must hold: the next deploy brings the app back. Recorded, not judged:
-/// what `reconcile` makes of it (by the rules, a release deployed with
-/// domains that Caddy does not route to is not live — a known limit).
-pub async fn caddy_loses_its_config(world: &mut World, slot: &mut Option<LiveApp>) -> anyhow::Result<InfraRow> {
-    let started = Instant::now();
-    let la = live_app(world, slot).await?;
-    let (app, live) = (la.app.clone(), la.live.clone());
-    world.caddy.restart(false).await?;
-    let mut v = Verdict::default();
-    let rec = world.reconcile(&app).await?;
+/// Config writes (admin API requests other than GET) in a Caddy log since
+/// `from` bytes.
+fn config_writes(log: &str, from: usize) -> usize {
+    log.get(from..)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            l.contains("received request") && !l.contains("\"method\": \"GET\"") && !l.contains("\"method\":\"GET\"")
+        })
+        .count()
+}
+
+/// Three live apps, for the cases that take every route away.
+async fn three_live_apps(world: &World, slot: &mut Option<LiveApp>) -> anyhow::Result<[LiveApp; 3]> {
+    let first = live_app(world, slot).await?;
+    Ok([first, LiveApp::new(world).await?, LiveApp::new(world).await?])
+}
+
+/// Serves every app again with `reconcile APP...` after Caddy came back
+/// empty, and checks: each app answers its live version, reconcile changed
+/// nothing in Docker (its routes are back as they were), every route came
+/// back in one Caddy config write.
+async fn reconcile_restores(
+    world: &World,
+    apps: &[LiveApp],
+    before: &[Snapshot],
+    v: &mut Verdict,
+) -> anyhow::Result<Outcome> {
+    let log_from = world.caddy.log().len();
+    let names: Vec<&AppId> = apps.iter().map(|la| &la.app).collect();
+    let rec = world.reconcile_apps(&names).await?;
     if rec.code != Some(0) {
         v.problem(format!("reconcile: {}", rec.summary()));
     }
-    let snap = world.observer.snapshot(&app).await?;
-    let survived = snap.containers.iter().any(|c| c.deployment == live.deployment && c.running);
-    v.notes.push(if survived {
-        "reconcile kept the unrouted release".to_owned()
-    } else {
-        "known limit: reconcile removed the still-running release, as nothing routes to it".to_owned()
-    });
-    // A deploy brings the app back in any case.
-    let new_version = next_version(Some(&live));
-    let out = world.deploy(&app, Src::Git(new_version), None).await?;
-    let mut after = Verdict::default();
-    let new = check::deployed(world, &app, None, &out, new_version, None, &mut after).await?;
-    v.problems.extend(after.problems);
-    *slot = new.map(|live| LiveApp { app, live });
+    let writes = config_writes(&world.caddy.log(), log_from);
+    if writes != 1 {
+        v.problem(format!("reconcile made {writes} Caddy config writes, not 1"));
+    }
+    for (la, before) in apps.iter().zip(before) {
+        match via_caddy(world, &la.app).await {
+            Some((200, body)) if body == la.live.version => {}
+            other => v.problem(format!("{} answers {other:?} after reconcile, not {}", la.app, la.live.version)),
+        }
+        let after = world.observer.snapshot(&la.app).await?;
+        let changes = diff(before, &after);
+        if !changes.is_empty() {
+            v.problem(format!("{}: reconcile changed {changes:?}", la.app));
+        }
+    }
+    v.notes.push(format!(
+        "reconcile of {} apps: {:.0} ms, {writes} config write(s)",
+        apps.len(),
+        rec.elapsed.as_secs_f64() * 1000.0
+    ));
+    Ok(rec)
+}
+
+/// Checks that no app answers through Caddy and that `status` says each is
+/// live with its route missing.
+async fn routes_are_gone(world: &World, apps: &[LiveApp], v: &mut Verdict) -> anyhow::Result<()> {
+    for la in apps {
+        if via_caddy(world, &la.app).await.is_some_and(|(s, _)| s == 200) {
+            v.problem(format!("{} still answers: Caddy kept its routes, so this case tests nothing", la.app));
+        }
+        let status = world.status(&la.app).await?;
+        if status["live"] != true || status["route_missing"] != true {
+            v.problem(format!("status of {} should say live, route missing: {status}", la.app));
+        }
+    }
+    Ok(())
+}
+
+async fn keep_first(world: &World, slot: &mut Option<LiveApp>, apps: [LiveApp; 3]) -> anyhow::Result<()> {
+    let [first, second, third] = apps;
+    world.clean_up(&second.app).await?;
+    world.clean_up(&third.app).await?;
+    *slot = Some(first);
+    Ok(())
+}
+
+/// Caddy restarted *without* its autosaved config (as Debian's unit and the
+/// dev Caddy run it) while three apps are live: nothing routes to them. The
+/// durable record is in Docker, so `reconcile` must serve all three again,
+/// in one config write, removing nothing.
+pub async fn caddy_loses_its_config(world: &mut World, slot: &mut Option<LiveApp>) -> anyhow::Result<InfraRow> {
+    let started = Instant::now();
+    let apps = three_live_apps(world, slot).await?;
+    let mut before = Vec::new();
+    for la in &apps {
+        before.push(world.observer.snapshot(&la.app).await?);
+    }
+    world.caddy.restart(false).await?;
+    let mut v = Verdict::default();
+    routes_are_gone(world, &apps, &mut v).await?;
+    let rec = reconcile_restores(world, &apps, &before, &mut v).await?;
+    keep_first(world, slot, apps).await?;
+    Ok(row("Caddy restarted empty (no --resume), 3 apps live: reconcile serves all", v, rec.code, "-".into(), started))
+}
+
+/// A simulated reboot: Docker and Caddy both stopped, then started again,
+/// Caddy empty. Docker brings the releases back (`unless-stopped`); the boot
+/// reconcile (what `otturnaut-reconcile.service` runs) must serve every app
+/// again without a redeploy. Only with `--docker-restart` (it restarts the
+/// dockerd that `cargo xtask services up` started).
+pub async fn reboot(world: &mut World, slot: &mut Option<LiveApp>, xtask: &str) -> anyhow::Result<InfraRow> {
+    let started = Instant::now();
+    let apps = three_live_apps(world, slot).await?;
+    let mut before = Vec::new();
+    for la in &apps {
+        before.push(world.observer.snapshot(&la.app).await?);
+    }
+    let mut v = Verdict::default();
+    world.caddy.kill();
+    stop_dockerd(&mut v).await?;
+    let up = Command::new(xtask).args(["services", "up"]).status().context("running xtask services up")?;
+    if !up.success() {
+        v.problem("`xtask services up` did not bring Docker back");
+    }
+    world.caddy.restart(false).await?;
+    // Docker restarts `unless-stopped` containers as it comes up.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut running = 0;
+        for la in &apps {
+            let snap = world.observer.snapshot(&la.app).await?;
+            running += snap.containers.iter().filter(|c| c.running && c.deployment == la.live.deployment).count();
+        }
+        if running == apps.len() || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Snapshots after the reboot: container states are as Docker left them.
+    let mut rebooted = Vec::new();
+    for la in &apps {
+        rebooted.push(world.observer.snapshot(&la.app).await?);
+    }
+    routes_are_gone(world, &apps, &mut v).await?;
+    let rec = reconcile_restores(world, &apps, &rebooted, &mut v).await?;
+    for (b, a) in before.iter().zip(&rebooted) {
+        let lost: Vec<String> =
+            diff(b, a).iter().filter(|c| !c.added && c.item.kind != "route").map(ToString::to_string).collect();
+        if !lost.is_empty() {
+            v.problem(format!("the reboot itself lost {lost:?}"));
+        }
+    }
+    keep_first(world, slot, apps).await?;
     Ok(row(
-        "Caddy restarted without --resume (config lost): reconcile, then a deploy",
+        "simulated reboot (Docker and Caddy restarted, Caddy empty): boot reconcile",
+        v,
+        rec.code,
+        "-".into(),
+        started,
+    ))
+}
+
+async fn stop_dockerd(v: &mut Verdict) -> anyhow::Result<()> {
+    let state = std::env::var("OTTURNAUT_DEV_STATE").unwrap_or_else(|_| "/var/lib/otturnaut-dev".into());
+    let pid_file = PathBuf::from(&state).join("run/docker.pid");
+    let pid = std::fs::read_to_string(&pid_file).with_context(|| {
+        format!("{} is missing: dockerd was not started by `cargo xtask services up`", pid_file.display())
+    })?;
+    let pid = pid.split_whitespace().next().unwrap_or_default().to_owned();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while PathBuf::from(format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if PathBuf::from(format!("/proc/{pid}")).exists() {
+        v.problem(format!("dockerd (pid {pid}) did not stop"));
+    }
+    Ok(())
+}
+
+/// A hostile repository whose Dockerfile's `LABEL`s claim to be the live
+/// release of another app (its app id, a deployment id, its host port), with
+/// a slow `RUN` after them: the legacy builder gives that step's intermediate
+/// container those labels. While it builds (as app `evil`), `reconcile
+/// victim`, `reconcile victim evil` and a deploy of the victim run. The
+/// victim must be untouched by the reconciles and serve throughout.
+pub async fn label_spoofing(world: &World, slot: &mut Option<LiveApp>) -> anyhow::Result<InfraRow> {
+    let started = Instant::now();
+    let la = live_app(world, slot).await?;
+    let (victim, live) = (la.app.clone(), la.live.clone());
+    let spoof = Behaviour::Spoof {
+        victim: victim.to_string(),
+        deployment: otturnaut_core::DeploymentId::generate().to_string(),
+        host_port: live.port,
+        secs: 60,
+    };
+    let spoof_ref = format!("spoof-{victim}");
+    world.add_ref(&spoof_ref, &spoof);
+    let evil = world.app("evil");
+    let mut v = Verdict::default();
+    let before = world.observer.snapshot(&victim).await?;
+    let prober = Prober::start(world.listen(), &World::domain(&victim), Expect::Version(live.version.clone()));
+    let mut building = world.cli.spawn(&world.deploy_args(&evil, Src::Git(&spoof_ref), &[]), None)?;
+    if building.wait_for(|e| is_step_event(e, "step_started", "build"), RUN_LIMIT).await.is_none() {
+        v.problem("the spoofing build never started");
+    }
+    // Wait until the spoofing intermediate container exists.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut spoofing = false;
+    while !spoofing && Instant::now() < deadline {
+        let out = Command::new("docker")
+            .args([
+                "ps",
+                "-q",
+                "--filter",
+                &format!("label=otturnaut.app={victim}"),
+                "--filter",
+                &format!("label=otturnaut.host_port={}", live.port),
+            ])
+            .output()
+            .context("running docker ps")?;
+        spoofing = String::from_utf8_lossy(&out.stdout).lines().count() > 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if !spoofing {
+        v.problem("no intermediate container carried the spoofed labels: the case tests nothing");
+    }
+    for apps in [vec![&victim], vec![&victim, &evil]] {
+        let rec = world.reconcile_apps(&apps).await?;
+        if rec.code != Some(0) {
+            v.problem(format!("reconcile {apps:?}: {}", rec.summary()));
+        }
+        let now = world.observer.snapshot(&victim).await?;
+        let changes = diff(&before, &now);
+        if !changes.is_empty() {
+            v.problem(format!("reconcile {apps:?} changed the victim: {changes:?}"));
+        }
+    }
+    let new_version = next_version(Some(&live));
+    prober.expect(Expect::Anything);
+    let out = world.deploy(&victim, Src::Git(new_version), None).await?;
+    let mut after = Verdict::default();
+    let new = check::deployed(world, &victim, Some(&live), &out, new_version, None, &mut after).await?;
+    v.absorb(after);
+    building.signal("INT")?;
+    let evil_out = building.finish(RUN_LIMIT).await;
+    let probes = prober.stop().await;
+    if probes.errors > 0 {
+        v.problem(format!("the victim failed {} of {} requests: {}", probes.errors, probes.total, probes.trail_text()));
+    }
+    if !matches!(evil_out.code, Some(1)) {
+        v.notes.push(format!("the interrupted spoofing deploy: {}", evil_out.summary()));
+    }
+    *slot = new.map(|live| LiveApp { app: victim, live });
+    let _ = world.clean_up(&evil).await;
+    Ok(row(
+        "Dockerfile LABELs spoof another app's release during its build",
         v,
         out.code,
-        "-".into(),
+        format!("{}/{}", probes.errors, probes.total),
         started,
     ))
 }

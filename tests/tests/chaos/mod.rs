@@ -112,7 +112,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
 
     let mut crash_live = None;
     for trial in crash::plan(opts.seed, opts.trials) {
-        match crash::run(&world, trial, &mut crash_live).await {
+        match crash::run(&mut world, trial, &mut crash_live).await {
             Ok(row) => {
                 println!(
                     "{} {}",
@@ -142,8 +142,10 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     infra_rows.push(infra::disk_full(&world, &mut slot).await);
     infra_rows.push(infra::sigint_during_build(&world, &mut slot).await);
     infra_rows.push(infra::sigterm_during_health_check(&world, &mut slot).await);
+    infra_rows.push(infra::label_spoofing(&world, &mut slot).await);
     if let Some(xtask) = &opts.docker_restart {
         infra_rows.push(infra::docker_restarts_during_the_health_check(&world, &mut slot, xtask).await);
+        infra_rows.push(infra::reboot(&mut world, &mut slot, xtask).await);
     }
     // Last: it replaces Caddy's config.
     infra_rows.push(infra::caddy_loses_its_config(&mut world, &mut slot).await);

@@ -116,6 +116,7 @@ impl Report {
                 let recovery = match t.trial.recover {
                     Recover::Reconcile => "reconcile",
                     Recover::NextDeploy => "next deploy",
+                    Recover::CaddyRestartThenReconcile => "Caddy restarted empty, reconcile",
                 };
                 let point = if t.killed {
                     t.trial.kill.text()

@@ -199,6 +199,28 @@ impl World {
         self.cli.run(&["reconcile".into(), app.to_string(), "--json".into()], None, RUN_LIMIT).await
     }
 
+    /// `otturnaut reconcile APP...`: these apps together (one Caddy write
+    /// restores all their routes), never other worlds' apps on this daemon.
+    pub async fn reconcile_apps(&self, apps: &[&AppId]) -> anyhow::Result<Outcome> {
+        let mut args = vec!["reconcile".to_owned(), "--json".to_owned()];
+        args.extend(apps.iter().map(|a| a.to_string()));
+        self.cli.run(&args, None, RUN_LIMIT).await
+    }
+
+    /// `otturnaut status APP --json`: the app's one status object.
+    pub async fn status(&self, app: &AppId) -> anyhow::Result<serde_json::Value> {
+        let out = self.cli.run(&["status".into(), app.to_string(), "--json".into()], None, RUN_LIMIT).await?;
+        // The one JSON line is an array, so the harness files it with the events.
+        let all = out.events.last().with_context(|| format!("status --json printed nothing: {}", out.summary()))?;
+        all.get(0).cloned().with_context(|| format!("status --json printed no app: {all}"))
+    }
+
+    /// Commits `behaviour` as the fixture repository's ref `name`.
+    pub fn add_ref(&self, name: &str, behaviour: &Behaviour) {
+        self.repo.commit_with(name, |dir| write_context(dir, behaviour));
+        self.repo.tag(name);
+    }
+
     pub async fn undeploy(&self, app: &AppId) -> anyhow::Result<Outcome> {
         self.cli.run(&["undeploy".into(), app.to_string(), "--json".into()], None, RUN_LIMIT).await
     }
