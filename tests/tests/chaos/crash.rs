@@ -189,7 +189,10 @@ pub async fn run(world: &mut World, trial: Trial, live_app: &mut Option<LiveApp>
         Recover::CaddyRestartThenReconcile => {
             prober.expect(Expect::Paused);
             world.caddy.restart(false).await?;
-            let rec = world.reconcile(&app).await?;
+            // Every app of this Caddy lost its route: the shared live app too.
+            let mut apps = vec![&app];
+            apps.extend(live_app.as_ref().map(|la| &la.app).filter(|a| **a != app));
+            let rec = world.reconcile_apps(&apps).await?;
             if rec.code != Some(0) {
                 problems.push(format!("reconcile after the Caddy restart: {}", rec.summary()));
             }

@@ -299,7 +299,10 @@ pub async fn sweep(adapters: &Adapters) -> Result<usize> {
     }
     for i in adapters.builder.list_images(None).await? {
         if i.app.as_str().starts_with(APP_PREFIX) {
-            adapters.builder.remove_image(&i.id).await?;
+            // By tag: a prebuilt release's id is the shared fixture image.
+            for tag in &i.tags {
+                adapters.builder.remove_image(tag).await?;
+            }
             removed += 1;
         }
     }

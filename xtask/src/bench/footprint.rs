@@ -1,5 +1,7 @@
 //! Footprint: the size of the `otturnaut` binary, the peak memory of a
-//! deploy, and how long `otturnaut status` takes with many apps.
+//! deploy, how long `otturnaut status` takes with many apps, and how long
+//! `otturnaut reconcile` takes to route all of them again after Caddy lost
+//! every route (one config write).
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +21,9 @@ pub struct Footprint {
     pub status_apps: usize,
     pub status: Vec<Duration>,
     pub status_peak_kib: u64,
+    /// `otturnaut reconcile APP...` of every app after Caddy lost all their
+    /// routes: each run restores all `status_apps` routes.
+    pub restore: Vec<Duration>,
 }
 
 pub async fn run(rig: &Rig, cli: &Cli, status_apps: usize) -> Result<Footprint> {
@@ -66,8 +71,39 @@ pub async fn run(rig: &Rig, cli: &Cli, status_apps: usize) -> Result<Footprint> 
     if let Ok((kib, _)) = timed_run(cli, &args).await {
         status_peak_kib = kib;
     }
+    let mut restore = Vec::new();
+    for _ in 0..3 {
+        restore.push(restore_all(rig, cli, &apps).await?);
+    }
     rig.undeploy_all(&apps).await?;
-    Ok(Footprint { binary_bytes, deploy_peak_kib, deploy_wall, status_apps, status, status_peak_kib })
+    Ok(Footprint { binary_bytes, deploy_peak_kib, deploy_wall, status_apps, status, status_peak_kib, restore })
+}
+
+/// Empties our server's route list (as a Caddy restart without `--resume`
+/// does), then times `otturnaut reconcile` of every app and checks that every
+/// route is back.
+async fn restore_all(rig: &Rig, cli: &Cli, apps: &[otturnaut_core::AppId]) -> Result<Duration> {
+    let url = format!("{}/config/apps/http/servers/otturnaut/routes", rig.caddy.admin_url);
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let emptied = client.patch(&url).json(&serde_json::json!([])).send().await?;
+    if !emptied.status().is_success() {
+        bail!("emptying the route list: Caddy answered {}", emptied.status());
+    }
+    let mut args = vec!["reconcile".to_owned(), "--json".to_owned()];
+    args.extend(apps.iter().map(ToString::to_string));
+    let t0 = Instant::now();
+    let out = tokio::time::timeout(Duration::from_secs(120), cli.command(&args).output())
+        .await
+        .context("otturnaut reconcile took more than 120 s")??;
+    let took = t0.elapsed();
+    if !out.status.success() {
+        bail!("otturnaut reconcile failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    let routed = rig.agent.caddy.list_routes().await?.into_iter().filter(|(a, _)| apps.contains(a)).count();
+    if routed != apps.len() {
+        bail!("after reconcile {routed} of {} apps have a route", apps.len());
+    }
+    Ok(took)
 }
 
 /// How many apps a `status --json` document lists (an array, or an object

@@ -603,6 +603,13 @@ impl Results {
             ms_opt(median(&f.status))
         );
         let _ = writeln!(w, "| Peak RSS of that `otturnaut status` | {:.1} MiB |", f.status_peak_kib as f64 / 1024.0);
+        let _ = writeln!(
+            w,
+            "| `otturnaut reconcile` restoring all {} routes after Caddy lost them (median of {}; target ≤ 2 s) | {} ms |",
+            f.status_apps,
+            f.restore.len(),
+            ms_opt(median(&f.restore))
+        );
         let _ = writeln!(w);
     }
 }
