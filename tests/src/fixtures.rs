@@ -247,7 +247,7 @@ async fn remove_everything_of(app: &AppId, extra: &[String]) -> anyhow::Result<(
         docker.remove_image(&tag).await?;
     }
     for image in extra {
-        match docker.client().remove_image(&image, force(), None).await {
+        match docker.client().remove_image(image, force(), None).await {
             Ok(_) => {}
             Err(otturnaut_adapters::docker::bollard::errors::Error::DockerResponseServerError {
                 status_code: 404,

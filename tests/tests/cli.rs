@@ -712,3 +712,20 @@ async fn a_domain_has_one_owner_and_an_exact_host_beats_a_wildcard() {
     assert_eq!(get_via(SHARED_LISTEN, &x).await.expect("x"), (200, "wild\n".to_owned()));
     wild.run(&["undeploy", wild.app.as_str()]).await.expect_code(0);
 }
+
+/// The boot unit README.md documents runs `otturnaut reconcile` after Docker
+/// and Caddy, and tries again while they are still starting.
+#[test]
+fn the_boot_unit_reconciles_after_docker_and_caddy() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dist/systemd/otturnaut-reconcile.service");
+    let unit = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let value = |key: &str| -> Vec<String> {
+        unit.lines().filter_map(|l| l.strip_prefix(key)?.strip_prefix('=')).map(str::to_owned).collect()
+    };
+    assert_eq!(value("ExecStart"), ["/usr/local/bin/otturnaut reconcile"]);
+    let after = value("After").join(" ");
+    assert!(after.contains("docker.service") && after.contains("caddy.service"), "{after}");
+    assert_eq!(value("Type"), ["oneshot"]);
+    assert_eq!(value("Restart"), ["on-failure"]);
+    assert_eq!(value("WantedBy"), ["multi-user.target"]);
+}

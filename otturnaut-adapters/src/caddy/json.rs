@@ -260,6 +260,26 @@ mod tests {
     }
 
     #[test]
+    fn wildcard_routes_exclude_the_exact_hosts_of_other_apps() {
+        let app = |s: &str| s.parse::<AppId>().expect("valid app");
+        let (wild, exact, mixed) = (app("wild"), app("exact"), app("mixed"));
+        let w = domains(&["*.example.com"]);
+        let e = domains(&["a.example.com", "other.test"]);
+        let m = domains(&["example.com", "*.other.test", "b.example.com"]);
+        let routes = [(&wild, w.as_slice()), (&exact, e.as_slice()), (&mixed, m.as_slice())];
+        assert_eq!(
+            exclusions(&routes),
+            vec![domains(&["a.example.com", "b.example.com"]), vec![], vec![]],
+            "only wildcards exclude; `*.other.test` does not cover `other.test`"
+        );
+        let r = route("x", &w, "127.0.0.1", port(10000), None, &domains(&["a.example.com"]));
+        assert_eq!(r["match"][0]["not"], json!([{ "host": ["a.example.com"] }]));
+        assert_eq!(excluded(&r), domains(&["a.example.com"]));
+        assert_eq!(parse_route(&r).map(|t| t.domains), Ok(w), "exclusions are not the route's domains");
+        assert!(route("x", &e, "127.0.0.1", port(10000), None, &[])["match"][0].get("not").is_none());
+    }
+
+    #[test]
     fn route_ids_map_back_to_apps() {
         let app: AppId = "shop".parse().expect("valid app");
         assert_eq!(app_of_route_id(&route_id(&app)), Some(app));
