@@ -42,10 +42,13 @@ daemon, through the `otturnaut` binary built with `--features faults` (OTTURNAUT
      an app with a live release, with a prober requesting the live release through Caddy every
      50 ms and before/after snapshots of containers, images, routes and files;
   2. SIGKILL crash trials at seeded points of the deploy's event stream, recovered by
-     `otturnaut reconcile APP` or by the next deploy;
-  3. Caddy killed before the route switch, Caddy restarted without its config, a crash-looping
-     release, a failing build, a full work dir, signals during a real build and health check
-     (and with --docker-restart, the Docker daemon restarted during a health check).
+     `otturnaut reconcile APP`, by the next deploy, or by an empty Caddy restart and reconcile
+     (the last committed release must be served);
+  3. Caddy killed before the route switch, Caddy restarted without its config with three apps
+     live (reconcile must serve all three in one config write), a Dockerfile whose LABELs
+     impersonate another app's release, a crash-looping release, a failing build, a full work
+     dir, signals during a real build and health check (and with --docker-restart, the Docker
+     daemon restarted during a health check, and a simulated reboot with the boot reconcile).
 
 Prints a table per part and writes it as Markdown (see RELIABILITY.md). Exits non-zero if any
 case failed. Takes about 8 minutes (--quick: about 3).
