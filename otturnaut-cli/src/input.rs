@@ -223,7 +223,7 @@ mod tests {
         );
         match &spec.source {
             Source::Git { url, git_ref, dockerfile, build_args, .. } => {
-                assert_eq!(url.as_str(), "file:///srv/shop");
+                assert_eq!(url.expose(), "file:///srv/shop");
                 assert_eq!(git_ref.as_str(), "v1.2");
                 assert_eq!(dockerfile.as_str(), "Dockerfile");
                 assert_eq!(build_args.get("TOKEN").map(Secret::expose), Some("s3cret"));

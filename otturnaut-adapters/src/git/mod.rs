@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use otturnaut_core::traits::{FetchRequest, FetchedSource, SourceFetcher};
-use otturnaut_core::{AppId, CommitSha, DeploymentId, Error, Result, Service, Transport};
+use otturnaut_core::{AppId, CommitSha, DeploymentId, Error, RepoUrl, Result, Service, Transport};
 
 use clone::{Failure, FailureKind};
 
@@ -236,7 +236,7 @@ impl SourceFetcher for GitFetcher {
 
         tracing::info!(app = %req.app, deployment = %req.deployment, url = %shown_url, git_ref = %req.git_ref, "cloning");
         let mut task = tokio::task::spawn_blocking({
-            let url = req.url.as_str().to_owned();
+            let url = req.url.expose().to_owned();
             let git_ref = req.git_ref.clone();
             let partial = partial.clone();
             let interrupt = leftovers.interrupt.clone();
@@ -335,7 +335,7 @@ impl SourceFetcher for GitFetcher {
 
 fn to_error(failure: Failure, req: &FetchRequest, operation: String) -> Error {
     let shown_url = req.url.redacted();
-    let detail = scrub(&failure.detail, req.url.as_str());
+    let detail = scrub(&failure.detail, &req.url);
     match failure.kind {
         FailureKind::RefNotFound => Error::failed(operation, format!("ref '{}' not found in {shown_url}", req.git_ref)),
         FailureKind::CommitRefused => Error::failed(
@@ -356,19 +356,13 @@ fn to_error(failure: Failure, req: &FetchRequest, operation: String) -> Error {
     }
 }
 
-/// Removes the password of `url` (if it has one) from gix's messages, which
-/// may quote the URL verbatim.
-fn scrub(detail: &str, url: &str) -> String {
-    let password = url
-        .split_once("://")
-        .and_then(|(_, rest)| rest.split('/').next())
-        .and_then(|authority| authority.rsplit_once('@'))
-        .and_then(|(userinfo, _)| userinfo.split_once(':'))
-        .map(|(_, password)| password)
-        .filter(|p| !p.is_empty());
-    match password {
-        Some(p) => detail.replace(p, "***"),
-        None => detail.to_owned(),
+/// Removes the credentials of `url` (a password, or a token given as the
+/// user) from gix's messages, which may quote the URL verbatim or in part.
+fn scrub(detail: &str, url: &RepoUrl) -> String {
+    let detail = detail.replace(url.expose(), &url.redacted());
+    match url.credential() {
+        Some(secret) => detail.replace(secret, otturnaut_core::REDACTED),
+        None => detail,
     }
 }
 
@@ -397,10 +391,12 @@ mod tests {
 
     #[test]
     fn passwords_are_scrubbed() {
+        let url = |s: &str| RepoUrl::try_from(s).expect("valid");
         assert_eq!(
-            scrub("cannot reach https://bot:s3cr3t@h/r", "https://bot:s3cr3t@h/r"),
+            scrub("cannot reach https://bot:s3cr3t@h/r", &url("https://bot:s3cr3t@h/r")),
             "cannot reach https://bot:***@h/r"
         );
-        assert_eq!(scrub("x git@h:r", "git@h:r"), "x git@h:r");
+        assert_eq!(scrub("user T0KEN refused", &url("https://T0KEN@h/r")), "user *** refused");
+        assert_eq!(scrub("x git@h:r", &url("git@h:r")), "x git@h:r");
     }
 }
