@@ -93,6 +93,7 @@ pub async fn reconcile(global: &GlobalArgs, app: Option<&str>, json: bool) -> Ex
 async fn run_reconcile(global: &GlobalArgs, only: Option<&str>, out: &Out) -> Result<Exit, Fatal> {
     let settings = settings(global)?;
     let only = only.map(input::app_id).transpose()?;
+    crate::workdir::prepare(&settings.agent.work_dir)?;
     let agent = connect(&settings.agent).await?;
     let apps = match only {
         Some(app) => std::collections::BTreeSet::from([app]),
