@@ -10,7 +10,12 @@
 //!   winding down can only ever delete its own partial directory.
 //! - `ssh/{app}-{deployment}.key`: the deploy key, present only while its
 //!   fetch runs; `ssh/{app}-{deployment}.log`: ssh's stderr, likewise.
-//! - `ssh/known_hosts`: host keys learnt on first use, so `~/.ssh` is left alone.
+//! - `ssh/known_hosts`: host keys learnt on first use (mode 0600), so `~/.ssh`
+//!   is left alone; or, with [`GitFetcher::with_known_hosts`], a file of
+//!   pinned keys, and an unknown host is refused.
+//!
+//! `src/` and `ssh/` are created mode 0700, so checkouts (which may hold
+//! secrets of the repository) and keys are readable by the agent's user only.
 //!
 //! gix's client is blocking, so it runs on tokio's blocking pool and is
 //! stopped through its interrupt flag on timeout or when the fetch future is
@@ -41,6 +46,8 @@ const INTERRUPT_GRACE: Duration = Duration::from_millis(500);
 #[derive(Debug, Clone)]
 pub struct GitFetcher {
     work_dir: PathBuf,
+    /// Pinned SSH host keys; `None`: trust on first use.
+    known_hosts: Option<PathBuf>,
 }
 
 /// A checkout found on disk, as named by [`GitFetcher`].
@@ -55,7 +62,15 @@ pub struct FetchedDir {
 
 impl GitFetcher {
     pub fn new(work_dir: impl Into<PathBuf>) -> Self {
-        GitFetcher { work_dir: work_dir.into() }
+        GitFetcher { work_dir: work_dir.into(), known_hosts: None }
+    }
+
+    /// Checks SSH host keys against `file` (OpenSSH known_hosts format) only:
+    /// a host not in it is refused. Without it, a host's key is learnt on
+    /// first use into `ssh/known_hosts` and checked from then on.
+    pub fn with_known_hosts(mut self, file: Option<PathBuf>) -> Self {
+        self.known_hosts = file;
+        self
     }
 
     /// Where checkouts go: `{work_dir}/src`.
@@ -143,6 +158,12 @@ fn parse_dir_name(name: &str) -> Option<(AppId, DeploymentId)> {
     Some((app.parse().ok()?, deployment.parse().ok()?))
 }
 
+/// Creates `dir` and any missing parents with mode 0700.
+fn private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
 fn remove_dir_quietly(dir: &Path) -> io::Result<()> {
     match fs::remove_dir_all(dir) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -216,12 +237,15 @@ impl SourceFetcher for GitFetcher {
             leftovers.files.push(stderr_log.clone());
             ssh::remove_file_quietly(&stderr_log);
             ssh_log = Some(stderr_log.clone());
-            let options = ssh::SshOptions {
-                known_hosts: ssh_dir.join("known_hosts"),
-                key,
-                stderr_log,
-                connect_timeout: req.timeout,
+            let (known_hosts, pinned) = match &self.known_hosts {
+                Some(file) => (file.clone(), true),
+                None => {
+                    let file = ssh_dir.join("known_hosts");
+                    ssh::ensure_private_file(&file)?;
+                    (file, false)
+                }
             };
+            let options = ssh::SshOptions { known_hosts, pinned, key, stderr_log, connect_timeout: req.timeout };
             config.push(format!("core.sshCommand={}", options.command()));
             config.push("ssh.variant=ssh".to_owned());
         } else if req.ssh_key.is_some() {
@@ -231,7 +255,7 @@ impl SourceFetcher for GitFetcher {
         let src = self.src_dir();
         let partial = self.partial_dir(&req.app, &req.deployment);
         leftovers.dir = Some(partial.clone());
-        fs::create_dir_all(&partial)
+        private_dir(&partial)
             .map_err(|e| Error::failed(format!("creating {} in {}", partial.display(), src.display()), e))?;
 
         tracing::info!(app = %req.app, deployment = %req.deployment, url = %shown_url, git_ref = %req.git_ref, "cloning");
