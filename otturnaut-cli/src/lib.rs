@@ -10,6 +10,8 @@ mod deploy;
 mod exit;
 mod faults;
 mod files;
+#[cfg(test)]
+mod fuzz;
 mod host;
 mod input;
 mod lock;
