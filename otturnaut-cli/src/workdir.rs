@@ -21,9 +21,17 @@ pub const SUBDIRS: [&str; 3] = ["locks", "src", "ssh"];
 /// Creates (0700) or checks the work dir and its subdirectories.
 pub fn prepare(work_dir: &Path) -> Result<(), Invalid> {
     let uid = effective_uid().map_err(|e| Invalid::new("--work-dir", format!("cannot tell who we run as: {e}")))?;
-    check_or_create(work_dir, uid)?;
-    for sub in SUBDIRS {
-        check_or_create(&work_dir.join(sub), uid)?;
+    let dirs: Vec<_> = std::iter::once(work_dir.to_path_buf()).chain(SUBDIRS.map(|s| work_dir.join(s))).collect();
+    // Every existing directory is checked before any is created: a refusal
+    // leaves the host as it was.
+    for dir in &dirs {
+        if let Ok(meta) = fs::symlink_metadata(dir) {
+            check(&meta, uid)
+                .map_err(|why| Invalid::new("--work-dir", format!("{}: {why}; refusing to use it", dir.display())))?;
+        }
+    }
+    for dir in &dirs {
+        check_or_create(dir, uid)?;
     }
     Ok(())
 }
