@@ -390,3 +390,46 @@ async fn a_registry_that_never_answers_is_given_up_on_after_the_pull_timeout() {
     assert!(run.elapsed < Duration::from_secs(30), "{:?}", run.elapsed);
     assert_eq!(h.containers().await, 0);
 }
+
+#[tokio::test]
+async fn ssh_host_keys_are_learnt_into_a_private_file_or_pinned() {
+    use otturnaut_adapters::git::GitFetcher;
+    use otturnaut_core::traits::{FetchRequest, SourceFetcher};
+    use otturnaut_tests::gitfix::SshServer;
+    use std::os::unix::fs::PermissionsExt;
+
+    let repo = GitRepo::with_files([("app.txt", "over ssh\n")]);
+    let sshd = SshServer::start();
+    let request = || FetchRequest {
+        app: unique_app("hard-ssh"),
+        deployment: DeploymentId::generate(),
+        url: otturnaut_core::RepoUrl::parse_allowing_file(&sshd.url(&repo)).expect("url"),
+        git_ref: "main".parse().expect("ref"),
+        ssh_key: Some(otturnaut_core::Secret::new(sshd.client_key())),
+        timeout: Duration::from_secs(60),
+    };
+    let mode = |p: &Path| std::fs::metadata(p).expect("exists").permissions().mode() & 0o777;
+
+    // Trust on first use: the key is learnt into our own known_hosts, 0600.
+    let work = tempfile::tempdir().expect("work");
+    let tofu = GitFetcher::new(work.path().join("w"));
+    let got = tofu.fetch(&request()).await.unwrap_or_else(|e| panic!("ssh clone: {e}\n{}", sshd.log()));
+    let known_hosts = tofu.ssh_dir().join("known_hosts");
+    assert_eq!(mode(&known_hosts), 0o600);
+    assert!(std::fs::read_to_string(&known_hosts).expect("read").contains("ssh-"), "the host key was learnt");
+    assert_eq!(mode(&tofu.src_dir()), 0o700);
+    assert_eq!(mode(&tofu.ssh_dir()), 0o700);
+    assert_eq!(mode(&got.dir), 0o700, "the checkout is private");
+
+    // Pinned to a file that does not list the host: refused.
+    let empty = work.path().join("pinned-empty");
+    std::fs::write(&empty, "").expect("write");
+    let pinned = GitFetcher::new(work.path().join("p")).with_known_hosts(Some(empty.clone()));
+    let err = pinned.fetch(&request()).await.expect_err("an unknown host is refused");
+    assert!(format!("{err}").contains("Host key verification failed"), "{err}");
+    assert_eq!(std::fs::read_to_string(&empty).expect("read"), "", "a pinned file is never written");
+
+    // Pinned to the learnt key: accepted.
+    let trusted = GitFetcher::new(work.path().join("t")).with_known_hosts(Some(known_hosts));
+    trusted.fetch(&request()).await.unwrap_or_else(|e| panic!("pinned clone: {e}"));
+}
