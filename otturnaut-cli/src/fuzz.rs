@@ -88,7 +88,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
     #[test]
-    fn deploy_inputs_never_panic_and_every_rejection_exits_2(s in hostile(), which in 0usize..12) {
+    fn deploy_inputs_never_panic_and_every_rejection_exits_2(s in hostile(), which in 0usize..13) {
         let mut argv = base(if which < 6 { "repo" } else { "image" });
         match which {
             0 => argv[0] = format!("--repo={s}"),
@@ -102,11 +102,12 @@ proptest! {
             8 => argv.push(format!("--env={s}S3CRET")),
             9 => argv.push(format!("--health-timeout={s}")),
             10 => argv.push(format!("--health={s}")),
-            _ => argv.push(format!("--pull-timeout={s}")),
+            11 => argv.push(format!("--pull-timeout={s}")),
+            _ => {}
         }
         // The app id is positional: after `--` nothing is an option.
         argv.push("--".into());
-        argv.push(if which == 1 { s.clone() } else { "app".into() });
+        argv.push(if which == 12 { s.clone() } else { "app".into() });
         deploy_with(&argv)?;
     }
 
