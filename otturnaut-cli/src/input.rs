@@ -153,10 +153,11 @@ fn name_like_prefix(raw: &str) -> String {
 }
 
 fn env_name(key: &str) -> Result<EnvName, String> {
-    key.parse::<EnvName>().map_err(|_| {
+    key.parse::<EnvName>().map_err(|e| {
         let shown = name_like_prefix(key);
         if shown.len() == key.len() {
-            format!("{shown:?} is not a valid name: letters, digits and '_', not starting with a digit")
+            // Only letters, digits and '_': nothing in it can be a value.
+            e.to_string()
         } else {
             format!(
                 "the name starting {shown:?} holds a character other than letters, digits and '_' \
