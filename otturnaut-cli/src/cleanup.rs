@@ -93,8 +93,9 @@ pub async fn reconcile(global: &GlobalArgs, app: Option<&str>, json: bool) -> Ex
 async fn run_reconcile(global: &GlobalArgs, only: Option<&str>, out: &Out) -> Result<Exit, Fatal> {
     let settings = settings(global)?;
     let only = only.map(input::app_id).transpose()?;
-    crate::workdir::prepare(&settings.agent.work_dir)?;
+    crate::workdir::check_existing(&settings.agent.work_dir)?;
     let agent = connect(&settings.agent).await?;
+    crate::workdir::prepare(&settings.agent.work_dir)?;
     let apps = match only {
         Some(app) => std::collections::BTreeSet::from([app]),
         None => {

@@ -83,7 +83,7 @@ async fn deploy(global: &GlobalArgs, args: &DeployArgs, out: &mut Out) -> Result
     // Everything is checked before anything connects or is created.
     let settings = settings(global)?;
     let spec = input::deploy_spec(args)?;
-    crate::workdir::prepare(&settings.agent.work_dir)?;
+    crate::workdir::check_existing(&settings.agent.work_dir)?;
     let agent = connect(&settings.agent).await?;
     agent.prepare().await.map_err(|e| Fatal::service("setting up our Caddy server", &e))?;
     if let Some(message) = crate::host::migrate_req_warning(&settings.agent.caddy_admin) {

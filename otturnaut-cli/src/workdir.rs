@@ -18,22 +18,37 @@ use crate::exit::Invalid;
 /// The subdirectories the agent writes to.
 pub const SUBDIRS: [&str; 3] = ["locks", "src", "ssh"];
 
-/// Creates (0700) or checks the work dir and its subdirectories.
-pub fn prepare(work_dir: &Path) -> Result<(), Invalid> {
-    let uid = effective_uid().map_err(|e| Invalid::new("--work-dir", format!("cannot tell who we run as: {e}")))?;
-    let dirs: Vec<_> = std::iter::once(work_dir.to_path_buf()).chain(SUBDIRS.map(|s| work_dir.join(s))).collect();
-    // Every existing directory is checked before any is created: a refusal
-    // leaves the host as it was.
-    for dir in &dirs {
-        if let Ok(meta) = fs::symlink_metadata(dir) {
+/// Checks the work dir and its subdirectories that exist, creating
+/// nothing: run with the other input checks, before anything connects.
+pub fn check_existing(work_dir: &Path) -> Result<(), Invalid> {
+    let uid = our_uid()?;
+    for dir in dirs(work_dir) {
+        if let Ok(meta) = fs::symlink_metadata(&dir) {
             check(&meta, uid)
                 .map_err(|why| Invalid::new("--work-dir", format!("{}: {why}; refusing to use it", dir.display())))?;
         }
     }
-    for dir in &dirs {
-        check_or_create(dir, uid)?;
+    Ok(())
+}
+
+/// Creates (0700) or checks the work dir and its subdirectories. Every
+/// existing directory is checked before any is created: a refusal leaves
+/// the host as it was.
+pub fn prepare(work_dir: &Path) -> Result<(), Invalid> {
+    check_existing(work_dir)?;
+    let uid = our_uid()?;
+    for dir in dirs(work_dir) {
+        check_or_create(&dir, uid)?;
     }
     Ok(())
+}
+
+fn dirs(work_dir: &Path) -> Vec<std::path::PathBuf> {
+    std::iter::once(work_dir.to_path_buf()).chain(SUBDIRS.map(|s| work_dir.join(s))).collect()
+}
+
+fn our_uid() -> Result<u32, Invalid> {
+    effective_uid().map_err(|e| Invalid::new("--work-dir", format!("cannot tell who we run as: {e}")))
 }
 
 fn check_or_create(dir: &Path, uid: u32) -> Result<(), Invalid> {
