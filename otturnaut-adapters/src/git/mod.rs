@@ -158,6 +158,21 @@ fn parse_dir_name(name: &str) -> Option<(AppId, DeploymentId)> {
     Some((app.parse().ok()?, deployment.parse().ok()?))
 }
 
+/// How much of ssh's stderr is read for an error message: the remote side
+/// writes to it too, as much as it likes.
+const SSH_LOG_TAIL: u64 = 16 * 1024;
+
+/// The last `max` bytes of `path`, as text.
+fn read_tail(path: &Path, max: u64) -> io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(max)))?;
+    let mut bytes = Vec::new();
+    file.take(max).read_to_end(&mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 /// Creates `dir` and any missing parents with mode 0700.
 fn private_dir(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
@@ -282,7 +297,7 @@ impl SourceFetcher for GitFetcher {
         let sha = match outcome {
             Ok(Ok(sha)) => sha,
             Ok(Err(failure)) => {
-                let failure = match ssh_log.as_deref().and_then(|log| fs::read_to_string(log).ok()) {
+                let failure = match ssh_log.as_deref().and_then(|log| read_tail(log, SSH_LOG_TAIL).ok()) {
                     Some(stderr) => failure.with_ssh_stderr(&stderr),
                     None => failure,
                 };
@@ -411,6 +426,16 @@ mod tests {
         for junk in ["", "x", "app-abc", "-01arz3ndektsv4rrffq69g5fav", "known_hosts"] {
             assert_eq!(parse_dir_name(junk), None, "{junk}");
         }
+    }
+
+    #[test]
+    fn only_the_tail_of_a_huge_ssh_log_is_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("a.log");
+        fs::write(&log, format!("{}\nPermission denied\n", "x".repeat(1024 * 1024))).expect("write");
+        let tail = read_tail(&log, SSH_LOG_TAIL).expect("read");
+        assert_eq!(tail.len() as u64, SSH_LOG_TAIL);
+        assert!(tail.ends_with("Permission denied\n"));
     }
 
     #[test]
