@@ -116,7 +116,8 @@ async fn run_reconcile(global: &GlobalArgs, only: Option<&str>, out: &Out) -> Re
             }
             Err(e) => {
                 return Err(Fatal::new(
-                    Exit::Failed,
+                    // As for deploy: a planted link is refused, exit 2.
+                    if e.kind() == std::io::ErrorKind::Other { Exit::Usage } else { Exit::Failed },
                     format!(
                         "cannot take {app}'s lock in {}: {e}\nis --work-dir writable?",
                         settings.locks_dir().display()
