@@ -27,6 +27,9 @@ pub struct AgentConfig {
     pub work_dir: PathBuf,
     /// Host address container ports are published on (Caddy dials it).
     pub bind_address: IpAddr,
+    /// An OpenSSH known_hosts file pinning the keys of SSH git servers; none
+    /// means trust on first use (see [`GitFetcher::with_known_hosts`]).
+    pub ssh_known_hosts: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -38,6 +41,7 @@ impl Default for AgentConfig {
             port_range: PortRange::default(),
             work_dir: PathBuf::from("/var/lib/otturnaut"),
             bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ssh_known_hosts: None,
         }
     }
 }
@@ -65,7 +69,7 @@ impl Agent {
         })?;
         let (docker, _) = tokio::try_join!(Docker::connect(), caddy.list_routes())?;
         let docker = docker.with_bind_address(config.bind_address);
-        let git = GitFetcher::new(&config.work_dir);
+        let git = GitFetcher::new(&config.work_dir).with_known_hosts(config.ssh_known_hosts.clone());
         let runtime: Arc<Docker> = Arc::new(docker.clone());
         let router: Arc<Caddy> = Arc::new(caddy.clone());
         let adapters = Adapters {

@@ -108,7 +108,9 @@ impl Probe {
 #[async_trait]
 impl HealthProbe for Probe {
     async fn check(&self, container: &ContainerId, port: HostPort, check: &HealthCheck) -> Result<()> {
-        let deadline = Instant::now() + check.deadline;
+        // `checked_add`: a spec built by a library caller may hold any duration.
+        let now = Instant::now();
+        let deadline = now.checked_add(check.deadline).unwrap_or(now + otturnaut_core::MAX_DURATION);
         let mut last_error = String::from("no probe finished before the deadline");
         let mut was_running = false;
         let mut answered = false;

@@ -42,7 +42,11 @@ pub struct GlobalArgs {
     /// Where fetched sources and locks live [env: OTTURNAUT_WORK_DIR] [default: /var/lib/otturnaut]
     #[arg(long, global = true, help_heading = "Global options", value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
-    /// A TOML file with any of: caddy_admin, listen, no_auto_https, port_range, work_dir [env: OTTURNAUT_CONFIG]
+    /// Pin SSH host keys: an OpenSSH known_hosts file; hosts not in it are refused
+    /// [env: OTTURNAUT_SSH_KNOWN_HOSTS] [default: trust on first use, remembered in WORK_DIR/ssh/known_hosts]
+    #[arg(long, global = true, help_heading = "Global options", value_name = "FILE")]
+    pub ssh_known_hosts: Option<PathBuf>,
+    /// A TOML file with any of: caddy_admin, listen, no_auto_https, port_range, work_dir, ssh_known_hosts [env: OTTURNAUT_CONFIG]
     #[arg(long, global = true, help_heading = "Global options", value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -115,7 +119,8 @@ pub struct DeployArgs {
     /// Dockerfile path inside the repository [default: Dockerfile]
     #[arg(long, value_name = "PATH", requires = "repo", conflicts_with = "image", help_heading = "Source (one of)")]
     pub dockerfile: Option<String>,
-    /// A build argument (repeatable); values are never printed
+    /// A build argument (repeatable); values are never printed, but are visible in `ps`
+    /// while the deploy runs: put secrets in --build-arg-file
     #[arg(
         long = "build-arg",
         value_name = "K=V",
@@ -124,6 +129,28 @@ pub struct DeployArgs {
         help_heading = "Source (one of)"
     )]
     pub build_args: Vec<String>,
+    /// A file of KEY=VALUE build args, like --env-file (unlike --build-arg, not visible in `ps`)
+    #[arg(
+        long = "build-arg-file",
+        value_name = "FILE",
+        requires = "repo",
+        conflicts_with = "image",
+        help_heading = "Source (one of)"
+    )]
+    pub build_arg_file: Option<PathBuf>,
+    /// A file holding the credentials for an https:// --repo: a token, or USER:PASSWORD
+    /// on one line. Keeps them out of `ps` and out of the URL; never printed
+    #[arg(
+        long = "repo-credentials-file",
+        value_name = "FILE",
+        requires = "repo",
+        conflicts_with = "image",
+        help_heading = "Source (one of)"
+    )]
+    pub repo_credentials_file: Option<PathBuf>,
+    /// Accept a git:// --repo on another host: git:// is neither authenticated nor encrypted
+    #[arg(long, requires = "repo", conflicts_with = "image", help_heading = "Source (one of)")]
+    pub allow_insecure_git: bool,
     /// A private key file for ssh:// and git@host:path repositories. Copied
     /// (mode 0600) for the clone only, then deleted; never printed
     #[arg(
@@ -137,23 +164,28 @@ pub struct DeployArgs {
     /// A prebuilt image to run instead: used if present locally, pulled otherwise
     #[arg(long, value_name = "IMAGE", help_heading = "Source (one of)")]
     pub image: Option<String>,
+    /// How long pulling --image may take, at most 24h [default: 10m]
+    #[arg(long, value_name = "DURATION", requires = "image", help_heading = "Source (one of)")]
+    pub pull_timeout: Option<String>,
 
     /// The port the app listens on inside its container
     #[arg(long, value_name = "N")]
     pub container_port: String,
-    /// A domain Caddy routes to the app (repeatable)
+    /// A domain Caddy routes to the app (repeatable, at most 100)
     #[arg(long = "domain", value_name = "D")]
     pub domains: Vec<String>,
-    /// An environment variable for the app (repeatable; overrides --env-file); values are never printed
+    /// An environment variable for the app (repeatable, at most 1000 with --env-file; overrides
+    /// --env-file); values are never printed, but are visible in `ps` while the deploy runs:
+    /// put secrets in --env-file
     #[arg(long = "env", value_name = "K=V")]
     pub env: Vec<String>,
-    /// A file of KEY=VALUE lines (blank lines and # comments allowed)
+    /// A file of KEY=VALUE lines (blank lines and # comments allowed; at most 1 MiB)
     #[arg(long, value_name = "FILE")]
     pub env_file: Option<PathBuf>,
     /// When the new container counts as ready: running, tcp or http:/PATH (expects 200)
     #[arg(long, value_name = "CHECK", default_value = "tcp")]
     pub health: String,
-    /// How long the new container may take to become healthy, e.g. 30s, 2m, 1m30s [default: 30s]
+    /// How long the new container may take to become healthy, e.g. 30s, 2m, 1m30s; at most 24h [default: 30s]
     #[arg(long, value_name = "DURATION")]
     pub health_timeout: Option<String>,
 
@@ -195,6 +227,12 @@ release.
 
 If any step before the route switch fails, or you press Ctrl-C, everything the deploy created is
 removed again and the previous release keeps serving.
+
+Secrets: the values of --env and --build-arg, and credentials written into --repo, are never
+printed, but every local user sees them in `ps` while the deploy runs. Give them in files
+instead: --env-file, --build-arg-file, --repo-credentials-file (https) or --ssh-key (ssh).
+SSH host keys are trusted on first use and remembered in WORK_DIR/ssh/known_hosts; pin them
+with --ssh-known-hosts FILE. git:// to another host is refused without --allow-insecure-git.
 
 Examples:
   otturnaut deploy shop --repo https://github.com/acme/shop.git --ref v1.4.0 \\

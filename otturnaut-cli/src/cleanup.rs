@@ -93,7 +93,9 @@ pub async fn reconcile(global: &GlobalArgs, apps: &[String], json: bool) -> Exit
 async fn run_reconcile(global: &GlobalArgs, only: &[String], out: &Out) -> Result<Exit, Fatal> {
     let settings = settings(global)?;
     let only: std::collections::BTreeSet<AppId> = only.iter().map(|a| input::app_id(a)).collect::<Result<_, _>>()?;
+    crate::workdir::check_existing(&settings.agent.work_dir)?;
     let agent = connect(&settings.agent).await?;
+    crate::workdir::prepare(&settings.agent.work_dir)?;
     let apps = match only.is_empty() {
         false => only,
         true => {
@@ -119,7 +121,8 @@ async fn run_reconcile(global: &GlobalArgs, only: &[String], out: &Out) -> Resul
             }
             Err(e) => {
                 return Err(Fatal::new(
-                    Exit::Failed,
+                    // As for deploy: a planted link is refused, exit 2.
+                    if e.kind() == std::io::ErrorKind::Other { Exit::Usage } else { Exit::Failed },
                     format!(
                         "cannot take {app}'s lock in {}: {e}\nis --work-dir writable?",
                         settings.locks_dir().display()

@@ -84,6 +84,7 @@ async fn deploy(global: &GlobalArgs, args: &DeployArgs, out: &mut Out) -> Result
     // Everything is checked before anything connects or is created.
     let settings = settings(global)?;
     let spec = input::deploy_spec(args)?;
+    crate::workdir::check_existing(&settings.agent.work_dir)?;
     let agent = connect(&settings.agent).await?;
     let owner = domain_owner(&agent.adapters, &spec.app, &spec.domains)
         .await

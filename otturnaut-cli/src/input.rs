@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use otturnaut_core::{
     AppId, ContainerPort, DeploySpec, DockerfilePath, Domain, EnvName, GitRef, HealthCheck, HealthKind, HttpPath,
-    ImageRef, RepoUrl, Secret, Source,
+    ImageRef, MAX_DURATION, RepoUrl, Secret, Source, Transport,
 };
 
 use crate::args::DeployArgs;
 use crate::exit::Invalid;
+use crate::files;
 
 fn invalid(flag: &str) -> impl Fn(otturnaut_core::Error) -> Invalid + '_ {
     move |e| Invalid::new(flag, e.to_string())
@@ -23,12 +24,22 @@ pub fn app_id(raw: &str) -> Result<AppId, Invalid> {
     raw.parse().map_err(invalid("APP"))
 }
 
+/// The most `--domain`s a deploy takes: each one is a matcher in Caddy.
+pub const MAX_DOMAINS: usize = 100;
+
+/// The most env variables (from `--env` and `--env-file` together) and,
+/// separately, the most build args.
+pub const MAX_ENV: usize = 1000;
+
 pub fn deploy_spec(args: &DeployArgs) -> Result<DeploySpec, Invalid> {
     let app = app_id(&args.app)?;
     let source = source(args)?;
     let container_port: ContainerPort = args.container_port.parse().map_err(invalid("--container-port"))?;
     let mut spec = DeploySpec::new(app, source, container_port);
 
+    if args.domains.len() > MAX_DOMAINS {
+        return Err(Invalid::new("--domain", format!("{} domains given; at most {MAX_DOMAINS}", args.domains.len())));
+    }
     for raw in &args.domains {
         let domain: Domain = raw.parse().map_err(invalid("--domain"))?;
         if !spec.domains.contains(&domain) {
@@ -37,26 +48,46 @@ pub fn deploy_spec(args: &DeployArgs) -> Result<DeploySpec, Invalid> {
     }
 
     if let Some(file) = &args.env_file {
-        spec.env = env_file(file)?;
+        spec.env = key_value_file("--env-file", file)?;
     }
     for raw in &args.env {
         let (name, value) = key_value("--env", raw)?;
-        let name: EnvName = name.parse().map_err(invalid("--env"))?;
-        check_value("--env", &name, &value)?;
         spec.env.insert(name, value);
+    }
+    if spec.env.len() > MAX_ENV {
+        return Err(Invalid::new("--env/--env-file", format!("{} variables; at most {MAX_ENV}", spec.env.len())));
     }
 
     spec.health = HealthCheck::new(health_kind(&args.health)?);
     if let Some(raw) = &args.health_timeout {
         spec.health.deadline = duration("--health-timeout", raw)?;
     }
+    if let Some(raw) = &args.pull_timeout {
+        spec.timeouts.pull = duration("--pull-timeout", raw)?;
+    }
+    spec.check_limits().map_err(invalid("deploy"))?;
     Ok(spec)
 }
 
 fn source(args: &DeployArgs) -> Result<Source, Invalid> {
     match (&args.repo, &args.image) {
         (Some(repo), None) => {
-            let url = RepoUrl::parse_allowing_file(repo).map_err(invalid("--repo"))?;
+            let mut url = RepoUrl::parse_allowing_file(repo).map_err(invalid("--repo"))?;
+            if url.transport() == Transport::Git && !args.allow_insecure_git && !url.host().is_some_and(is_loopback) {
+                return Err(Invalid::new(
+                    "--repo",
+                    format!(
+                        "{url}: git:// is neither authenticated nor encrypted, so anyone on the path can change \
+                         what gets deployed; use https:// or ssh://, or pass --allow-insecure-git"
+                    ),
+                ));
+            }
+            if let Some(path) = &args.repo_credentials_file {
+                let flag = "--repo-credentials-file";
+                let text = files::read_capped(path, files::MAX_KEY_FILE).map_err(|m| Invalid::new(flag, m))?;
+                let credentials = Secret::new(text.trim_end_matches(['\n', '\r']));
+                url = url.with_credentials(&credentials).map_err(invalid(flag))?;
+            }
             let git_ref: GitRef = match &args.git_ref {
                 Some(r) => r.parse().map_err(invalid("--ref"))?,
                 None => GitRef::default(),
@@ -65,19 +96,23 @@ fn source(args: &DeployArgs) -> Result<Source, Invalid> {
                 Some(d) => d.parse().map_err(invalid("--dockerfile"))?,
                 None => DockerfilePath::default(),
             };
+            // Docker takes any ARG name; holding them to env-name rules
+            // keeps odd characters out of the build request.
             let mut build_args = BTreeMap::new();
+            if let Some(file) = &args.build_arg_file {
+                build_args = key_value_file("--build-arg-file", file)?;
+            }
             for raw in &args.build_args {
                 let (name, value) = key_value("--build-arg", raw)?;
-                // Docker takes any ARG name; holding them to env-name rules
-                // keeps odd characters out of the build request.
-                let checked: EnvName = name.parse().map_err(invalid("--build-arg"))?;
-                check_value("--build-arg", &checked, &value)?;
                 build_args.insert(name, value);
             }
+            if build_args.len() > MAX_ENV {
+                return Err(Invalid::new("--build-arg", format!("{} build args; at most {MAX_ENV}", build_args.len())));
+            }
+            let build_args = build_args.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
             let ssh_key = match &args.ssh_key {
                 Some(path) => Some(Secret::new(
-                    std::fs::read_to_string(path)
-                        .map_err(|e| Invalid::new("--ssh-key", format!("cannot read {}: {e}", path.display())))?,
+                    files::read_capped(path, files::MAX_KEY_FILE).map_err(|m| Invalid::new("--ssh-key", m))?,
                 )),
                 None => None,
             };
@@ -90,31 +125,61 @@ fn source(args: &DeployArgs) -> Result<Source, Invalid> {
     }
 }
 
-/// `KEY=VALUE`, the value kept secret. Without `=` the whole argument may be
-/// a value typed in the wrong place, so it is not shown.
-fn key_value(flag: &str, raw: &str) -> Result<(String, Secret), Invalid> {
-    match raw.split_once('=') {
-        Some((key, value)) => Ok((key.to_owned(), Secret::new(value))),
-        None => {
-            Err(Invalid::new(flag, "expected KEY=VALUE, got an argument without '=' (not shown: it may hold a secret)"))
-        }
-    }
+/// `localhost`, `127.x.y.z` or `::1`: a git:// server on this machine, which
+/// nobody can tamper with on the way.
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-fn check_value(flag: &str, name: &EnvName, value: &Secret) -> Result<(), Invalid> {
+/// `KEY=VALUE` with the value kept secret. Without `=` the whole argument
+/// may be a value typed in the wrong place: not shown. With one, the "key"
+/// may still hold a value behind another separator (`DB:postgres://u:p@h/db?x=1`),
+/// so a message shows at most its name-like start: letters, digits and `_`
+/// up to the first other character.
+fn key_value(flag: &str, raw: &str) -> Result<(EnvName, Secret), Invalid> {
+    let (key, value) = raw.split_once('=').ok_or_else(|| {
+        Invalid::new(flag, "expected KEY=VALUE, got an argument without '=' (not shown: it may hold a secret)")
+    })?;
+    let name = env_name(key).map_err(|m| Invalid::new(flag, m))?;
+    let value = Secret::new(value);
+    check_value(&name, &value).map_err(|m| Invalid::new(flag, m))?;
+    Ok((name, value))
+}
+
+/// The letters, digits and `_` an argument starts with: all of it that is
+/// safe to repeat in a message.
+fn name_like_prefix(raw: &str) -> String {
+    raw.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect()
+}
+
+fn env_name(key: &str) -> Result<EnvName, String> {
+    key.parse::<EnvName>().map_err(|e| {
+        let shown = name_like_prefix(key);
+        if shown.len() == key.len() {
+            // Only letters, digits and '_': nothing in it can be a value.
+            e.to_string()
+        } else {
+            format!(
+                "the name starting {shown:?} holds a character other than letters, digits and '_' \
+                 (the rest is not shown: it may hold a secret)"
+            )
+        }
+    })
+}
+
+fn check_value(name: &EnvName, value: &Secret) -> Result<(), String> {
     if value.expose().contains('\0') {
-        return Err(Invalid::new(flag, format!("the value of {name} contains a NUL byte, which cannot be passed on")));
+        return Err(format!("the value of {name} contains a NUL byte, which cannot be passed on"));
     }
     Ok(())
 }
 
 /// A file of `KEY=VALUE` lines, as `docker run --env-file` reads them: the
 /// value is everything after the first `=`, verbatim; blank lines and lines
-/// starting with `#` are skipped; an `export ` prefix is allowed.
-pub fn env_file(path: &Path) -> Result<BTreeMap<EnvName, Secret>, Invalid> {
-    let flag = "--env-file";
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Invalid::new(flag, format!("cannot read {}: {e}", path.display())))?;
+/// starting with `#` are skipped; an `export ` prefix is allowed. At most
+/// 1 MiB and [`MAX_ENV`] entries.
+pub fn key_value_file(flag: &str, path: &Path) -> Result<BTreeMap<EnvName, Secret>, Invalid> {
+    let text = files::read_capped(path, files::MAX_SETTINGS_FILE).map_err(|m| Invalid::new(flag, m))?;
     let mut env = BTreeMap::new();
     for (i, line) in text.lines().enumerate() {
         let at = || format!("{} line {}", path.display(), i + 1);
@@ -129,10 +194,13 @@ pub fn env_file(path: &Path) -> Result<BTreeMap<EnvName, Secret>, Invalid> {
                 format!("{}: expected KEY=VALUE (line not shown: it may hold a secret)", at()),
             ));
         };
-        let name: EnvName = key.trim_end().parse().map_err(|e| Invalid::new(flag, format!("{}: {e}", at())))?;
+        let name = env_name(key.trim_end()).map_err(|m| Invalid::new(flag, format!("{}: {m}", at())))?;
         let value = Secret::new(value);
-        check_value(flag, &name, &value).map_err(|e| Invalid::new(flag, format!("{}: {}", at(), e.message)))?;
+        check_value(&name, &value).map_err(|m| Invalid::new(flag, format!("{}: {m}", at())))?;
         env.insert(name, value);
+        if env.len() > MAX_ENV {
+            return Err(Invalid::new(flag, format!("{} has more than {MAX_ENV} entries", path.display())));
+        }
     }
     Ok(env)
 }
@@ -151,12 +219,19 @@ pub fn health_kind(raw: &str) -> Result<HealthKind, Invalid> {
     }
 }
 
-/// `30s`, `2m`, `1m30s`, `500ms`.
+/// `30s`, `2m`, `1m30s`, `500ms`; above zero and at most 24 hours.
 pub fn duration(flag: &str, raw: &str) -> Result<Duration, Invalid> {
+    let shown: String = raw.chars().take(64).collect();
     let d = humantime::parse_duration(raw)
-        .map_err(|e| Invalid::new(flag, format!("{raw:?} is not a duration ({e}); use e.g. 30s, 2m or 1m30s")))?;
+        .map_err(|e| Invalid::new(flag, format!("{shown:?} is not a duration ({e}); use e.g. 30s, 2m or 1m30s")))?;
     if d.is_zero() {
-        return Err(Invalid::new(flag, format!("{raw:?} must be longer than zero")));
+        return Err(Invalid::new(flag, format!("{shown:?} must be longer than zero")));
+    }
+    if d > MAX_DURATION {
+        return Err(Invalid::new(
+            flag,
+            format!("{shown:?} is longer than the maximum, {}", humantime::format_duration(MAX_DURATION)),
+        ));
     }
     Ok(d)
 }
@@ -223,7 +298,7 @@ mod tests {
         );
         match &spec.source {
             Source::Git { url, git_ref, dockerfile, build_args, .. } => {
-                assert_eq!(url.as_str(), "file:///srv/shop");
+                assert_eq!(url.expose(), "file:///srv/shop");
                 assert_eq!(git_ref.as_str(), "v1.2");
                 assert_eq!(dockerfile.as_str(), "Dockerfile");
                 assert_eq!(build_args.get("TOKEN").map(Secret::expose), Some("s3cret"));
@@ -296,7 +371,120 @@ mod tests {
         assert!(e.contains("line 2") && !e.contains("hunter2"), "{e}");
         std::fs::write(&file, "BAD-NAME=hunter2\n").expect("write");
         let e = err(&[&base[..], &["--env-file", file.to_str().expect("utf-8")]].concat());
-        assert!(e.contains("line 1") && e.contains("BAD-NAME") && !e.contains("hunter2"), "{e}");
+        assert!(e.contains("line 1") && e.contains("\"BAD\"") && !e.contains("NAME") && !e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn nothing_after_a_separator_like_character_of_an_env_argument_is_echoed() {
+        let base = ["a", "--repo", "https://h/r", "--container-port", "80"];
+        for raw in ["DB:postgres://u:p@h/db?x=1", "DB:postgres://u:p@h/db", "DB postgres", "DB-URL=x", "DB.x=1"] {
+            for flag in ["--env", "--build-arg"] {
+                let e = err(&[&base[..], &[flag, raw]].concat());
+                assert!(e.starts_with(flag), "{raw}: {e}");
+                assert!(
+                    !e.contains("postgres") && !e.contains("@h") && !e.contains("x=") && !e.contains("URL"),
+                    "{raw}: {e}"
+                );
+                assert_eq!(e.contains("\"DB\""), raw.contains('='), "{raw}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn caps_on_domains_env_files_and_durations_exit_2() {
+        let base = ["a", "--image", "x", "--container-port", "80"];
+        let mut many: Vec<String> = Vec::new();
+        for i in 0..=MAX_DOMAINS {
+            many.push("--domain".into());
+            many.push(format!("d{i}.example.com"));
+        }
+        let argv: Vec<&str> = base.iter().copied().chain(many.iter().map(String::as_str)).collect();
+        assert!(err(&argv).starts_with("--domain"));
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("big.env");
+        let lines: String = (0..=MAX_ENV).map(|i| format!("K{i}=v\n")).collect();
+        std::fs::write(&file, lines).expect("write");
+        let e = err(&[&base[..], &["--env-file", file.to_str().expect("utf-8")]].concat());
+        assert!(e.starts_with("--env-file") && e.contains("more than"), "{e}");
+        std::fs::write(&file, format!("K={}\n", "v".repeat(crate::files::MAX_SETTINGS_FILE as usize))).expect("write");
+        let e = err(&[&base[..], &["--env-file", file.to_str().expect("utf-8")]].concat());
+        assert!(e.starts_with("--env-file") && e.contains("larger than"), "{e}");
+        let e = err(&[&base[..], &["--env-file", "/dev/zero"]].concat());
+        assert!(e.starts_with("--env-file") && e.contains("not a regular file"), "{e}");
+
+        for (flag, raw) in [
+            ("--health-timeout", "18446744073709551615s"),
+            ("--health-timeout", "25h"),
+            ("--health-timeout", "99999999999999999999999999s"),
+            ("--pull-timeout", "2days"),
+        ] {
+            let e = err(&[&base[..], &[flag, raw]].concat());
+            assert!(e.starts_with(flag), "{raw}: {e}");
+        }
+        let spec = deploy_spec(&args(&[&base[..], &["--health-timeout", "24h", "--pull-timeout", "90s"]].concat()))
+            .expect("at the limit");
+        assert_eq!(spec.health.deadline, MAX_DURATION);
+        assert_eq!(spec.timeouts.pull, Duration::from_secs(90));
+        assert_eq!(deploy_spec(&args(&base)).expect("ok").timeouts.pull, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn git_protocol_only_on_this_machine_unless_allowed() {
+        let base = ["a", "--container-port", "80"];
+        for ok in ["git://127.0.0.1:9418/r.git", "git://localhost/r.git", "git://127.1.2.3/r"] {
+            assert!(deploy_spec(&args(&[&base[..], &["--repo", ok]].concat())).is_ok(), "{ok}");
+        }
+        let e = err(&[&base[..], &["--repo", "git://example.com/r.git"]].concat());
+        assert!(e.starts_with("--repo") && e.contains("--allow-insecure-git"), "{e}");
+        let e = err(&[&base[..], &["--repo", "git://T0KEN@example.com/r.git"]].concat());
+        assert!(!e.contains("T0KEN"), "{e}");
+        assert!(
+            deploy_spec(&args(&[&base[..], &["--repo", "git://example.com/r.git", "--allow-insecure-git"]].concat()))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn secrets_come_from_files_too() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let creds = dir.path().join("creds");
+        std::fs::write(&creds, "bot:s3cr3t\n").expect("write");
+        let build = dir.path().join("build.env");
+        std::fs::write(&build, "NPM_TOKEN=npm-s3cr3t\nOTHER=1\n").expect("write");
+        let spec = deploy_spec(&args(&[
+            "a",
+            "--repo",
+            "https://h/o/r.git",
+            "--repo-credentials-file",
+            creds.to_str().expect("utf-8"),
+            "--build-arg-file",
+            build.to_str().expect("utf-8"),
+            "--build-arg",
+            "OTHER=2",
+            "--container-port",
+            "80",
+        ]))
+        .expect("valid");
+        match &spec.source {
+            Source::Git { url, build_args, .. } => {
+                assert_eq!(url.expose(), "https://bot:s3cr3t@h/o/r.git");
+                assert_eq!(url.to_string(), "https://bot:***@h/o/r.git");
+                assert_eq!(build_args.get("NPM_TOKEN").map(Secret::expose), Some("npm-s3cr3t"));
+                assert_eq!(build_args.get("OTHER").map(Secret::expose), Some("2"), "the flag overrides the file");
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = err(&[
+            "a",
+            "--repo",
+            "git@h:o/r",
+            "--repo-credentials-file",
+            creds.to_str().expect("utf-8"),
+            "--container-port",
+            "80",
+        ]);
+        assert!(e.starts_with("--repo-credentials-file") && !e.contains("s3cr3t"), "{e}");
     }
 
     #[test]

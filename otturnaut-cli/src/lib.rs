@@ -9,6 +9,9 @@ mod cleanup;
 mod deploy;
 mod exit;
 mod faults;
+mod files;
+#[cfg(test)]
+mod fuzz;
 mod host;
 mod input;
 mod lock;
@@ -16,6 +19,7 @@ mod logs;
 mod output;
 mod settings;
 mod status;
+mod workdir;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -81,13 +85,16 @@ async fn connect(config: &AgentConfig) -> Result<Agent, Fatal> {
 
 /// Takes `app`'s lock for `command`, saying so on stderr if it has to wait.
 async fn take_lock(out: &Out, settings: &Settings, app: &AppId, command: &str) -> Result<lock::AppLock, Fatal> {
+    workdir::prepare(&settings.agent.work_dir)?;
     let dir = settings.locks_dir();
     let say = |holder: &lock::Holder| {
         out.say(format!("{}; waiting… (up to {})", holder.describe(app), humantime::format_duration(LOCK_TIMEOUT)));
     };
     lock::lock(&dir, app, command, LOCK_TIMEOUT, say).await.map_err(|e| match e {
+        // Our own refusals (a planted symlink or hard link) are about the
+        // host's files, not a failure of the deploy: nothing was done.
         lock::LockError::Io(path, e) => Fatal::new(
-            Exit::Failed,
+            if e.kind() == std::io::ErrorKind::Other { Exit::Usage } else { Exit::Failed },
             format!(
                 "cannot take {app}'s lock {}: {e}\nnothing was changed; is --work-dir ({}) writable?",
                 path.display(),

@@ -7,6 +7,7 @@
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -40,9 +41,30 @@ fn path(dir: &Path, app: &AppId) -> PathBuf {
 }
 
 fn open(dir: &Path, app: &AppId) -> io::Result<File> {
-    fs::create_dir_all(dir)?;
-    // Not truncated on open: the current holder's pid is in there.
-    OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path(dir, app))
+    if !dir.exists() {
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    }
+    // Not truncated on open: the current holder's pid is in there. A symlink
+    // planted at the lock's path is refused (ELOOP), never followed: the
+    // holder truncates and writes the file it opened.
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path(dir, app))
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => io::Error::other("it is a symbolic link; remove it (it is not ours)"),
+            _ => e,
+        })?;
+    // Nor a hard link to a file elsewhere, nor a fifo or device.
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.nlink() > 1 {
+        return Err(io::Error::other("it is not a plain file of ours (a hard link, fifo or device); remove it"));
+    }
+    Ok(file)
 }
 
 fn read_holder(file: &mut File) -> Holder {
@@ -109,6 +131,24 @@ pub async fn lock(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_planted_symlink_or_hard_link_is_refused_and_its_target_left_intact() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let app: AppId = "shop".parse().expect("app");
+        let target = dir.path().join("precious");
+        fs::write(&target, "precious data\n").expect("write");
+        let locks = dir.path().join("locks");
+        fs::create_dir(&locks).expect("mkdir");
+        std::os::unix::fs::symlink(&target, path(&locks, &app)).expect("symlink");
+        let e = try_lock(&locks, &app, "deploy").expect_err("symlink refused").to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        fs::remove_file(path(&locks, &app)).expect("rm");
+        fs::hard_link(&target, path(&locks, &app)).expect("hard link");
+        let e = try_lock(&locks, &app, "deploy").expect_err("hard link refused").to_string();
+        assert!(e.contains("hard link"), "{e}");
+        assert_eq!(fs::read_to_string(&target).expect("read"), "precious data\n");
+    }
 
     #[tokio::test]
     async fn a_held_lock_makes_others_wait_and_is_released_on_drop() {

@@ -7,7 +7,10 @@ use otturnaut_core::ContainerId;
 use otturnaut_steps::live_release;
 
 use crate::args::GlobalArgs;
-use crate::exit::{Exit, Fatal};
+use crate::exit::{Exit, Fatal, Invalid};
+
+/// The most lines `--tail` asks Docker for.
+pub const MAX_TAIL: usize = 100_000;
 use crate::output::Out;
 use crate::{connect, input, print_fatal, settings};
 
@@ -25,6 +28,9 @@ pub async fn run(global: &GlobalArgs, app: &str, follow: bool, tail: usize) -> E
 async fn logs(global: &GlobalArgs, app: &str, follow: bool, tail: usize, out: &Out) -> Result<Exit, Fatal> {
     let settings = settings(global)?;
     let app = input::app_id(app)?;
+    if tail > MAX_TAIL {
+        return Err(Invalid::new("--tail", format!("{tail} lines; at most {MAX_TAIL}")).into());
+    }
     let agent = connect(&settings.agent).await?;
     let a = &agent.adapters;
     let live = live_release(a, &app).await.map_err(|e| Fatal::service(&format!("reading {app}'s live release"), &e))?;
@@ -48,24 +54,16 @@ async fn logs(global: &GlobalArgs, app: &str, follow: bool, tail: usize, out: &O
         }
     };
 
+    // Streamed in both modes: a large --tail never sits in memory whole.
     let mut stdout = std::io::stdout().lock();
-    if follow {
-        let mut stream = agent.docker.follow_logs(&container, tail);
-        while let Some(line) = stream.next().await {
-            let line = line.map_err(|e| Fatal::service(&format!("following {app}'s logs"), &e))?;
-            if writeln!(stdout, "{line}").and_then(|()| stdout.flush()).is_err() {
-                // The reader went away (e.g. `| head`): that is the end.
-                break;
-            }
-        }
-    } else {
-        let lines =
-            a.runtime.logs(&container, tail).await.map_err(|e| Fatal::service(&format!("reading {app}'s logs"), &e))?;
-        for line in lines {
-            if writeln!(stdout, "{line}").is_err() {
-                break;
-            }
+    let mut stream = agent.docker.stream_logs(&container, tail, follow);
+    while let Some(line) = stream.next().await {
+        let line = line.map_err(|e| Fatal::service(&format!("reading {app}'s logs"), &e))?;
+        if writeln!(stdout, "{line}").and_then(|()| if follow { stdout.flush() } else { Ok(()) }).is_err() {
+            // The reader went away (e.g. `| head`): that is the end.
+            break;
         }
     }
+    let _ = stdout.flush();
     Ok(Exit::Ok)
 }

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::args::GlobalArgs;
 use crate::exit::Invalid;
+use crate::files;
 
 /// The config file's keys: the global flags' names with `_`.
 #[derive(Debug, Default, Deserialize)]
@@ -20,6 +21,7 @@ struct FileConfig {
     no_auto_https: Option<bool>,
     port_range: Option<String>,
     work_dir: Option<PathBuf>,
+    ssh_known_hosts: Option<PathBuf>,
 }
 
 /// `listen = ":80,:443"` or `listen = [":80", ":443"]`.
@@ -110,7 +112,31 @@ pub fn resolve(args: &GlobalArgs, env: &dyn Fn(&str) -> Option<String>) -> Resul
         None => defaults.work_dir.clone(),
     };
 
-    let agent = AgentConfig { caddy_admin, listen, auto_https: !no_auto_https, port_range, work_dir, ..defaults };
+    let ssh_known_hosts = match pick(
+        args.ssh_known_hosts.as_ref().map(|p| p.display().to_string()),
+        "--ssh-known-hosts",
+        "OTTURNAUT_SSH_KNOWN_HOSTS",
+        file.ssh_known_hosts.map(|p| p.display().to_string()),
+    ) {
+        Some((v, from)) => {
+            let path =
+                std::path::absolute(PathBuf::from(&v)).map_err(|e| Invalid::new(&from, format!("{v:?}: {e}")))?;
+            // Read once now so that a missing or unreadable file is an input error.
+            files::read_capped(&path, files::MAX_SETTINGS_FILE).map_err(|m| Invalid::new(from, m))?;
+            Some(path)
+        }
+        None => None,
+    };
+
+    let agent = AgentConfig {
+        caddy_admin,
+        listen,
+        auto_https: !no_auto_https,
+        port_range,
+        work_dir,
+        ssh_known_hosts,
+        ..defaults
+    };
     // The adapter's own checks, run now so that a bad value is reported before
     // anything connects.
     Caddy::new(CaddyConfig {
@@ -125,8 +151,7 @@ pub fn resolve(args: &GlobalArgs, env: &dyn Fn(&str) -> Option<String>) -> Resul
 
 fn read_file(path: &Path) -> Result<FileConfig, Invalid> {
     let flag = "--config";
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Invalid::new(flag, format!("cannot read {}: {e}", path.display())))?;
+    let text = files::read_capped(path, files::MAX_SETTINGS_FILE).map_err(|m| Invalid::new(flag, m))?;
     toml::from_str(&text).map_err(|e| Invalid::new(flag, format!("{} is not a valid config file: {e}", path.display())))
 }
 

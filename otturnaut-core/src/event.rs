@@ -1,6 +1,8 @@
 //! Progress reporting: what a deploy is doing, for a library user or the CLI.
 
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -113,15 +115,76 @@ pub enum DeployEvent {
     },
 }
 
+/// How many build log lines may wait in the channel for a consumer.
+pub const LOG_BACKLOG: usize = 1024;
+
+/// The longest build log line, in bytes: longer output is split (by the
+/// builder) or cut (here, as a backstop). With [`LOG_BACKLOG`] it bounds
+/// the memory queued build output can take: 1024 × 4 KiB = 4 MiB.
+pub const MAX_LOG_LINE: usize = 4096;
+
 /// Where events go. Cheap to clone; sending never blocks and never fails the
 /// deploy (a consumer that went away just stops receiving).
+///
+/// Memory stays bounded without blocking. `emit` is called from sync code
+/// (drop guards, the reaper, log callbacks), and a library caller may well
+/// run the whole deploy before reading a single event, so a sink that waited
+/// for room would deadlock or stall a deploy that holds the app's lock.
+/// Instead the one event kind whose number the outside world controls,
+/// `BuildLog`, has a budget of [`LOG_BACKLOG`] queued lines: past it, lines
+/// are dropped and counted, and the count is delivered (in order) as one
+/// `BuildLog` marker line before the next event that gets through. Every
+/// other event is a step, undo or warning of the pipeline itself — a few
+/// dozen per deploy — and is never dropped.
 #[derive(Clone, Debug, Default)]
-pub struct EventSink(Option<mpsc::UnboundedSender<DeployEvent>>);
+pub struct EventSink(Option<Lane>);
+
+#[derive(Clone, Debug)]
+struct Lane {
+    tx: mpsc::UnboundedSender<DeployEvent>,
+    budget: Arc<LogBudget>,
+}
+
+#[derive(Debug, Default)]
+struct LogBudget {
+    /// `BuildLog` events sent and not yet received.
+    queued: AtomicUsize,
+    /// `BuildLog` events dropped since the last marker.
+    dropped: AtomicU64,
+}
+
+/// The receiving end of [`EventSink::channel`].
+#[derive(Debug)]
+pub struct EventReceiver {
+    rx: mpsc::UnboundedReceiver<DeployEvent>,
+    budget: Arc<LogBudget>,
+}
+
+impl EventReceiver {
+    pub async fn recv(&mut self) -> Option<DeployEvent> {
+        let event = self.rx.recv().await;
+        self.received(event.as_ref());
+        event
+    }
+
+    pub fn try_recv(&mut self) -> Result<DeployEvent, mpsc::error::TryRecvError> {
+        let event = self.rx.try_recv();
+        self.received(event.as_ref().ok());
+        event
+    }
+
+    fn received(&self, event: Option<&DeployEvent>) {
+        if let Some(DeployEvent::BuildLog { .. }) = event {
+            self.budget.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
 
 impl EventSink {
-    pub fn channel() -> (EventSink, mpsc::UnboundedReceiver<DeployEvent>) {
+    pub fn channel() -> (EventSink, EventReceiver) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (EventSink(Some(tx)), rx)
+        let budget = Arc::new(LogBudget::default());
+        (EventSink(Some(Lane { tx, budget: budget.clone() })), EventReceiver { rx, budget })
     }
 
     /// A sink that drops every event.
@@ -130,14 +193,57 @@ impl EventSink {
     }
 
     pub fn emit(&self, event: DeployEvent) {
-        if let Some(tx) = &self.0 {
-            let _ = tx.send(event);
+        let Some(lane) = &self.0 else { return };
+        if let DeployEvent::BuildLog { line } = event {
+            if !lane.take_log_slot() {
+                lane.budget.dropped.fetch_add(1, Ordering::AcqRel);
+                return;
+            }
+            lane.flush_dropped();
+            let line = cut_line(line, MAX_LOG_LINE);
+            let _ = lane.tx.send(DeployEvent::BuildLog { line });
+        } else {
+            lane.flush_dropped();
+            let _ = lane.tx.send(event);
         }
     }
 
     pub fn warn(&self, message: impl Into<String>) {
         self.emit(DeployEvent::Warning { message: message.into() });
     }
+}
+
+impl Lane {
+    fn take_log_slot(&self) -> bool {
+        if self.budget.queued.fetch_add(1, Ordering::AcqRel) >= LOG_BACKLOG {
+            self.budget.queued.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Sends the "lines dropped" marker, if any were. The marker itself is a
+    /// queued line: it is counted but may exceed the budget by one.
+    fn flush_dropped(&self) {
+        let n = self.budget.dropped.swap(0, Ordering::AcqRel);
+        if n > 0 {
+            self.budget.queued.fetch_add(1, Ordering::AcqRel);
+            let line = format!("[otturnaut: {n} build log line(s) dropped: the output came faster than it was read]");
+            let _ = self.tx.send(DeployEvent::BuildLog { line });
+        }
+    }
+}
+
+/// `line` cut to at most `max` bytes, on a character boundary.
+pub fn cut_line(mut line: String, max: usize) -> String {
+    if line.len() > max {
+        let mut end = max;
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        line.truncate(end);
+    }
+    line
 }
 
 pub(crate) fn millis(d: Duration) -> u64 {
@@ -151,5 +257,49 @@ impl DeployEvent {
 
     pub fn step_failed(step: Step, elapsed: Duration, error: &impl fmt::Display) -> Self {
         DeployEvent::StepFailed { step, elapsed_ms: millis(elapsed), error: error.to_string() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(n: usize) -> DeployEvent {
+        DeployEvent::BuildLog { line: format!("line {n}") }
+    }
+
+    #[test]
+    fn an_unread_channel_holds_a_bounded_log_and_every_step_event() {
+        let (sink, mut rx) = EventSink::channel();
+        sink.emit(DeployEvent::StepStarted { step: Step::Build });
+        for n in 0..(LOG_BACKLOG * 10) {
+            sink.emit(log(n));
+        }
+        sink.emit(DeployEvent::BuildLog { line: "x".repeat(MAX_LOG_LINE * 3) });
+        sink.emit(DeployEvent::step_finished(Step::Build, Duration::ZERO, None));
+        let mut events = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            events.push(e);
+        }
+        let logs: Vec<&String> = events
+            .iter()
+            .filter_map(|e| match e {
+                DeployEvent::BuildLog { line } => Some(line),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(logs.len(), LOG_BACKLOG + 1, "the budget and one marker");
+        assert_eq!(logs[0], "line 0");
+        let marker = logs[LOG_BACKLOG];
+        assert!(marker.contains(&format!("{} build log line(s) dropped", LOG_BACKLOG * 9 + 1)), "{marker}");
+        assert_eq!(events.first(), Some(&DeployEvent::StepStarted { step: Step::Build }));
+        assert!(matches!(events.last(), Some(DeployEvent::StepFinished { step: Step::Build, .. })));
+
+        // Read, the budget is free again; long lines are cut.
+        sink.emit(DeployEvent::BuildLog { line: "é".repeat(MAX_LOG_LINE) });
+        match rx.try_recv() {
+            Ok(DeployEvent::BuildLog { line }) => assert!(line.len() <= MAX_LOG_LINE && line.starts_with('é')),
+            other => panic!("{other:?}"),
+        }
     }
 }

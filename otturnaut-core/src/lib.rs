@@ -21,15 +21,15 @@ pub mod traits;
 pub mod testing;
 
 pub use error::{Error, Result, Service};
-pub use event::{DeployEvent, EventSink, Step};
+pub use event::{DeployEvent, EventReceiver, EventSink, LOG_BACKLOG, MAX_LOG_LINE, Step, cut_line};
 pub use ids::{AppId, DeploymentId, Domain, EnvName, ImageRef, domain_conflict};
 pub use net::{ContainerPort, HostPort, PortRange};
 pub use release::{
     ContainerId, ContainerStatus, ManagedContainer, ManagedImage, Release, RouteTarget, live_container, unmarked,
 };
-pub use secret::Secret;
-pub use source::{CommitSha, DockerfilePath, GitRef, RepoUrl, Transport};
-pub use spec::{DeploySpec, HealthCheck, HealthKind, HttpPath, Source, Timeouts};
+pub use secret::{REDACTED, Secret};
+pub use source::{CommitSha, DockerfilePath, GitRef, RepoUrl, Transport, redact_url_text};
+pub use spec::{DeploySpec, HealthCheck, HealthKind, HttpPath, MAX_DURATION, Source, Timeouts};
 pub use traits::Adapters;
 
 /// Label keys and naming rules shared by every adapter: the truth about what

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::ids::string_newtype;
+use crate::secret::REDACTED;
 
 fn has_control_or_space(s: &str) -> bool {
     s.chars().any(|c| c.is_control() || c.is_whitespace())
@@ -91,13 +92,71 @@ pub enum Transport {
 /// A repository URL: `https://`, `ssh://`, scp-like `user@host:path`, `git://`,
 /// and `file://` only where the caller explicitly allows local repositories.
 /// `ext::` and every other remote helper are refused: they run commands.
+///
+/// The URL may carry credentials (`https://user:token@host/…`, or a bare
+/// token as the user), so it is handled like a [`crate::Secret`]: `Display`,
+/// `Debug` and `Serialize` give [`RepoUrl::redacted`], and only
+/// [`RepoUrl::expose`] gives the URL as written, for the fetcher.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct RepoUrl(String);
-string_newtype!(RepoUrl);
 
 impl fmt::Debug for RepoUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RepoUrl({})", self.0)
+        write!(f, "RepoUrl({})", self.redacted())
+    }
+}
+
+impl fmt::Display for RepoUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl Serialize for RepoUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
+}
+
+impl<'de> Deserialize<'de> for RepoUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        raw.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl TryFrom<&str> for RepoUrl {
+    type Error = Error;
+    fn try_from(value: &str) -> Result<Self, Error> {
+        value.parse()
+    }
+}
+
+/// The userinfo of `scheme://userinfo@host/…`: its byte range in `s`, if the
+/// authority has one. The authority ends at the first `/`, `?` or `#`.
+fn userinfo_range(s: &str) -> Option<(usize, usize)> {
+    let start = s.find("://")? + 3;
+    let rest = &s[start..];
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let at = rest[..authority_len].rfind('@')?;
+    Some((start, start + at))
+}
+
+/// `s` with anything that may be a credential replaced by `***`, for
+/// messages about a string that may not even be a valid URL. Conservative:
+/// for `scheme://…` everything before the last `@` goes (a password may hold
+/// a `/`); scp-like `user:password@host:path` loses the part before the `@`.
+pub fn redact_url_text(s: &str) -> String {
+    if let Some(scheme_end) = s.find("://") {
+        let rest = &s[scheme_end + 3..];
+        return match rest.rfind('@') {
+            Some(at) => format!("{}://***{}", &s[..scheme_end], &rest[at..]),
+            None => s.to_owned(),
+        };
+    }
+    match s.split_once('@') {
+        Some((user, host)) if user.contains(':') => format!("***@{host}"),
+        _ => s.to_owned(),
     }
 }
 
@@ -108,7 +167,8 @@ impl RepoUrl {
     }
 
     fn parse(s: &str, allow_file: bool) -> Result<Self, Error> {
-        let bad = |reason: &str| Err(Error::invalid("repository URL", s, reason));
+        // The value is quoted in the error: never with its credentials.
+        let bad = |reason: &str| Err(Error::invalid("repository URL", redact_url_text(s), reason));
         if s.is_empty() || s.len() > 2048 {
             return bad("must be 1 to 2048 characters");
         }
@@ -121,7 +181,7 @@ impl RepoUrl {
         if s.contains("::") {
             return bad("remote helpers such as ext:: are not allowed; use https://, ssh://, git:// or user@host:path");
         }
-        let transport = if let Some((scheme, rest)) = s.split_once("://") {
+        if let Some((scheme, rest)) = s.split_once("://") {
             let transport = match scheme.to_ascii_lowercase().as_str() {
                 "https" => Transport::Https,
                 "ssh" => Transport::Ssh,
@@ -131,7 +191,8 @@ impl RepoUrl {
                 "http" => return bad("plain http:// is not allowed; use https://"),
                 other => {
                     return bad(&format!(
-                        "unsupported scheme {other:?}; use https://, ssh://, git:// or user@host:path"
+                        "unsupported scheme {:?}; use https://, ssh://, git:// or user@host:path",
+                        redact_url_text(other)
                     ));
                 }
             };
@@ -148,8 +209,12 @@ impl RepoUrl {
                 if rest.len() <= authority.len() + 1 {
                     return bad("needs a repository path after the host");
                 }
+                // One reading of where the credentials end, shared by
+                // `redacted` and git: an '@' past the host is refused.
+                if rest[authority.len()..].contains('@') || authority.contains(['?', '#']) {
+                    return bad("'@' may only separate credentials from the host, before the first '/'");
+                }
             }
-            transport
         } else {
             // scp-like: [user@]host:path, with the ':' before any '/'.
             match s.split_once(':') {
@@ -158,15 +223,21 @@ impl RepoUrl {
                     if host.is_empty() || host.starts_with('-') || path.is_empty() || path.starts_with('-') {
                         return bad("scp-like URLs look like git@host:owner/repo.git");
                     }
-                    Transport::Ssh
+                    if path.contains('@') {
+                        return bad("scp-like URLs carry no password; use an SSH key (--ssh-key)");
+                    }
                 }
                 _ => {
                     return bad("must be a URL (https://, ssh://, git://) or scp-like git@host:path");
                 }
             }
-        };
-        let _ = transport;
+        }
         Ok(RepoUrl(s.to_owned()))
+    }
+
+    /// The URL as written, credentials included: only for handing to git.
+    pub fn expose(&self) -> &str {
+        &self.0
     }
 
     pub fn transport(&self) -> Transport {
@@ -181,22 +252,90 @@ impl RepoUrl {
         }
     }
 
-    /// The URL without any user:password part, for logs and labels.
+    /// The host the URL names (without user or port), for policy checks
+    /// such as "is this git:// server on this machine". `None` for file://.
+    pub fn host(&self) -> Option<&str> {
+        let authority = match self.0.split_once("://") {
+            Some((_, rest)) => rest.split('/').next().unwrap_or_default(),
+            None => self.0.split(':').next().unwrap_or_default(),
+        };
+        let host_port = authority.rsplit('@').next().unwrap_or_default();
+        let host = if let Some(v6) = host_port.strip_prefix('[') {
+            v6.split(']').next().unwrap_or_default()
+        } else {
+            host_port.split(':').next().unwrap_or_default()
+        };
+        (!host.is_empty()).then_some(host)
+    }
+
+    /// The part of the userinfo that is a credential: the password of
+    /// `user:password@`, or for https and git:// a bare user (a token).
+    /// SSH user names (`git@…`) are not secrets.
+    pub fn credential(&self) -> Option<&str> {
+        let (start, end) = userinfo_range(&self.0)?;
+        let userinfo = &self.0[start..end];
+        let secret = match userinfo.split_once(':') {
+            Some((_, password)) => password,
+            None if self.transport() == Transport::Ssh => return None,
+            None => userinfo,
+        };
+        (!secret.is_empty()).then_some(secret)
+    }
+
+    /// The URL without any credentials, for logs, errors and labels:
+    /// `https://bot:***@h/r`, `https://***@h/r` for a token-only URL.
     pub fn redacted(&self) -> String {
-        match self.0.split_once("://") {
-            Some((scheme, rest)) => {
-                let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-                match authority.rsplit_once('@') {
-                    Some((userinfo, host)) if userinfo.contains(':') => {
-                        let user = userinfo.split(':').next().unwrap_or_default();
-                        format!("{scheme}://{user}:***@{host}{path}")
-                    }
-                    _ => self.0.clone(),
-                }
-            }
-            None => self.0.clone(),
+        let Some((start, end)) = userinfo_range(&self.0) else {
+            return self.0.clone();
+        };
+        let userinfo = &self.0[start..end];
+        let shown = match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:{REDACTED}"),
+            None if self.transport() == Transport::Ssh => userinfo.to_owned(),
+            None => REDACTED.to_owned(),
+        };
+        format!("{}{shown}{}", &self.0[..start], &self.0[end..])
+    }
+
+    /// This URL with `credentials` (`user:password` or a token) as its
+    /// userinfo, replacing any it had. Only for https:// URLs: other
+    /// transports authenticate otherwise (an SSH key).
+    pub fn with_credentials(&self, credentials: &crate::Secret) -> Result<Self, Error> {
+        if self.transport() != Transport::Https {
+            return Err(Error::invalid(
+                "repository URL",
+                self.redacted(),
+                "credentials can only be given for https:// URLs; use an SSH key for ssh",
+            ));
+        }
+        let raw = credentials.expose().trim();
+        if raw.is_empty() || raw.contains(['\n', '\r']) {
+            return Err(Error::invalid("repository credentials", REDACTED, "must be one line: TOKEN or USER:PASSWORD"));
+        }
+        let userinfo = match raw.split_once(':') {
+            Some((user, password)) => format!("{}:{}", percent_encode(user), percent_encode(password)),
+            None => percent_encode(raw),
+        };
+        let (scheme, rest) = self.0.split_once("://").unwrap_or(("https", &self.0));
+        let without = match userinfo_range(&self.0) {
+            Some((_, end)) => &self.0[end + 1..],
+            None => rest,
+        };
+        Ok(RepoUrl(format!("{scheme}://{userinfo}@{without}")))
+    }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
         }
     }
+    out
 }
 
 impl FromStr for RepoUrl {
@@ -306,6 +445,57 @@ mod tests {
         assert!(RepoUrl::parse_allowing_file("file://relative").is_err());
         let u: RepoUrl = "https://bot:tok3n@h/o/r".parse().expect("valid");
         assert_eq!(u.redacted(), "https://bot:***@h/o/r");
+        assert_eq!(u.credential(), Some("tok3n"));
+        assert_eq!(u.to_string(), "https://bot:***@h/o/r");
+        assert_eq!(format!("{u:?}"), "RepoUrl(https://bot:***@h/o/r)");
+        assert_eq!(serde_json::to_string(&u).expect("ser"), "\"https://bot:***@h/o/r\"");
+        assert_eq!(u.expose(), "https://bot:tok3n@h/o/r");
+    }
+
+    #[test]
+    fn token_only_urls_are_redacted_and_ssh_users_kept() {
+        let u: RepoUrl = "https://ghp_T0KEN@github.com/o/r.git".parse().expect("valid");
+        assert_eq!(u.redacted(), "https://***@github.com/o/r.git");
+        assert_eq!(u.credential(), Some("ghp_T0KEN"));
+        let u: RepoUrl = "git://T0KEN@127.0.0.1/r.git".parse().expect("valid");
+        assert_eq!(u.redacted(), "git://***@127.0.0.1/r.git");
+        let u: RepoUrl = "ssh://git@h:2222/o/r.git".parse().expect("valid");
+        assert_eq!((u.redacted().as_str(), u.credential()), ("ssh://git@h:2222/o/r.git", None));
+        let u: RepoUrl = "git@h:o/r.git".parse().expect("valid");
+        assert_eq!((u.redacted().as_str(), u.host()), ("git@h:o/r.git", Some("h")));
+        let u: RepoUrl = "https://u:p@h:8443/r".parse().expect("valid");
+        assert_eq!(u.host(), Some("h"));
+    }
+
+    #[test]
+    fn invalid_urls_are_quoted_without_credentials() {
+        for bad in [
+            "https://bot:s3cr3t@h",
+            "https://s3cr3t@h",
+            "https://bot:s3/cr3t@h/",
+            "ftp://bot:s3cr3t@h/r",
+            "https://bot:s3cr3t@h/a b",
+            "bot:s3cr3t@h:r",
+            "http://bot:s3cr3t@h/r",
+        ] {
+            let e = bad.parse::<RepoUrl>().expect_err(bad).to_string();
+            assert!(!e.contains("s3cr3t") && !e.contains("cr3t"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn credentials_from_a_file_are_encoded_into_https_urls_only() {
+        let u: RepoUrl = "https://old@h/o/r.git".parse().expect("valid");
+        let with = u.with_credentials(&crate::Secret::new("bot:p@ss/w:rd")).expect("https");
+        assert_eq!(with.expose(), "https://bot:p%40ss%2Fw%3Ard@h/o/r.git");
+        assert_eq!(with.redacted(), "https://bot:***@h/o/r.git");
+        let token = "https://h/o/r.git"
+            .parse::<RepoUrl>()
+            .expect("valid")
+            .with_credentials(&crate::Secret::new("tok"))
+            .expect("ok");
+        assert_eq!(token.expose(), "https://tok@h/o/r.git");
+        assert!("git@h:o/r".parse::<RepoUrl>().expect("valid").with_credentials(&crate::Secret::new("t")).is_err());
     }
 
     #[test]
@@ -328,8 +518,12 @@ mod tests {
                 prop_assert_eq!(v.as_str().parse::<GitRef>().ok(), Some(v));
             }
             if let Ok(v) = RepoUrl::parse_allowing_file(&s) {
-                prop_assert!(!v.as_str().contains("::"));
-                prop_assert_eq!(RepoUrl::parse_allowing_file(v.as_str()).ok(), Some(v));
+                prop_assert!(!v.expose().contains("::"));
+                if v.credential().is_some() {
+                    let shown = RepoUrl::parse_allowing_file(&v.redacted()).ok();
+                    prop_assert_eq!(shown.as_ref().and_then(|r| r.credential()), Some("***"));
+                }
+                prop_assert_eq!(RepoUrl::parse_allowing_file(v.expose()).ok(), Some(v));
             }
             if let Ok(v) = s.parse::<DockerfilePath>() {
                 prop_assert!(!v.as_path().is_absolute());

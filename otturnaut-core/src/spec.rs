@@ -140,6 +140,45 @@ pub struct Timeouts {
     /// Grace between SIGTERM and SIGKILL when stopping the old release.
     #[serde(with = "humantime_serde", default = "defaults::stop")]
     pub stop: Duration,
+    /// How long pulling a `Source::Image` that is not present may take: the
+    /// app's lock is held meanwhile.
+    #[serde(with = "humantime_serde", default = "defaults::pull")]
+    pub pull: Duration,
+}
+
+/// The longest duration any setting accepts. Beyond it a value is a typo or
+/// an attack: `u64::MAX` seconds overflows every deadline computed from it.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+impl Timeouts {
+    /// Every timeout of the spec with its name, for checks such as
+    /// [`MAX_DURATION`].
+    pub fn all(&self) -> [(&'static str, Duration); 5] {
+        [("fetch", self.fetch), ("build", self.build), ("drain", self.drain), ("stop", self.stop), ("pull", self.pull)]
+    }
+}
+
+impl DeploySpec {
+    /// Checks what serde cannot: every duration at most [`MAX_DURATION`]
+    /// (and the health check's above zero).
+    pub fn check_limits(&self) -> Result<(), Error> {
+        let h = &self.health;
+        let all = self.timeouts.all().into_iter().chain([
+            ("health interval", h.interval),
+            ("health attempt timeout", h.attempt_timeout),
+            ("health deadline", h.deadline),
+        ]);
+        for (what, d) in all {
+            if d > MAX_DURATION {
+                return Err(Error::invalid(
+                    "duration",
+                    humantime::format_duration(d).to_string(),
+                    format!("{what} must be at most {}", humantime::format_duration(MAX_DURATION)),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for Timeouts {
@@ -149,6 +188,7 @@ impl Default for Timeouts {
             build: defaults::build(),
             drain: defaults::drain(),
             stop: defaults::stop(),
+            pull: defaults::pull(),
         }
     }
 }
@@ -179,6 +219,9 @@ mod defaults {
     pub fn stop() -> Duration {
         Duration::from_secs(10)
     }
+    pub fn pull() -> Duration {
+        Duration::from_secs(600)
+    }
 }
 
 #[cfg(test)]
@@ -204,6 +247,39 @@ mod tests {
         assert!(!format!("{spec:?}").contains("postgres://secret"));
         let again: DeploySpec = serde_json::from_str(&serde_json::to_string(&spec).expect("ser")).expect("de");
         assert_eq!(again.app, spec.app);
+        assert!(spec.check_limits().is_ok());
+    }
+
+    #[test]
+    fn serializing_a_spec_leaks_no_secret() {
+        let json = r#"{
+            "app": "shop",
+            "source": {"type": "git", "url": "https://T0KEN@h/o/r.git", "build_args": {"NPM": "npmsecret"},
+                       "ssh_key": "-----BEGIN KEYSECRET"},
+            "container_port": 8080,
+            "env": {"DATABASE_URL": "postgres://u:dbsecret@h/db"}
+        }"#;
+        let spec: DeploySpec = serde_json::from_str(json).expect("valid spec");
+        let out = serde_json::to_string(&spec).expect("ser");
+        for secret in ["T0KEN", "npmsecret", "KEYSECRET", "dbsecret"] {
+            assert!(!out.contains(secret), "{secret} in {out}");
+        }
+        match &spec.source {
+            Source::Git { url, build_args, .. } => {
+                assert_eq!(url.expose(), "https://T0KEN@h/o/r.git");
+                assert_eq!(build_args.get("NPM").map(Secret::expose), Some("npmsecret"));
+            }
+            Source::Image { .. } => panic!("git source expected"),
+        }
+    }
+
+    #[test]
+    fn durations_beyond_a_day_are_refused() {
+        let json = r#"{"app": "a", "source": {"type": "image", "reference": "x"}, "container_port": 80,
+                       "health": {"check": "tcp", "deadline": "25h"}}"#;
+        let spec: DeploySpec = serde_json::from_str(json).expect("parses");
+        let e = spec.check_limits().expect_err("too long").to_string();
+        assert!(e.contains("health deadline") && e.contains("1day"), "{e}");
     }
 
     #[test]

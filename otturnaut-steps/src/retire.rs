@@ -75,7 +75,8 @@ pub(crate) async fn retire(ctx: &Context, old: &Release, new: &Release) -> Vec<R
 /// the drain timeout passes (then retiring goes ahead anyway: the stop grace
 /// still lets the app finish what it can).
 async fn drain(ctx: &Context, old: &Release) -> Result<Option<String>, otturnaut_core::Error> {
-    let deadline = Instant::now() + ctx.spec.timeouts.drain;
+    let now = Instant::now();
+    let deadline = now.checked_add(ctx.spec.timeouts.drain).unwrap_or(now + otturnaut_core::MAX_DURATION);
     loop {
         let n = ctx.adapters.router.in_flight(old.host_port).await?;
         if n == 0 {

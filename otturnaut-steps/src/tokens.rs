@@ -48,9 +48,10 @@ async fn timed<T>(
     ctx.events.emit(DeployEvent::StepStarted { step });
     let started = Instant::now();
     let result = match limit {
-        Some(limit) => match tokio::time::timeout(limit + BACKSTOP, work).await {
+        // Saturating: a spec built by a library caller may hold any duration.
+        Some(limit) => match tokio::time::timeout(limit.saturating_add(BACKSTOP), work).await {
             Ok(r) => r,
-            Err(_) => Err(Error::Timeout { operation: step.to_string(), after: limit + BACKSTOP }),
+            Err(_) => Err(Error::Timeout { operation: step.to_string(), after: limit.saturating_add(BACKSTOP) }),
         },
         None => work.await,
     };
@@ -146,9 +147,19 @@ impl Fetched {
                 let builder = ctx.adapters.builder.clone();
                 let events = ctx.events.clone();
                 let reference = reference.clone();
+                let pull = spec.timeouts.pull;
+                // The app's lock is held while a registry trickles an image in.
                 let work: std::pin::Pin<Box<dyn Future<Output = Result<String, Error>> + Send>> =
                     Box::pin(async move {
-                        builder.ensure_image(&reference, &tag, &events).await?;
+                        match tokio::time::timeout(pull, builder.ensure_image(&reference, &tag, &events)).await {
+                            Ok(result) => result?,
+                            Err(_) => {
+                                return Err(Error::Timeout {
+                                    operation: format!("pulling image {reference}"),
+                                    after: pull,
+                                });
+                            }
+                        }
                         Ok(reference.to_string())
                     });
                 (work, guard)
@@ -158,7 +169,11 @@ impl Fetched {
                 return Err(fail(&ctx, Step::Build, e, None, self.unwind()).await);
             }
         };
-        let limit = matches!(spec.source, Source::Git { .. }).then_some(spec.timeouts.build);
+        let limit = match spec.source {
+            Source::Git { .. } => spec.timeouts.build,
+            Source::Image { .. } => spec.timeouts.pull,
+        };
+        let limit = Some(limit);
         match timed(&ctx, Step::Build, limit, work, |image| Some(image.clone())).await {
             Ok(image) => Ok(Built { image, guard, prev: self }),
             Err(e) => Err(fail(&ctx, Step::Build, e, guard.disarm(), self.unwind()).await),

@@ -27,7 +27,6 @@ use otturnaut_core::{
     Result, RouteTarget, Secret, Source, Step,
 };
 use otturnaut_steps::{BlueGreen, Context, DeployError, Deployed, Fetched, Reaper, RetryPolicy, Strategy as _};
-use tokio::sync::mpsc::UnboundedReceiver;
 
 mock! {
     pub Fetcher {}
@@ -309,7 +308,7 @@ fn route_to(r: &Release) -> RouteTarget {
     RouteTarget { domains: r.domains.clone(), port: r.host_port }
 }
 
-fn drained(rx: &mut UnboundedReceiver<DeployEvent>) -> Vec<DeployEvent> {
+fn drained(rx: &mut otturnaut_core::EventReceiver) -> Vec<DeployEvent> {
     let mut out = Vec::new();
     while let Ok(e) = rx.try_recv() {
         out.push(e);
@@ -355,7 +354,7 @@ fn assert_no_secret(events: &[DeployEvent], result: &std::result::Result<Deploye
 /// check: fetch, build, load, allocate `new_port`, start on it. Each once.
 fn git_forward(m: &mut Mocks, seen: &Seen, app: &AppId, previous: Option<Release>, new_port: HostPort) {
     let (s, a) = (seen.clone(), app.clone());
-    m.fetcher.expect_fetch().times(1).withf(move |req| req.app == a && req.url.as_str() == REPO).returning(
+    m.fetcher.expect_fetch().times(1).withf(move |req| req.app == a && req.url.expose() == REPO).returning(
         move |req| {
             s.note(&req.deployment);
             Ok(FetchedSource { dir: format!("/tmp/src/{}", req.deployment).into(), commit: sha() })

@@ -13,7 +13,9 @@ use bollard::query_parameters::{
 use bytes::Bytes;
 use futures_util::StreamExt;
 use otturnaut_core::traits::{BuildRequest, ImageBuilder, LIVE_PREFIX};
-use otturnaut_core::{AppId, DeployEvent, DeploymentId, Error, EventSink, ImageRef, ManagedImage, Result, labels};
+use otturnaut_core::{
+    AppId, DeployEvent, DeploymentId, Error, EventSink, ImageRef, MAX_LOG_LINE, ManagedImage, Result, labels,
+};
 use tokio::sync::mpsc;
 
 use super::{Docker, TAIL_LINES, Tail, context, is_not_found};
@@ -144,9 +146,13 @@ pub(super) fn label_filters(app: Option<&AppId>) -> HashMap<&'static str, Vec<St
 impl Docker {
     async fn build_tagged(&self, req: &BuildRequest, tag: &str, events: &EventSink) -> Result<()> {
         let dockerfile = req.dockerfile.as_path();
-        if !req.context_dir.join(dockerfile).is_file() {
+        if let Err(why) = context::check_dockerfile(&req.context_dir, dockerfile) {
             return Err(Error::BuildFailed {
-                detail: format!("no Dockerfile at {} in the source tree {}", req.dockerfile, req.context_dir.display()),
+                detail: format!(
+                    "no usable Dockerfile at {} in the source tree {}: {why}",
+                    req.dockerfile,
+                    req.context_dir.display()
+                ),
                 log_tail: Vec::new(),
             });
         }
@@ -213,9 +219,10 @@ impl Docker {
                 return Err(Error::failed(packing(), pack));
             }
             return Err(match e {
-                BollardError::DockerStreamError { error } => {
-                    Error::BuildFailed { detail: error, log_tail: log.into_tail() }
-                }
+                BollardError::DockerStreamError { error } => Error::BuildFailed {
+                    detail: otturnaut_core::cut_line(error, MAX_LOG_LINE),
+                    log_tail: log.into_tail(),
+                },
                 BollardError::DockerResponseServerError { status_code, message } => Error::BuildFailed {
                     detail: format!("Docker refused the build ({status_code}): {message}"),
                     log_tail: log.into_tail(),
@@ -309,6 +316,11 @@ fn image_labels(req: &BuildRequest) -> HashMap<&'static str, String> {
 
 /// Turns the daemon's output chunks into whole lines: `BuildLog` events,
 /// and a tail kept for the error of a failed build.
+///
+/// A build step controls its output: a line is at most [`MAX_LOG_LINE`]
+/// bytes (longer ones are split), so the unfinished line held here is
+/// bounded, and each chunk is scanned once (only the new bytes), never the
+/// whole unfinished line again.
 struct BuildLog<'a> {
     events: &'a EventSink,
     partial: String,
@@ -321,11 +333,29 @@ impl<'a> BuildLog<'a> {
     }
 
     fn text(&mut self, chunk: &str) {
-        self.partial.push_str(chunk);
-        while let Some(end) = self.partial.find('\n') {
-            let line: String = self.partial.drain(..=end).collect();
+        let mut rest = chunk;
+        while let Some(end) = rest.find('\n') {
+            self.append(&rest[..end]);
+            let line = std::mem::take(&mut self.partial);
             self.line(&line);
+            rest = &rest[end + 1..];
         }
+        self.append(rest);
+    }
+
+    /// Adds to the unfinished line, emitting it whenever it reaches the cap.
+    fn append(&mut self, mut text: &str) {
+        while self.partial.len() + text.len() > MAX_LOG_LINE {
+            let mut cut = MAX_LOG_LINE - self.partial.len();
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            self.partial.push_str(&text[..cut]);
+            let line = std::mem::take(&mut self.partial);
+            self.line(&line);
+            text = &text[cut..];
+        }
+        self.partial.push_str(text);
     }
 
     fn status(&mut self, id: Option<&str>, status: &str, has_progress: bool) {
@@ -347,8 +377,9 @@ impl<'a> BuildLog<'a> {
         if line.is_empty() {
             return;
         }
-        self.tail.push(line.to_owned());
-        self.events.emit(DeployEvent::BuildLog { line: line.to_owned() });
+        let line = otturnaut_core::cut_line(line.to_owned(), MAX_LOG_LINE);
+        self.tail.push(line.clone());
+        self.events.emit(DeployEvent::BuildLog { line });
     }
 
     fn flush(&mut self) {
@@ -409,5 +440,37 @@ mod tests {
         assert_eq!(tail.len(), TAIL_LINES);
         assert_eq!(tail.last().map(String::as_str), Some("no newline at the end"));
         assert_eq!(tail.first().map(String::as_str), Some("line 11"));
+    }
+
+    #[test]
+    fn output_without_newlines_is_split_into_capped_lines() {
+        let (sink, mut rx) = EventSink::channel();
+        let mut log = BuildLog::new(&sink);
+        // 10 MiB in 1 KiB chunks: quadratic rescanning would take minutes.
+        let chunk = "ab".repeat(512);
+        let started = std::time::Instant::now();
+        let mut got = 0usize;
+        for _ in 0..10 * 1024 {
+            log.text(&chunk);
+            assert!(log.partial.len() <= MAX_LOG_LINE);
+            while let Ok(DeployEvent::BuildLog { line }) = rx.try_recv() {
+                assert!(line.len() <= MAX_LOG_LINE, "{}", line.len());
+                got += line.len();
+            }
+        }
+        log.flush();
+        while let Ok(DeployEvent::BuildLog { line }) = rx.try_recv() {
+            got += line.len();
+        }
+        assert_eq!(got, 10 * 1024 * 1024, "nothing lost while the consumer keeps up");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+
+        // Multi-byte characters are never cut in half.
+        let mut log = BuildLog::new(&sink);
+        log.text(&"€".repeat(MAX_LOG_LINE));
+        log.flush();
+        while let Ok(DeployEvent::BuildLog { line }) = rx.try_recv() {
+            assert!(line.len() <= MAX_LOG_LINE && line.chars().all(|c| c == '€'));
+        }
     }
 }

@@ -22,7 +22,7 @@ const CHUNK: usize = 64 * 1024;
 /// and credentials in remotes have no business in an image).
 pub(crate) fn ignore_rules(context: &Path, dockerfile: &Path) -> Result<DockerIgnore> {
     let file = context.join(".dockerignore");
-    let mut rules = match fs::read_to_string(&file) {
+    let mut rules = match read_repo_file(&file, MAX_DOCKERIGNORE) {
         Ok(text) => DockerIgnore::parse(&text)?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => DockerIgnore::default(),
         Err(e) => {
@@ -38,6 +38,77 @@ pub(crate) fn ignore_rules(context: &Path, dockerfile: &Path) -> Result<DockerIg
         rules.push(&format!("!{dockerfile}"))?;
     }
     Ok(rules)
+}
+
+/// The largest `.dockerignore` read (Docker's own CLI has no limit; real
+/// ones are a few hundred bytes).
+pub(crate) const MAX_DOCKERIGNORE: u64 = 1024 * 1024;
+
+/// The largest Dockerfile accepted.
+pub(crate) const MAX_DOCKERFILE: u64 = 1024 * 1024;
+
+/// Reads a file of the repository as UTF-8 text: the repository is
+/// untrusted, and the agent runs as root. A symlink is refused rather than
+/// followed (it could name `/dev/zero`, a fifo that blocks forever, or a
+/// file only root may read), so is anything but a regular file, and so is a
+/// file over `max` bytes. Errors never quote the content.
+pub(crate) fn read_repo_file(path: &Path, max: u64) -> io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NOFOLLOW refuses a symlink as the last component (ELOOP); O_NONBLOCK
+    // keeps a fifo from blocking the open. A symlinked parent directory
+    // cannot occur: the walk below sends links as links, and the checkout's
+    // own directories are real.
+    let file = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).map_err(
+        |e| match e.raw_os_error() {
+            Some(libc::ELOOP) => io::Error::other("it is a symbolic link, which is not followed"),
+            _ => e,
+        },
+    )?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::other("it is not a regular file"));
+    }
+    if meta.len() > max {
+        return Err(io::Error::other(format!("it is larger than {max} bytes")));
+    }
+    let mut bytes = Vec::new();
+    // `take`: the size may change after the check.
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(io::Error::other(format!("it is larger than {max} bytes")));
+    }
+    String::from_utf8(bytes).map_err(|_| io::Error::other("it is not UTF-8 text"))
+}
+
+/// Checks the Dockerfile before the daemon reads it: a regular file (not a
+/// link out of the checkout, a device or a fifo) of sane size, reached
+/// without symlinked directories.
+pub(crate) fn check_dockerfile(context: &Path, dockerfile: &Path) -> std::result::Result<(), String> {
+    let mut path = context.to_path_buf();
+    let parts: Vec<_> = dockerfile.components().collect();
+    for (i, part) in parts.iter().enumerate() {
+        path.push(part);
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err("there is no such file".into()),
+            Err(e) => return Err(e.to_string()),
+        };
+        let last = i + 1 == parts.len();
+        if meta.file_type().is_symlink() {
+            return Err(format!("{} is a symbolic link, which is not followed", path.display()));
+        }
+        if !last && !meta.is_dir() {
+            return Err(format!("{} is not a directory", path.display()));
+        }
+        if last && !meta.is_file() {
+            return Err("it is not a regular file".into());
+        }
+        if last && meta.len() > MAX_DOCKERFILE {
+            return Err(format!("it is larger than {MAX_DOCKERFILE} bytes"));
+        }
+    }
+    Ok(())
 }
 
 /// Writes the context as a tar into chunks sent on `tx`. Blocking: run it on
@@ -203,6 +274,43 @@ mod tests {
         fs::write(root.join(".dockerignore"), "*\n").expect("write");
         let got = names(root, "docker/app.Dockerfile");
         assert_eq!(got, [".dockerignore", "docker/app.Dockerfile"]);
+    }
+
+    #[test]
+    fn a_hostile_dockerignore_is_refused_without_being_read_or_quoted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        touch(root, "Dockerfile");
+        let ignore = root.join(".dockerignore");
+        for target in ["/dev/zero", "/etc/shadow", "/nonexistent"] {
+            let _ = fs::remove_file(&ignore);
+            std::os::unix::fs::symlink(target, &ignore).expect("symlink");
+            let e = ignore_rules(root, Path::new("Dockerfile")).expect_err(target).to_string();
+            assert!(e.contains("symbolic link"), "{target}: {e}");
+        }
+        fs::remove_file(&ignore).expect("rm");
+        fs::write(&ignore, vec![b'a'; MAX_DOCKERIGNORE as usize + 1]).expect("write");
+        let e = ignore_rules(root, Path::new("Dockerfile")).expect_err("too big").to_string();
+        assert!(e.contains("larger than"), "{e}");
+        fs::write(&ignore, "ok\n!\nroot:x:0:0:SECRETLINE\n").expect("write");
+        let e = ignore_rules(root, Path::new("Dockerfile")).expect_err("bad line").to_string();
+        assert!(e.contains("line 2") && !e.contains("SECRETLINE"), "{e}");
+        fs::write(&ignore, "a\n".repeat(super::super::dockerignore::MAX_PATTERNS + 1)).expect("write");
+        assert!(ignore_rules(root, Path::new("Dockerfile")).is_err());
+    }
+
+    #[test]
+    fn the_dockerfile_must_be_a_real_file_inside_the_context() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        touch(root, "docker/Dockerfile");
+        assert_eq!(check_dockerfile(root, Path::new("docker/Dockerfile")), Ok(()));
+        std::os::unix::fs::symlink("/dev/zero", root.join("zero")).expect("symlink");
+        std::os::unix::fs::symlink("/etc", root.join("etc")).expect("symlink");
+        assert!(check_dockerfile(root, Path::new("zero")).is_err_and(|e| e.contains("symbolic link")));
+        assert!(check_dockerfile(root, Path::new("etc/passwd")).is_err_and(|e| e.contains("symbolic link")));
+        assert!(check_dockerfile(root, Path::new("nothing")).is_err());
+        assert!(check_dockerfile(root, Path::new("docker")).is_err());
     }
 
     #[cfg(unix)]

@@ -27,6 +27,10 @@ impl Pattern {
     }
 }
 
+/// The most patterns a `.dockerignore` may have: each one is a compiled
+/// regex matched against every path of the context.
+pub(crate) const MAX_PATTERNS: usize = 1000;
+
 /// An ordered list of patterns; a later pattern overrides an earlier one.
 #[derive(Debug, Default)]
 pub(crate) struct DockerIgnore {
@@ -34,19 +38,34 @@ pub(crate) struct DockerIgnore {
 }
 
 impl DockerIgnore {
-    /// Parses the contents of a `.dockerignore` file.
+    /// Parses the contents of a `.dockerignore` file. The file is the
+    /// repository's, so an error names the line, never its text (a hostile
+    /// repository could make it quote anything), and at most
+    /// [`MAX_PATTERNS`] patterns are compiled.
     pub(crate) fn parse(contents: &str) -> Result<Self> {
         let mut ignore = DockerIgnore::default();
         let contents = contents.strip_prefix('\u{feff}').unwrap_or(contents);
-        for line in contents.lines() {
+        for (i, line) in contents.lines().enumerate() {
             // Comments are recognised before trimming, as Docker does.
             if line.starts_with('#') {
                 continue;
             }
             let line = line.trim();
-            if !line.is_empty() {
-                ignore.push(line)?;
+            if line.is_empty() {
+                continue;
             }
+            if ignore.patterns.len() == MAX_PATTERNS {
+                return Err(Error::failed(
+                    "reading .dockerignore",
+                    format!("more than {MAX_PATTERNS} patterns; refusing to compile them all"),
+                ));
+            }
+            ignore.push(line).map_err(|_| {
+                Error::failed(
+                    "reading .dockerignore",
+                    format!("line {} is not a valid pattern (its text is not shown)", i + 1),
+                )
+            })?;
         }
         Ok(ignore)
     }

@@ -123,8 +123,15 @@ impl Docker {
     /// Streams a container's output (stdout and stderr), starting with the
     /// last `tail` lines, for `otturnaut logs --follow`.
     pub fn follow_logs(&self, id: &ContainerId, tail: usize) -> LogStream {
+        self.stream_logs(id, tail, true)
+    }
+
+    /// Streams a container's output, the last `tail` lines and, with
+    /// `follow`, what comes after: one line at a time, never all of it in
+    /// memory (`otturnaut logs`).
+    pub fn stream_logs(&self, id: &ContainerId, tail: usize, follow: bool) -> LogStream {
         let options =
-            LogsOptionsBuilder::default().stdout(true).stderr(true).follow(true).tail(&tail.to_string()).build();
+            LogsOptionsBuilder::default().stdout(true).stderr(true).follow(follow).tail(&tail.to_string()).build();
         let this = self.clone();
         let id = id.clone();
         let stream = self.client.logs(&id.0, Some(options));

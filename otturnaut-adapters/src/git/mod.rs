@@ -10,7 +10,12 @@
 //!   winding down can only ever delete its own partial directory.
 //! - `ssh/{app}-{deployment}.key`: the deploy key, present only while its
 //!   fetch runs; `ssh/{app}-{deployment}.log`: ssh's stderr, likewise.
-//! - `ssh/known_hosts`: host keys learnt on first use, so `~/.ssh` is left alone.
+//! - `ssh/known_hosts`: host keys learnt on first use (mode 0600), so `~/.ssh`
+//!   is left alone; or, with [`GitFetcher::with_known_hosts`], a file of
+//!   pinned keys, and an unknown host is refused.
+//!
+//! `src/` and `ssh/` are created mode 0700, so checkouts (which may hold
+//! secrets of the repository) and keys are readable by the agent's user only.
 //!
 //! gix's client is blocking, so it runs on tokio's blocking pool and is
 //! stopped through its interrupt flag on timeout or when the fetch future is
@@ -29,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use otturnaut_core::traits::{FetchRequest, FetchedSource, SourceFetcher};
-use otturnaut_core::{AppId, CommitSha, DeploymentId, Error, Result, Service, Transport};
+use otturnaut_core::{AppId, CommitSha, DeploymentId, Error, RepoUrl, Result, Service, Transport};
 
 use clone::{Failure, FailureKind};
 
@@ -41,6 +46,8 @@ const INTERRUPT_GRACE: Duration = Duration::from_millis(500);
 #[derive(Debug, Clone)]
 pub struct GitFetcher {
     work_dir: PathBuf,
+    /// Pinned SSH host keys; `None`: trust on first use.
+    known_hosts: Option<PathBuf>,
 }
 
 /// A checkout found on disk, as named by [`GitFetcher`].
@@ -55,7 +62,15 @@ pub struct FetchedDir {
 
 impl GitFetcher {
     pub fn new(work_dir: impl Into<PathBuf>) -> Self {
-        GitFetcher { work_dir: work_dir.into() }
+        GitFetcher { work_dir: work_dir.into(), known_hosts: None }
+    }
+
+    /// Checks SSH host keys against `file` (OpenSSH known_hosts format) only:
+    /// a host not in it is refused. Without it, a host's key is learnt on
+    /// first use into `ssh/known_hosts` and checked from then on.
+    pub fn with_known_hosts(mut self, file: Option<PathBuf>) -> Self {
+        self.known_hosts = file;
+        self
     }
 
     /// Where checkouts go: `{work_dir}/src`.
@@ -143,6 +158,27 @@ fn parse_dir_name(name: &str) -> Option<(AppId, DeploymentId)> {
     Some((app.parse().ok()?, deployment.parse().ok()?))
 }
 
+/// How much of ssh's stderr is read for an error message: the remote side
+/// writes to it too, as much as it likes.
+const SSH_LOG_TAIL: u64 = 16 * 1024;
+
+/// The last `max` bytes of `path`, as text.
+fn read_tail(path: &Path, max: u64) -> io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(max)))?;
+    let mut bytes = Vec::new();
+    file.take(max).read_to_end(&mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Creates `dir` and any missing parents with mode 0700.
+fn private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
 fn remove_dir_quietly(dir: &Path) -> io::Result<()> {
     match fs::remove_dir_all(dir) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -216,12 +252,15 @@ impl SourceFetcher for GitFetcher {
             leftovers.files.push(stderr_log.clone());
             ssh::remove_file_quietly(&stderr_log);
             ssh_log = Some(stderr_log.clone());
-            let options = ssh::SshOptions {
-                known_hosts: ssh_dir.join("known_hosts"),
-                key,
-                stderr_log,
-                connect_timeout: req.timeout,
+            let (known_hosts, pinned) = match &self.known_hosts {
+                Some(file) => (file.clone(), true),
+                None => {
+                    let file = ssh_dir.join("known_hosts");
+                    ssh::ensure_private_file(&file)?;
+                    (file, false)
+                }
             };
+            let options = ssh::SshOptions { known_hosts, pinned, key, stderr_log, connect_timeout: req.timeout };
             config.push(format!("core.sshCommand={}", options.command()));
             config.push("ssh.variant=ssh".to_owned());
         } else if req.ssh_key.is_some() {
@@ -231,12 +270,12 @@ impl SourceFetcher for GitFetcher {
         let src = self.src_dir();
         let partial = self.partial_dir(&req.app, &req.deployment);
         leftovers.dir = Some(partial.clone());
-        fs::create_dir_all(&partial)
+        private_dir(&partial)
             .map_err(|e| Error::failed(format!("creating {} in {}", partial.display(), src.display()), e))?;
 
         tracing::info!(app = %req.app, deployment = %req.deployment, url = %shown_url, git_ref = %req.git_ref, "cloning");
         let mut task = tokio::task::spawn_blocking({
-            let url = req.url.as_str().to_owned();
+            let url = req.url.expose().to_owned();
             let git_ref = req.git_ref.clone();
             let partial = partial.clone();
             let interrupt = leftovers.interrupt.clone();
@@ -258,7 +297,7 @@ impl SourceFetcher for GitFetcher {
         let sha = match outcome {
             Ok(Ok(sha)) => sha,
             Ok(Err(failure)) => {
-                let failure = match ssh_log.as_deref().and_then(|log| fs::read_to_string(log).ok()) {
+                let failure = match ssh_log.as_deref().and_then(|log| read_tail(log, SSH_LOG_TAIL).ok()) {
                     Some(stderr) => failure.with_ssh_stderr(&stderr),
                     None => failure,
                 };
@@ -335,7 +374,7 @@ impl SourceFetcher for GitFetcher {
 
 fn to_error(failure: Failure, req: &FetchRequest, operation: String) -> Error {
     let shown_url = req.url.redacted();
-    let detail = scrub(&failure.detail, req.url.as_str());
+    let detail = scrub(&failure.detail, &req.url);
     match failure.kind {
         FailureKind::RefNotFound => Error::failed(operation, format!("ref '{}' not found in {shown_url}", req.git_ref)),
         FailureKind::CommitRefused => Error::failed(
@@ -356,19 +395,13 @@ fn to_error(failure: Failure, req: &FetchRequest, operation: String) -> Error {
     }
 }
 
-/// Removes the password of `url` (if it has one) from gix's messages, which
-/// may quote the URL verbatim.
-fn scrub(detail: &str, url: &str) -> String {
-    let password = url
-        .split_once("://")
-        .and_then(|(_, rest)| rest.split('/').next())
-        .and_then(|authority| authority.rsplit_once('@'))
-        .and_then(|(userinfo, _)| userinfo.split_once(':'))
-        .map(|(_, password)| password)
-        .filter(|p| !p.is_empty());
-    match password {
-        Some(p) => detail.replace(p, "***"),
-        None => detail.to_owned(),
+/// Removes the credentials of `url` (a password, or a token given as the
+/// user) from gix's messages, which may quote the URL verbatim or in part.
+fn scrub(detail: &str, url: &RepoUrl) -> String {
+    let detail = detail.replace(url.expose(), &url.redacted());
+    match url.credential() {
+        Some(secret) => detail.replace(secret, otturnaut_core::REDACTED),
+        None => detail,
     }
 }
 
@@ -396,11 +429,23 @@ mod tests {
     }
 
     #[test]
+    fn only_the_tail_of_a_huge_ssh_log_is_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("a.log");
+        fs::write(&log, format!("{}\nPermission denied\n", "x".repeat(1024 * 1024))).expect("write");
+        let tail = read_tail(&log, SSH_LOG_TAIL).expect("read");
+        assert_eq!(tail.len() as u64, SSH_LOG_TAIL);
+        assert!(tail.ends_with("Permission denied\n"));
+    }
+
+    #[test]
     fn passwords_are_scrubbed() {
+        let url = |s: &str| RepoUrl::try_from(s).expect("valid");
         assert_eq!(
-            scrub("cannot reach https://bot:s3cr3t@h/r", "https://bot:s3cr3t@h/r"),
+            scrub("cannot reach https://bot:s3cr3t@h/r", &url("https://bot:s3cr3t@h/r")),
             "cannot reach https://bot:***@h/r"
         );
-        assert_eq!(scrub("x git@h:r", "git@h:r"), "x git@h:r");
+        assert_eq!(scrub("user T0KEN refused", &url("https://T0KEN@h/r")), "user *** refused");
+        assert_eq!(scrub("x git@h:r", &url("git@h:r")), "x git@h:r");
     }
 }

@@ -19,6 +19,24 @@ pub(crate) fn ensure_ssh_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::failed(format!("creating ssh directory {}", dir.display()), e))
 }
 
+/// Creates `path` empty with mode 0600 if it does not exist, without
+/// following a symlink planted there: ssh would otherwise create our
+/// `known_hosts` with whatever the umask allows.
+pub(crate) fn ensure_private_file(path: &Path) -> Result<()> {
+    let opened = fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| Error::failed(format!("opening {}", path.display()), e))?;
+    let meta = opened.metadata().map_err(|e| Error::failed(format!("checking {}", path.display()), e))?;
+    if !meta.is_file() {
+        return Err(Error::failed(format!("opening {}", path.display()), "not a regular file"));
+    }
+    Ok(())
+}
+
 /// Writes the deploy key to `path`, created with mode 0600 so it is never
 /// readable by anyone else, not even for an instant (ssh also refuses keys
 /// that others can read).
@@ -53,6 +71,8 @@ pub(crate) fn remove_file_quietly(path: &Path) {
 #[derive(Debug)]
 pub(crate) struct SshOptions {
     pub known_hosts: PathBuf,
+    /// `known_hosts` pins the keys: never learn a new one.
+    pub pinned: bool,
     pub key: Option<PathBuf>,
     /// Where ssh's stderr goes (see `Failure::with_ssh_stderr`).
     pub stderr_log: PathBuf,
@@ -72,7 +92,8 @@ impl SshOptions {
             cmd.push_str(o);
         };
         opt("BatchMode=yes");
-        opt("StrictHostKeyChecking=accept-new");
+        // Trust on first use unless the operator pinned the keys.
+        opt(if self.pinned { "StrictHostKeyChecking=yes" } else { "StrictHostKeyChecking=accept-new" });
         opt(&shell_quote(&format!("UserKnownHostsFile={}", ssh_path(&self.known_hosts))));
         // Rounded up and one more second, so a hung server trips our own
         // timeout (reported as such) rather than ssh's.
@@ -125,6 +146,7 @@ mod tests {
     fn command_pins_the_key_and_known_hosts() {
         let with_key = SshOptions {
             known_hosts: "/w/ssh/known_hosts".into(),
+            pinned: false,
             key: Some("/w/ssh/a.key".into()),
             stderr_log: "/w/ssh/a.log".into(),
             connect_timeout: Duration::from_millis(1500),
@@ -144,11 +166,13 @@ mod tests {
         }
         let without = SshOptions {
             known_hosts: "/k".into(),
+            pinned: true,
             key: None,
             stderr_log: "/l".into(),
             connect_timeout: Duration::ZERO,
         }
         .command();
         assert!(!without.contains("IdentityFile") && without.contains("ConnectTimeout=2"));
+        assert!(without.contains("-o StrictHostKeyChecking=yes") && !without.contains("accept-new"), "{without}");
     }
 }
