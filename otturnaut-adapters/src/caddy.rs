@@ -151,7 +151,10 @@ impl Caddy {
     pub async fn ensure_server(&self) -> Result<()> {
         let op = "setting up Otturnaut's server in Caddy";
         self.ensure_our_server(op).await?;
-        self.ensure_grace_period(op).await
+        self.ensure_grace_period(op).await?;
+        // Routes written before wildcard exclusions existed get theirs (no
+        // write when every route is as it should be).
+        self.write_routes(op, &[], &[]).await
     }
 
     /// Every route in our server with our `@id` prefix, for rebuilding state

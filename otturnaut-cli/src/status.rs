@@ -3,8 +3,9 @@
 use std::collections::BTreeSet;
 
 use otturnaut_adapters::Agent;
-use otturnaut_core::{AppId, ManagedContainer, ManagedImage, Release};
-use otturnaut_steps::{apps_with_resources, live_release};
+use otturnaut_adapters::state::release_of;
+use otturnaut_core::{AppId, ManagedContainer, ManagedImage, Release, RouteTarget, live_container};
+use otturnaut_steps::apps_with_resources;
 use serde::Serialize;
 
 use crate::args::GlobalArgs;
@@ -64,19 +65,23 @@ async fn status(global: &GlobalArgs, app: Option<&str>, out: &Out) -> Result<Exi
         Some(app) => BTreeSet::from([app]),
         None => apps_with_resources(a).await.map_err(|e| Fatal::service("listing Otturnaut's apps", &e))?,
     };
-    let (containers, images) = tokio::try_join!(a.runtime.list(None), a.builder.list_images(None))
-        .map_err(|e| Fatal::service("listing managed containers and images", &e))?;
+    // One read of everything, however many apps: the live rule is pure.
+    let (containers, images, routes) =
+        tokio::try_join!(a.runtime.list(None), a.builder.list_images(None), a.router.routes())
+            .map_err(|e| Fatal::service("listing Otturnaut's containers, images and routes", &e))?;
 
     let mut all = Vec::new();
     for app in apps {
-        let (live, route) = tokio::try_join!(live_release(a, &app), a.router.route(&app))
-            .map_err(|e| Fatal::service(&format!("reading {app}'s live release"), &e))?;
+        let route = routes.iter().find(|(a, _)| *a == app).map(|(_, t)| t);
+        let live = live_container(&app, &containers, &images, route.map(|r| r.port))
+            .and_then(|c| release_of(&app, c, &images));
+        let route_missing = live.as_ref().is_some_and(|r| {
+            !r.domains.is_empty() && route != Some(&RouteTarget { domains: r.domains.clone(), port: r.host_port })
+        });
         let mine: Vec<&ManagedContainer> = containers.iter().filter(|c| c.app == app).collect();
         let my_images: Vec<&ManagedImage> = images.iter().filter(|i| i.app == app).collect();
         let mut status = app_status(&agent, &settings.agent, app, live, &mine, &my_images).await;
-        status.route_missing = status.live
-            && !status.domains.is_empty()
-            && route.is_none_or(|r| Some(r.port.get()) != status.port || r.domains.len() != status.domains.len());
+        status.route_missing = route_missing;
         all.push(status);
     }
 

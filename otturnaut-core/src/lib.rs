@@ -45,4 +45,8 @@ pub mod labels {
     pub const COMMIT: &str = "otturnaut.commit";
     pub const CREATED: &str = "otturnaut.created";
     pub const IMAGE: &str = "otturnaut.image";
+    /// On every container made by an agent that writes live marks: a
+    /// container without it was deployed before, and only for such
+    /// containers does the old, route-based rule decide what is live.
+    pub const MARKED: &str = "otturnaut.marked";
 }

@@ -66,6 +66,8 @@ pub struct ManagedContainer {
     pub image: String,
     /// The id of the image the container runs (`sha256:…`).
     pub image_id: String,
+    /// Made by an agent from before live marks (no `otturnaut.marked` label).
+    pub legacy: bool,
     pub host_port: Option<HostPort>,
     pub container_port: Option<ContainerPort>,
     pub domains: Vec<Domain>,
@@ -112,9 +114,10 @@ pub struct ManagedImage {
 /// ULIDs, ordered by creation time) is the one committed last.
 ///
 /// Releases deployed before live marks existed have none: for an app without
-/// any mark, the old rule applies (the running container Caddy routes to; for
-/// an app without a route, the newest running one deployed without domains),
-/// and `reconcile` writes the mark.
+/// any mark, the old rule picks among those *legacy* containers only (the
+/// running one Caddy routes to; without a route, after Caddy lost it, the
+/// newest running one), and `reconcile` writes its mark. A container of this
+/// agent without a mark never committed: it is never live.
 pub fn live_container<'a>(
     app: &AppId,
     containers: &'a [ManagedContainer],
@@ -137,12 +140,12 @@ fn legacy_live<'a>(
     containers: &'a [ManagedContainer],
     routed_port: Option<HostPort>,
 ) -> Option<&'a ManagedContainer> {
-    let mut running = containers.iter().filter(|c| c.app == *app && c.running);
+    let mut running = containers.iter().filter(|c| c.app == *app && c.running && c.legacy);
     match routed_port {
         Some(port) => running.find(|c| c.host_port == Some(port)),
-        None => running
-            .filter(|c| c.domains.is_empty())
-            .max_by(|a, b| (a.created, &a.deployment).cmp(&(b.created, &b.deployment))),
+        // Caddy lost the route (a restart): the newest is the best guess,
+        // and far better than taking the app down.
+        None => running.max_by(|a, b| (a.created, &a.deployment).cmp(&(b.created, &b.deployment))),
     }
 }
 
@@ -150,4 +153,82 @@ fn legacy_live<'a>(
 /// rule of [`live_container`] decides (and `reconcile` should write the mark).
 pub fn unmarked(app: &AppId, images: &[ManagedImage]) -> bool {
     !images.iter().any(|i| i.app == *app && i.live)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app() -> AppId {
+        "shop".parse().expect("app")
+    }
+
+    fn container(deployment: &DeploymentId, image_id: &str, port: u16, legacy: bool) -> ManagedContainer {
+        ManagedContainer {
+            id: ContainerId(format!("c-{deployment}")),
+            name: format!("otturnaut-shop-{deployment}"),
+            app: app(),
+            deployment: deployment.clone(),
+            image: "img".into(),
+            image_id: image_id.into(),
+            legacy,
+            host_port: Some(HostPort::try_from(port).expect("port")),
+            container_port: None,
+            domains: vec!["shop.example".parse().expect("domain")],
+            running: true,
+            state: "running".into(),
+            created: 0,
+        }
+    }
+
+    fn image(deployment: &DeploymentId, id: &str, live: bool) -> ManagedImage {
+        ManagedImage {
+            id: id.into(),
+            tags: Vec::new(),
+            app: app(),
+            deployment: deployment.clone(),
+            released: true,
+            live,
+            commit: None,
+            created: 0,
+        }
+    }
+
+    fn ids() -> (DeploymentId, DeploymentId) {
+        let a = DeploymentId::generate();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        (a, DeploymentId::generate())
+    }
+
+    #[test]
+    fn the_newest_live_mark_with_its_container_and_image_wins() {
+        let (old, new) = ids();
+        let containers = [container(&old, "sha256:a", 10001, false), container(&new, "sha256:b", 10002, false)];
+        let both = [image(&old, "sha256:a", true), image(&new, "sha256:b", true)];
+        let port = |r: Option<&ManagedContainer>| r.and_then(|c| c.host_port).map(HostPort::get);
+        assert_eq!(port(live_container(&app(), &containers, &both, None)), Some(10002), "the newer mark");
+        // Caddy's route does not matter once there is a mark.
+        let routed = Some(HostPort::try_from(10001).expect("port"));
+        assert_eq!(port(live_container(&app(), &containers, &both, routed)), Some(10002));
+        // A mark whose container runs another image is no release.
+        let wrong = [image(&old, "sha256:a", true), image(&new, "sha256:other", true)];
+        assert_eq!(port(live_container(&app(), &containers, &wrong, None)), Some(10001));
+        // A mark whose container is gone names nothing; the older one does.
+        assert_eq!(port(live_container(&app(), &containers[..1], &both, None)), Some(10001));
+        // Not live at all: no mark (this agent's containers are never legacy).
+        let unmarked = [image(&old, "sha256:a", false), image(&new, "sha256:b", false)];
+        assert_eq!(port(live_container(&app(), &containers, &unmarked, routed)), None, "never committed");
+    }
+
+    #[test]
+    fn legacy_containers_follow_the_route_or_else_the_newest() {
+        let (old, new) = ids();
+        let mut containers = vec![container(&old, "sha256:a", 10001, true), container(&new, "sha256:b", 10002, true)];
+        containers[1].created = 5;
+        let port = |r: Option<&ManagedContainer>| r.and_then(|c| c.host_port).map(HostPort::get);
+        let routed = Some(HostPort::try_from(10001).expect("port"));
+        assert_eq!(port(live_container(&app(), &containers, &[], routed)), Some(10001), "the routed one");
+        assert_eq!(port(live_container(&app(), &containers, &[], None)), Some(10002), "route lost: the newest");
+        assert!(unmarked(&app(), &[]), "reconcile writes its mark");
+    }
 }

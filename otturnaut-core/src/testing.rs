@@ -335,6 +335,7 @@ impl ContainerRuntime for Fake {
                 image: c.image.clone(),
                 // The fake names images by tag only.
                 image_id: c.image.clone(),
+                legacy: false,
                 host_port: Some(c.port),
                 container_port: None,
                 domains: c.domains.clone(),

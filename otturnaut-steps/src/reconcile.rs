@@ -80,17 +80,18 @@ pub async fn reconcile(
     // must not be removed before traffic has moved off it.
     let restores: Vec<(AppId, RouteTarget)> =
         plans.iter().filter_map(|p| p.restore.clone().map(|t| (p.app.clone(), t))).collect();
-    let restored = match restores.is_empty() {
-        true => Ok(()),
-        false => a.router.set_routes(&restores).await.map_err(|e| e.to_string()),
-    };
+    let (restored, mut refused) = restore_routes(a, restores).await;
 
     let mut reports = Vec::new();
     for plan in plans {
         let mut report = CleanupReport { app: Some(plan.app.clone()), ..CleanupReport::default() };
         let mut actions = plan.actions;
         if let Some(target) = &plan.restore {
-            match &restored {
+            let outcome = match refused.remove(&plan.app) {
+                Some(why) => Err(why),
+                None => restored.clone(),
+            };
+            match &outcome {
                 Ok(()) => report.done.push(format!("restored {}'s route to port {}", plan.app, target.port)),
                 Err(e) => {
                     report.residue.push(Residue {
@@ -123,6 +124,30 @@ pub async fn reconcile(
         reports.push(report);
     }
     Ok(reports)
+}
+
+/// Writes `restores` in one config change. An app whose domain another app
+/// already has (two releases deployed before domains had one owner) is left
+/// out, with the reason, and the others are written without it: one
+/// conflict must not keep every app unrouted.
+async fn restore_routes(
+    a: &Adapters,
+    mut restores: Vec<(AppId, RouteTarget)>,
+) -> (Result<(), String>, std::collections::BTreeMap<AppId, String>) {
+    let mut refused = std::collections::BTreeMap::new();
+    while !restores.is_empty() {
+        match a.router.set_routes(&restores).await {
+            Err(otturnaut_core::Error::DomainTaken { domain, owner }) => {
+                let Some(i) = restores.iter().position(|(app, t)| *app != owner && t.domains.contains(&domain)) else {
+                    return (Err(format!("domain {domain} is already served by app {owner}")), refused);
+                };
+                let (app, _) = restores.remove(i);
+                refused.insert(app, format!("domain {domain} is already served by app {owner}"));
+            }
+            other => return (other.map_err(|e| e.to_string()), refused),
+        }
+    }
+    (Ok(()), refused)
 }
 
 /// True when `action` removes the container serving `port`.

@@ -57,6 +57,7 @@ impl ContainerRuntime for ListingRuntime {
                 deployment: DeploymentId::generate(),
                 image: "img".into(),
                 image_id: "sha256:img".into(),
+                legacy: false,
                 host_port: Some(HostPort::try_from(p).expect("port")),
                 container_port: None,
                 domains: Vec::new(),

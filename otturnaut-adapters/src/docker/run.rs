@@ -217,6 +217,7 @@ fn container_labels(req: &RunRequest) -> HashMap<String, String> {
         (labels::CONTAINER_PORT, req.container_port.to_string()),
         (labels::DOMAINS, domains.join(",")),
         (labels::IMAGE, req.reference.clone()),
+        (labels::MARKED, "true".to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -255,6 +256,7 @@ fn managed_container(summary: ContainerSummary) -> Option<ManagedContainer> {
             .unwrap_or_default(),
         image: label(labels::IMAGE).map(str::to_owned).or(summary.image).unwrap_or_default(),
         image_id: summary.image_id.unwrap_or_default(),
+        legacy: label(labels::MARKED).is_none(),
         host_port: label(labels::HOST_PORT).and_then(|v| v.parse().ok()),
         container_port: label(labels::CONTAINER_PORT).and_then(|v| v.parse().ok()),
         domains: label(labels::DOMAINS)
