@@ -121,6 +121,24 @@ async fn spoofed_labels_are_ignored_and_lost_routes_are_restored_by_reconcile() 
     assert!(failures.is_empty(), "durable-truth cases failed:\n{}", failures.join("\n"));
 }
 
+/// The simulated reboot alone (it restarts the Docker daemon, so every other
+/// test on this machine sees Docker go away): `CHAOS_DOCKER_RESTART` names
+/// the xtask binary that restarts it, as `cargo xtask chaos --docker-restart`
+/// passes it.
+#[tokio::test]
+#[ignore = "restarts dockerd: CHAOS_DOCKER_RESTART=target/debug/xtask cargo test --test chaos -- --ignored reboot"]
+async fn simulated_reboot_serves_every_app_after_the_boot_reconcile() {
+    let xtask = std::env::var("CHAOS_DOCKER_RESTART").expect("CHAOS_DOCKER_RESTART: the xtask binary");
+    let mut world = World::new(bin::otturnaut()).await.expect("chaos world");
+    let mut slot = None;
+    let row = infra::reboot(&mut world, &mut slot, &xtask).await.unwrap_or_else(|e| panic!("harness: {e:#}"));
+    eprintln!("{}: exit {} {:?} {:?}", row.name, row.exit, row.verdict.problems, row.verdict.notes);
+    if let Some(la) = slot {
+        world.clean_up(&la.app).await.expect("cleaning up the live app");
+    }
+    assert!(row.verdict.passed(), "{}", row.verdict.problems.join("; "));
+}
+
 fn spec(app: &otturnaut_core::AppId, url: &str, git_ref: &str, domain: &str) -> DeploySpec {
     git_spec(app, url, git_ref, domain.parse().expect("domain"), Duration::from_secs(60))
 }
