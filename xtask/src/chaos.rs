@@ -23,9 +23,10 @@ pub struct Args {
     /// A smaller matrix: forward fault points and a few of each other kind
     #[arg(long)]
     pub quick: bool,
-    /// Also restart the Docker daemon during a health check. Stops every container on the
-    /// daemon for a moment, so only on a machine nobody else is using, and only for a dockerd
-    /// that `cargo xtask services up` started
+    /// Also restart the Docker daemon during a health check, and simulate a reboot (Docker and
+    /// Caddy stopped and started, Caddy empty, then the boot reconcile). Stops every container
+    /// on the daemon for a moment, so only on a machine nobody else is using, and only for a
+    /// dockerd that `cargo xtask services up` started
     #[arg(long)]
     pub docker_restart: bool,
     /// Where to write the Markdown report [default: target/chaos/report-SEED.md]
