@@ -36,9 +36,11 @@
 //! `remove_route` removes every copy.
 
 mod admin;
+mod features;
 mod json;
 
 use std::hash::BuildHasher;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -49,6 +51,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use self::admin::{Admin, Reply};
+pub use self::features::Features;
 use self::json::{HTTP_APP_PATH, ROUTES_PATH, SERVER_PATH};
 pub use self::json::{ROUTE_ID_PREFIX, SERVER_NAME, route_id};
 
@@ -72,6 +75,10 @@ pub struct CaddyConfig {
     /// `apps.http.grace_period`, set only if nobody set it yet (see
     /// [`Caddy::ensure_server`]).
     pub grace_period: Duration,
+    /// How long proxied WebSockets and other upgraded streams outlive the
+    /// config they were opened under (Caddy 2.7+; see `features::apply`).
+    /// Keep it below the drain timeout. Zero: closed at each reload.
+    pub stream_close_delay: Duration,
 }
 
 impl Default for CaddyConfig {
@@ -83,6 +90,7 @@ impl Default for CaddyConfig {
             upstream_host: "127.0.0.1".to_owned(),
             request_timeout: Duration::from_secs(10),
             grace_period: Duration::from_secs(10),
+            stream_close_delay: Duration::from_secs(10),
         }
     }
 }
@@ -92,6 +100,8 @@ impl Default for CaddyConfig {
 pub struct Caddy {
     admin: Admin,
     config: CaddyConfig,
+    /// Probed once per adapter, on the first route write.
+    features: Arc<tokio::sync::OnceCell<Features>>,
 }
 
 /// Our server's route list as read, with the ETag that guards a write to it.
@@ -125,11 +135,30 @@ impl Caddy {
             return Err(Error::invalid("Caddy listen addresses", "", "need at least one address"));
         }
         let admin = Admin::new(&config.admin_url, config.request_timeout)?;
-        Ok(Caddy { admin, config })
+        Ok(Caddy { admin, config, features: Arc::default() })
     }
 
     pub fn config(&self) -> &CaddyConfig {
         &self.config
+    }
+
+    /// What the running Caddy supports beyond 2.6.2, probed through its admin
+    /// API on first use (no config change) and remembered.
+    pub async fn features(&self) -> Result<Features> {
+        self.features.get_or_try_init(|| Features::detect(&self.admin)).await.copied()
+    }
+
+    /// An app's route as [`json::route`] builds it, plus what this Caddy supports.
+    async fn route_json(
+        &self,
+        id: &str,
+        domains: &[otturnaut_core::Domain],
+        port: HostPort,
+        draining: Option<HostPort>,
+    ) -> Result<Value> {
+        let mut route = json::route(id, domains, &self.config.upstream_host, port, draining);
+        features::apply(&mut route, self.features().await?, self.config.stream_close_delay);
+        Ok(route)
     }
 
     /// Creates our server under `apps.http.servers` if it is missing, from any
@@ -384,12 +413,11 @@ impl Router for Caddy {
             ));
         }
         let id = route_id(app);
-        let host = &self.config.upstream_host;
         for attempt in 1..=MAX_ATTEMPTS {
             let reply = match self.lookup(&op, &id).await? {
                 Lookup::Found { index, route, etag } => {
                     let draining = json::draining_after(&route, target.port);
-                    let new = json::route(&id, &target.domains, host, target.port, draining);
+                    let new = self.route_json(&id, &target.domains, target.port, draining).await?;
                     if route == new {
                         return Ok(());
                     }
@@ -410,7 +438,7 @@ impl Router for Caddy {
                         backoff(&op, attempt).await;
                         continue;
                     }
-                    let new = json::route(&id, &target.domains, host, target.port, None);
+                    let new = self.route_json(&id, &target.domains, target.port, None).await?;
                     // POST appends to a list, and sets a missing key to the value as is.
                     let body = if routes.list.is_some() { new } else { json!([new]) };
                     self.write(&op, Method::POST, ROUTES_PATH, &body, routes.etag.as_deref()).await?
