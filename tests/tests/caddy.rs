@@ -14,7 +14,7 @@ use otturnaut_adapters::caddy::{Caddy, route_id};
 use otturnaut_core::traits::Router;
 use otturnaut_core::{AppId, Domain, Error, HostPort, RouteTarget, Service};
 use otturnaut_tests::caddy_proc::{
-    CaddyProc, SlowAdmin, Upstream, admin_get, free_port, get_via, shared_caddy, shared_listen, test_caddy,
+    CaddyProc, SlowAdmin, Upstream, admin_call, admin_get, free_port, get_via, shared_caddy, shared_listen, test_caddy,
 };
 use otturnaut_tests::services::{CADDY_VERSION_VAR, caddy_admin, caddy_bin, require_caddy, unique_app};
 use serde_json::{Value, json};
@@ -107,6 +107,25 @@ fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
     let mut parts = text.split_whitespace().next()?.trim_start_matches('v').split('.');
     let mut next = || parts.next()?.parse().ok();
     Some((next()?, next()?, next()?))
+}
+
+/// The version of the Caddy under test (private instances; `cargo xtask
+/// test` runs the shared one at the same version).
+fn caddy_version() -> (u32, u32, u32) {
+    let bin = caddy_bin();
+    let out = std::process::Command::new(&bin)
+        .arg("version")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `{} version` ({e}): is Caddy installed?", bin.display()));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    parse_version(&text).unwrap_or_else(|| panic!("`{} version` printed {text:?}", bin.display()))
+}
+
+/// Caddy 2.11.7 (Go 1.26) closes connections without a whole request at a
+/// reload; 2.6.2 (Go 1.19) serves them (see
+/// `a_reload_and_connections_without_a_whole_request_yet`).
+fn reload_closes_new_connections() -> bool {
+    caddy_version() >= (2, 11, 0)
 }
 
 /// The Caddy the tests start is the one `cargo xtask test` asked for (it
@@ -204,6 +223,50 @@ async fn upgraded_streams_survive_a_reload_where_caddy_can_keep_them() {
         assert_eq!(after.as_deref(), Some(&b"after!"[..]), "the stream did not survive the reload");
     } else {
         assert_ne!(after.as_deref(), Some(&b"after!"[..]), "Caddy 2.6 kept the stream: update the docs");
+    }
+}
+
+/// The root cause of the requests lost under heavy load on Caddy 2.11.7: a
+/// reload shuts the previous config's servers down, and 2.11.7 (built with Go
+/// 1.26) closes, without an answer, every connection that has not delivered a
+/// complete request head yet (connected, nothing or part of a head sent),
+/// where 2.6.2 (Go 1.19) serves it. At ~2,000 new connections/s a few are
+/// always in that state at the instant of a reload. Nothing in the config
+/// changes it; the adapter therefore keeps reloads to one per redeploy (see
+/// `a_redeploy_changes_caddy_config_once`).
+#[tokio::test]
+async fn a_reload_and_connections_without_a_whole_request_yet() {
+    let caddy_proc = CaddyProc::start(Value::Null).await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let caddy = test_caddy(&caddy_proc.admin_url(), &listen);
+    caddy.ensure_server().await.expect("ensure_server");
+    let version = caddy_version();
+    let closes_them = reload_closes_new_connections();
+    let (app, other) = (unique_app("statenew"), unique_app("statenew-other"));
+    let up = Upstream::start("ok", Duration::ZERO).await;
+    caddy.set_route(&app, &target(&app, up.port)).await.expect("route");
+    let head = format!("GET / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", domain_of(&app));
+    let mut silent = tokio::net::TcpStream::connect(&listen).await.expect("connect");
+    let mut partial = tokio::net::TcpStream::connect(&listen).await.expect("connect");
+    partial.write_all(head.as_bytes()).await.expect("send part of a head");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    caddy.set_route(&other, &target(&other, 10009)).await.expect("reload: another app's route");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = silent.write_all(format!("{head}\r\n").as_bytes()).await;
+    let _ = partial.write_all(b"\r\n").await;
+    let mut answers = Vec::new();
+    for mut stream in [silent, partial] {
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+        answers.push(String::from_utf8_lossy(&answer).into_owned());
+    }
+    for answer in &answers {
+        if closes_them {
+            assert!(answer.is_empty(), "Caddy {version:?} answered a connection its reload used to close: {answer}");
+        } else {
+            assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok"), "{answer}");
+        }
     }
 }
 
@@ -479,9 +542,16 @@ async fn a_duplicate_of_our_route_stops_setup_with_both_positions() {
     let (app, other) = (unique_app("dup"), unique_app("dup"));
     caddy.set_route(&app, &target(&app, 10001)).await.expect("set_route");
     caddy.set_route(&other, &target(&other, 10002)).await.expect("set_route");
-    // Someone appends a copy of the app's route by hand: Caddy 2.6 takes it.
+    // Someone appends a copy of the app's route by hand: Caddy 2.6 takes it;
+    // 2.11 refuses it, so there the duplicate cannot happen.
     let copy = caddy_proc.config(&format!("/id/{}", route_id(&app))).await;
-    caddy_proc.post("/config/apps/http/servers/otturnaut/routes", &copy).await;
+    let path = "/config/apps/http/servers/otturnaut/routes";
+    let (status, text) = admin_call(&caddy_proc.admin_url(), reqwest::Method::POST, path, Some(&copy)).await;
+    if caddy_version() >= (2, 11, 0) {
+        assert!(status == 400 && text.contains("duplicate ID"), "Caddy took a duplicate @id: {status} {text}");
+        return;
+    }
+    assert!(status.is_success(), "POST {path} answered {status}: {text}");
     let before = caddy_proc.raw("/config/").await;
 
     // A different listen address too: the refusal comes before any change.
@@ -637,6 +707,18 @@ async fn replaced_configs_close_their_upstream_connections_within_seconds() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     caddy.set_route(&app, &target(&app, new.port)).await.expect("switch to new");
     tokio::time::sleep(Duration::from_millis(500)).await;
+    if reload_closes_new_connections() {
+        // The reload closed them unanswered, so the old config never proxies
+        // after its cleanup: this way to the pile-up is closed on 2.11.
+        for stream in &mut clients {
+            let _ = stream.write_all(b"\r\n").await;
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+            assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+        }
+        assert_eq!(old.hits(), 0, "the old config proxied after the reload");
+        return;
+    }
     for stream in &mut clients {
         stream.write_all(b"\r\n").await.expect("finish the request");
         let mut answer = Vec::new();
@@ -796,11 +878,12 @@ async fn measure_switch_time() {
 }
 
 /// New connections made while routes switch all get an answer from blue or
-/// green. Caddy 2.6 opens a fresh SO_REUSEPORT listener per config and closes
-/// the old one, and Linux resets connections still queued on a closed
-/// listener unless `net.ipv4.tcp_migrate_req=1` (kernel 5.14+) hands them to
-/// the new one. So with that sysctl not a single request may fail; without
-/// it, rare resets are tolerated, but never a wrong answer or a 502.
+/// green on Caddy 2.6 (2.11 closes a few unanswered; see below). Caddy opens
+/// a fresh SO_REUSEPORT listener per config and closes the old one, and Linux
+/// resets connections still queued on a closed listener unless
+/// `net.ipv4.tcp_migrate_req=1` (kernel 5.14+) hands them to the new one. So
+/// with that sysctl not a single request may fail; without it, rare resets
+/// are tolerated, but never a wrong answer or a 502.
 #[tokio::test]
 async fn no_request_fails_while_routes_switch() {
     let migrate = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").is_ok_and(|v| v.trim() == "1");
@@ -838,7 +921,16 @@ async fn no_request_fails_while_routes_switch() {
         .collect();
     assert!(wrong.is_empty(), "wrong answers during switches: {wrong:?}");
     let failed: Vec<_> = answers.iter().filter(|a| a.is_err()).collect();
-    if migrate {
+    if reload_closes_new_connections() {
+        // Caddy 2.11 closes, unanswered, a connection that reaches the old
+        // config just as a reload shuts it down (see
+        // `a_reload_and_connections_without_a_whole_request_yet`): at most one
+        // per switch for this one client, and never anything but that.
+        let other: Vec<_> =
+            failed.iter().filter(|f| !matches!(f, Err(e) if e.contains("not an HTTP response: \"\""))).collect();
+        assert!(other.is_empty(), "failures other than an unanswered close: {other:?}");
+        assert!(failed.len() <= 20, "{} unanswered closes in 20 switches", failed.len());
+    } else if migrate {
         assert!(failed.is_empty(), "connections failed although tcp_migrate_req=1: {failed:?}");
     } else {
         assert!(
