@@ -418,7 +418,7 @@ fn switch_caddy(env: &Env, want: CaddyFlavor) -> Result<()> {
             Ok(())
         }
         None => bail!(
-            "a Caddy not started by `services up` answers at {}; stop it to run the {want:?} one",
+            "a Caddy not started by `services up` answers at {}; stop it to run the {want:?} Caddy",
             svc.address(env)
         ),
     }
