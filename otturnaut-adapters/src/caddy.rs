@@ -1,5 +1,5 @@
-//! The [`Router`] port, against Caddy's admin API (written and tested against
-//! Caddy 2.6.2).
+//! The [`Router`] port, against Caddy's admin API (tested against Caddy 2.6.2
+//! and 2.11.7).
 //!
 //! Otturnaut owns one HTTP server in Caddy's config, `apps.http.servers.otturnaut`,
 //! and in it one route per app, `@id` = `otturnaut-app-{app}`. Everything else
