@@ -66,6 +66,9 @@ pub struct Args {
     /// own block in the report, so `--only high-rate` leaves the other figures in BENCHMARKS.md as they are
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Which Caddy the private instance of every section but high-rate runs (high-rate runs both)
+    #[arg(long, value_enum, default_value = "debian")]
+    pub caddy: crate::services::CaddyFlavor,
     /// Where to write the report (default: BENCHMARKS.md in the workspace root; with --quick,
     /// target/bench/BENCHMARKS.quick.md)
     #[arg(long)]

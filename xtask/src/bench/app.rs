@@ -191,11 +191,6 @@ impl std::fmt::Debug for Rig {
 }
 
 impl Rig {
-    /// A rig on Debian's Caddy (`caddy` on PATH), the one the other sections measure.
-    pub async fn start() -> Result<Rig> {
-        Rig::start_with(std::path::Path::new("caddy")).await
-    }
-
     /// A rig whose private Caddy runs the binary `caddy`.
     pub async fn start_with(caddy: &Path) -> Result<Rig> {
         let caddy = PrivateCaddy::start(caddy).await?;

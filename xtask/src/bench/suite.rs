@@ -54,7 +54,11 @@ async fn run_async(args: &Args) -> Result<ExitCode> {
     println!("bench: building the fixture app and its image");
     let binary = app::build_app_binary().await?;
     app::build_image(&binary).await?;
-    let rig = Rig::start().await?;
+    let caddy_bin = args.caddy.install(&crate::services::Env::from_env()?)?;
+    let rig = Rig::start_with(&caddy_bin).await?;
+    if let Some(v) = crate::install::caddy_version(&caddy_bin) {
+        results.notes.push(format!("Caddy of the sections other than high rate: {v} ({})", caddy_bin.display()));
+    }
     match rig.caddy.call(reqwest::Method::GET, "/config/apps/http/grace_period", None).await {
         Ok(g) => results.notes.push(format!("Caddy `apps.http.grace_period` as the adapter set it: {}", g.trim())),
         Err(e) => results.errors.push(format!("reading Caddy's grace_period: {e:#}")),
