@@ -1,5 +1,5 @@
-//! The [`Router`] port, against Caddy's admin API (written and tested against
-//! Caddy 2.6.2).
+//! The [`Router`] port, against Caddy's admin API (tested against Caddy 2.6.2
+//! and 2.11.7).
 //!
 //! Otturnaut owns one HTTP server in Caddy's config, `apps.http.servers.otturnaut`,
 //! and in it one route per app, `@id` = `otturnaut-app-{app}`. Everything else
@@ -44,9 +44,11 @@
 //! `remove_route` removes every copy.
 
 mod admin;
+mod features;
 mod json;
 
 use std::hash::BuildHasher;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -57,6 +59,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use self::admin::{Admin, Reply};
+pub use self::features::Features;
 use self::json::{HTTP_APP_PATH, ROUTES_PATH, SERVER_PATH};
 pub use self::json::{ROUTE_ID_PREFIX, SERVER_NAME, route_id};
 
@@ -80,6 +83,10 @@ pub struct CaddyConfig {
     /// `apps.http.grace_period`, set only if nobody set it yet (see
     /// [`Caddy::ensure_server`]).
     pub grace_period: Duration,
+    /// How long proxied WebSockets and other upgraded streams outlive the
+    /// config they were opened under (Caddy 2.7+; see `features::apply`).
+    /// Keep it below the drain timeout. Zero: closed at each reload.
+    pub stream_close_delay: Duration,
 }
 
 impl Default for CaddyConfig {
@@ -91,6 +98,7 @@ impl Default for CaddyConfig {
             upstream_host: "127.0.0.1".to_owned(),
             request_timeout: Duration::from_secs(10),
             grace_period: Duration::from_secs(10),
+            stream_close_delay: Duration::from_secs(10),
         }
     }
 }
@@ -100,6 +108,8 @@ impl Default for CaddyConfig {
 pub struct Caddy {
     admin: Admin,
     config: CaddyConfig,
+    /// Probed once per adapter, on the first route write.
+    features: Arc<tokio::sync::OnceCell<Features>>,
 }
 
 /// Our server's route list as read, with the ETag that guards a write to it.
@@ -126,11 +136,31 @@ impl Caddy {
             return Err(Error::invalid("Caddy listen addresses", "", "need at least one address"));
         }
         let admin = Admin::new(&config.admin_url, config.request_timeout)?;
-        Ok(Caddy { admin, config })
+        Ok(Caddy { admin, config, features: Arc::default() })
     }
 
     pub fn config(&self) -> &CaddyConfig {
         &self.config
+    }
+
+    /// What the running Caddy supports beyond 2.6.2, probed through its admin
+    /// API on first use (no config change) and remembered.
+    pub async fn features(&self) -> Result<Features> {
+        self.features.get_or_try_init(|| Features::detect(&self.admin)).await.copied()
+    }
+
+    /// An app's route as [`json::route`] builds it, plus what this Caddy supports.
+    async fn route_json(
+        &self,
+        id: &str,
+        domains: &[Domain],
+        port: HostPort,
+        draining: Option<HostPort>,
+        excluded: &[Domain],
+    ) -> Result<Value> {
+        let mut route = json::route(id, domains, &self.config.upstream_host, port, draining, excluded);
+        features::apply(&mut route, self.features().await?, self.config.stream_close_delay);
+        Ok(route)
     }
 
     /// Creates our server under `apps.http.servers` if it is missing, from any
@@ -345,7 +375,6 @@ impl Caddy {
     /// [`Error::DomainTaken`], changing nothing), and every wildcard route's
     /// exclusions are recomputed. Writes nothing if nothing changes.
     async fn write_routes(&self, op: &str, set: &[(AppId, RouteTarget)], remove: &[AppId]) -> Result<()> {
-        let host = &self.config.upstream_host;
         for attempt in 1..=MAX_ATTEMPTS {
             let Some(routes) = self.read_routes(op).await? else {
                 if set.is_empty() {
@@ -353,10 +382,10 @@ impl Caddy {
                 }
                 // Caddy lost our server (restarted empty, or a reboot) or was
                 // never set up: create it with its routes, in one write.
-                let mut list: Vec<Value> = set
-                    .iter()
-                    .map(|(app, t)| json::route(&route_id(app), &t.domains, host, t.port, None, &[]))
-                    .collect();
+                let mut list: Vec<Value> = Vec::with_capacity(set.len());
+                for (app, t) in set {
+                    list.push(self.route_json(&route_id(app), &t.domains, t.port, None, &[]).await?);
+                }
                 owners_and_exclusions(op, set, &mut list)?;
                 let reply = self.create_server(op, list).await?;
                 if reply.is_success() {
@@ -383,7 +412,9 @@ impl Caddy {
                         Some(i) => {
                             let (app, target) = pending.remove(i);
                             let draining = json::draining_after(route, target.port);
-                            list.push(json::route(&route_id(app), &target.domains, host, target.port, draining, &[]));
+                            list.push(
+                                self.route_json(&route_id(app), &target.domains, target.port, draining, &[]).await?,
+                            );
                         }
                         None => list.push(route.clone()),
                     },
@@ -391,7 +422,7 @@ impl Caddy {
                 }
             }
             for (app, target) in pending {
-                list.push(json::route(&route_id(app), &target.domains, host, target.port, None, &[]));
+                list.push(self.route_json(&route_id(app), &target.domains, target.port, None, &[]).await?);
             }
             owners_and_exclusions(op, set, &mut list)?;
             if routes.list.is_some() && list == old {
@@ -472,7 +503,6 @@ impl Router for Caddy {
         let op = format!("routing app {app} through Caddy");
         check_has_domains(app, target)?;
         let id = route_id(app);
-        let host = &self.config.upstream_host;
         for attempt in 1..=MAX_ATTEMPTS {
             let (index, route, etag) = match self.lookup(&op, &id).await? {
                 Lookup::Found { index, route, etag } => (index, route, etag),
@@ -488,7 +518,7 @@ impl Router for Caddy {
                 return self.write_routes(&op, &[(app.clone(), target.clone())], &[]).await;
             }
             let draining = json::draining_after(&route, target.port);
-            let new = json::route(&id, &target.domains, host, target.port, draining, &json::excluded(&route));
+            let new = self.route_json(&id, &target.domains, target.port, draining, &json::excluded(&route)).await?;
             if route == new {
                 return Ok(());
             }

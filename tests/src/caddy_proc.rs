@@ -18,13 +18,23 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::services::CADDY_ADMIN;
+use crate::services::{caddy_admin, caddy_bin};
 
 /// Where our server listens on the shared Caddy (admin on 2019). Every test
 /// using the shared instance must agree on it, or `ensure_server` would move
 /// the listener back and forth. Outside the default host-port range
 /// (10000-20000), so no container competes for it.
 pub const SHARED_LISTEN: &str = "127.0.0.1:2080";
+/// Overrides [`SHARED_LISTEN`], for a second shared Caddy (another version)
+/// beside the first: two Caddies on one address would share it through
+/// SO_REUSEPORT and split its connections between them.
+pub const SHARED_LISTEN_VAR: &str = "OTTURNAUT_TEST_LISTEN";
+
+/// Where our server listens on the shared Caddy: [`SHARED_LISTEN`] unless
+/// [`SHARED_LISTEN_VAR`] says otherwise.
+pub fn shared_listen() -> String {
+    std::env::var(SHARED_LISTEN_VAR).unwrap_or_else(|_| SHARED_LISTEN.to_owned())
+}
 
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
@@ -47,9 +57,9 @@ pub fn test_caddy(admin_url: &str, listen: &str) -> Caddy {
     .expect("valid Caddy adapter config")
 }
 
-/// The adapter for the shared Caddy: admin on 2019, our server on [`SHARED_LISTEN`].
+/// The adapter for the shared Caddy: admin on 2019, our server on [`shared_listen`].
 pub fn shared_caddy() -> Caddy {
-    test_caddy(CADDY_ADMIN, SHARED_LISTEN)
+    test_caddy(&caddy_admin(), &shared_listen())
 }
 
 /// A `caddy run` of our own, killed when dropped.
@@ -75,7 +85,8 @@ impl CaddyProc {
             let config_path = dir.path().join("caddy.json");
             std::fs::write(&config_path, config.to_string()).expect("writing Caddy's config");
             let log = std::fs::File::create(dir.path().join("caddy.log")).expect("creating Caddy's log file");
-            let child = Command::new("caddy")
+            let bin = caddy_bin();
+            let child = Command::new(&bin)
                 .arg("run")
                 .arg("--config")
                 .arg(&config_path)
@@ -90,8 +101,9 @@ impl CaddyProc {
                 .spawn()
                 .unwrap_or_else(|e| {
                     panic!(
-                        "cannot run `caddy` ({e}): Caddy 2.6+ must be installed and on PATH \
-                         (`cargo xtask services up` installs it)"
+                        "cannot run `{}` ({e}): Caddy 2.6+ must be installed and on PATH \
+                         (`cargo xtask services up` installs it)",
+                        bin.display()
                     )
                 });
             let mut proc = CaddyProc { child, admin_port, dir };
@@ -273,6 +285,35 @@ impl Upstream {
         Upstream { port, hits, open, task }
     }
 
+    /// Answers every request with `101 Switching Protocols` and then echoes
+    /// whatever the client sends, like a WebSocket server after its
+    /// handshake: Caddy proxies it as an upgraded stream.
+    pub async fn upgrade_echo() -> Upstream {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("binding an upstream on 127.0.0.1");
+        let port = listener.local_addr().expect("upstream address").port();
+        let (hits, open) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (counter, opened) = (Arc::clone(&hits), Arc::clone(&open));
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let (counter, opened) = (Arc::clone(&counter), Arc::clone(&opened));
+                opened.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    if read_head(&mut stream).await.is_ok_and(|h| !h.is_empty()) {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let head =
+                            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+                        if stream.write_all(head.as_bytes()).await.is_ok() {
+                            let (mut rx, mut tx) = stream.split();
+                            let _ = tokio::io::copy(&mut rx, &mut tx).await;
+                        }
+                    }
+                    opened.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Upstream { port, hits, open, task }
+    }
+
     /// Requests that reached this upstream.
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
@@ -337,9 +378,13 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
 /// method for a while before passing it on: it widens the window between an
 /// adapter's read and its write, where concurrent changes can slip in.
 /// Expects one request per connection, as the adapter sends them.
+///
+/// It also counts the requests that change the config (every method but GET,
+/// and not `POST /adapt`, which only translates): each is one Caddy reload.
 #[derive(Debug)]
 pub struct SlowAdmin {
     pub url: String,
+    writes: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -348,11 +393,16 @@ impl SlowAdmin {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("binding the slow admin proxy");
         let url = format!("http://{}", listener.local_addr().expect("proxy address"));
         let target = admin_url.trim_start_matches("http://").trim_end_matches('/').to_owned();
+        let writes = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&writes);
         let task = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
-                let target = target.clone();
+                let (target, counter) = (target.clone(), Arc::clone(&counter));
                 tokio::spawn(async move {
                     let Ok(head) = read_head(&mut client).await else { return };
+                    if !head.starts_with(b"GET ") && !head.starts_with(b"POST /adapt ") {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                    }
                     if head.starts_with(format!("{method} ").as_bytes()) {
                         tokio::time::sleep(delay).await;
                     }
@@ -377,7 +427,12 @@ impl SlowAdmin {
                 });
             }
         });
-        SlowAdmin { url, task }
+        SlowAdmin { url, writes, task }
+    }
+
+    /// Config changes sent through this proxy so far.
+    pub fn writes(&self) -> usize {
+        self.writes.load(Ordering::SeqCst)
     }
 }
 

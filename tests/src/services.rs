@@ -6,6 +6,36 @@ use std::time::Duration;
 /// The shared Caddy admin API (started by `cargo xtask services up`).
 pub const CADDY_ADMIN: &str = "http://127.0.0.1:2019";
 
+/// Names the Caddy binary private instances run (default: `caddy` on PATH).
+/// `cargo xtask test` sets it to run the Caddy-facing tests a second time on
+/// the other supported Caddy version.
+pub const CADDY_BIN_VAR: &str = "OTTURNAUT_TEST_CADDY";
+/// Overrides [`CADDY_ADMIN`]: the shared Caddy of the second pass.
+pub const CADDY_ADMIN_VAR: &str = "OTTURNAUT_TEST_CADDY_ADMIN";
+/// The version (`2.6.2`, `2.11.7`) the tests must find; unset means any.
+pub const CADDY_VERSION_VAR: &str = "OTTURNAUT_TEST_CADDY_VERSION";
+
+/// The shared Caddy's admin URL: [`CADDY_ADMIN`] unless [`CADDY_ADMIN_VAR`] says otherwise.
+pub fn caddy_admin() -> String {
+    std::env::var(CADDY_ADMIN_VAR).unwrap_or_else(|_| CADDY_ADMIN.to_owned())
+}
+
+/// The Caddy binary private instances run. Panics if [`CADDY_BIN_VAR`] names
+/// a file that is not there: a test must never quietly fall back to another
+/// Caddy than the one it was asked to test.
+pub fn caddy_bin() -> std::path::PathBuf {
+    match std::env::var_os(CADDY_BIN_VAR) {
+        Some(bin) => {
+            let bin = std::path::PathBuf::from(bin);
+            assert!(bin.is_file(), "{CADDY_BIN_VAR}={} does not exist: {HOW_CURRENT}", bin.display());
+            bin
+        }
+        None => "caddy".into(),
+    }
+}
+
+const HOW_CURRENT: &str = "`cargo xtask services up --caddy current` installs Caddy 2.11.7";
+
 const HOW: &str = "start the services with `cargo xtask services up`";
 
 /// Panics with a clear message unless the Docker Engine answers on its socket.
@@ -22,13 +52,14 @@ pub async fn require_docker() {
 
 /// Panics with a clear message unless Caddy's admin API answers.
 pub async fn require_caddy() {
+    let admin = caddy_admin();
     let ok = reqwest::Client::new()
-        .get(format!("{CADDY_ADMIN}/config/"))
+        .get(format!("{admin}/config/"))
         .timeout(Duration::from_secs(5))
         .send()
         .await
         .is_ok_and(|r| r.status().is_success());
-    assert!(ok, "Caddy's admin API is not reachable at {CADDY_ADMIN}: {HOW}");
+    assert!(ok, "Caddy's admin API is not reachable at {admin}: {HOW}");
 }
 
 /// An app id no other test (or test process) uses at the same time.

@@ -1,4 +1,6 @@
-//! The Caddy adapter against real Caddy (2.6.2 here).
+//! The Caddy adapter against real Caddy: `cargo xtask test` runs this file on
+//! both supported versions, Debian's 2.6.2 and current 2.11.7 (see
+//! `the_caddy_under_test_is_the_one_asked_for`).
 //!
 //! Bootstrap tests start a private `caddy run` each, so they can begin from a
 //! config of their choosing and compare all of it afterwards. Route tests use
@@ -12,9 +14,9 @@ use otturnaut_adapters::caddy::{Caddy, route_id};
 use otturnaut_core::traits::Router;
 use otturnaut_core::{AppId, Domain, Error, HostPort, RouteTarget, Service};
 use otturnaut_tests::caddy_proc::{
-    CaddyProc, SHARED_LISTEN, SlowAdmin, Upstream, admin_get, free_port, get_via, shared_caddy, test_caddy,
+    CaddyProc, SlowAdmin, Upstream, admin_call, admin_get, free_port, get_via, shared_caddy, shared_listen, test_caddy,
 };
-use otturnaut_tests::services::{CADDY_ADMIN, require_caddy, unique_app};
+use otturnaut_tests::services::{CADDY_VERSION_VAR, caddy_admin, caddy_bin, require_caddy, unique_app};
 use serde_json::{Value, json};
 
 fn port(p: u16) -> HostPort {
@@ -96,6 +98,176 @@ async fn wait_for(what: &str, mut cond: impl AsyncFnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("timed out waiting for {what}");
+}
+
+// --- which Caddy, and what it costs --------------------------------------
+
+/// `(major, minor, patch)` of a `caddy version` line (`v2.11.7 h1:…`, `2.6.2`).
+fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
+    let mut parts = text.split_whitespace().next()?.trim_start_matches('v').split('.');
+    let mut next = || parts.next()?.parse().ok();
+    Some((next()?, next()?, next()?))
+}
+
+/// The version of the Caddy under test (private instances; `cargo xtask
+/// test` runs the shared one at the same version).
+fn caddy_version() -> (u32, u32, u32) {
+    let bin = caddy_bin();
+    let out = std::process::Command::new(&bin)
+        .arg("version")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `{} version` ({e}): is Caddy installed?", bin.display()));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    parse_version(&text).unwrap_or_else(|| panic!("`{} version` printed {text:?}", bin.display()))
+}
+
+/// Caddy 2.11.7 (Go 1.26) closes connections without a whole request at a
+/// reload; 2.6.2 (Go 1.19) serves them (see
+/// `a_reload_and_connections_without_a_whole_request_yet`).
+fn reload_closes_new_connections() -> bool {
+    caddy_version() >= (2, 11, 0)
+}
+
+/// The Caddy the tests start is the one `cargo xtask test` asked for (it
+/// runs this file once per supported version), and the adapter's feature
+/// probe agrees with that version, on private instances and on the shared one.
+#[tokio::test]
+async fn the_caddy_under_test_is_the_one_asked_for() {
+    let bin = caddy_bin();
+    let out = std::process::Command::new(&bin)
+        .arg("version")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `{} version` ({e}): is Caddy installed?", bin.display()));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let version = parse_version(&text).unwrap_or_else(|| panic!("`{} version` printed {text:?}", bin.display()));
+    assert!(version >= (2, 6, 2), "Caddy {text} is older than the oldest supported, 2.6.2");
+    if let Ok(want) = std::env::var(CADDY_VERSION_VAR) {
+        assert_eq!(Some(version), parse_version(&want), "{CADDY_VERSION_VAR}={want}, but {} is {text}", bin.display());
+    }
+    let caddy_proc = CaddyProc::start(Value::Null).await;
+    let features = test_caddy(&caddy_proc.admin_url(), "127.0.0.1:1").features().await.expect("probing features");
+    assert_eq!(features.stream_close_delay, version >= (2, 7, 0), "features of Caddy {text}: {features:?}");
+    let shared = shared().await.features().await.expect("probing the shared Caddy");
+    assert_eq!(shared, features, "the shared Caddy is another version than {}", bin.display());
+}
+
+/// A redeploy changes Caddy's config exactly once (each change is a reload of
+/// the whole config): everything else the adapter does on a redeploy reads.
+#[tokio::test]
+async fn a_redeploy_changes_caddy_config_once() {
+    let caddy_proc = CaddyProc::start(Value::Null).await;
+    let counter = SlowAdmin::start(&caddy_proc.admin_url(), "NONE", Duration::ZERO).await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let caddy = test_caddy(&counter.url, &listen);
+    let app = unique_app("writes");
+    caddy.ensure_server().await.expect("ensure_server");
+    caddy.set_route(&app, &target(&app, 10001)).await.expect("first deploy");
+    let first = counter.writes();
+    assert!(first >= 1, "the first deploy wrote nothing");
+
+    // What a redeploy does with Caddy, in the CLI's order: setup check, switch,
+    // the commit's read-back, the drain's count.
+    caddy.ensure_server().await.expect("ensure_server");
+    caddy.set_route(&app, &target(&app, 10002)).await.expect("switch");
+    assert_eq!(caddy.route(&app).await.expect("route").map(|t| t.port), Some(port(10002)));
+    caddy.in_flight(port(10001)).await.expect("in_flight");
+    assert_eq!(counter.writes() - first, 1, "config changes in one redeploy");
+
+    // Nothing to change: no reload at all.
+    caddy.ensure_server().await.expect("ensure_server");
+    caddy.set_route(&app, &target(&app, 10002)).await.expect("same target");
+    assert_eq!(counter.writes() - first, 1, "an unchanged route was written again");
+}
+
+/// A proxied WebSocket (any upgraded stream) and a reload of Caddy's config
+/// (another app's deploy): where Caddy has `stream_close_delay` (2.7+) the
+/// adapter sets it and the stream survives the reload; Caddy 2.6.2 closes it
+/// at once, which is why clients of 2.6 must reconnect on every deploy.
+#[tokio::test]
+async fn upgraded_streams_survive_a_reload_where_caddy_can_keep_them() {
+    let caddy_proc = CaddyProc::start(Value::Null).await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let caddy = test_caddy(&caddy_proc.admin_url(), &listen);
+    caddy.ensure_server().await.expect("ensure_server");
+    let keeps = caddy.features().await.expect("features").stream_close_delay;
+    let (app, other) = (unique_app("ws"), unique_app("ws-other"));
+    let echo = Upstream::upgrade_echo().await;
+    caddy.set_route(&app, &target(&app, echo.port)).await.expect("route");
+
+    let mut ws = tokio::net::TcpStream::connect(&listen).await.expect("connect to Caddy");
+    let handshake = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        domain_of(&app)
+    );
+    ws.write_all(handshake.as_bytes()).await.expect("send handshake");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        ws.read_exact(&mut byte).await.expect("read the handshake answer");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    let echoed = async |ws: &mut tokio::net::TcpStream, msg: &[u8]| {
+        ws.write_all(msg).await.ok()?;
+        let mut got = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), ws.read_exact(&mut got)).await.ok()?.ok()?;
+        Some(got)
+    };
+    assert_eq!(echoed(&mut ws, b"before").await.as_deref(), Some(&b"before"[..]));
+
+    caddy.set_route(&other, &target(&other, 10009)).await.expect("reload: another app's route");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = echoed(&mut ws, b"after!").await;
+    if keeps {
+        assert_eq!(after.as_deref(), Some(&b"after!"[..]), "the stream did not survive the reload");
+    } else {
+        assert_ne!(after.as_deref(), Some(&b"after!"[..]), "Caddy 2.6 kept the stream: update the docs");
+    }
+}
+
+/// The root cause of the requests lost under heavy load on Caddy 2.11.7: a
+/// reload shuts the previous config's servers down, and 2.11.7 (built with Go
+/// 1.26) closes, without an answer, every connection that has not delivered a
+/// complete request head yet (connected, nothing or part of a head sent),
+/// where 2.6.2 (Go 1.19) serves it. At ~2,000 new connections/s a few are
+/// always in that state at the instant of a reload. Nothing in the config
+/// changes it; the adapter therefore keeps reloads to one per redeploy (see
+/// `a_redeploy_changes_caddy_config_once`).
+#[tokio::test]
+async fn a_reload_and_connections_without_a_whole_request_yet() {
+    let caddy_proc = CaddyProc::start(Value::Null).await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let caddy = test_caddy(&caddy_proc.admin_url(), &listen);
+    caddy.ensure_server().await.expect("ensure_server");
+    let version = caddy_version();
+    let closes_them = reload_closes_new_connections();
+    let (app, other) = (unique_app("statenew"), unique_app("statenew-other"));
+    let up = Upstream::start("ok", Duration::ZERO).await;
+    caddy.set_route(&app, &target(&app, up.port)).await.expect("route");
+    let head = format!("GET / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", domain_of(&app));
+    let mut silent = tokio::net::TcpStream::connect(&listen).await.expect("connect");
+    let mut partial = tokio::net::TcpStream::connect(&listen).await.expect("connect");
+    partial.write_all(head.as_bytes()).await.expect("send part of a head");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    caddy.set_route(&other, &target(&other, 10009)).await.expect("reload: another app's route");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = silent.write_all(format!("{head}\r\n").as_bytes()).await;
+    let _ = partial.write_all(b"\r\n").await;
+    let mut answers = Vec::new();
+    for mut stream in [silent, partial] {
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+        answers.push(String::from_utf8_lossy(&answer).into_owned());
+    }
+    for answer in &answers {
+        if closes_them {
+            assert!(answer.is_empty(), "Caddy {version:?} answered a connection its reload used to close: {answer}");
+        } else {
+            assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok"), "{answer}");
+        }
+    }
 }
 
 // --- bootstrap, on private instances -------------------------------------
@@ -370,9 +542,16 @@ async fn a_duplicate_of_our_route_stops_setup_with_both_positions() {
     let (app, other) = (unique_app("dup"), unique_app("dup"));
     caddy.set_route(&app, &target(&app, 10001)).await.expect("set_route");
     caddy.set_route(&other, &target(&other, 10002)).await.expect("set_route");
-    // Someone appends a copy of the app's route by hand: Caddy 2.6 takes it.
+    // Someone appends a copy of the app's route by hand: Caddy 2.6 takes it;
+    // 2.11 refuses it, so there the duplicate cannot happen.
     let copy = caddy_proc.config(&format!("/id/{}", route_id(&app))).await;
-    caddy_proc.post("/config/apps/http/servers/otturnaut/routes", &copy).await;
+    let path = "/config/apps/http/servers/otturnaut/routes";
+    let (status, text) = admin_call(&caddy_proc.admin_url(), reqwest::Method::POST, path, Some(&copy)).await;
+    if caddy_version() >= (2, 11, 0) {
+        assert!(status == 400 && text.contains("duplicate ID"), "Caddy took a duplicate @id: {status} {text}");
+        return;
+    }
+    assert!(status.is_success(), "POST {path} answered {status}: {text}");
     let before = caddy_proc.raw("/config/").await;
 
     // A different listen address too: the refusal comes before any change.
@@ -428,7 +607,7 @@ async fn upsert_keeps_one_route() {
     caddy.set_route(&app, &second).await.expect("second set_route");
     caddy.set_route(&app, &second).await.expect("same route again");
 
-    let routes = admin_get(CADDY_ADMIN, "/config/apps/http/servers/otturnaut/routes").await;
+    let routes = admin_get(&caddy_admin(), "/config/apps/http/servers/otturnaut/routes").await;
     assert_eq!(count_routes(&routes, &route_id(&app)), 1);
     assert_eq!(caddy.route(&app).await.expect("route"), Some(second));
 }
@@ -443,16 +622,16 @@ async fn route_serves_and_switches_upstreams() {
     let v2 = Upstream::start("v2", Duration::ZERO).await;
 
     caddy.set_route(&app, &target(&app, v1.port)).await.expect("route to v1");
-    let got = ask(SHARED_LISTEN, host.as_str()).await;
+    let got = ask(&shared_listen(), host.as_str()).await;
     assert_eq!(got, (200, "v1".to_owned()));
 
     caddy.set_route(&app, &target(&app, v2.port)).await.expect("switch to v2");
-    let got = ask(SHARED_LISTEN, host.as_str()).await;
+    let got = ask(&shared_listen(), host.as_str()).await;
     assert_eq!(got, (200, "v2".to_owned()));
     assert_eq!((v1.hits(), v2.hits()), (1, 1), "each upstream served once");
 
     caddy.remove_route(&app).await.expect("remove_route");
-    let (_, body) = ask(SHARED_LISTEN, host.as_str()).await;
+    let (_, body) = ask(&shared_listen(), host.as_str()).await;
     assert_ne!(body, "v2", "a removed route no longer serves");
     assert_eq!(v2.hits(), 1);
 }
@@ -467,7 +646,7 @@ async fn in_flight_counts_a_slow_request() {
     assert_eq!(caddy.in_flight(port(slow.port)).await.expect("in_flight"), 0);
 
     let host = domain_of(&app);
-    let request = tokio::spawn(async move { ask(SHARED_LISTEN, host.as_str()).await });
+    let request = tokio::spawn(async move { ask(&shared_listen(), host.as_str()).await });
     wait_for("the slow request to be counted", async || {
         caddy.in_flight(port(slow.port)).await.expect("in_flight") == 1
     })
@@ -489,7 +668,7 @@ async fn in_flight_still_counts_the_old_upstream_after_a_switch() {
     let host = domain_of(&app);
     let request = {
         let host = host.clone();
-        tokio::spawn(async move { ask(SHARED_LISTEN, host.as_str()).await })
+        tokio::spawn(async move { ask(&shared_listen(), host.as_str()).await })
     };
     wait_for("the slow request to be counted", async || caddy.in_flight(port(old.port)).await.expect("in_flight") == 1)
         .await;
@@ -500,7 +679,7 @@ async fn in_flight_still_counts_the_old_upstream_after_a_switch() {
         1,
         "the request the old generation is still proxying must stay counted"
     );
-    assert_eq!(ask(SHARED_LISTEN, host.as_str()).await, (200, "new".to_owned()));
+    assert_eq!(ask(&shared_listen(), host.as_str()).await, (200, "new".to_owned()));
     assert_eq!(request.await.expect("task"), (200, "old".to_owned()));
     wait_for("the old upstream to drain", async || caddy.in_flight(port(old.port)).await.expect("in_flight") == 0)
         .await;
@@ -521,13 +700,25 @@ async fn replaced_configs_close_their_upstream_connections_within_seconds() {
     // config serves them, through its transport, after it was cleaned up.
     let mut clients = Vec::new();
     for _ in 0..4 {
-        let mut stream = tokio::net::TcpStream::connect(SHARED_LISTEN).await.expect("connect to Caddy");
+        let mut stream = tokio::net::TcpStream::connect(shared_listen()).await.expect("connect to Caddy");
         stream.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n").as_bytes()).await.expect("send");
         clients.push(stream);
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     caddy.set_route(&app, &target(&app, new.port)).await.expect("switch to new");
     tokio::time::sleep(Duration::from_millis(500)).await;
+    if reload_closes_new_connections() {
+        // The reload closed them unanswered, so the old config never proxies
+        // after its cleanup: this way to the pile-up is closed on 2.11.
+        for stream in &mut clients {
+            let _ = stream.write_all(b"\r\n").await;
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+            assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+        }
+        assert_eq!(old.hits(), 0, "the old config proxied after the reload");
+        return;
+    }
     for stream in &mut clients {
         stream.write_all(b"\r\n").await.expect("finish the request");
         let mut answer = Vec::new();
@@ -539,7 +730,7 @@ async fn replaced_configs_close_their_upstream_connections_within_seconds() {
         assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("old"), "{answer}");
     }
     assert!(old.open_connections() >= 1, "the old config pooled its upstream connection after its cleanup");
-    assert_eq!(ask(SHARED_LISTEN, host.as_str()).await, (200, "new".to_owned()));
+    assert_eq!(ask(&shared_listen(), host.as_str()).await, (200, "new".to_owned()));
     // Nothing will ever use or close that connection but its idle timeout:
     // 2 min by default, 2 s as the adapter configures it.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -687,11 +878,12 @@ async fn measure_switch_time() {
 }
 
 /// New connections made while routes switch all get an answer from blue or
-/// green. Caddy 2.6 opens a fresh SO_REUSEPORT listener per config and closes
-/// the old one, and Linux resets connections still queued on a closed
-/// listener unless `net.ipv4.tcp_migrate_req=1` (kernel 5.14+) hands them to
-/// the new one. So with that sysctl not a single request may fail; without
-/// it, rare resets are tolerated, but never a wrong answer or a 502.
+/// green on Caddy 2.6 (2.11 closes a few unanswered; see below). Caddy opens
+/// a fresh SO_REUSEPORT listener per config and closes the old one, and Linux
+/// resets connections still queued on a closed listener unless
+/// `net.ipv4.tcp_migrate_req=1` (kernel 5.14+) hands them to the new one. So
+/// with that sysctl not a single request may fail; without it, rare resets
+/// are tolerated, but never a wrong answer or a 502.
 #[tokio::test]
 async fn no_request_fails_while_routes_switch() {
     let migrate = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").is_ok_and(|v| v.trim() == "1");
@@ -729,7 +921,16 @@ async fn no_request_fails_while_routes_switch() {
         .collect();
     assert!(wrong.is_empty(), "wrong answers during switches: {wrong:?}");
     let failed: Vec<_> = answers.iter().filter(|a| a.is_err()).collect();
-    if migrate {
+    if reload_closes_new_connections() {
+        // Caddy 2.11 closes, unanswered, a connection that reaches the old
+        // config just as a reload shuts it down (see
+        // `a_reload_and_connections_without_a_whole_request_yet`): at most one
+        // per switch for this one client, and never anything but that.
+        let other: Vec<_> =
+            failed.iter().filter(|f| !matches!(f, Err(e) if e.contains("not an HTTP response: \"\""))).collect();
+        assert!(other.is_empty(), "failures other than an unanswered close: {other:?}");
+        assert!(failed.len() <= 20, "{} unanswered closes in 20 switches", failed.len());
+    } else if migrate {
         assert!(failed.is_empty(), "connections failed although tcp_migrate_req=1: {failed:?}");
     } else {
         assert!(

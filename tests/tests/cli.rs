@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use otturnaut_adapters::caddy::Caddy;
 use otturnaut_core::traits::{ContainerRuntime, ImageBuilder, Router};
 use otturnaut_core::{AppId, RouteTarget};
-use otturnaut_tests::caddy_proc::{SHARED_LISTEN, free_port, get_via, shared_caddy};
+use otturnaut_tests::caddy_proc::{free_port, get_via, shared_caddy, shared_listen};
 use otturnaut_tests::fixtures::{Behaviour, DockerCleanup, docker, write_context};
 use otturnaut_tests::gitfix::{GitDaemon, GitRepo};
-use otturnaut_tests::services::{require_caddy, require_docker, unique_app};
+use otturnaut_tests::services::{caddy_admin, require_caddy, require_docker, unique_app};
 use serde_json::Value;
 use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
@@ -99,6 +99,11 @@ struct Harness {
     _cleanup: Cleanup,
 }
 
+/// The port of [`shared_listen`], as the CLI prints it in URLs.
+fn shared_port() -> String {
+    shared_listen().rsplit_once(':').map(|(_, p)| p.to_owned()).expect("the shared listen address has a port")
+}
+
 impl Harness {
     /// `range_start`: the first of 20 host ports no other test uses.
     async fn new(prefix: &str, range_start: u16) -> Harness {
@@ -135,7 +140,8 @@ impl Harness {
             cmd.env_remove(var);
         }
         cmd.env("NO_COLOR", "1")
-            .env("OTTURNAUT_LISTEN", SHARED_LISTEN)
+            .env("OTTURNAUT_LISTEN", shared_listen())
+            .env("OTTURNAUT_CADDY_ADMIN", caddy_admin())
             .env("OTTURNAUT_NO_AUTO_HTTPS", "1")
             .args(["--port-range", &self.port_range, "--work-dir"])
             .arg(self.work.path())
@@ -161,7 +167,7 @@ impl Harness {
 
     /// `GET /` through Caddy with this app's domain.
     async fn get(&self) -> (u16, String) {
-        get_via(SHARED_LISTEN, &self.domain()).await.expect("request through Caddy")
+        get_via(&shared_listen(), &self.domain()).await.expect("request through Caddy")
     }
 
     async fn snapshot(&self) -> Snapshot {
@@ -227,7 +233,7 @@ async fn deploys_from_a_file_repo_then_redeploys_blue_green() {
     assert_eq!(r1["rolled_back"], false);
     assert_eq!(r1["residue"], Value::Array(vec![]));
     assert_eq!(r1["domains"][0], h.domain().as_str());
-    assert_eq!(r1["urls"][0], format!("http://{}:2080/", h.domain()));
+    assert_eq!(r1["urls"][0], format!("http://{}:{}/", h.domain(), shared_port()));
     let events: Vec<String> =
         first.json_lines().iter().filter_map(|e| e["event"].as_str().map(str::to_owned)).collect();
     assert_eq!(events.first().map(String::as_str), Some("started"), "{events:?}");
@@ -241,7 +247,7 @@ async fn deploys_from_a_file_repo_then_redeploys_blue_green() {
     let second = h.deploy(&repo.file_url(), &[]).await;
     second.expect_code(0);
     assert!(second.stderr.contains(&format!("replaced    {d1}")), "{}", second.stderr);
-    assert!(second.stderr.contains(&format!("http://{}:2080/", h.domain())), "{}", second.stderr);
+    assert!(second.stderr.contains(&format!("http://{}:{}/", h.domain(), shared_port())), "{}", second.stderr);
     assert!(second.stdout.is_empty(), "human mode writes to stderr only: {}", second.stdout);
     assert_eq!(h.get().await, (200, "v2\n".to_owned()));
 
@@ -688,8 +694,8 @@ async fn a_domain_has_one_owner_and_an_exact_host_beats_a_wildcard() {
     // The wildcard first, then the exact host.
     deploy_for(&wild, &wild_repo.file_url(), &[&star]).await.expect_code(0);
     deploy_for(&exact, &exact_repo.file_url(), &[&x]).await.expect_code(0);
-    assert_eq!(get_via(SHARED_LISTEN, &x).await.expect("x"), (200, "exact\n".to_owned()));
-    assert_eq!(get_via(SHARED_LISTEN, &y).await.expect("y"), (200, "wild\n".to_owned()));
+    assert_eq!(get_via(&shared_listen(), &x).await.expect("x"), (200, "exact\n".to_owned()));
+    assert_eq!(get_via(&shared_listen(), &y).await.expect("y"), (200, "wild\n".to_owned()));
 
     // Claiming a taken domain: exit 2, naming the owner, nothing created.
     for (claim, owner) in [(x.to_uppercase(), &exact.app), (star.clone(), &wild.app)] {
@@ -702,14 +708,14 @@ async fn a_domain_has_one_owner_and_an_exact_host_beats_a_wildcard() {
     // The wildcard redeployed after the exact host (its route is new): the
     // exact host still wins.
     wild.run(&["undeploy", wild.app.as_str()]).await.expect_code(0);
-    assert_eq!(get_via(SHARED_LISTEN, &x).await.expect("x"), (200, "exact\n".to_owned()));
+    assert_eq!(get_via(&shared_listen(), &x).await.expect("x"), (200, "exact\n".to_owned()));
     deploy_for(&wild, &wild_repo.file_url(), &[&star]).await.expect_code(0);
-    assert_eq!(get_via(SHARED_LISTEN, &x).await.expect("x"), (200, "exact\n".to_owned()));
-    assert_eq!(get_via(SHARED_LISTEN, &y).await.expect("y"), (200, "wild\n".to_owned()));
+    assert_eq!(get_via(&shared_listen(), &x).await.expect("x"), (200, "exact\n".to_owned()));
+    assert_eq!(get_via(&shared_listen(), &y).await.expect("y"), (200, "wild\n".to_owned()));
 
     // Without its exact app, the host falls to the wildcard.
     exact.run(&["undeploy", exact.app.as_str()]).await.expect_code(0);
-    assert_eq!(get_via(SHARED_LISTEN, &x).await.expect("x"), (200, "wild\n".to_owned()));
+    assert_eq!(get_via(&shared_listen(), &x).await.expect("x"), (200, "wild\n".to_owned()));
     wild.run(&["undeploy", wild.app.as_str()]).await.expect_code(0);
 }
 

@@ -8,17 +8,17 @@ use std::time::{Duration, Instant};
 use otturnaut_adapters::{Agent, AgentConfig};
 use otturnaut_core::{AppId, DeploySpec, Domain, Error, EventSink, Step};
 use otturnaut_steps::{BlueGreen, RetryPolicy, Strategy, undeploy_app};
-use otturnaut_tests::caddy_proc::{SHARED_LISTEN, get_via};
+use otturnaut_tests::caddy_proc::{get_via, shared_listen};
 use otturnaut_tests::fixtures::{Behaviour, git_spec, write_context};
 use otturnaut_tests::gitfix::{GitDaemon, GitRepo};
-use otturnaut_tests::services::{CADDY_ADMIN, require_caddy, require_docker, unique_app};
+use otturnaut_tests::services::{caddy_admin, require_caddy, require_docker, unique_app};
 
 async fn agent(work_dir: &Path) -> Agent {
     require_docker().await;
     require_caddy().await;
     let config = AgentConfig {
-        caddy_admin: CADDY_ADMIN.into(),
-        listen: vec![SHARED_LISTEN.into()],
+        caddy_admin: caddy_admin(),
+        listen: vec![shared_listen()],
         auto_https: false,
         work_dir: work_dir.to_path_buf(),
         ..AgentConfig::default()
@@ -62,7 +62,7 @@ async fn snapshot(agent: &Agent, app: &AppId, work_dir: &Path) -> Snapshot {
 }
 
 async fn body_via_caddy(domain: &Domain) -> (u16, String) {
-    get_via(SHARED_LISTEN, domain.as_str()).await.expect("request through Caddy")
+    get_via(&shared_listen(), domain.as_str()).await.expect("request through Caddy")
 }
 
 fn port_is_free(port: u16) -> bool {

@@ -23,6 +23,8 @@ mod deploy_timing;
 #[cfg(feature = "bench")]
 mod footprint;
 #[cfg(feature = "bench")]
+mod high_rate;
+#[cfg(feature = "bench")]
 mod load;
 #[cfg(feature = "bench")]
 mod machine;
@@ -42,7 +44,8 @@ mod timing;
 mod zero_downtime;
 
 /// The sections of the suite, in the order they run.
-pub const SECTIONS: [&str; 6] = ["zero-downtime", "timing", "rollback", "switch", "concurrency", "footprint"];
+pub const SECTIONS: [&str; 7] =
+    ["zero-downtime", "high-rate", "timing", "rollback", "switch", "concurrency", "footprint"];
 
 #[derive(Debug, Clone, ClapArgs)]
 pub struct Args {
@@ -58,9 +61,14 @@ pub struct Args {
     /// Concurrent clients of the load generator
     #[arg(long, default_value_t = 20)]
     pub concurrency: usize,
-    /// Run only these sections (comma-separated): zero-downtime, timing, rollback, switch, concurrency, footprint
+    /// Run only these sections (comma-separated): zero-downtime, high-rate, timing, rollback, switch, concurrency,
+    /// footprint. high-rate runs on Debian's Caddy and on the current one (installed if missing) and has its
+    /// own block in the report, so `--only high-rate` leaves the other figures in BENCHMARKS.md as they are
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Which Caddy the private instance of every section but high-rate runs (high-rate runs both)
+    #[arg(long, value_enum, default_value = "debian")]
+    pub caddy: crate::services::CaddyFlavor,
     /// Where to write the report (default: BENCHMARKS.md in the workspace root; with --quick,
     /// target/bench/BENCHMARKS.quick.md)
     #[arg(long)]

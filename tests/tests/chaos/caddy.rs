@@ -54,7 +54,7 @@ impl Caddy {
 
     async fn spawn(&mut self, resume: bool) -> anyhow::Result<()> {
         let log = OpenOptions::new().create(true).append(true).open(self.dir.path().join("caddy.log"))?;
-        let mut cmd = Command::new("caddy");
+        let mut cmd = Command::new(otturnaut_tests::services::caddy_bin());
         cmd.arg("run").arg("--config").arg(self.dir.path().join("caddy.json"));
         if resume {
             cmd.arg("--resume");

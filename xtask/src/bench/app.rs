@@ -191,8 +191,9 @@ impl std::fmt::Debug for Rig {
 }
 
 impl Rig {
-    pub async fn start() -> Result<Rig> {
-        let caddy = PrivateCaddy::start().await?;
+    /// A rig whose private Caddy runs the binary `caddy`.
+    pub async fn start_with(caddy: &Path) -> Result<Rig> {
+        let caddy = PrivateCaddy::start(caddy).await?;
         let work = tempfile::Builder::new().prefix("otturnaut-bench-work-").tempdir()?;
         let config = AgentConfig {
             caddy_admin: caddy.admin_url.clone(),

@@ -25,7 +25,8 @@ pub struct PrivateCaddy {
 }
 
 impl PrivateCaddy {
-    pub async fn start() -> Result<PrivateCaddy> {
+    /// Runs the Caddy binary `bin`.
+    pub async fn start(bin: &std::path::Path) -> Result<PrivateCaddy> {
         let mut last = String::new();
         for _ in 0..3 {
             let dir = tempfile::Builder::new().prefix("otturnaut-bench-caddy-").tempdir()?;
@@ -35,7 +36,7 @@ impl PrivateCaddy {
             let path = dir.path().join("caddy.json");
             std::fs::write(&path, config.to_string())?;
             let log = std::fs::File::create(dir.path().join("caddy.log"))?;
-            let child = Command::new("caddy")
+            let child = Command::new(bin)
                 .arg("run")
                 .arg("--config")
                 .arg(&path)
@@ -48,7 +49,9 @@ impl PrivateCaddy {
                 .stderr(log)
                 .kill_on_drop(true)
                 .spawn()
-                .context("starting `caddy run` (is Caddy installed? `cargo xtask services up`)")?;
+                .with_context(|| {
+                    format!("starting `{} run` (is Caddy installed? `cargo xtask services up`)", bin.display())
+                })?;
             let mut caddy = PrivateCaddy { child, admin_url: format!("http://127.0.0.1:{admin}"), listen, dir };
             if caddy.wait_ready().await {
                 return Ok(caddy);

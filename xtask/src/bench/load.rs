@@ -101,7 +101,7 @@ impl Report {
         self.failures.get(&f).copied().unwrap_or(0)
     }
 
-    fn merge(&mut self, other: Report) {
+    pub fn merge(&mut self, other: Report) {
         self.requests += other.requests;
         self.ok += other.ok;
         for (k, v) in other.failures {

@@ -34,7 +34,7 @@ pub struct Row {
 const ROUTES: &str = "/config/apps/http/servers/otturnaut/routes";
 
 pub async fn run(others: usize, iterations: u32) -> Result<Row> {
-    let caddy = PrivateCaddy::start().await?;
+    let caddy = PrivateCaddy::start(std::path::Path::new("caddy")).await?;
     let adapter = Caddy::new(CaddyConfig {
         admin_url: caddy.admin_url.clone(),
         listen: vec![caddy.listen.to_string()],

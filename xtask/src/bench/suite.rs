@@ -19,7 +19,7 @@ use super::zero_downtime::{self, Plan, Retire, UpstreamIdle};
 
 /// Redeploys per retire mode in the raw keep-alive reset comparison.
 const RESET_REDEPLOYS: u32 = 30;
-use super::{Args, concurrency, deploy_timing, footprint, route_switch};
+use super::{Args, concurrency, deploy_timing, footprint, high_rate, route_switch};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -54,7 +54,11 @@ async fn run_async(args: &Args) -> Result<ExitCode> {
     println!("bench: building the fixture app and its image");
     let binary = app::build_app_binary().await?;
     app::build_image(&binary).await?;
-    let rig = Rig::start().await?;
+    let caddy_bin = args.caddy.install(&crate::services::Env::from_env()?)?;
+    let rig = Rig::start_with(&caddy_bin).await?;
+    if let Some(v) = crate::install::caddy_version(&caddy_bin) {
+        results.notes.push(format!("Caddy of the sections other than high rate: {v} ({})", caddy_bin.display()));
+    }
     match rig.caddy.call(reqwest::Method::GET, "/config/apps/http/grace_period", None).await {
         Ok(g) => results.notes.push(format!("Caddy `apps.http.grace_period` as the adapter set it: {}", g.trim())),
         Err(e) => results.errors.push(format!("reading Caddy's grace_period: {e:#}")),
@@ -67,6 +71,10 @@ async fn run_async(args: &Args) -> Result<ExitCode> {
     if args.wants("zero-downtime") {
         let r = zero_downtime_section(&rig, args, &mut results).await;
         record(&mut results, "zero downtime", r);
+    }
+    if args.wants("high-rate") {
+        let r = high_rate_section(args, &mut results).await;
+        record(&mut results, "high rate", r);
     }
     if args.wants("timing") {
         let r = timing_section(&rig, args, &binary, &mut results).await;
@@ -147,8 +155,6 @@ async fn run_async(args: &Args) -> Result<ExitCode> {
     results.load_after = load_average();
     results.took = began.elapsed();
 
-    let markdown = results.markdown();
-    println!("\n{markdown}");
     let path = args.output.clone().unwrap_or_else(|| {
         if args.quick {
             app::bench_dir().join("BENCHMARKS.quick.md")
@@ -156,7 +162,17 @@ async fn run_async(args: &Args) -> Result<ExitCode> {
             app::workspace_root().join("BENCHMARKS.md")
         }
     });
-    report::write(&path, &markdown)?;
+    // The high-rate section has its own block: a run of it alone keeps the rest.
+    if args.only.is_empty() || args.only.iter().any(|s| s != "high-rate") {
+        let markdown = results.markdown();
+        println!("\n{markdown}");
+        report::write(&path, &markdown)?;
+    }
+    if args.wants("high-rate") {
+        let markdown = results.high_rate_markdown();
+        println!("\n{markdown}");
+        report::write_block(&path, report::HIGH_RATE_BEGIN, report::HIGH_RATE_END, &markdown)?;
+    }
     println!("bench: report written to {}", path.display());
     Ok(if results.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
@@ -206,6 +222,7 @@ async fn zero_downtime_section(rig: &Rig, args: &Args, results: &mut Results) ->
                     short_ms: zero_downtime::SHORT_MS,
                     long_every: zero_downtime::LONG_EVERY,
                     redeploys: args.redeploys(),
+                    upstream_closes: false,
                 };
                 let row =
                     bounded(limit, "a zero-downtime run", zero_downtime::run_one(rig, index, plan, args.concurrency))
@@ -238,7 +255,15 @@ async fn zero_downtime_section(rig: &Rig, args: &Args, results: &mut Results) ->
                 migrate.map_or("unchanged".into(), |m| u8::from(m).to_string())
             );
             let long_every = zero_downtime::RESET_LONG_EVERY;
-            let plan = Plan { migrate_req: migrate, retire, mode: Mode::Raw, short_ms: 0, long_every, redeploys };
+            let plan = Plan {
+                migrate_req: migrate,
+                retire,
+                mode: Mode::Raw,
+                short_ms: 0,
+                long_every,
+                redeploys,
+                upstream_closes: false,
+            };
             let limit = MINUTE * 3 + MINUTE * redeploys;
             let row =
                 bounded(limit, "a reset comparison run", zero_downtime::run_one(rig, index, plan, args.concurrency))
@@ -278,6 +303,49 @@ async fn zero_downtime_section(rig: &Rig, args: &Args, results: &mut Results) ->
             results.reloads.push(row);
         }
     }
+    Ok(())
+}
+
+async fn high_rate_section(args: &Args, results: &mut Results) -> Result<()> {
+    use crate::services::CaddyFlavor;
+    let env = crate::services::Env::from_env()?;
+    let _migrate = MigrateReq::set(true).context("setting net.ipv4.tcp_migrate_req=1")?;
+    let redeploys = if args.quick { 3 } else { 5 };
+    let runs = args.runs();
+    let mut index = 1000;
+    results.high_rate_settings = format!(
+        "{} connections, no think time (`GET /slow?ms=0`), {runs} runs of {redeploys} back-to-back redeploys per row, \
+         exact drain, tcp_migrate_req=1; {} WebSocket clients over {redeploys} redeploys",
+        high_rate::CONNECTIONS,
+        high_rate::WS_CLIENTS
+    );
+    results.high_rate_date = stdout(&["date", "-u", "+%Y-%m-%d %H:%M"]).await.unwrap_or_default();
+    results.high_rate_load_before = load_average();
+    let began = Instant::now();
+    for flavor in [CaddyFlavor::Debian, CaddyFlavor::Current] {
+        let bin = flavor.install(&env)?;
+        let version = crate::install::caddy_version(&bin)
+            .and_then(|v| v.split_whitespace().next().map(str::to_owned))
+            .unwrap_or_else(|| "?".into());
+        println!("bench: high rate on Caddy {version} ({})", bin.display());
+        let rig = app::Rig::start_with(&bin).await?;
+        let features = rig.agent.caddy.features().await?;
+        let delay = features.stream_close_delay.then_some(rig.agent.caddy.config().stream_close_delay);
+        let limit = MINUTE * 2 * runs * 6;
+        let rows =
+            bounded(limit, "high-rate rows", high_rate::rate_rows(&rig, &version, runs, redeploys, &mut index)).await?;
+        results.high_rate.extend(rows);
+        println!("bench: WebSocket clients across {redeploys} redeploys on Caddy {version}");
+        let ws = bounded(MINUTE * 5, "websockets", high_rate::websockets(&rig, &version, redeploys, delay)).await?;
+        println!(
+            "  {} sessions, {} echoes, {} clean closes, {} abnormal, {} failed handshakes {:?}",
+            ws.sessions, ws.echoes, ws.clean_closes, ws.abnormal_closes, ws.failed_handshakes, ws.samples
+        );
+        results.websockets.push(ws);
+        app::sweep(&rig.agent.adapters).await?;
+    }
+    results.high_rate_took = began.elapsed();
+    results.high_rate_load_after = load_average();
     Ok(())
 }
 

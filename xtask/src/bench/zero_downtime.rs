@@ -75,6 +75,9 @@ pub struct Plan {
     pub short_ms: u64,
     pub long_every: u64,
     pub redeploys: u32,
+    /// The app closes its connection after every response (`BENCH_CLOSE=1`,
+    /// like busybox httpd) instead of keeping it alive.
+    pub upstream_closes: bool,
 }
 
 /// One request in this many is long in the reset comparison: enough for the
@@ -83,13 +86,17 @@ pub struct Plan {
 pub const RESET_LONG_EVERY: u64 = 400;
 
 pub async fn run_one(rig: &Rig, index: usize, plan: Plan, concurrency: usize) -> Result<Row> {
-    let Plan { migrate_req, retire, mode, short_ms, long_every, redeploys } = plan;
+    let Plan { migrate_req, retire, mode, short_ms, long_every, redeploys, upstream_closes } = plan;
     let app = app_id(&format!("zd-{index}"));
+    let spec = |version: &str| {
+        let mut spec = image_spec(&app, version);
+        if upstream_closes {
+            super::app::set_env(&mut spec, "BENCH_CLOSE", "1");
+        }
+        spec
+    };
     let _ = rig.undeploy(&app).await;
-    rig.strategy
-        .execute(image_spec(&app, "r0"), &EventSink::discard())
-        .await
-        .with_context(|| format!("first deploy of {app}"))?;
+    rig.strategy.execute(spec("r0"), &EventSink::discard()).await.with_context(|| format!("first deploy of {app}"))?;
     let config = load::Config {
         addr: rig.caddy.listen,
         host: domain(&app).to_string(),
@@ -117,7 +124,7 @@ pub async fn run_one(rig: &Rig, index: usize, plan: Plan, concurrency: usize) ->
         deploys: Vec::new(),
     };
     for i in 1..=redeploys {
-        let mut spec = image_spec(&app, &format!("r{i}"));
+        let mut spec = spec(&format!("r{i}"));
         if retire == Retire::Naive {
             spec.timeouts.drain = Duration::ZERO;
             spec.timeouts.stop = Duration::ZERO;
