@@ -65,6 +65,19 @@ struct Target {
     met: Option<bool>,
 }
 
+/// A table of judged targets.
+fn target_rows(w: &mut String, targets: Vec<Target>) {
+    let _ = writeln!(w, "| Target | Measured | Status |\n|---|---|---|");
+    for t in targets {
+        let status = match t.met {
+            Some(true) => "met",
+            Some(false) => "**missed**",
+            None => "not a target",
+        };
+        let _ = writeln!(w, "| {} | {} | {status} |", t.what, t.measured);
+    }
+}
+
 impl Results {
     pub fn markdown(&self) -> String {
         let mut out = String::new();
@@ -163,15 +176,7 @@ impl Results {
             };
             targets.push(Target { what, measured, met });
         }
-        let _ = writeln!(w, "| Target | Measured | Status |\n|---|---|---|");
-        for t in targets {
-            let status = match t.met {
-                Some(true) => "met",
-                Some(false) => "**missed**",
-                None => "not a target",
-            };
-            let _ = writeln!(w, "| {} | {} | {status} |", t.what, t.measured);
-        }
+        target_rows(w, targets);
         let _ = writeln!(w);
         let _ = writeln!(
             w,
@@ -387,15 +392,7 @@ impl Results {
             let _ = writeln!(w, "No target was measured in this run.\n");
             return;
         }
-        let _ = writeln!(w, "| Target | Measured | Status |\n|---|---|---|");
-        for t in targets {
-            let status = match t.met {
-                Some(true) => "met",
-                Some(false) => "**missed**",
-                None => "not a target",
-            };
-            let _ = writeln!(w, "| {} | {} | {status} |", t.what, t.measured);
-        }
+        target_rows(w, targets);
         let _ = writeln!(w);
     }
 
