@@ -91,13 +91,17 @@ pub async fn caddy_dies_before_the_switch(world: &mut World, slot: &mut Option<L
 /// Config writes in a Caddy log since `from` bytes: admin API requests other
 /// than GET, and other than `POST /adapt` (the adapter's feature probe, which
 /// loads nothing).
-fn config_writes(log: &str, from: usize) -> usize {
+fn config_writes(log: &str, from: usize) -> Vec<String> {
     log.get(from..)
         .unwrap_or_default()
         .lines()
         .filter(|l| l.contains("received request") && !l.contains("/adapt"))
         .filter(|l| !l.contains("\"method\": \"GET\"") && !l.contains("\"method\":\"GET\""))
-        .count()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+            format!("{} {}", v["method"].as_str().unwrap_or("?"), v["uri"].as_str().unwrap_or("?"))
+        })
+        .collect()
 }
 
 /// Three live apps, for the cases that take every route away.
@@ -123,9 +127,10 @@ async fn reconcile_restores(
         v.problem(format!("reconcile: {}", rec.summary()));
     }
     let writes = config_writes(&world.caddy.log(), log_from);
-    if writes != 1 {
-        v.problem(format!("reconcile made {writes} Caddy config writes, not 1"));
+    if writes.len() != 1 {
+        v.problem(format!("reconcile made {} Caddy config writes, not 1: {writes:?}", writes.len()));
     }
+    let writes = writes.len();
     for (la, before) in apps.iter().zip(before) {
         match via_caddy(world, &la.app).await {
             Some((200, body)) if body == la.live.version => {}
@@ -525,7 +530,7 @@ pub async fn disk_full(world: &World, slot: &mut Option<LiveApp>) -> anyhow::Res
     let mount = world.root().join("small-work");
     std::fs::create_dir_all(&mount)?;
     let status = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs"])
         .arg(&mount)
         .status()
         .context("running mount")?;
