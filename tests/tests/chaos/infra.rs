@@ -225,13 +225,14 @@ pub async fn reboot(world: &mut World, slot: &mut Option<LiveApp>, xtask: &str) 
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // Snapshots after the reboot: container states are as Docker left them.
+    // What the reboot itself lost, apart from the routes.
     let mut rebooted = Vec::new();
     for la in &apps {
         rebooted.push(world.observer.snapshot(&la.app).await?);
     }
     routes_are_gone(world, &apps, &mut v).await?;
-    let rec = reconcile_restores(world, &apps, &rebooted, &mut v).await?;
+    // After the boot reconcile everything is as before the reboot, routes too.
+    let rec = reconcile_restores(world, &apps, &before, &mut v).await?;
     for (b, a) in before.iter().zip(&rebooted) {
         let lost: Vec<String> =
             diff(b, a).iter().filter(|c| !c.added && c.item.kind != "route").map(ToString::to_string).collect();
