@@ -180,10 +180,8 @@ struct Plan {
 impl Plan {
     fn new(app: &AppId, inv: &Inventory) -> Plan {
         let route = inv.routes.iter().find(|(a, _)| a == app).map(|(_, t)| t.clone());
-        let containers: Vec<ManagedContainer> = inv.containers.iter().filter(|c| c.app == *app).cloned().collect();
-        let images: Vec<&ManagedImage> = inv.images.iter().filter(|i| i.app == *app).collect();
-        let owned: Vec<ManagedImage> = images.iter().map(|i| (*i).clone()).collect();
-        let live = live_container(app, &containers, &owned, route.as_ref().map(|r| r.port)).cloned();
+        // The live rule looks at the app's own containers and images only.
+        let live = live_container(app, &inv.containers, &inv.images, route.as_ref().map(|r| r.port)).cloned();
 
         let mut actions = Vec::new();
         let wanted = live
@@ -199,13 +197,13 @@ impl Plan {
             }
             (None, None) => None,
         };
-        for c in &containers {
+        for c in inv.containers.iter().filter(|c| c.app == *app) {
             if live.as_ref().is_none_or(|l| l.id != c.id) {
                 actions.push(UndoAction::RemoveContainer { name: c.id.0.clone() });
                 actions.push(UndoAction::ReleasePort { deployment: c.deployment.clone() });
             }
         }
-        for image in &images {
+        for image in inv.images.iter().filter(|i| i.app == *app) {
             if live.as_ref().is_none_or(|l| l.deployment != image.deployment) {
                 actions.extend(image.tags.iter().map(|t| UndoAction::RemoveImage { image: t.clone() }));
             }
@@ -215,7 +213,7 @@ impl Plan {
                 actions.push(UndoAction::RemoveSource { app: app.clone(), deployment: deployment.clone() });
             }
         }
-        let adopt = live.clone().filter(|_| unmarked(app, &owned));
+        let adopt = live.clone().filter(|_| unmarked(app, &inv.images));
         Plan { app: app.clone(), restore, routed_port: route.map(|r| r.port), adopt, actions }
     }
 }
