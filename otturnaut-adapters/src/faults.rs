@@ -112,6 +112,10 @@ impl ContainerRuntime for Faulty {
     async fn list(&self, app: Option<&AppId>) -> Result<Vec<ManagedContainer>> {
         self.inner.runtime.list(app).await
     }
+
+    async fn remove_volumes(&self, app: &AppId) -> Result<Vec<String>> {
+        self.inner.runtime.remove_volumes(app).await
+    }
 }
 
 #[async_trait]

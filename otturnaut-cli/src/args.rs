@@ -70,6 +70,9 @@ pub enum Command {
     Undeploy {
         /// The app to remove
         app: String,
+        /// Also remove the named volumes made for the app, and the data in them
+        #[arg(long)]
+        volumes: bool,
         /// One JSON result object on stdout instead of text
         #[arg(long)]
         json: bool,
@@ -189,9 +192,55 @@ pub struct DeployArgs {
     #[arg(long, value_name = "DURATION")]
     pub health_timeout: Option<String>,
 
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+
     /// Newline-delimited JSON events on stdout, the last line the result
     #[arg(long)]
     pub json: bool,
+}
+
+/// How the container runs: each becomes a field of `RuntimeOptions`,
+/// recorded with the release.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Runtime")]
+pub struct RuntimeArgs {
+    /// Mount a named volume (created if missing, kept across releases, removed only by
+    /// `undeploy --volumes`) or an existing host path (absolute); repeatable. E.g. data:/var/lib/app,
+    /// /srv/shop/config:/etc/shop:ro
+    #[arg(long = "volume", value_name = "SRC:/PATH[:ro]")]
+    pub volumes: Vec<String>,
+    /// Memory limit, e.g. 512m or 2g (at least 6m)
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// CPU limit in CPUs, e.g. 0.5 or 2
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<String>,
+    /// The most processes and threads the container may run
+    #[arg(long, value_name = "N")]
+    pub pids_limit: Option<String>,
+    /// Join a user-defined Docker network (created if missing), where the app answers to its
+    /// name (repeatable)
+    #[arg(long = "network", value_name = "NAME")]
+    pub networks: Vec<String>,
+    /// Run this instead of the image's CMD; split into words like a shell would (quotes,
+    /// backslashes), but never run through one
+    #[arg(long, value_name = "\"CMD ARG...\"", allow_hyphen_values = true)]
+    pub command: Option<String>,
+    /// Replace the image's ENTRYPOINT, split like --command
+    #[arg(long, value_name = "\"PROG ARG...\"", allow_hyphen_values = true)]
+    pub entrypoint: Option<String>,
+    /// A json-file log option (repeatable): max-size, max-file, compress, labels, env, tag…
+    /// [default: max-size=10m, max-file=3]
+    #[arg(long = "log-opt", value_name = "K=V")]
+    pub log_opts: Vec<String>,
+    /// Grace between SIGTERM and SIGKILL when the previous release is stopped [default: 10s]
+    #[arg(long, value_name = "DURATION")]
+    pub stop_timeout: Option<String>,
+    /// How long in-flight requests to the previous release may take to finish after the
+    /// switch [default: 30s]
+    #[arg(long, value_name = "DURATION")]
+    pub drain_timeout: Option<String>,
 }
 
 const ABOUT: &str = "\
@@ -239,7 +288,16 @@ Examples:
       --container-port 8080 --domain shop.example.com --env-file shop.env
   otturnaut deploy hello --repo file:///srv/hello --container-port 8080 \\
       --domain hello.localhost --health http:/healthz --health-timeout 1m
-  otturnaut deploy cache --image redis:7 --container-port 6379 --health tcp";
+  otturnaut deploy cache --image redis:7 --container-port 6379 --health tcp \\
+      --volume cache-data:/data --memory 256m --network backend
+
+Runtime: named volumes are created if missing, labelled with APP, and kept across releases and
+rollbacks (only `undeploy --volumes` removes them); bind mounts need an existing absolute host
+path. Networks are created if missing and shared: on each the app answers to its name, so
+`--network backend` on two apps lets one reach the other at http://OTHER-APP:PORT. Every container
+also gets, without a flag: an init process, no-new-privileges (setuid binaries gain nothing) and
+json-file logs rotated at 10 MiB x 3 files (change with --log-opt). All of it is recorded with the
+release and shown by `status --json`.";
 
 const STATUS_ABOUT: &str = "\
 Show each app Otturnaut knows about (or just APP): its live deployment, image, commit, host port,
@@ -254,8 +312,12 @@ Remove APP entirely: first its Caddy route (so no request reaches a stopping con
 containers (stopped gracefully), the images Otturnaut built for it and any leftover source trees.
 Running it again finds nothing and does nothing.
 
-Example:
-  otturnaut undeploy shop";
+Named volumes (--volume NAME:/path) hold the app's data and are kept, so that a later deploy finds
+it again; with --volumes they are removed too (only those Otturnaut created for APP).
+
+Examples:
+  otturnaut undeploy shop
+  otturnaut undeploy shop --volumes   # and its data";
 
 const RECONCILE_ABOUT: &str = "\
 Bring apps back in line with their committed releases. Docker holds the durable record of which

@@ -1,7 +1,7 @@
 //! `otturnaut undeploy` and `otturnaut reconcile`.
 
 use otturnaut_core::{AppId, Timeouts};
-use otturnaut_steps::{CleanupReport, Residue, RetryPolicy, apps_with_resources, undeploy_app};
+use otturnaut_steps::{CleanupReport, Residue, RetryPolicy, apps_with_resources, remove_app_volumes, undeploy_app};
 use serde_json::json;
 
 use crate::args::GlobalArgs;
@@ -41,22 +41,25 @@ fn fail(out: &Out, fatal: Fatal, result: &str, app: Option<&str>) -> Exit {
     fatal.exit
 }
 
-pub async fn undeploy(global: &GlobalArgs, app: &str, json: bool) -> Exit {
+pub async fn undeploy(global: &GlobalArgs, app: &str, volumes: bool, json: bool) -> Exit {
     let out = Out::new(json);
-    match run_undeploy(global, app, &out).await {
+    match run_undeploy(global, app, volumes, &out).await {
         Ok(exit) => exit,
         Err(fatal) => fail(&out, fatal, "undeploy", Some(app)),
     }
 }
 
-async fn run_undeploy(global: &GlobalArgs, app: &str, out: &Out) -> Result<Exit, Fatal> {
+async fn run_undeploy(global: &GlobalArgs, app: &str, volumes: bool, out: &Out) -> Result<Exit, Fatal> {
     let settings = settings(global)?;
     let app = input::app_id(app)?;
     let agent = connect(&settings.agent).await?;
     let _lock = take_lock(out, &settings, &app, "undeploy").await?;
-    let report = undeploy_app(&agent.adapters, &app, Timeouts::default().stop, RetryPolicy::default())
+    let mut report = undeploy_app(&agent.adapters, &app, Timeouts::default().stop, RetryPolicy::default())
         .await
         .map_err(|e| Fatal::service(&format!("undeploying {app}"), &e))?;
+    if volumes {
+        remove_app_volumes(&agent.adapters, &app, &mut report).await;
+    }
     let exit = exit_of(&report.residue);
     if out.is_json() {
         out.json_line(&json!({

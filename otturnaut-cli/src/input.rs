@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use otturnaut_core::{
     AppId, ContainerPort, DeploySpec, DockerfilePath, Domain, EnvName, GitRef, HealthCheck, HealthKind, HttpPath,
-    ImageRef, MAX_DURATION, RepoUrl, Secret, Source, Transport,
+    ImageRef, MAX_DURATION, MAX_RUNTIME_ITEMS, RepoUrl, RuntimeOptions, Secret, Source, Transport, VolumeSource,
 };
 
-use crate::args::DeployArgs;
+use crate::args::{DeployArgs, RuntimeArgs};
 use crate::exit::Invalid;
 use crate::files;
 
@@ -65,8 +65,58 @@ pub fn deploy_spec(args: &DeployArgs) -> Result<DeploySpec, Invalid> {
     if let Some(raw) = &args.pull_timeout {
         spec.timeouts.pull = duration("--pull-timeout", raw)?;
     }
+    let r = &args.runtime;
+    if let Some(raw) = &r.stop_timeout {
+        spec.timeouts.stop = duration("--stop-timeout", raw)?;
+    }
+    if let Some(raw) = &r.drain_timeout {
+        spec.timeouts.drain = duration("--drain-timeout", raw)?;
+    }
+    spec.runtime = runtime_options(r)?;
     spec.check_limits().map_err(invalid("deploy"))?;
     Ok(spec)
+}
+
+/// The `Runtime` flags; a bind mount's host path must exist now.
+pub fn runtime_options(r: &RuntimeArgs) -> Result<RuntimeOptions, Invalid> {
+    fn each<T: std::str::FromStr<Err = otturnaut_core::Error>>(flag: &str, raw: &[String]) -> Result<Vec<T>, Invalid> {
+        if raw.len() > MAX_RUNTIME_ITEMS {
+            return Err(Invalid::new(flag, format!("given {} times; at most {MAX_RUNTIME_ITEMS}", raw.len())));
+        }
+        raw.iter().map(|v| v.parse().map_err(invalid(flag))).collect()
+    }
+    fn one<T: std::str::FromStr<Err = otturnaut_core::Error>>(
+        flag: &str,
+        raw: &Option<String>,
+    ) -> Result<Option<T>, Invalid> {
+        raw.as_deref().map(|v| v.parse().map_err(invalid(flag))).transpose()
+    }
+    let options = RuntimeOptions {
+        volumes: each("--volume", &r.volumes)?,
+        memory: one("--memory", &r.memory)?,
+        cpus: one("--cpus", &r.cpus)?,
+        pids_limit: one("--pids-limit", &r.pids_limit)?,
+        networks: each("--network", &r.networks)?,
+        command: one("--command", &r.command)?,
+        entrypoint: one("--entrypoint", &r.entrypoint)?,
+        log_opts: each("--log-opt", &r.log_opts)?,
+    };
+    for v in &options.volumes {
+        if let VolumeSource::Bind(path) = &v.source
+            && let Err(e) = std::fs::metadata(path)
+        {
+            return Err(Invalid::new("--volume", format!("{v}: the host path {path} cannot be used: {e}")));
+        }
+    }
+    options.check().map_err(|e| {
+        let flag = match &e {
+            otturnaut_core::Error::Invalid { what: "network name", .. } => "--network",
+            otturnaut_core::Error::Invalid { what: "log option", .. } => "--log-opt",
+            _ => "--volume",
+        };
+        Invalid::new(flag, e.to_string())
+    })?;
+    Ok(options)
 }
 
 fn source(args: &DeployArgs) -> Result<Source, Invalid> {
@@ -485,6 +535,84 @@ mod tests {
             "80",
         ]);
         assert!(e.starts_with("--repo-credentials-file") && !e.contains("s3cr3t"), "{e}");
+    }
+
+    #[test]
+    fn runtime_flags_become_runtime_options() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bind = format!("{}:/etc/app:ro", dir.path().display());
+        let spec = deploy_spec(&args(&[
+            "a",
+            "--image",
+            "x",
+            "--container-port",
+            "80",
+            "--volume",
+            "a-data:/data",
+            "--volume",
+            &bind,
+            "--memory",
+            "512m",
+            "--cpus",
+            "1.5",
+            "--pids-limit",
+            "200",
+            "--network",
+            "backend",
+            "--command",
+            "puma -C 'config/puma.rb'",
+            "--entrypoint",
+            "/usr/bin/tini --",
+            "--log-opt",
+            "max-size=50m",
+            "--stop-timeout",
+            "20s",
+            "--drain-timeout",
+            "1m",
+        ]))
+        .expect("valid");
+        let r = &spec.runtime;
+        assert_eq!(r.volumes.iter().map(ToString::to_string).collect::<Vec<_>>(), ["a-data:/data".to_owned(), bind]);
+        assert_eq!(r.memory.map(|m| m.bytes()), Some(512 << 20));
+        assert_eq!(r.cpus.map(|c| c.nano()), Some(1_500_000_000));
+        assert_eq!(r.pids_limit.map(|p| p.get()), Some(200));
+        assert_eq!(r.networks.iter().map(|n| n.as_str()).collect::<Vec<_>>(), ["backend"]);
+        assert_eq!(
+            r.command.as_ref().map(|c| c.words().to_vec()),
+            Some(vec!["puma".into(), "-C".into(), "config/puma.rb".into()])
+        );
+        assert_eq!(r.entrypoint.as_ref().map(|c| c.words().len()), Some(2));
+        assert_eq!(r.effective_log_opts().get("max-size").map(String::as_str), Some("50m"));
+        assert_eq!(r.effective_log_opts().get("max-file").map(String::as_str), Some("3"));
+        assert_eq!((spec.timeouts.stop, spec.timeouts.drain), (Duration::from_secs(20), Duration::from_secs(60)));
+        assert_eq!(
+            deploy_spec(&args(&["a", "--image", "x", "--container-port", "80"])).expect("ok").runtime,
+            RuntimeOptions::default()
+        );
+    }
+
+    #[test]
+    fn bad_runtime_values_name_their_flag() {
+        let base = ["a", "--image", "x", "--container-port", "80"];
+        for (extra, flag) in [
+            (&["--volume", "data"][..], "--volume"),
+            (&["--volume", "/nonexistent/otturnaut:/data"], "--volume"),
+            (&["--volume", "a-data:/x", "--volume", "b-data:/x/"], "--volume"),
+            (&["--memory", "5m"], "--memory"),
+            (&["--cpus=-1"], "--cpus"),
+            (&["--pids-limit", "0"], "--pids-limit"),
+            (&["--network", "none"], "--network"),
+            (&["--network", "n1", "--network", "n1"], "--network"),
+            (&["--command", "a 'b"], "--command"),
+            (&["--entrypoint", "  "], "--entrypoint"),
+            (&["--log-opt", "max-size=0"], "--log-opt"),
+            (&["--log-opt", "max-file=2", "--log-opt", "max-file=3"], "--log-opt"),
+            (&["--stop-timeout", "25h"], "--stop-timeout"),
+            (&["--drain-timeout", "x"], "--drain-timeout"),
+        ] {
+            let e = err(&[&base[..], extra].concat());
+            assert!(e.starts_with(flag), "{extra:?}: {e}");
+        }
     }
 
     #[test]

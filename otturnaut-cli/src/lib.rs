@@ -63,7 +63,7 @@ async fn run(cli: Cli) -> Exit {
     match cli.command {
         Command::Deploy(args) => deploy::run(&global, *args).await,
         Command::Status { app, json } => status::run(&global, app.as_deref(), json).await,
-        Command::Undeploy { app, json } => cleanup::undeploy(&global, &app, json).await,
+        Command::Undeploy { app, volumes, json } => cleanup::undeploy(&global, &app, volumes, json).await,
         Command::Reconcile { apps, json } => cleanup::reconcile(&global, &apps, json).await,
         Command::Logs { app, follow, tail } => logs::run(&global, &app, follow, tail).await,
     }

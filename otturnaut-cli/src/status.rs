@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use otturnaut_adapters::Agent;
 use otturnaut_adapters::state::release_of;
-use otturnaut_core::{AppId, ManagedContainer, ManagedImage, Release, RouteTarget, live_container};
+use otturnaut_core::{AppId, ManagedContainer, ManagedImage, Release, RouteTarget, RuntimeOptions, live_container};
 use otturnaut_steps::apps_with_resources;
 use serde::Serialize;
 
@@ -30,6 +30,9 @@ struct AppStatus {
     /// to it (after a Caddy restart, say): `otturnaut reconcile` restores it.
     route_missing: bool,
     container: Option<ContainerStatus>,
+    /// The live release's volumes, limits, networks, command and log
+    /// options, as deployed (empty: none).
+    runtime: RuntimeOptions,
     /// When the live container last started (RFC 3339, from Docker).
     started: Option<String>,
     /// Managed containers of the app, live or not; more than one outside a
@@ -120,6 +123,7 @@ async fn app_status(
         urls: Vec::new(),
         route_missing: false,
         container: None,
+        runtime: RuntimeOptions::default(),
         started: None,
         containers: containers.len(),
         images: images.len(),
@@ -139,6 +143,7 @@ async fn app_status(
     s.container_port = container.and_then(|c| c.container_port).map(|p| p.get());
     s.urls = urls(config, &r.domains);
     s.domains = r.domains.iter().map(ToString::to_string).collect();
+    s.runtime = container.map(|c| c.options.clone()).unwrap_or_default();
     s.container =
         container.map(|c| ContainerStatus { id: c.id.0.clone(), name: c.name.clone(), state: c.state.clone() });
     s.started = agent
@@ -184,6 +189,24 @@ fn human(s: &AppStatus) -> Vec<String> {
     }
     for url in &s.urls {
         lines.push(row("url", url));
+    }
+    let o = &s.runtime;
+    for v in &o.volumes {
+        lines.push(row("volume", &v.to_string()));
+    }
+    let limits: Vec<String> = [
+        o.memory.map(|m| format!("memory {m}")),
+        o.cpus.map(|c| format!("cpus {c}")),
+        o.pids_limit.map(|p| format!("pids {p}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !limits.is_empty() {
+        lines.push(row("limits", &limits.join(", ")));
+    }
+    for n in &o.networks {
+        lines.push(row("network", n.as_str()));
     }
     if s.containers > 1 {
         lines.push(row(

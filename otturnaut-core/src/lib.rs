@@ -11,6 +11,7 @@ mod event;
 pub mod faults;
 mod ids;
 mod net;
+mod options;
 mod release;
 mod secret;
 mod source;
@@ -24,12 +25,17 @@ pub use error::{Error, Result, Service};
 pub use event::{DeployEvent, EventReceiver, EventSink, LOG_BACKLOG, MAX_LOG_LINE, Step, cut_line};
 pub use ids::{AppId, DeploymentId, Domain, EnvName, ImageRef, domain_conflict};
 pub use net::{ContainerPort, HostPort, PortRange};
+pub use options::{
+    CommandLine, Cpus, LogOpt, MemorySize, NetworkName, PidsLimit, VolumeName, VolumeSource, VolumeSpec,
+};
 pub use release::{
     ContainerId, ContainerStatus, ManagedContainer, ManagedImage, Release, RouteTarget, live_container, unmarked,
 };
 pub use secret::{REDACTED, Secret};
 pub use source::{CommitSha, DockerfilePath, GitRef, RepoUrl, Transport, redact_url_text};
-pub use spec::{DeploySpec, HealthCheck, HealthKind, HttpPath, MAX_DURATION, Source, Timeouts};
+pub use spec::{
+    DeploySpec, HealthCheck, HealthKind, HttpPath, MAX_DURATION, MAX_RUNTIME_ITEMS, RuntimeOptions, Source, Timeouts,
+};
 pub use traits::Adapters;
 
 /// Label keys and naming rules shared by every adapter: the truth about what
@@ -49,4 +55,7 @@ pub mod labels {
     /// container without it was deployed before, and only for such
     /// containers does the old, route-based rule decide what is live.
     pub const MARKED: &str = "otturnaut.marked";
+    /// The release's [`crate::RuntimeOptions`] as JSON, on its container
+    /// (absent: none); on a named volume, [`APP`] names the app it was made for.
+    pub const OPTIONS: &str = "otturnaut.options";
 }

@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{AppId, CommitSha, ContainerPort, DeploymentId, Domain, HostPort};
+use crate::{AppId, CommitSha, ContainerPort, DeploymentId, Domain, HostPort, RuntimeOptions};
 
 /// A Docker container id (or name).
 #[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
@@ -76,6 +76,9 @@ pub struct ManagedContainer {
     pub state: String,
     /// Unix seconds.
     pub created: i64,
+    /// How it was started (from its [`crate::labels::OPTIONS`] label).
+    #[serde(default)]
+    pub options: RuntimeOptions,
 }
 
 /// One release's image, as listed from Docker by its tags: the release tag
@@ -178,6 +181,7 @@ mod tests {
             running: true,
             state: "running".into(),
             created: 0,
+            options: RuntimeOptions::default(),
         }
     }
 

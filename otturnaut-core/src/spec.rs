@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::string_newtype;
+use crate::options::{CommandLine, Cpus, LogOpt, MemorySize, NetworkName, PidsLimit, VolumeSpec};
 use crate::{AppId, ContainerPort, DockerfilePath, Domain, EnvName, Error, GitRef, ImageRef, RepoUrl, Secret};
 
 /// A complete deploy request. Every field is already validated, so a spec that
@@ -24,6 +25,8 @@ pub struct DeploySpec {
     pub health: HealthCheck,
     #[serde(default)]
     pub timeouts: Timeouts,
+    #[serde(default)]
+    pub runtime: RuntimeOptions,
 }
 
 impl DeploySpec {
@@ -37,7 +40,96 @@ impl DeploySpec {
             domains: Vec::new(),
             health: HealthCheck::default(),
             timeouts: Timeouts::default(),
+            runtime: RuntimeOptions::default(),
         }
+    }
+}
+
+/// How the release's container runs beyond image, env and port: volumes,
+/// limits, networks, command and logging. None of it is secret: it is
+/// recorded with the release (a container label) so that a rollback
+/// re-creates the container exactly, and `status --json` shows it.
+///
+/// Always applied besides these: `no-new-privileges`, an init process, and
+/// json-file logs rotated at [`LogOpt::DEFAULTS`] unless `log_opts` says
+/// otherwise.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeOptions {
+    /// Named volumes (created if missing, labelled with the app, never
+    /// removed but by `undeploy --volumes`) and bind mounts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemorySize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<Cpus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_limit: Option<PidsLimit>,
+    /// User-defined networks to join (created if missing); on each the
+    /// container answers to the app's name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkName>,
+    /// Replaces the image's `CMD`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<CommandLine>,
+    /// Replaces the image's `ENTRYPOINT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<CommandLine>,
+    /// json-file log options on top of (or replacing) the defaults.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_opts: Vec<LogOpt>,
+}
+
+/// The most volumes, networks and log options a release takes, each.
+pub const MAX_RUNTIME_ITEMS: usize = 64;
+
+impl RuntimeOptions {
+    /// Checks what the single values cannot: no two volumes on one container
+    /// path, no network or log option twice, at most [`MAX_RUNTIME_ITEMS`]
+    /// of each.
+    pub fn check(&self) -> Result<(), Error> {
+        let counts =
+            [("volumes", self.volumes.len()), ("networks", self.networks.len()), ("log options", self.log_opts.len())];
+        for (what, n) in counts {
+            if n > MAX_RUNTIME_ITEMS {
+                return Err(Error::invalid(
+                    "runtime options",
+                    format!("{n} {what}"),
+                    format!("at most {MAX_RUNTIME_ITEMS} {what}"),
+                ));
+            }
+        }
+        let mut targets = std::collections::BTreeSet::new();
+        for v in &self.volumes {
+            if !targets.insert(v.target.as_str()) {
+                return Err(Error::invalid("volume", v.to_string(), format!("a second volume on {}", v.target)));
+            }
+        }
+        let mut networks = std::collections::BTreeSet::new();
+        for n in &self.networks {
+            if !networks.insert(n) {
+                return Err(Error::invalid("network name", n.as_str(), "given twice"));
+            }
+        }
+        let mut keys = std::collections::BTreeSet::new();
+        for o in &self.log_opts {
+            if !keys.insert(o.key()) {
+                return Err(Error::invalid("log option", o.to_string(), format!("{} given twice", o.key())));
+            }
+        }
+        Ok(())
+    }
+
+    /// The json-file options the container gets: the defaults, overridden
+    /// key by key by `log_opts`.
+    pub fn effective_log_opts(&self) -> BTreeMap<String, String> {
+        let mut opts: BTreeMap<String, String> =
+            LogOpt::DEFAULTS.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        for o in &self.log_opts {
+            opts.insert(o.key().to_owned(), o.value().to_owned());
+        }
+        opts
     }
 }
 
@@ -162,6 +254,7 @@ impl DeploySpec {
     /// Checks what serde cannot: every duration at most [`MAX_DURATION`]
     /// (and the health check's above zero).
     pub fn check_limits(&self) -> Result<(), Error> {
+        self.runtime.check()?;
         let h = &self.health;
         let all = self.timeouts.all().into_iter().chain([
             ("health interval", h.interval),
@@ -271,6 +364,31 @@ mod tests {
             }
             Source::Image { .. } => panic!("git source expected"),
         }
+    }
+
+    #[test]
+    fn runtime_options_round_trip_and_are_checked() {
+        let json = r#"{"app": "a", "source": {"type": "image", "reference": "x"}, "container_port": 80,
+                       "runtime": {"volumes": ["data:/data", "/srv/c:/etc/c:ro"], "memory": "1g", "cpus": "0.5",
+                                   "pids_limit": "64", "networks": ["backend"], "command": "a 'b c'",
+                                   "entrypoint": ["/init"], "log_opts": ["max-file=5"]}}"#;
+        let spec: DeploySpec = serde_json::from_str(json).expect("parses");
+        assert!(spec.check_limits().is_ok());
+        let again: DeploySpec = serde_json::from_str(&serde_json::to_string(&spec).expect("ser")).expect("de");
+        assert_eq!(again.runtime, spec.runtime);
+        assert_eq!(spec.runtime.command.as_ref().map(|c| c.words().len()), Some(2));
+        let bad = json.replace("\"max-file=5\"]", "\"max-file=5\", \"max-file=6\"]");
+        let spec: DeploySpec = serde_json::from_str(&bad).expect("parses");
+        assert!(spec.check_limits().is_err(), "a log option twice");
+        let unknown = json.replace("\"cpus\"", "\"cpu\"");
+        assert!(serde_json::from_str::<DeploySpec>(&unknown).is_err(), "unknown runtime keys are refused");
+        let defaults: DeploySpec = serde_json::from_str(
+            r#"{"app": "a", "source": {"type": "image", "reference": "x"},
+            "container_port": 80}"#,
+        )
+        .expect("parses");
+        assert_eq!(defaults.runtime, RuntimeOptions::default());
+        assert_eq!(serde_json::to_string(&defaults.runtime).expect("ser"), "{}");
     }
 
     #[test]

@@ -343,6 +343,7 @@ impl ContainerRuntime for Fake {
                 state: if c.running { "running" } else { "exited" }.into(),
                 // Deployment ids sort by creation time, so they stand in for it.
                 created: 0,
+                options: Default::default(),
             })
             .collect())
     }

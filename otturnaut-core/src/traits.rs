@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use crate::{
     AppId, CommitSha, ContainerId, ContainerPort, ContainerStatus, DeploymentId, DockerfilePath, Domain, EnvName,
     EventSink, GitRef, HealthCheck, HostPort, ImageRef, ManagedContainer, ManagedImage, Release, RepoUrl, Result,
-    RouteTarget, Secret,
+    RouteTarget, RuntimeOptions, Secret,
 };
 
 /// A source tree checked out for one deployment.
@@ -119,6 +119,9 @@ pub struct RunRequest {
     pub container_port: ContainerPort,
     pub env: BTreeMap<EnvName, Secret>,
     pub domains: Vec<Domain>,
+    /// Volumes, limits, networks, command and logging; recorded on the
+    /// container ([`crate::labels::OPTIONS`]).
+    pub options: RuntimeOptions,
 }
 
 impl RunRequest {
@@ -140,6 +143,13 @@ pub trait ContainerRuntime: Send + Sync {
     async fn status(&self, id: &ContainerId) -> Result<ContainerStatus>;
     async fn logs(&self, id: &ContainerId, tail: usize) -> Result<Vec<String>>;
     async fn list(&self, app: Option<&AppId>) -> Result<Vec<ManagedContainer>>;
+    /// Removes the named volumes made for `app` (`undeploy --volumes`; no
+    /// other caller: volumes hold data across releases), returning their
+    /// names. A runtime without volumes has none to remove.
+    async fn remove_volumes(&self, app: &AppId) -> Result<Vec<String>> {
+        let _ = app;
+        Ok(Vec::new())
+    }
 }
 
 #[async_trait]

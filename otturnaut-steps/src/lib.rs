@@ -59,7 +59,8 @@ use otturnaut_core::{AppId, DeploymentId, Step};
 pub use locks::AppLocks;
 pub use reaper::Reaper;
 pub use reconcile::{
-    CleanupReport, apps_with_resources, domain_owner, live_release, reconcile, reconcile_app, undeploy_app,
+    CleanupReport, apps_with_resources, domain_owner, live_release, reconcile, reconcile_app, remove_app_volumes,
+    undeploy_app,
 };
 pub use strategy::{BlueGreen, Deployed, Strategy};
 pub use tokens::{Built, Committed, Context, Fetched, Healthy, PortHeld, Routed, Running};

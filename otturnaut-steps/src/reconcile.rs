@@ -255,6 +255,27 @@ pub async fn undeploy_app(
     Ok(report)
 }
 
+/// `undeploy --volumes`, after [`undeploy_app`]: removes the named volumes
+/// made for `app`, and the data in them. Nothing else ever removes a volume.
+/// While a container of the app is left (a residue of `undeploy_app`) its
+/// volumes are in use: they stay, as a residue too.
+pub async fn remove_app_volumes(a: &Adapters, app: &AppId, report: &mut CleanupReport) {
+    let residue = |error: String| Residue {
+        kind: "volume".into(),
+        what: format!("remove the volumes of {app}"),
+        error,
+        in_doubt: false,
+    };
+    if report.residue.iter().any(|r| r.kind == "container") {
+        report.residue.push(residue("a container of the app is still there".into()));
+        return;
+    }
+    match a.runtime.remove_volumes(app).await {
+        Ok(names) => report.done.extend(names.into_iter().map(|n| format!("removed volume {n}"))),
+        Err(e) => report.residue.push(residue(e.to_string())),
+    }
+}
+
 /// What exists of a set of apps, wherever it lives, read once.
 struct Inventory {
     containers: Vec<ManagedContainer>,

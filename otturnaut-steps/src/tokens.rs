@@ -275,6 +275,7 @@ impl PortHeld {
                     container_port: spec.container_port,
                     env: spec.env.clone(),
                     domains: spec.domains.clone(),
+                    options: spec.runtime.clone(),
                 };
                 match adapters.runtime.start(&req).await {
                     Err(Error::PortTaken(p)) if taken.len() < PORT_RETRIES => {

@@ -195,6 +195,7 @@ pub fn run_request(
             .unwrap_or_else(|e| panic!("container port {container_port}: {e}")),
         env: Default::default(),
         domains: Vec::new(),
+        options: Default::default(),
     }
 }
 

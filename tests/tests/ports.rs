@@ -64,6 +64,7 @@ impl ContainerRuntime for ListingRuntime {
                 running: true,
                 state: "running".into(),
                 created: 0,
+                options: Default::default(),
             })
             .collect())
     }

@@ -16,6 +16,7 @@
 mod build;
 mod context;
 mod dockerignore;
+mod resources;
 mod run;
 
 use std::fmt;

@@ -7,7 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, ContainerSummary, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerSummary, EndpointSettings, HostConfig, HostConfigLogConfig, Mount, MountType,
+    NetworkConnectRequest, NetworkingConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
@@ -15,7 +16,10 @@ use bollard::query_parameters::{
 };
 use futures_util::{Stream, StreamExt};
 use otturnaut_core::traits::{ContainerRuntime, RunRequest, container_name};
-use otturnaut_core::{AppId, ContainerId, ContainerStatus, Error, ManagedContainer, Result, labels};
+use otturnaut_core::{
+    AppId, ContainerId, ContainerStatus, Error, ManagedContainer, Result, RuntimeOptions, VolumeSource, VolumeSpec,
+    labels,
+};
 
 use super::build::label_filters;
 use super::{Docker, is_not_found};
@@ -31,8 +35,17 @@ const STOP_SLACK: Duration = Duration::from_secs(30);
 impl ContainerRuntime for Docker {
     async fn start(&self, req: &RunRequest) -> Result<ContainerId> {
         let name = req.name();
+        self.ensure_resources(&req.app, &req.options).await?;
         let id = self.create(req).await?;
-        let started = self.client.start_container(&id, None::<StartContainerOptions>).await;
+        let started = match self.join_networks(req, &id).await {
+            Ok(()) => self.client.start_container(&id, None::<StartContainerOptions>).await,
+            Err(e) => {
+                if let Err(c) = self.remove(&ContainerId(id)).await {
+                    tracing::warn!(container = %name, error = %c, "could not remove a container that joined no network");
+                }
+                return Err(e);
+            }
+        };
         let Err(e) = started else {
             return Ok(ContainerId(id));
         };
@@ -117,6 +130,10 @@ impl ContainerRuntime for Docker {
             .map_err(|e| self.error("listing managed containers", e))?;
         Ok(containers.into_iter().filter_map(managed_container).filter(genuine).collect())
     }
+
+    async fn remove_volumes(&self, app: &AppId) -> Result<Vec<String>> {
+        self.remove_app_volumes(app).await
+    }
 }
 
 impl Docker {
@@ -182,15 +199,32 @@ impl Docker {
         ours && !running
     }
 
+    /// Joins the networks after the first (API 1.41 takes one at create),
+    /// each with the app's name as an alias.
+    async fn join_networks(&self, req: &RunRequest, id: &str) -> Result<()> {
+        for network in req.options.networks.iter().skip(1) {
+            let request = NetworkConnectRequest { container: id.to_owned(), endpoint_config: Some(endpoint(req)) };
+            self.client
+                .connect_network(network.as_str(), request)
+                .await
+                .map_err(|e| self.error(format!("connecting container {} to network {network}", req.name()), e))?;
+        }
+        Ok(())
+    }
+
     fn container_body(&self, req: &RunRequest) -> ContainerCreateBody {
         let port = format!("{}/tcp", req.container_port);
         let binding =
             PortBinding { host_ip: Some(self.bind_address.to_string()), host_port: Some(req.host_port.to_string()) };
+        let o = &req.options;
+        let first_network = o.networks.first();
         ContainerCreateBody {
             image: Some(req.image.clone()),
             env: Some(req.env.iter().map(|(k, v)| format!("{k}={}", v.expose())).collect()),
             labels: Some(container_labels(req)),
             exposed_ports: Some(vec![port.clone()]),
+            cmd: o.command.as_ref().map(|c| c.words().to_vec()),
+            entrypoint: o.entrypoint.as_ref().map(|c| c.words().to_vec()),
             host_config: Some(HostConfig {
                 port_bindings: Some(HashMap::from([(port, Some(vec![binding]))])),
                 restart_policy: Some(RestartPolicy {
@@ -200,10 +234,45 @@ impl Docker {
                 // An init reaps zombies and forwards SIGTERM, so apps that
                 // run as PID 1 without handling signals still stop promptly.
                 init: Some(true),
+                // Hardening that ordinary apps never notice: no setuid
+                // binary can gain privileges the container started without.
+                security_opt: Some(vec!["no-new-privileges".to_owned()]),
+                // Rotated, so that a chatty app cannot fill the disk.
+                log_config: Some(HostConfigLogConfig {
+                    typ: Some("json-file".to_owned()),
+                    config: Some(o.effective_log_opts().into_iter().collect()),
+                }),
+                memory: o.memory.and_then(|m| i64::try_from(m.bytes()).ok()),
+                nano_cpus: o.cpus.and_then(|c| i64::try_from(c.nano()).ok()),
+                pids_limit: o.pids_limit.map(|p| p.get()),
+                mounts: (!o.volumes.is_empty()).then(|| o.volumes.iter().map(mount).collect()),
+                network_mode: first_network.map(|n| n.to_string()),
                 ..Default::default()
             }),
+            networking_config: first_network
+                .map(|n| NetworkingConfig { endpoints_config: Some(HashMap::from([(n.to_string(), endpoint(req))])) }),
             ..Default::default()
         }
+    }
+}
+
+/// On every network the container answers to the app's name, so other
+/// containers reach it as `http://APP:PORT` whichever release is live.
+fn endpoint(req: &RunRequest) -> EndpointSettings {
+    EndpointSettings { aliases: Some(vec![req.app.to_string()]), ..Default::default() }
+}
+
+fn mount(volume: &VolumeSpec) -> Mount {
+    let (typ, source) = match &volume.source {
+        VolumeSource::Named(name) => (MountType::VOLUME, name.to_string()),
+        VolumeSource::Bind(path) => (MountType::BIND, path.clone()),
+    };
+    Mount {
+        target: Some(volume.target.clone()),
+        source: Some(source),
+        typ: Some(typ),
+        read_only: Some(volume.read_only),
+        ..Default::default()
     }
 }
 
@@ -220,6 +289,12 @@ fn container_labels(req: &RunRequest) -> HashMap<String, String> {
         (labels::MARKED, "true".to_owned()),
     ]
     .into_iter()
+    .chain(
+        (req.options != RuntimeOptions::default())
+            .then(|| serde_json::to_string(&req.options).ok())
+            .flatten()
+            .map(|json| (labels::OPTIONS, json)),
+    )
     .map(|(k, v)| (k.to_owned(), v))
     .collect()
 }
@@ -268,6 +343,9 @@ fn managed_container(summary: ContainerSummary) -> Option<ManagedContainer> {
         running: state == "running",
         state,
         created: summary.created.unwrap_or_default(),
+        // Unreadable options (a newer agent's) show as none rather than
+        // hiding the container.
+        options: label(labels::OPTIONS).and_then(|v| serde_json::from_str(v).ok()).unwrap_or_default(),
         id: ContainerId(id),
         app,
         deployment,
