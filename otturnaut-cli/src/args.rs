@@ -141,6 +141,16 @@ pub struct DeployArgs {
         help_heading = "Source (one of)"
     )]
     pub build_arg_file: Option<PathBuf>,
+    /// A file mounted for `RUN --mount=type=secret,id=ID` steps (BuildKit), repeatable; never in
+    /// the image, its history or any output. At most 500 KiB
+    #[arg(
+        long = "build-secret",
+        value_name = "ID=FILE",
+        requires = "repo",
+        conflicts_with = "image",
+        help_heading = "Source (one of)"
+    )]
+    pub build_secrets: Vec<String>,
     /// A file holding the credentials for an https:// --repo: a token, or USER:PASSWORD
     /// on one line. Keeps them out of `ps` and out of the URL; never printed
     #[arg(

@@ -166,13 +166,47 @@ fn source(args: &DeployArgs) -> Result<Source, Invalid> {
                 )),
                 None => None,
             };
-            Ok(Source::Git { url, git_ref, dockerfile, build_args, ssh_key })
+            let build_secrets = build_secrets(&args.build_secrets)?;
+            Ok(Source::Git { url, git_ref, dockerfile, build_args, build_secrets, ssh_key })
         }
         (None, Some(image)) => Ok(Source::Image { reference: image.parse::<ImageRef>().map_err(invalid("--image"))? }),
         // clap's argument group already refuses these; kept for a clear message anyway.
         (Some(_), Some(_)) => Err(Invalid::new("--repo/--image", "give either --repo or --image, not both")),
         (None, None) => Err(Invalid::new("--repo/--image", "give --repo URL or --image IMAGE")),
     }
+}
+
+/// The most `--build-secret`s, and the largest file one takes (BuildKit's
+/// session refuses bigger secrets).
+pub const MAX_BUILD_SECRETS: usize = 100;
+pub const MAX_BUILD_SECRET_FILE: u64 = 500 * 1024;
+
+/// `ID=FILE` pairs: the id as `RUN --mount=type=secret,id=ID` names it
+/// (letters, digits, `_`, `.`, `-`; at most 64), the file's contents secret.
+fn build_secrets(raw: &[String]) -> Result<BTreeMap<String, Secret>, Invalid> {
+    let flag = "--build-secret";
+    if raw.len() > MAX_BUILD_SECRETS {
+        return Err(Invalid::new(flag, format!("given {} times; at most {MAX_BUILD_SECRETS}", raw.len())));
+    }
+    let mut secrets = BTreeMap::new();
+    for pair in raw {
+        let Some((id, file)) = pair.split_once('=') else {
+            return Err(Invalid::new(flag, format!("{pair:?}: expected ID=FILE")));
+        };
+        let id_ok = (1..=64).contains(&id.len())
+            && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !id_ok {
+            return Err(Invalid::new(
+                flag,
+                format!("{:?}: the id must be 1 to 64 letters, digits, '_', '.' or '-'", name_like_prefix(id)),
+            ));
+        }
+        let text = files::read_capped(Path::new(file), MAX_BUILD_SECRET_FILE).map_err(|m| Invalid::new(flag, m))?;
+        if secrets.insert(id.to_owned(), Secret::new(text)).is_some() {
+            return Err(Invalid::new(flag, format!("the id {id} is given twice")));
+        }
+    }
+    Ok(secrets)
 }
 
 /// `localhost`, `127.x.y.z` or `::1`: a git:// server on this machine, which
@@ -613,6 +647,39 @@ mod tests {
             let e = err(&[&base[..], extra].concat());
             assert!(e.starts_with(flag), "{extra:?}: {e}");
         }
+    }
+
+    #[test]
+    fn build_secrets_are_read_from_files_and_never_echoed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("npmrc");
+        std::fs::write(&file, "//registry/:_authToken=s3cr3t\n").expect("write");
+        let pair = format!("npmrc={}", file.display());
+        let base = ["a", "--repo", "https://h/o/r.git", "--container-port", "80"];
+        let spec = deploy_spec(&args(&[&base[..], &["--build-secret", &pair]].concat())).expect("valid");
+        match &spec.source {
+            Source::Git { build_secrets, .. } => {
+                assert_eq!(build_secrets.get("npmrc").map(Secret::expose), Some("//registry/:_authToken=s3cr3t\n"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!serde_json::to_string(&spec).expect("ser").contains("s3cr3t"));
+        let big = dir.path().join("big");
+        std::fs::write(&big, "x".repeat(MAX_BUILD_SECRET_FILE as usize + 1)).expect("write");
+        let missing = format!("id={}", dir.path().join("missing").display());
+        for bad in [
+            "npmrc".to_owned(),
+            format!("bad/id={}", file.display()),
+            format!("={}", file.display()),
+            missing,
+            format!("big={}", big.display()),
+            format!("npmrc={}", "/dev/zero"),
+        ] {
+            let e = err(&[&base[..], &["--build-secret", &bad]].concat());
+            assert!(e.starts_with("--build-secret") && !e.contains("s3cr3t"), "{bad}: {e}");
+        }
+        let e = err(&[&base[..], &["--build-secret", &pair, "--build-secret", &pair]].concat());
+        assert!(e.contains("twice"), "{e}");
     }
 
     #[test]

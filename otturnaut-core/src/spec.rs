@@ -145,6 +145,10 @@ pub enum Source {
         dockerfile: DockerfilePath,
         #[serde(default)]
         build_args: BTreeMap<String, Secret>,
+        /// Files for `RUN --mount=type=secret,id=ID` (BuildKit), by id:
+        /// mounted during that step only, never in the image or its history.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        build_secrets: BTreeMap<String, Secret>,
         /// A private key for SSH URLs; written 0600 for the clone, then deleted.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ssh_key: Option<Secret>,

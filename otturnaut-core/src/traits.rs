@@ -58,6 +58,8 @@ pub struct BuildRequest {
     pub context_dir: PathBuf,
     pub dockerfile: DockerfilePath,
     pub build_args: BTreeMap<String, Secret>,
+    /// Contents for `RUN --mount=type=secret,id=ID`, by id (BuildKit only).
+    pub build_secrets: BTreeMap<String, Secret>,
     /// Recorded as labels on the image.
     pub repo: RepoUrl,
     pub commit: CommitSha,

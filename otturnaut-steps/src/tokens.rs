@@ -121,13 +121,14 @@ impl Fetched {
         let ctx = self.ctx.clone();
         let spec = &ctx.spec;
         let (work, mut guard): (_, Guard) = match (&spec.source, &self.source) {
-            (Source::Git { url, dockerfile, build_args, .. }, Some(source)) => {
+            (Source::Git { url, dockerfile, build_args, build_secrets, .. }, Some(source)) => {
                 let req = BuildRequest {
                     app: spec.app.clone(),
                     deployment: ctx.deployment.clone(),
                     context_dir: source.dir.clone(),
                     dockerfile: dockerfile.clone(),
                     build_args: build_args.clone(),
+                    build_secrets: build_secrets.clone(),
                     repo: url.clone(),
                     commit: source.commit.clone(),
                     timeout: spec.timeouts.build,

@@ -111,6 +111,7 @@ fn spec(case: &Case, app: &AppId) -> DeploySpec {
             git_ref: Default::default(),
             dockerfile: Default::default(),
             build_args: BTreeMap::new(),
+            build_secrets: BTreeMap::new(),
             ssh_key: None,
         }
     } else {

@@ -275,6 +275,7 @@ fn git_spec(app: &AppId, names: &[&str]) -> DeploySpec {
         git_ref: Default::default(),
         dockerfile: Default::default(),
         build_args: BTreeMap::from([("NPM_TOKEN".to_string(), Secret::new(SECRET))]),
+        build_secrets: BTreeMap::from([("npmrc".to_string(), Secret::new(SECRET))]),
         ssh_key: None,
     };
     let mut spec = DeploySpec::new(app.clone(), source, ContainerPort::try_from(8080).expect("port"));
@@ -364,7 +365,11 @@ fn git_forward(m: &mut Mocks, seen: &Seen, app: &AppId, previous: Option<Release
     m.builder
         .expect_build()
         .times(1)
-        .withf(move |req, _| s.is(&req.deployment) && req.build_args["NPM_TOKEN"].expose() == SECRET)
+        .withf(move |req, _| {
+            s.is(&req.deployment)
+                && req.build_args["NPM_TOKEN"].expose() == SECRET
+                && req.build_secrets["npmrc"].expose() == SECRET
+        })
         .returning(|req, _| Ok(req.tag()));
     let a = app.clone();
     m.state.expect_load().times(1).withf(move |x| *x == a).returning(move |_| Ok(previous.clone()));

@@ -132,6 +132,7 @@ pub fn build_request(app: &AppId, deployment: &DeploymentId, dir: &Path) -> Buil
         context_dir: dir.to_path_buf(),
         dockerfile: Default::default(),
         build_args: Default::default(),
+        build_secrets: Default::default(),
         repo: fixture_repo(app),
         commit: fixture_commit(),
         timeout: Duration::from_secs(120),
@@ -269,6 +270,7 @@ pub fn git_spec(app: &AppId, url: &str, git_ref: &str, domain: Domain, health_de
         git_ref: git_ref.parse().expect("ref"),
         dockerfile: Default::default(),
         build_args: Default::default(),
+        build_secrets: Default::default(),
         ssh_key: None,
     };
     let mut spec = DeploySpec::new(app.clone(), source, ContainerPort::try_from(8080).expect("port"));

@@ -6,9 +6,10 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
+use bollard::models::BuildInfoAux;
 use bollard::query_parameters::{
-    BuildImageOptionsBuilder, CreateImageOptionsBuilder, ListImagesOptionsBuilder, RemoveImageOptionsBuilder,
-    TagImageOptionsBuilder,
+    BuildImageOptionsBuilder, BuilderVersion, CreateImageOptionsBuilder, ListImagesOptionsBuilder,
+    RemoveImageOptionsBuilder, TagImageOptionsBuilder,
 };
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -18,6 +19,7 @@ use otturnaut_core::{
 };
 use tokio::sync::mpsc;
 
+use super::buildkit::{Builder, MAX_SOLVE_CONTEXT, Progress};
 use super::{Docker, TAIL_LINES, Tail, context, is_not_found};
 
 #[async_trait]
@@ -165,6 +167,22 @@ impl Docker {
                 .map_err(|e| Error::failed(packing(), e))??
         };
 
+        let builder = self.builder().await;
+        let mut log = BuildLog::new(events).redacting(req);
+        match (&builder, req.build_secrets.is_empty()) {
+            (Builder::BuildKit, true) => log.line("building with BuildKit"),
+            (Builder::BuildKit, false) => {
+                log.line("building with BuildKit, serving build secrets (step output is not streamed on this path)")
+            }
+            (Builder::Legacy { why }, true) => log.line(&format!("building with the legacy builder: {why}")),
+            (Builder::Legacy { why }, false) => {
+                return Err(Error::BuildFailed {
+                    detail: format!("build secrets need BuildKit, which this daemon does not offer: {why}"),
+                    log_tail: Vec::new(),
+                });
+            }
+        }
+
         let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(4);
         let tar_task = tokio::task::spawn_blocking(move || {
             let result = context::write_tar(&context_dir, &rules, tx.clone());
@@ -175,19 +193,44 @@ impl Docker {
             }
             result
         });
+        if !req.build_secrets.is_empty() {
+            let mut context = Vec::new();
+            while let Some(chunk) = rx.recv().await {
+                let chunk = chunk.map_err(|e| Error::failed(packing(), e))?;
+                if context.len() + chunk.len() > MAX_SOLVE_CONTEXT {
+                    return Err(Error::failed(
+                        packing(),
+                        format!("a build with secrets takes a context of at most {MAX_SOLVE_CONTEXT} bytes"),
+                    ));
+                }
+                context.extend_from_slice(&chunk);
+            }
+            tar_task.await.map_err(|e| Error::failed(packing(), e))?.map_err(|e| Error::failed(packing(), e))?;
+            return match self.solve_with_secrets(req, tag, context).await {
+                Ok(()) => self.check_tagged(tag, log).await,
+                Err(Error::BuildFailed { detail, log_tail }) => {
+                    Err(Error::BuildFailed { detail: log.redact(detail), log_tail })
+                }
+                Err(other) => Err(other),
+            };
+        }
         let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
 
         let build_args: HashMap<&str, &str> = req.build_args.iter().map(|(k, v)| (k.as_str(), v.expose())).collect();
-        let options = BuildImageOptionsBuilder::default()
+        let mut options = BuildImageOptionsBuilder::default()
             .dockerfile(req.dockerfile.as_str())
             .t(tag)
             .rm(true)
             .forcerm(true)
             .buildargs(&build_args)
-            .labels(&image_labels(req))
-            .build();
-
-        let mut log = BuildLog::new(events);
+            .labels(&image_labels(req));
+        if builder == Builder::BuildKit {
+            // Any unique id: it names this build's session with the daemon.
+            let session = DeploymentId::generate().to_string();
+            options = options.version(BuilderVersion::BuilderBuildKit).session(&session);
+        }
+        let options = options.build();
+        let mut progress = Progress::default();
         // bollard's request timeout runs until the daemon answers, which it
         // does only once the whole context is uploaded: ours is the limit.
         let client = self.client.clone().with_timeout(req.timeout);
@@ -201,6 +244,9 @@ impl Docker {
                     }
                     if let Some(status) = &info.status {
                         log.status(info.id.as_deref(), status, info.progress_detail.is_some());
+                    }
+                    if let Some(BuildInfoAux::BuildKit(status)) = &info.aux {
+                        progress.feed(status, &mut log);
                     }
                 }
                 Err(e) => {
@@ -220,11 +266,11 @@ impl Docker {
             }
             return Err(match e {
                 BollardError::DockerStreamError { error } => Error::BuildFailed {
-                    detail: otturnaut_core::cut_line(error, MAX_LOG_LINE),
+                    detail: otturnaut_core::cut_line(log.redact(error), MAX_LOG_LINE),
                     log_tail: log.into_tail(),
                 },
                 BollardError::DockerResponseServerError { status_code, message } => Error::BuildFailed {
-                    detail: format!("Docker refused the build ({status_code}): {message}"),
+                    detail: log.redact(format!("Docker refused the build ({status_code}): {message}")),
                     log_tail: log.into_tail(),
                 },
                 other => self.error(format!("building image {tag}"), other),
@@ -235,7 +281,11 @@ impl Docker {
             Ok(Err(e)) => return Err(Error::failed(packing(), e)),
             Err(e) => return Err(Error::failed(packing(), e)),
         }
-        // The legacy builder reports some failures only by not tagging.
+        self.check_tagged(tag, log).await
+    }
+
+    /// The legacy builder reports some failures only by not tagging.
+    async fn check_tagged(&self, tag: &str, log: BuildLog<'_>) -> Result<()> {
         match self.client.inspect_image(tag).await {
             Ok(_) => Ok(()),
             Err(e) if is_not_found(&e) => Err(Error::BuildFailed {
@@ -302,7 +352,7 @@ fn split_reference(reference: &str) -> (&str, Option<&str>) {
     }
 }
 
-fn image_labels(req: &BuildRequest) -> HashMap<&'static str, String> {
+pub(super) fn image_labels(req: &BuildRequest) -> HashMap<&'static str, String> {
     let created = req.deployment.created().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
     HashMap::from([
         (labels::MANAGED, "true".to_owned()),
@@ -314,6 +364,9 @@ fn image_labels(req: &BuildRequest) -> HashMap<&'static str, String> {
     ])
 }
 
+/// The shortest build-arg or secret value hidden from the build log.
+pub const MIN_REDACTED: usize = 4;
+
 /// Turns the daemon's output chunks into whole lines: `BuildLog` events,
 /// and a tail kept for the error of a failed build.
 ///
@@ -321,18 +374,41 @@ fn image_labels(req: &BuildRequest) -> HashMap<&'static str, String> {
 /// bytes (longer ones are split), so the unfinished line held here is
 /// bounded, and each chunk is scanned once (only the new bytes), never the
 /// whole unfinished line again.
-struct BuildLog<'a> {
+pub(super) struct BuildLog<'a> {
     events: &'a EventSink,
     partial: String,
     tail: Tail,
+    /// Values no line may show, longest first.
+    secrets: Vec<String>,
 }
 
 impl<'a> BuildLog<'a> {
-    fn new(events: &'a EventSink) -> Self {
-        BuildLog { events, partial: String::new(), tail: Tail::new(TAIL_LINES) }
+    pub(super) fn new(events: &'a EventSink) -> Self {
+        BuildLog { events, partial: String::new(), tail: Tail::new(TAIL_LINES), secrets: Vec::new() }
     }
 
-    fn text(&mut self, chunk: &str) {
+    /// Shows `***` for the build args' and secrets' values: BuildKit names
+    /// a step by its command with the args expanded (`RUN echo s3cr3t`), and
+    /// its errors quote it. Values under [`MIN_REDACTED`] characters are
+    /// left alone: replacing every `1` would garble the log, and a secret
+    /// that short is none.
+    pub(super) fn redacting(mut self, req: &BuildRequest) -> Self {
+        let values = req.build_args.values().chain(req.build_secrets.values()).map(|s| s.expose());
+        self.secrets = values.filter(|v| v.chars().count() >= MIN_REDACTED).map(str::to_owned).collect();
+        self.secrets.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        self
+    }
+
+    pub(super) fn redact(&self, mut text: String) -> String {
+        for secret in &self.secrets {
+            if text.contains(secret.as_str()) {
+                text = text.replace(secret.as_str(), otturnaut_core::REDACTED);
+            }
+        }
+        text
+    }
+
+    pub(super) fn text(&mut self, chunk: &str) {
         let mut rest = chunk;
         while let Some(end) = rest.find('\n') {
             self.append(&rest[..end]);
@@ -370,19 +446,19 @@ impl<'a> BuildLog<'a> {
         }
     }
 
-    fn line(&mut self, raw: &str) {
+    pub(super) fn line(&mut self, raw: &str) {
         // A carriage return redraws a terminal line: keep what was drawn last.
         let line = raw.trim_end_matches(['\n', '\r']);
         let line = line.rsplit('\r').next().unwrap_or(line).trim_end();
         if line.is_empty() {
             return;
         }
-        let line = otturnaut_core::cut_line(line.to_owned(), MAX_LOG_LINE);
+        let line = otturnaut_core::cut_line(self.redact(line.to_owned()), MAX_LOG_LINE);
         self.tail.push(line.clone());
         self.events.emit(DeployEvent::BuildLog { line });
     }
 
-    fn flush(&mut self) {
+    pub(super) fn flush(&mut self) {
         let rest = std::mem::take(&mut self.partial);
         self.line(&rest);
     }
@@ -440,6 +516,31 @@ mod tests {
         assert_eq!(tail.len(), TAIL_LINES);
         assert_eq!(tail.last().map(String::as_str), Some("no newline at the end"));
         assert_eq!(tail.first().map(String::as_str), Some("line 11"));
+    }
+
+    #[test]
+    fn build_arg_and_secret_values_are_redacted_from_lines_and_details() {
+        let (sink, mut rx) = EventSink::channel();
+        let req = BuildRequest {
+            app: "a".parse().expect("app"),
+            deployment: DeploymentId::generate(),
+            context_dir: "/nonexistent".into(),
+            dockerfile: Default::default(),
+            build_args: BTreeMap::from([
+                ("TOKEN".into(), otturnaut_core::Secret::new("s3cr3t-arg")),
+                ("N".into(), otturnaut_core::Secret::new("1")),
+            ]),
+            build_secrets: BTreeMap::from([("npmrc".into(), otturnaut_core::Secret::new("s3cr3t-file"))]),
+            repo: "https://h/o/r.git".parse().expect("repo"),
+            commit: "0123456789abcdef0123456789abcdef01234567".parse().expect("sha"),
+            timeout: Duration::from_secs(1),
+        };
+        let mut log = BuildLog::new(&sink).redacting(&req);
+        log.text("[2/3] RUN echo s3cr3t-arg N=1 && cat s3cr3t-file\n");
+        assert_eq!(log.redact("failed: echo s3cr3t-arg".into()), "failed: echo ***");
+        let Ok(DeployEvent::BuildLog { line }) = rx.try_recv() else { panic!("a line") };
+        assert_eq!(line, "[2/3] RUN echo *** N=1 && cat ***");
+        assert_eq!(log.into_tail(), [line]);
     }
 
     #[test]

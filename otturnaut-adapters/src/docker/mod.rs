@@ -14,6 +14,7 @@
 //! [`ContainerRuntime`]: otturnaut_core::traits::ContainerRuntime
 
 mod build;
+mod buildkit;
 mod context;
 mod dockerignore;
 mod resources;
@@ -27,6 +28,7 @@ use bollard::errors::Error as BollardError;
 use otturnaut_core::{Error, Result, Service};
 
 pub use bollard;
+pub use buildkit::{Builder, MAX_SOLVE_CONTEXT};
 pub use run::LogStream;
 
 /// Where the daemon listens when `DOCKER_HOST` is not set.
@@ -43,6 +45,8 @@ pub struct Docker {
     address: String,
     /// The host address published container ports are bound to.
     bind_address: IpAddr,
+    /// Which builder the daemon offers, probed on the first build.
+    builder: std::sync::Arc<tokio::sync::OnceCell<Builder>>,
 }
 
 impl fmt::Debug for Docker {
@@ -76,7 +80,14 @@ impl Docker {
             .await
             .map_err(|_| unavailable(format!("no answer within {}", humantime::format_duration(CONNECT_TIMEOUT))))?
             .map_err(|e| unavailable(crate::error_chain(&e)))?;
-        Ok(Docker { client, address, bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST) })
+        Ok(Docker { client, address, bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST), builder: Default::default() })
+    }
+
+    /// Builds with the legacy builder even where BuildKit is available (for
+    /// tests of the fallback, and daemons whose BuildKit misbehaves).
+    pub fn with_legacy_builder(mut self, why: impl Into<String>) -> Self {
+        self.builder = std::sync::Arc::new(tokio::sync::OnceCell::new_with(Some(Builder::Legacy { why: why.into() })));
+        self
     }
 
     /// Binds published ports on `address` instead of 127.0.0.1 (Caddy,

@@ -278,6 +278,7 @@ pub fn git_spec(app: &AppId, version: &str, url: RepoUrl) -> DeploySpec {
         git_ref: GitRef::default(),
         dockerfile: Default::default(),
         build_args: Default::default(),
+        build_secrets: Default::default(),
         ssh_key: None,
     };
     spec
