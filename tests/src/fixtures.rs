@@ -195,6 +195,9 @@ pub fn run_request(
             .unwrap_or_else(|e| panic!("container port {container_port}: {e}")),
         env: Default::default(),
         domains: Vec::new(),
+        health: Default::default(),
+        commit: None,
+        rollback_of: None,
     }
 }
 
