@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use otturnaut_core::traits::{image_tag, kept_tag, live_tag};
+use otturnaut_core::traits::{container_name, image_tag, kept_tag, live_tag};
 use otturnaut_core::{DeployEvent, Release, Step};
 
 use crate::tokens::Context;
@@ -34,12 +34,22 @@ pub(crate) async fn retire(ctx: &Context, old: &Release, new: &Release) -> Vec<R
         Err(e) => warn(Step::Drain, started, &e),
     }
 
-    // A failed stop is only a warning: the forced removal below kills it anyway.
     let started = Instant::now();
     ctx.events.emit(DeployEvent::StepStarted { step: Step::StopOld });
     match a.runtime.stop(&old.container, ctx.spec.timeouts.stop).await {
         Ok(()) => ctx.events.emit(DeployEvent::step_finished(Step::StopOld, started.elapsed(), None)),
-        Err(e) => warn(Step::StopOld, started, &e),
+        Err(e) => {
+            // Kept, but still running unrouted and holding its port:
+            // reconcile stops it.
+            warn(Step::StopOld, started, &e);
+            let name = container_name(&old.app, &old.deployment);
+            residue.push(Residue {
+                kind: "container".into(),
+                what: format!("stop container {name} (kept for a rollback, still running)"),
+                error: e.to_string(),
+                in_doubt: false,
+            });
+        }
     }
 
     // Kept before unmarked: the old release stays a release (for a
@@ -63,7 +73,15 @@ pub(crate) async fn retire(ctx: &Context, old: &Release, new: &Release) -> Vec<R
                 }
             }
         }
-        Err(e) => warn(Step::KeepOld, started, &e),
+        Err(e) => {
+            warn(Step::KeepOld, started, &e);
+            residue.push(Residue {
+                kind: "image".into(),
+                what: format!("mark {} of {} as kept ({})", old.deployment, old.app, kept_tag(&old.app, &old.deployment)),
+                error: e.to_string(),
+                in_doubt: false,
+            });
+        }
     }
 
     let release_port = UndoAction::ReleasePort { deployment: old.deployment.clone() };

@@ -936,7 +936,9 @@ async fn retire_failing_stop_warns_and_still_keeps() {
     let (adapters, live) = m.into_live();
     let (result, events) = deploy(adapters, spec_with_grace(&app)).await;
     let deployed = result.expect("a failed stop does not fail the deploy");
-    assert!(deployed.residue.is_empty(), "{:?}", deployed.residue);
+    assert_eq!(deployed.residue.len(), 1, "the running kept release is residue: {:?}", deployed.residue);
+    assert_eq!(deployed.residue[0].kind, "container");
+    assert!(deployed.residue[0].what.contains(old.deployment.as_str()), "{:?}", deployed.residue);
     assert!(
         events.iter().any(|e| matches!(e, DeployEvent::Warning { message } if message.contains("stop_old"))),
         "no warning: {events:?}"
