@@ -47,7 +47,8 @@ pub(crate) async fn retire(ctx: &Context, old: &Release, new: &Release) -> Vec<R
                 kind: "container".into(),
                 what: format!("stop container {name} (kept for a rollback, still running)"),
                 error: e.to_string(),
-                in_doubt: false,
+                // The stop may have happened before the error was reported.
+                in_doubt: true,
             });
         }
     }
@@ -77,7 +78,12 @@ pub(crate) async fn retire(ctx: &Context, old: &Release, new: &Release) -> Vec<R
             warn(Step::KeepOld, started, &e);
             residue.push(Residue {
                 kind: "image".into(),
-                what: format!("mark {} of {} as kept ({})", old.deployment, old.app, kept_tag(&old.app, &old.deployment)),
+                what: format!(
+                    "mark {} of {} as kept ({})",
+                    old.deployment,
+                    old.app,
+                    kept_tag(&old.app, &old.deployment)
+                ),
                 error: e.to_string(),
                 in_doubt: false,
             });

@@ -209,7 +209,9 @@ impl World {
     /// Docker daemon (other test processes' apps route through other Caddies).
     pub async fn reconcile(&self, app: &AppId) -> anyhow::Result<Outcome> {
         let keep = super::snapshot::KEEP.to_string();
-        self.cli.run(&["reconcile".into(), app.to_string(), "--json".into(), "--keep".into(), keep], None, RUN_LIMIT).await
+        self.cli
+            .run(&["reconcile".into(), app.to_string(), "--json".into(), "--keep".into(), keep], None, RUN_LIMIT)
+            .await
     }
 
     /// `otturnaut reconcile APP...`: these apps together (one Caddy write
