@@ -24,6 +24,10 @@ pub fn app_id(raw: &str) -> Result<AppId, Invalid> {
     raw.parse().map_err(invalid("APP"))
 }
 
+pub fn deployment_id(flag: &str, raw: &str) -> Result<otturnaut_core::DeploymentId, Invalid> {
+    raw.parse().map_err(invalid(flag))
+}
+
 /// The most `--domain`s a deploy takes: each one is a matcher in Caddy.
 pub const MAX_DOMAINS: usize = 100;
 

@@ -29,7 +29,8 @@ pub use options::{
     CommandLine, Cpus, LogOpt, MemorySize, NetworkName, PidsLimit, VolumeName, VolumeSource, VolumeSpec,
 };
 pub use release::{
-    ContainerId, ContainerStatus, ManagedContainer, ManagedImage, Release, RouteTarget, live_container, unmarked,
+    ContainerId, ContainerStatus, ManagedContainer, ManagedImage, RecordedRelease, Release, ReleaseInfo, ReleaseRecord,
+    ReleaseState, RouteTarget, beyond_keep, live_container, releases, unmarked,
 };
 pub use secret::{REDACTED, Secret};
 pub use source::{CommitSha, DockerfilePath, GitRef, RepoUrl, Transport, redact_url_text};
@@ -55,7 +56,6 @@ pub mod labels {
     /// container without it was deployed before, and only for such
     /// containers does the old, route-based rule decide what is live.
     pub const MARKED: &str = "otturnaut.marked";
-    /// The release's [`crate::RuntimeOptions`] as JSON, on its container
-    /// (absent: none); on a named volume, [`APP`] names the app it was made for.
-    pub const OPTIONS: &str = "otturnaut.options";
+    /// The release's non-secret settings as JSON ([`crate::ReleaseRecord`]).
+    pub const RELEASE: &str = "otturnaut.release";
 }

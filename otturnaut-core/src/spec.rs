@@ -8,7 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::string_newtype;
 use crate::options::{CommandLine, Cpus, LogOpt, MemorySize, NetworkName, PidsLimit, VolumeSpec};
-use crate::{AppId, ContainerPort, DockerfilePath, Domain, EnvName, Error, GitRef, ImageRef, RepoUrl, Secret};
+use crate::{
+    AppId, CommitSha, ContainerPort, DeploymentId, DockerfilePath, Domain, EnvName, Error, GitRef, ImageRef, RepoUrl,
+    Secret,
+};
 
 /// A complete deploy request. Every field is already validated, so a spec that
 /// exists can be deployed without further input checks.
@@ -41,6 +44,14 @@ impl DeploySpec {
             health: HealthCheck::default(),
             timeouts: Timeouts::default(),
             runtime: RuntimeOptions::default(),
+        }
+    }
+
+    /// The release this spec makes live again, for a rollback.
+    pub fn rollback_of(&self) -> Option<&DeploymentId> {
+        match &self.source {
+            Source::Release { deployment, .. } => Some(deployment),
+            _ => None,
         }
     }
 }
@@ -85,6 +96,10 @@ pub struct RuntimeOptions {
 pub const MAX_RUNTIME_ITEMS: usize = 64;
 
 impl RuntimeOptions {
+    pub fn is_default(&self) -> bool {
+        *self == RuntimeOptions::default()
+    }
+
     /// Checks what the single values cannot: no two volumes on one container
     /// path, no network or log option twice, at most [`MAX_RUNTIME_ITEMS`]
     /// of each.
@@ -155,6 +170,16 @@ pub enum Source {
     },
     /// Run an image that already exists (locally or in a registry).
     Image { reference: ImageRef },
+    /// Run a retained release's image again: a rollback. Made by
+    /// `otturnaut_steps::rollback_spec` from what the release recorded, so
+    /// the rest of the spec is that release's too.
+    Release {
+        deployment: DeploymentId,
+        /// The image as the user knows it (the release's [`crate::Release::image`]).
+        image: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        commit: Option<CommitSha>,
+    },
 }
 
 /// How to tell that the new container is ready for traffic.
@@ -366,7 +391,7 @@ mod tests {
                 assert_eq!(url.expose(), "https://T0KEN@h/o/r.git");
                 assert_eq!(build_args.get("NPM").map(Secret::expose), Some("npmsecret"));
             }
-            Source::Image { .. } => panic!("git source expected"),
+            Source::Image { .. } | Source::Release { .. } => panic!("git source expected"),
         }
     }
 

@@ -47,6 +47,7 @@
 mod locks;
 mod reaper;
 mod reconcile;
+mod releases;
 mod retire;
 mod strategy;
 mod tokens;
@@ -62,6 +63,7 @@ pub use reconcile::{
     CleanupReport, apps_with_resources, domain_owner, live_release, reconcile, reconcile_app, remove_app_volumes,
     undeploy_app,
 };
+pub use releases::{DEFAULT_KEEP, PruneReport, apply_retention, list_releases, prune, rollback_spec};
 pub use strategy::{BlueGreen, Deployed, Strategy};
 pub use tokens::{Built, Committed, Context, Fetched, Healthy, PortHeld, Routed, Running};
 pub use undo::{Residue, RetryPolicy, UndoAction, UndoOutcome, UndoReport};

@@ -147,7 +147,7 @@ fn container_of(result: &Value) -> String {
 }
 
 #[tokio::test]
-async fn volume_data_survives_a_redeploy_and_undeploy_volumes_removes_it() {
+async fn volume_data_survives_a_redeploy_and_a_rollback_and_undeploy_volumes_removes_it() {
     let h = Harness::new(25400).await;
     let app = unique_app("rt-vol");
     let _docker = DockerCleanup::new(&app);
@@ -175,6 +175,15 @@ async fn volume_data_survives_a_redeploy_and_undeploy_volumes_removes_it() {
         "the second release sees the first one's data"
     );
 
+    // Rolling back to the first release re-creates its container with the
+    // same volume and command: it sees (and adds to) everything written since.
+    let first_deployment = first.result()["deployment"].as_str().expect("deployment").to_owned();
+    let back = h.run(&["rollback", app.as_str(), "--json"]).await;
+    back.expect_code(0);
+    let r = back.result();
+    assert_eq!(r["rollback_of"], first_deployment.as_str(), "{r}");
+    assert_eq!(get(r["port"].as_u64().expect("port"), "/log").await, "release\nrelease\nrelease\n");
+
     // A plain undeploy keeps the data; --volumes removes it.
     h.run(&["undeploy", app.as_str()]).await.expect_code(0);
     assert!(exists("volume", &volume), "undeploy without --volumes keeps the volume");
@@ -186,7 +195,7 @@ async fn volume_data_survives_a_redeploy_and_undeploy_volumes_removes_it() {
 }
 
 #[tokio::test]
-async fn limits_logging_and_hardening_show_in_docker_inspect_and_status() {
+async fn limits_logging_and_hardening_show_in_docker_inspect_and_status_and_come_back_on_rollback() {
     let h = Harness::new(25420).await;
     let app = unique_app("rt-lim");
     let _docker = DockerCleanup::new(&app);
@@ -210,7 +219,20 @@ async fn limits_logging_and_hardening_show_in_docker_inspect_and_status() {
         )
         .await;
     run.expect_code(0);
-    let container = container_of(&run.result());
+    let limited = run.result()["deployment"].as_str().expect("deployment").to_owned();
+    // A release without limits, then a rollback to the limited one: the
+    // rollback brings its options back (read from what it recorded).
+    let plain = h.deploy(&app, &repo.file_url(), &[]).await;
+    plain.expect_code(0);
+    let (_, inspect) = docker_cli(&["inspect", "--format", "{{json .HostConfig}}", &container_of(&plain.result())]);
+    let host: Value = serde_json::from_str(&inspect).expect("host config");
+    assert_eq!(host["Memory"], 0, "the second release has no limit");
+    assert_eq!(host["LogConfig"]["Config"], serde_json::json!({"max-size": "10m", "max-file": "3"}), "the defaults");
+    let back = h.run(&["rollback", app.as_str(), "--json"]).await;
+    back.expect_code(0);
+    assert_eq!(back.result()["rollback_of"], limited.as_str());
+
+    let container = container_of(&back.result());
     let (ok, inspect) = docker_cli(&["inspect", "--format", "{{json .HostConfig}}", &container]);
     assert!(ok, "{inspect}");
     let host: Value = serde_json::from_str(&inspect).expect("host config");

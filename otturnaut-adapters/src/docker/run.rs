@@ -1,6 +1,6 @@
 //! Running containers: [`ContainerRuntime`] for [`Docker`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -17,8 +17,8 @@ use bollard::query_parameters::{
 use futures_util::{Stream, StreamExt};
 use otturnaut_core::traits::{ContainerRuntime, RunRequest, container_name};
 use otturnaut_core::{
-    AppId, ContainerId, ContainerStatus, Error, ManagedContainer, Result, RuntimeOptions, VolumeSource, VolumeSpec,
-    labels,
+    AppId, ContainerId, ContainerStatus, Domain, Error, ManagedContainer, RecordedRelease, ReleaseRecord, Result,
+    Secret, VolumeSource, VolumeSpec, labels,
 };
 
 use super::build::label_filters;
@@ -133,6 +133,40 @@ impl ContainerRuntime for Docker {
 
     async fn remove_volumes(&self, app: &AppId) -> Result<Vec<String>> {
         self.remove_app_volumes(app).await
+    }
+
+    async fn recorded(&self, id: &ContainerId) -> Result<RecordedRelease> {
+        let operation = format!("reading what container {id} was started with");
+        let inspect = self.client.inspect_container(&id.0, None).await.map_err(|e| self.error(operation.clone(), e))?;
+        let config = inspect.config.unwrap_or_default();
+        let labels = config.labels.unwrap_or_default();
+        let label = |key: &str| labels.get(key).map(String::as_str);
+        let missing = |what: &str| Error::failed(operation.clone(), format!("its {what} was not recorded"));
+        let record: ReleaseRecord = label(labels::RELEASE)
+            .and_then(|v| serde_json::from_str(v).ok())
+            .ok_or_else(|| missing("release settings (deployed by an older agent)"))?;
+        let container_port =
+            label(labels::CONTAINER_PORT).and_then(|v| v.parse().ok()).ok_or_else(|| missing("container port"))?;
+        let domains = label(labels::DOMAINS)
+            .unwrap_or_default()
+            .split(',')
+            .filter(|d| !d.is_empty())
+            .map(str::parse)
+            .collect::<Result<Vec<Domain>>>()?;
+        // The image's own ENV is in the list too: only the recorded names are the release's.
+        let all: BTreeMap<&str, &str> = config.env.iter().flatten().filter_map(|kv| kv.split_once('=')).collect();
+        let mut env = BTreeMap::new();
+        for name in &record.env {
+            let value = all.get(name.as_str()).ok_or_else(|| missing(&format!("env variable {name}")))?;
+            env.insert(name.clone(), Secret::new((*value).to_owned()));
+        }
+        Ok(RecordedRelease {
+            image: label(labels::IMAGE).map(str::to_owned).ok_or_else(|| missing("image"))?,
+            container_port,
+            domains,
+            env,
+            record,
+        })
     }
 }
 
@@ -287,14 +321,10 @@ fn container_labels(req: &RunRequest) -> HashMap<String, String> {
         (labels::DOMAINS, domains.join(",")),
         (labels::IMAGE, req.reference.clone()),
         (labels::MARKED, "true".to_owned()),
+        // Names and non-secret settings only: env values are in the container's config.
+        (labels::RELEASE, serde_json::to_string(&req.record()).unwrap_or_default()),
     ]
     .into_iter()
-    .chain(
-        (req.options != RuntimeOptions::default())
-            .then(|| serde_json::to_string(&req.options).ok())
-            .flatten()
-            .map(|json| (labels::OPTIONS, json)),
-    )
     .map(|(k, v)| (k.to_owned(), v))
     .collect()
 }
@@ -343,9 +373,7 @@ fn managed_container(summary: ContainerSummary) -> Option<ManagedContainer> {
         running: state == "running",
         state,
         created: summary.created.unwrap_or_default(),
-        // Unreadable options (a newer agent's) show as none rather than
-        // hiding the container.
-        options: label(labels::OPTIONS).and_then(|v| serde_json::from_str(v).ok()).unwrap_or_default(),
+        record: label(labels::RELEASE).and_then(|v| serde_json::from_str(v).ok()),
         id: ContainerId(id),
         app,
         deployment,
