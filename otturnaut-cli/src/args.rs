@@ -135,88 +135,62 @@ pub enum Command {
 }
 
 #[derive(Debug, Clone, Args)]
-#[command(group(ArgGroup::new("source").required(true).multiple(false).args(["repo", "image"])))]
+#[command(group(ArgGroup::new("source").multiple(false).args(["repo", "image"])))]
 pub struct DeployArgs {
     /// The app's name: lowercase letters, digits and '-' (it names containers, images and the route)
     pub app: String,
+
+    /// Read every setting from a TOML file (keys: the flags' names with '_', e.g. container_port,
+    /// volumes, [env]); flags given as well override it. See examples/shop.toml
+    #[arg(long, value_name = "FILE")]
+    pub spec: Option<PathBuf>,
 
     /// Git repository to build: https://, ssh://, git@host:path, git:// or file:///path
     #[arg(long, value_name = "URL", help_heading = "Source (one of)")]
     pub repo: Option<String>,
     /// Branch, tag or full commit SHA to deploy [default: main]
-    #[arg(
-        long = "ref",
-        value_name = "REF",
-        requires = "repo",
-        conflicts_with = "image",
-        help_heading = "Source (one of)"
-    )]
+    #[arg(long = "ref", value_name = "REF", conflicts_with = "image", help_heading = "Source (one of)")]
     pub git_ref: Option<String>,
     /// Dockerfile path inside the repository [default: Dockerfile]
-    #[arg(long, value_name = "PATH", requires = "repo", conflicts_with = "image", help_heading = "Source (one of)")]
+    #[arg(long, value_name = "PATH", conflicts_with = "image", help_heading = "Source (one of)")]
     pub dockerfile: Option<String>,
     /// A build argument (repeatable); values are never printed, but are visible in `ps`
     /// while the deploy runs: put secrets in --build-arg-file
-    #[arg(
-        long = "build-arg",
-        value_name = "K=V",
-        requires = "repo",
-        conflicts_with = "image",
-        help_heading = "Source (one of)"
-    )]
+    #[arg(long = "build-arg", value_name = "K=V", conflicts_with = "image", help_heading = "Source (one of)")]
     pub build_args: Vec<String>,
     /// A file of KEY=VALUE build args, like --env-file (unlike --build-arg, not visible in `ps`)
-    #[arg(
-        long = "build-arg-file",
-        value_name = "FILE",
-        requires = "repo",
-        conflicts_with = "image",
-        help_heading = "Source (one of)"
-    )]
+    #[arg(long = "build-arg-file", value_name = "FILE", conflicts_with = "image", help_heading = "Source (one of)")]
     pub build_arg_file: Option<PathBuf>,
     /// A file mounted for `RUN --mount=type=secret,id=ID` steps (BuildKit), repeatable; never in
     /// the image, its history or any output. At most 500 KiB
-    #[arg(
-        long = "build-secret",
-        value_name = "ID=FILE",
-        requires = "repo",
-        conflicts_with = "image",
-        help_heading = "Source (one of)"
-    )]
+    #[arg(long = "build-secret", value_name = "ID=FILE", conflicts_with = "image", help_heading = "Source (one of)")]
     pub build_secrets: Vec<String>,
     /// A file holding the credentials for an https:// --repo: a token, or USER:PASSWORD
     /// on one line. Keeps them out of `ps` and out of the URL; never printed
     #[arg(
         long = "repo-credentials-file",
         value_name = "FILE",
-        requires = "repo",
         conflicts_with = "image",
         help_heading = "Source (one of)"
     )]
     pub repo_credentials_file: Option<PathBuf>,
     /// Accept a git:// --repo on another host: git:// is neither authenticated nor encrypted
-    #[arg(long, requires = "repo", conflicts_with = "image", help_heading = "Source (one of)")]
+    #[arg(long, conflicts_with = "image", help_heading = "Source (one of)")]
     pub allow_insecure_git: bool,
     /// A private key file for ssh:// and git@host:path repositories. Copied
     /// (mode 0600) for the clone only, then deleted; never printed
-    #[arg(
-        long = "ssh-key",
-        value_name = "FILE",
-        requires = "repo",
-        conflicts_with = "image",
-        help_heading = "Source (one of)"
-    )]
+    #[arg(long = "ssh-key", value_name = "FILE", conflicts_with = "image", help_heading = "Source (one of)")]
     pub ssh_key: Option<std::path::PathBuf>,
     /// A prebuilt image to run instead: used if present locally, pulled otherwise
     #[arg(long, value_name = "IMAGE", help_heading = "Source (one of)")]
     pub image: Option<String>,
     /// How long pulling --image may take, at most 24h [default: 10m]
-    #[arg(long, value_name = "DURATION", requires = "image", help_heading = "Source (one of)")]
+    #[arg(long, value_name = "DURATION", help_heading = "Source (one of)")]
     pub pull_timeout: Option<String>,
 
-    /// The port the app listens on inside its container
-    #[arg(long, value_name = "N")]
-    pub container_port: String,
+    /// The port the app listens on inside its container (required, here or in --spec)
+    #[arg(long, value_name = "N", required_unless_present = "spec")]
+    pub container_port: Option<String>,
     /// A domain Caddy routes to the app (repeatable, at most 100)
     #[arg(long = "domain", value_name = "D")]
     pub domains: Vec<String>,
@@ -228,9 +202,9 @@ pub struct DeployArgs {
     /// A file of KEY=VALUE lines (blank lines and # comments allowed; at most 1 MiB)
     #[arg(long, value_name = "FILE")]
     pub env_file: Option<PathBuf>,
-    /// When the new container counts as ready: running, tcp or http:/PATH (expects 200)
-    #[arg(long, value_name = "CHECK", default_value = "tcp")]
-    pub health: String,
+    /// When the new container counts as ready: running, tcp or http:/PATH (expects 200) [default: tcp]
+    #[arg(long, value_name = "CHECK")]
+    pub health: Option<String>,
     /// How long the new container may take to become healthy, e.g. 30s, 2m, 1m30s; at most 24h [default: 30s]
     #[arg(long, value_name = "DURATION")]
     pub health_timeout: Option<String>,
@@ -333,6 +307,7 @@ Examples:
       --container-port 8080 --domain shop.example.com --env-file shop.env
   otturnaut deploy hello --repo file:///srv/hello --container-port 8080 \\
       --domain hello.localhost --health http:/healthz --health-timeout 1m
+  otturnaut deploy shop --spec shop.toml --ref v1.5.0    # settings from a file, a flag overriding it
   otturnaut deploy cache --image redis:7 --container-port 6379 --health tcp \\
       --volume cache-data:/data --memory 256m --network backend
 
@@ -450,12 +425,18 @@ mod tests {
     #[test]
     fn a_source_is_required_and_exclusive() {
         let parse = |args: &[&str]| Cli::try_parse_from(args.iter().copied());
-        assert!(parse(&["otturnaut", "deploy", "a", "--container-port", "80"]).is_err());
+        // Without --repo or --image, `input` asks for one (it may be in --spec).
+        assert!(parse(&["otturnaut", "deploy", "a", "--image", "x"]).is_err(), "--container-port is required");
+        assert!(parse(&["otturnaut", "deploy", "a", "--spec", "a.toml"]).is_ok());
         assert!(
             parse(&["otturnaut", "deploy", "a", "--container-port", "80", "--image", "x", "--repo", "https://h/r"])
                 .is_err()
         );
         assert!(parse(&["otturnaut", "deploy", "a", "--container-port", "80", "--image", "x", "--ref", "v1"]).is_err());
+        assert!(
+            parse(&["otturnaut", "deploy", "a", "--spec", "a.toml", "--ref", "v1"]).is_ok(),
+            "the repo may be in --spec"
+        );
         assert!(parse(&["otturnaut", "deploy", "a", "--container-port", "80", "--image", "x"]).is_ok());
     }
 

@@ -36,9 +36,23 @@ pub const MAX_DOMAINS: usize = 100;
 pub const MAX_ENV: usize = 1000;
 
 pub fn deploy_spec(args: &DeployArgs) -> Result<DeploySpec, Invalid> {
+    let Some(path) = &args.spec else {
+        return flags_spec(args);
+    };
+    let mut merged = args.clone();
+    let origin = crate::specfile::merge(path, &mut merged)?;
+    flags_spec(&merged).map_err(|e| origin.locate(e))
+}
+
+fn flags_spec(args: &DeployArgs) -> Result<DeploySpec, Invalid> {
     let app = app_id(&args.app)?;
     let source = source(args)?;
-    let container_port: ContainerPort = args.container_port.parse().map_err(invalid("--container-port"))?;
+    let container_port: ContainerPort = args
+        .container_port
+        .as_deref()
+        .ok_or_else(|| Invalid::new("--container-port", "required (as a flag or container_port in --spec)"))?
+        .parse()
+        .map_err(invalid("--container-port"))?;
     let mut spec = DeploySpec::new(app, source, container_port);
 
     if args.domains.len() > MAX_DOMAINS {
@@ -62,7 +76,7 @@ pub fn deploy_spec(args: &DeployArgs) -> Result<DeploySpec, Invalid> {
         return Err(Invalid::new("--env/--env-file", format!("{} variables; at most {MAX_ENV}", spec.env.len())));
     }
 
-    spec.health = HealthCheck::new(health_kind(&args.health)?);
+    spec.health = HealthCheck::new(health_kind(args.health.as_deref().unwrap_or("tcp"))?);
     if let Some(raw) = &args.health_timeout {
         spec.health.deadline = duration("--health-timeout", raw)?;
     }
@@ -126,6 +140,9 @@ pub fn runtime_options(r: &RuntimeArgs) -> Result<RuntimeOptions, Invalid> {
 fn source(args: &DeployArgs) -> Result<Source, Invalid> {
     match (&args.repo, &args.image) {
         (Some(repo), None) => {
+            if args.pull_timeout.is_some() {
+                return Err(Invalid::new("--pull-timeout", "only applies to an --image deploy"));
+            }
             let mut url = RepoUrl::parse_allowing_file(repo).map_err(invalid("--repo"))?;
             if url.transport() == Transport::Git && !args.allow_insecure_git && !url.host().is_some_and(is_loopback) {
                 return Err(Invalid::new(
@@ -173,10 +190,26 @@ fn source(args: &DeployArgs) -> Result<Source, Invalid> {
             let build_secrets = build_secrets(&args.build_secrets)?;
             Ok(Source::Git { url, git_ref, dockerfile, build_args, build_secrets, ssh_key })
         }
-        (None, Some(image)) => Ok(Source::Image { reference: image.parse::<ImageRef>().map_err(invalid("--image"))? }),
+        (None, Some(image)) => {
+            let git_only = [
+                ("--ref", args.git_ref.is_some()),
+                ("--dockerfile", args.dockerfile.is_some()),
+                ("--build-arg", !args.build_args.is_empty()),
+                ("--build-arg-file", args.build_arg_file.is_some()),
+                ("--build-secret", !args.build_secrets.is_empty()),
+                ("--repo-credentials-file", args.repo_credentials_file.is_some()),
+                ("--ssh-key", args.ssh_key.is_some()),
+            ];
+            if let Some((flag, _)) = git_only.iter().find(|(_, given)| *given) {
+                return Err(Invalid::new(*flag, "only applies to a --repo deploy, not to an --image one"));
+            }
+            Ok(Source::Image { reference: image.parse::<ImageRef>().map_err(invalid("--image"))? })
+        }
         // clap's argument group already refuses these; kept for a clear message anyway.
         (Some(_), Some(_)) => Err(Invalid::new("--repo/--image", "give either --repo or --image, not both")),
-        (None, None) => Err(Invalid::new("--repo/--image", "give --repo URL or --image IMAGE")),
+        (None, None) => {
+            Err(Invalid::new("--repo/--image", "give --repo URL or --image IMAGE (or repo or image in --spec)"))
+        }
     }
 }
 

@@ -19,6 +19,7 @@ mod logs;
 mod output;
 mod releases;
 mod settings;
+mod specfile;
 mod status;
 mod workdir;
 
