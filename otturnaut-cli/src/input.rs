@@ -207,9 +207,10 @@ fn source(args: &DeployArgs) -> Result<Source, Invalid> {
         }
         // clap's argument group already refuses these; kept for a clear message anyway.
         (Some(_), Some(_)) => Err(Invalid::new("--repo/--image", "give either --repo or --image, not both")),
-        (None, None) => {
-            Err(Invalid::new("--repo/--image", "give --repo URL or --image IMAGE (or repo or image in --spec)"))
-        }
+        (None, None) => Err(Invalid::new(
+            "--repo/--image",
+            "a source is required: give --repo URL or --image IMAGE (or repo or image in --spec)",
+        )),
     }
 }
 
