@@ -75,7 +75,9 @@ impl Report {
             }
             for (label, group) in &labels {
                 let of = |scenario: Scenario| {
-                    self.rows.iter().find(|r| r.case.label() == *label && r.case.scenario == scenario)
+                    self.rows
+                        .iter()
+                        .find(|r| r.case.label() == *label && r.case.group == *group && r.case.scenario == scenario)
                 };
                 let text = |r: Option<&Row>| {
                     r.map_or("–".to_owned(), |r| {
