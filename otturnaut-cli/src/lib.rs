@@ -46,6 +46,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// exit 2 and `--help` exits 0, both from clap.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    diagnostics();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -56,6 +57,15 @@ pub fn main() -> ExitCode {
     let exit = runtime.block_on(run(cli));
     runtime.shutdown_timeout(SHUTDOWN_GRACE);
     exit.into()
+}
+
+/// The library's `tracing` diagnostics on stderr: errors only unless
+/// `RUST_LOG` asks for more (`RUST_LOG=otturnaut_adapters=debug`). Progress and
+/// results are the CLI's own output, not these.
+fn diagnostics() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
 async fn run(cli: Cli) -> Exit {

@@ -44,6 +44,7 @@
 //! }
 //! ```
 
+mod handover;
 mod locks;
 mod reaper;
 mod reconcile;
