@@ -42,19 +42,20 @@ struct Faulty {
 }
 
 impl Faulty {
-    async fn around<T>(&self, call: &str, work: impl Future<Output = Result<T>>) -> Result<T> {
+    async fn around<T>(&self, call: Call, work: impl Future<Output = Result<T>>) -> Result<T> {
         self.hit(call, Phase::Before).await?;
         let out = work.await?;
         self.hit(call, Phase::After).await?;
         Ok(out)
     }
 
-    /// Says on stderr when a fault fires: a failure that a retry then hides
-    /// must still be visible to the harness that planted it.
-    async fn hit(&self, call: &str, phase: Phase) -> Result<()> {
+    /// Logs (at error level: the CLI prints it on stderr) when a fault fires:
+    /// a failure that a retry then hides must still be visible to the harness
+    /// that planted it.
+    async fn hit(&self, call: Call, phase: Phase) -> Result<()> {
         let hit = self.plan.hit(call, phase).await;
         if let Err(e) = &hit {
-            eprintln!("otturnaut (fault injection): {e}");
+            tracing::error!("otturnaut (fault injection): {e}");
         }
         hit
     }

@@ -63,7 +63,7 @@ pub struct World {
 struct Inner {
     world: World,
     log: Vec<Op>,
-    calls: Vec<String>,
+    calls: Vec<Call>,
     next_port: u16,
 }
 
@@ -110,7 +110,7 @@ impl Fake {
     }
 
     /// Every adapter call, in order (fault point names).
-    pub fn calls(&self) -> Vec<String> {
+    pub fn calls(&self) -> Vec<Call> {
         self.lock().calls.clone()
     }
 

@@ -45,7 +45,7 @@ pub(crate) async fn retire(ctx: &Context, old: &Release, new: &Release) -> Vec<R
     // with its last tag only. Removing the release tag of a prebuilt image
     // only untags it.
     let removals = [
-        (Step::RemoveOld, UndoAction::RemoveContainer { name: old.container.0.clone() }),
+        (Step::RemoveOld, UndoAction::RemoveContainer { name: old.container.clone() }),
         (Step::RemoveOld, UndoAction::RemoveImage { image: live_tag(&old.app, &old.deployment) }),
         (Step::RemoveOld, UndoAction::RemoveImage { image: image_tag(&old.app, &old.deployment) }),
         (Step::ReleaseOldPort, UndoAction::ReleasePort { deployment: old.deployment.clone() }),

@@ -74,7 +74,7 @@ async fn timed<T>(
 /// its call), then `older` (already newest first), and builds the error.
 async fn fail(ctx: &Context, step: Step, cause: Error, own: Option<UndoAction>, older: Vec<UndoAction>) -> DeployError {
     let undo = PendingUndos::after_failure(own, older, ctx.handover()).run(&ctx.adapters, &ctx.events, ctx.retry).await;
-    DeployError::Failed { app: ctx.spec.app.clone(), deployment: ctx.deployment.clone(), step, cause, undo }
+    DeployError::new(ctx.spec.app.clone(), ctx.deployment.clone(), step, cause, undo)
 }
 
 async fn undo_all(ctx: &Context, actions: Vec<UndoAction>) -> UndoReport {
@@ -217,7 +217,7 @@ impl Built {
 
     /// Fails this deploy at `step` (a read-only step run beside the build,
     /// such as loading state): rolls back and returns the error.
-    pub async fn fail(self, step: Step, cause: Error) -> DeployError {
+    pub async fn roll_back_after(self, step: Step, cause: Error) -> DeployError {
         let ctx = self.prev.ctx.clone();
         fail(&ctx, step, cause, None, self.unwind()).await
     }
@@ -266,7 +266,7 @@ impl PortHeld {
         let ctx = self.prev.prev.ctx.clone();
         let spec = &ctx.spec;
         let name = container_name(&spec.app, &ctx.deployment);
-        let mut guard = Guard::armed(UndoAction::RemoveContainer { name: name.clone() }, ctx.handover());
+        let mut guard = Guard::armed(UndoAction::RemoveContainer { name: ContainerId(name.clone()) }, ctx.handover());
         let adapters = ctx.adapters.clone();
         let image = self.prev.image.clone();
         let mut port = self.port;

@@ -32,7 +32,7 @@ pub enum UndoAction {
         deployment: DeploymentId,
     },
     RemoveContainer {
-        name: String,
+        name: ContainerId,
     },
     /// Put the app's route back as it was: to `previous`, or gone.
     RestoreRoute {
@@ -63,7 +63,7 @@ impl UndoAction {
             UndoAction::RemoveSource { app, deployment } => a.fetcher.remove(app, deployment).await,
             UndoAction::RemoveImage { image } => a.builder.remove_image(image).await,
             UndoAction::ReleasePort { deployment } => a.ports.release(deployment).await,
-            UndoAction::RemoveContainer { name } => a.runtime.remove(&ContainerId(name.clone())).await,
+            UndoAction::RemoveContainer { name } => a.runtime.remove(name).await,
             UndoAction::RestoreRoute { app, previous: Some(target) } => a.router.set_route(app, target).await,
             UndoAction::RestoreRoute { app, previous: None } => a.router.remove_route(app).await,
             UndoAction::RestoreState { app, previous } => a.state.restore(app, previous.clone()).await,

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use otturnaut_core::faults::{Fault, FaultMode, Phase};
+use otturnaut_core::faults::{Call, Fault, FaultMode, Phase};
 use otturnaut_core::testing::Fake;
 use otturnaut_core::{AppId, ContainerPort, DeploySpec, DeploymentId, EventSink, Source};
 use otturnaut_steps::{Context, Fetched, Reaper, RetryPolicy};
@@ -37,7 +37,7 @@ fn context(fake: &Fake, reaper: &Reaper, retry: RetryPolicy, app: &str) -> Arc<C
 #[tokio::test(start_paused = true)]
 async fn a_hung_undo_holds_up_only_its_own_deployment() {
     let fake = Fake::new();
-    fake.fail(Fault { call: "release_port".into(), phase: Phase::Before, mode: FaultMode::Hang });
+    fake.fail(Fault::new(Call::ReleasePort, Phase::Before, FaultMode::Hang));
     let retry = RetryPolicy { attempt_timeout: Duration::from_secs(60), ..RetryPolicy::immediate(2) };
     let reaper = Reaper::spawn(fake.adapters(), EventSink::discard(), retry);
 
