@@ -313,7 +313,7 @@ impl ContainerRuntime for Fake {
 
     async fn status(&self, id: &ContainerId) -> Result<ContainerStatus> {
         let running = self.lock().world.containers.get(&id.0).is_some_and(|c| c.running);
-        Ok(ContainerStatus { running, restarting: false, exit_code: (!running).then_some(0) })
+        Ok(ContainerStatus { running, restarting: false, exit_code: (!running).then_some(0), started: None })
     }
 
     async fn logs(&self, _id: &ContainerId, _tail: usize) -> Result<Vec<String>> {
