@@ -2,6 +2,9 @@
 //! here, before anything connects or creates a file; a bad one is reported
 //! with its flag. Values of `--env`, `--env-file` and `--build-arg` are
 //! secrets: messages name only their keys.
+//!
+//! Architecture invariant: input is validated into core types before any
+//! resource is created (bad input: exit 2, nothing on Docker, Caddy or disk).
 
 use std::collections::BTreeMap;
 use std::path::Path;

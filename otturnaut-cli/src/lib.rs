@@ -3,6 +3,10 @@
 //!
 //! A library so that the integration tests can build the same binary under
 //! another name (see `tests/src/bin`); `main.rs` only calls [`main`].
+//!
+//! Architecture invariant: no deploy logic here; everything the CLI does to
+//! Docker, Caddy or git is a library call, so a daemon can offer the same.
+#![warn(missing_docs)]
 
 mod args;
 mod cleanup;

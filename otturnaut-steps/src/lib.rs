@@ -6,6 +6,10 @@
 //! the order; a failing step rolls back every earlier one in reverse order;
 //! a dropped token hands its undo to the [`Reaper`].
 //!
+//! Architecture invariant: this crate depends only on `otturnaut-core` (never
+//! bollard, reqwest or gix: `tests/tests/tidy.rs` checks it), so the whole
+//! pipeline runs, and is tested, on fakes.
+//!
 //! In order, the chain compiles:
 //!
 //! ```no_run
