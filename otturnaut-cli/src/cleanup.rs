@@ -1,7 +1,7 @@
 //! `otturnaut undeploy` and `otturnaut reconcile`.
 
 use otturnaut_core::{AppId, Timeouts};
-use otturnaut_steps::{CleanupReport, Residue, RetryPolicy, apps_with_resources, undeploy_app};
+use otturnaut_steps::{CleanupReport, Residue, RetryPolicy, apply_retention, apps_with_resources, undeploy_app};
 use serde_json::json;
 
 use crate::args::GlobalArgs;
@@ -131,12 +131,21 @@ async fn run_reconcile(global: &GlobalArgs, only: &[String], out: &Out) -> Resul
             }
         }
     }
-    let reports: Vec<CleanupReport> = match locked.is_empty() {
+    let mut reports: Vec<CleanupReport> = match locked.is_empty() {
         true => Vec::new(),
         false => otturnaut_steps::reconcile(&agent.adapters, &locked, RetryPolicy::default())
             .await
             .map_err(|e| Fatal::service("reconciling", &e))?,
     };
+    // Kept releases beyond --keep go too (a removal a deploy could not finish).
+    for report in &mut reports {
+        let Some(app) = report.app.clone() else { continue };
+        let kept = apply_retention(&agent.adapters, &app, settings.keep, RetryPolicy::default())
+            .await
+            .map_err(|e| Fatal::service(&format!("applying retention to {app}"), &e))?;
+        report.done.extend(kept.done);
+        report.residue.extend(kept.residue);
+    }
     drop(locks);
     for report in &reports {
         if !out.is_json() && !report.done.is_empty() {

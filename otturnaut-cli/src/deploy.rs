@@ -1,9 +1,10 @@
+// Long file: the deploy command's outcomes (success, failure, signals, panics) are reported in one place.
 //! `otturnaut deploy`.
 
 use std::time::{Duration, Instant};
 
 use otturnaut_adapters::Agent;
-use otturnaut_core::{AppId, DeployEvent, DeploySpec, DeploymentId, EventSink, Release, Source, Step};
+use otturnaut_core::{AppId, DeployEvent, DeploySpec, DeploymentId, EventSink, Release, Source, Step, Timeouts};
 use otturnaut_steps::{
     BlueGreen, DeployError, Deployed, Residue, RetryPolicy, Strategy, UndoOutcome, domain_owner, live_release,
     reconcile_app,
@@ -17,18 +18,40 @@ use crate::output::{Out, elapsed};
 use crate::settings::Settings;
 use crate::{connect, input, print_fatal, settings, take_lock, urls};
 
+/// What a deploy runs: a spec from the flags, or a rollback to a kept release.
+#[derive(Clone, Copy)]
+enum Request<'a> {
+    Deploy(&'a DeployArgs),
+    Rollback { app: &'a str, to: Option<&'a str> },
+}
+
 pub async fn run(global: &GlobalArgs, args: DeployArgs) -> Exit {
-    let mut out = Out::new(args.json);
-    match deploy(global, &args, &mut out).await {
+    let json = args.json;
+    finish(global, Request::Deploy(&args), &args.app, json).await
+}
+
+/// `otturnaut rollback`: a deploy whose spec is a kept release's.
+pub async fn rollback(global: &GlobalArgs, app: &str, to: Option<&str>, json: bool) -> Exit {
+    finish(global, Request::Rollback { app, to }, app, json).await
+}
+
+async fn finish(global: &GlobalArgs, request: Request<'_>, app: &str, json: bool) -> Exit {
+    let mut out = Out::new(json);
+    match deploy(global, request, &mut out).await {
         Ok(exit) => exit,
         Err(fatal) => {
             out.stop_spinner();
             print_fatal(&out, &fatal);
             if out.is_json() {
+                let rollback_of = match request {
+                    Request::Rollback { to, .. } => to,
+                    Request::Deploy(_) => None,
+                };
                 out.json_line(&json!({
                     "result": "failed",
-                    "app": args.app,
+                    "app": app,
                     "deployment": null,
+                    "rollback_of": rollback_of,
                     "rolled_back": false,
                     "residue": [],
                     "error": fatal.message,
@@ -80,12 +103,32 @@ fn panic_message(e: tokio::task::JoinError) -> String {
     }
 }
 
-async fn deploy(global: &GlobalArgs, args: &DeployArgs, out: &mut Out) -> Result<Exit, Fatal> {
+/// The spec of a rollback of `app`: read-only, and an invalid `--to` (or
+/// nothing to go back to) is a usage error.
+async fn rollback_spec_of(agent: &Agent, app: &AppId, to: Option<&DeploymentId>) -> Result<DeploySpec, Fatal> {
+    otturnaut_steps::rollback_spec(&agent.adapters, app, to, Timeouts::default())
+        .await
+        .map_err(|e| Fatal::service(&format!("finding the release of {app} to roll back to"), &e))
+}
+
+async fn deploy(global: &GlobalArgs, request: Request<'_>, out: &mut Out) -> Result<Exit, Fatal> {
     // Everything is checked before anything connects or is created.
     let settings = settings(global)?;
-    let spec = input::deploy_spec(args)?;
+    let (app, spec, to) = match request {
+        Request::Deploy(args) => {
+            let spec = input::deploy_spec(args)?;
+            (spec.app.clone(), Some(spec), None)
+        }
+        Request::Rollback { app, to } => {
+            (input::app_id(app)?, None, to.map(|t| input::deployment_id("--to", t)).transpose()?)
+        }
+    };
     crate::workdir::check_existing(&settings.agent.work_dir)?;
     let agent = connect(&settings.agent).await?;
+    let spec = match spec {
+        Some(spec) => spec,
+        None => rollback_spec_of(&agent, &app, to.as_ref()).await?,
+    };
     let owner = domain_owner(&agent.adapters, &spec.app, &spec.domains)
         .await
         .map_err(|e| Fatal::service("checking which apps serve the domains", &e))?;
@@ -102,12 +145,18 @@ async fn deploy(global: &GlobalArgs, args: &DeployArgs, out: &mut Out) -> Result
     if let Some(message) = crate::host::migrate_req_warning(&settings.agent.caddy_admin) {
         out.event(&DeployEvent::Warning { message });
     }
-    let _lock = take_lock(out, &settings, &spec.app, "deploy").await?;
+    let command = if spec.rollback_of().is_some() { "rollback" } else { "deploy" };
+    let _lock = take_lock(out, &settings, &spec.app, command).await?;
     // Timed from here: waiting for another deploy is not this one's time.
     let started = Instant::now();
     let cleaned = clean_before(out, &agent, &spec.app).await?;
+    // Read again under the lock: what was kept may have changed meanwhile.
+    let spec = match spec.rollback_of() {
+        Some(d) => rollback_spec_of(&agent, &app, Some(d)).await?,
+        None => spec,
+    };
 
-    let strategy = BlueGreen::new(agent.adapters.clone());
+    let strategy = BlueGreen::new(agent.adapters.clone()).keep(settings.keep);
     let (sink, mut rx) = EventSink::channel();
     let mut signals = Signals::install()?;
     out.human(describe_source(&spec));
@@ -167,6 +216,9 @@ fn describe_source(spec: &DeploySpec) -> String {
     match &spec.source {
         Source::Git { url, git_ref, .. } => format!("source: {} at {git_ref}", url.redacted()),
         Source::Image { reference } => format!("source: image {reference}"),
+        Source::Release { deployment, image, .. } => {
+            format!("rolling back to release {deployment} (image {image}): no fetch, no build")
+        }
     }
 }
 
@@ -221,6 +273,7 @@ impl Report<'_> {
                 "domains": r.domains,
                 "urls": urls,
                 "previous": d.previous.as_ref().map(|p| &p.deployment),
+                "rollback_of": d.rollback_of,
                 "rolled_back": false,
                 "residue": d.residue,
                 "cleaned": self.cleaned,
@@ -234,6 +287,9 @@ impl Report<'_> {
         out.say(format!("{} {} {} in {}", p.green("✓"), p.bold("deployed"), r.app, elapsed(self.started.elapsed())));
         let row = |k: &str, v: &str| format!("  {} {v}", p.dim(&format!("{k:<11}")));
         out.say(row("deployment", r.deployment.as_str()));
+        if let Some(of) = &d.rollback_of {
+            out.say(row("rolled back", &format!("to release {of}, as it was deployed")));
+        }
         out.say(row("image", &r.image));
         if let Some(commit) = &r.commit {
             out.say(row("commit", commit.as_str()));
@@ -247,7 +303,7 @@ impl Report<'_> {
             out.say(row("reach at", &format!("{direct} (no --domain, so no route in Caddy)")));
         }
         if let Some(previous) = &d.previous {
-            out.say(row("replaced", &format!("{} (drained, stopped and removed)", previous.deployment)));
+            out.say(row("replaced", &format!("{} (drained, stopped, kept for a rollback)", previous.deployment)));
         }
         for residue in &d.residue {
             out.say(format!(
@@ -277,6 +333,7 @@ impl Report<'_> {
                 "app": e.app(),
                 "deployment": e.deployment(),
                 "step": e.step(),
+                "rollback_of": self.spec.rollback_of(),
                 "rolled_back": residue.is_empty(),
                 "residue": residue,
                 "undo": e.undo().outcomes,
@@ -383,6 +440,7 @@ impl Report<'_> {
                 "result": "failed",
                 "app": app,
                 "deployment": deployment,
+                "rollback_of": self.spec.rollback_of(),
                 "interrupted": signal,
                 "rolled_back": residue.is_empty(),
                 "residue": residue,
@@ -434,6 +492,7 @@ async fn committed_then_interrupted(
             "deployment": deployment,
             "port": live.as_ref().map(|r| r.host_port),
             "domains": report.spec.domains,
+            "rollback_of": report.spec.rollback_of(),
             "interrupted": signal,
             "rolled_back": false,
             "residue": residue,

@@ -1,10 +1,8 @@
 //! `deploy`'s arguments turned into a [`DeploySpec`]. Every value is checked
 //! here, before anything connects or creates a file; a bad one is reported
 //! with its flag. Values of `--env`, `--env-file` and `--build-arg` are
-//! secrets: messages name only their keys.
-//!
-//! Architecture invariant: input is validated into core types before any
-//! resource is created (bad input: exit 2, nothing on Docker, Caddy or disk).
+//! secrets: messages name only their keys. Architecture invariant: all input
+//! is validated into core types before any resource is created.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -25,6 +23,10 @@ fn invalid(flag: &str) -> impl Fn(otturnaut_core::Error) -> Invalid + '_ {
 
 pub fn app_id(raw: &str) -> Result<AppId, Invalid> {
     raw.parse().map_err(invalid("APP"))
+}
+
+pub fn deployment_id(flag: &str, raw: &str) -> Result<otturnaut_core::DeploymentId, Invalid> {
+    raw.parse().map_err(invalid(flag))
 }
 
 /// The most `--domain`s a deploy takes: each one is a matcher in Caddy.

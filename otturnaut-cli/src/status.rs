@@ -4,7 +4,9 @@ use std::collections::BTreeSet;
 
 use otturnaut_adapters::Agent;
 use otturnaut_adapters::state::release_of;
-use otturnaut_core::{AppId, ManagedContainer, ManagedImage, Release, RouteTarget, live_container};
+use otturnaut_core::{
+    AppId, ManagedContainer, ManagedImage, Release, ReleaseState, RouteTarget, live_container, releases,
+};
 use otturnaut_steps::apps_with_resources;
 use serde::Serialize;
 
@@ -32,10 +34,12 @@ struct AppStatus {
     container: Option<ContainerStatus>,
     /// When the live container last started (RFC 3339, from Docker).
     started: Option<String>,
-    /// Managed containers of the app, live or not; more than one outside a
-    /// deploy means leftovers that `otturnaut reconcile` removes.
+    /// Managed containers of the app: live, kept for a rollback, or left
+    /// over (which `otturnaut reconcile` removes).
     containers: usize,
     images: usize,
+    /// Releases kept for `otturnaut rollback` (`otturnaut releases` lists them).
+    retained: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -80,8 +84,13 @@ async fn status(global: &GlobalArgs, app: Option<&str>, out: &Out) -> Result<Exi
         });
         let mine: Vec<&ManagedContainer> = containers.iter().filter(|c| c.app == app).collect();
         let my_images: Vec<&ManagedImage> = images.iter().filter(|i| i.app == app).collect();
+        let retained = releases(&app, &containers, &images, route.map(|r| r.port))
+            .iter()
+            .filter(|r| r.state == ReleaseState::Retained)
+            .count();
         let mut status = app_status(&agent, &settings.agent, app, live, &mine, &my_images).await;
         status.route_missing = route_missing;
+        status.retained = retained;
         all.push(status);
     }
 
@@ -123,6 +132,7 @@ async fn app_status(
         started: None,
         containers: containers.len(),
         images: images.len(),
+        retained: 0,
     };
     let Some(r) = live else {
         return s;
@@ -178,11 +188,12 @@ fn human(s: &AppStatus) -> Vec<String> {
     for url in &s.urls {
         lines.push(row("url", url));
     }
-    if s.containers > 1 {
-        lines.push(row(
-            "leftovers",
-            &format!("{} other container(s); `otturnaut reconcile` removes them", s.containers - 1),
-        ));
+    if s.retained > 0 {
+        lines.push(row("kept", &format!("{} release(s) for rollback; `otturnaut releases {}`", s.retained, s.app)));
+    }
+    let leftovers = s.containers.saturating_sub(1 + s.retained);
+    if leftovers > 0 {
+        lines.push(row("leftovers", &format!("{leftovers} other container(s); `otturnaut reconcile` removes them")));
     }
     lines
 }

@@ -36,6 +36,7 @@ pub enum Call {
     RemoveSource,
     Build,
     EnsureImage,
+    TagImage,
     RemoveImage,
     LoadState,
     AllocatePort,
@@ -52,11 +53,12 @@ pub enum Call {
 
 impl Call {
     /// Every call, in pipeline order.
-    pub const ALL: [Call; 16] = [
+    pub const ALL: [Call; 17] = [
         Call::Fetch,
         Call::RemoveSource,
         Call::Build,
         Call::EnsureImage,
+        Call::TagImage,
         Call::RemoveImage,
         Call::LoadState,
         Call::AllocatePort,
@@ -78,6 +80,7 @@ impl Call {
             Call::RemoveSource => "remove_source",
             Call::Build => "build",
             Call::EnsureImage => "ensure_image",
+            Call::TagImage => "tag_image",
             Call::RemoveImage => "remove_image",
             Call::LoadState => "load_state",
             Call::AllocatePort => "allocate_port",

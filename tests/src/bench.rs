@@ -20,6 +20,7 @@ mod footprint;
 mod high_rate;
 mod load;
 mod machine;
+mod releases;
 mod report;
 mod rollback;
 mod route_switch;
@@ -30,8 +31,8 @@ mod timing;
 mod zero_downtime;
 
 /// The sections of the suite, in the order they run.
-pub const SECTIONS: [&str; 7] =
-    ["zero-downtime", "high-rate", "timing", "rollback", "switch", "concurrency", "footprint"];
+pub const SECTIONS: [&str; 8] =
+    ["zero-downtime", "high-rate", "timing", "rollback", "release-rollback", "switch", "concurrency", "footprint"];
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -52,7 +53,7 @@ pub struct Args {
     /// Concurrent clients of the load generator
     #[arg(long, default_value_t = 20)]
     pub concurrency: usize,
-    /// Run only these sections (comma-separated): zero-downtime, high-rate, timing, rollback, switch, concurrency,
+    /// Run only these sections (comma-separated): zero-downtime, high-rate, timing, rollback, release-rollback, switch, concurrency,
     /// footprint. high-rate runs on Debian's Caddy and on the current one (installed if missing) and has its
     /// own block in the report, so `--only high-rate` leaves the other figures in BENCHMARKS.md as they are
     #[arg(long, value_delimiter = ',')]

@@ -454,10 +454,15 @@ impl Drop for SlowAdmin {
 /// `GET /` through a Caddy listener with the given `Host`, on a fresh
 /// connection. Returns the status code and body.
 pub async fn get_via(listen: &str, host: &str) -> std::io::Result<(u16, String)> {
+    get_path_via(listen, host, "/").await
+}
+
+/// `GET path` through a Caddy listener with the given `Host` (see [`get_via`]).
+pub async fn get_path_via(listen: &str, host: &str, path: &str) -> std::io::Result<(u16, String)> {
     let addr: SocketAddr =
         listen.parse().map_err(|e| std::io::Error::other(format!("listen address {listen}: {e}")))?;
     let mut stream = TcpStream::connect(addr).await?;
-    let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await?;

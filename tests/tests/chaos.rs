@@ -52,6 +52,9 @@ async fn representative_fault_points_roll_back_or_leave_only_reported_residue() 
         pick(&matrix, "record_state.before:fail", Scenario::Fresh, false),
         pick(&matrix, "drain.before:fail_always", Scenario::Live, false),
         pick(&matrix, "health_check.before:hang", Scenario::Live, true),
+        pick(&matrix, "tag_image.before:fail", Scenario::Rollback, false),
+        pick(&matrix, "switch_route.after:fail", Scenario::Rollback, false),
+        pick(&matrix, "record_state.after:fail", Scenario::Rollback, false),
     ];
     let mut live: Option<LiveApp> = None;
     let mut failures = Vec::new();

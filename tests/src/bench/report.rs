@@ -15,6 +15,7 @@ use super::footprint::Footprint;
 use super::high_rate;
 use super::load::{Failure, Mode};
 use super::machine::Machine;
+use super::releases;
 use super::rollback::{self, Case};
 use super::route_switch;
 use super::stats::{binomial_upper_tail, median, ms, ms_opt, quantile, ratio};
@@ -45,6 +46,9 @@ pub struct Results {
     pub reloads: Vec<zero_downtime::ReloadRow>,
     pub timing: Vec<Timings>,
     pub rollback: Vec<(Case, Vec<rollback::Run>)>,
+    /// Rollbacks to a kept release: timing, and under load per client mode.
+    pub release_rollback: Option<releases::Timing>,
+    pub release_rollback_load: Vec<releases::LoadRow>,
     pub switch: Vec<route_switch::Row>,
     pub concurrency: Vec<concurrency::Row>,
     pub footprint: Option<Footprint>,
@@ -108,6 +112,7 @@ impl Results {
         self.reload_table(w);
         self.timing_tables(w);
         self.rollback_table(w);
+        self.release_rollback_table(w);
         self.switch_table(w);
         self.concurrency_table(w);
         self.footprint_table(w);
@@ -307,6 +312,27 @@ impl Results {
             if let Some(target) = self.resets_target(m) {
                 t.push(target);
             }
+        }
+        if let Some(rt) = &self.release_rollback
+            && let (Some(rollback), Some(deploy)) = (median(&rt.rollbacks), median(&rt.deploys))
+        {
+            t.push(Target {
+                what: "rollback to a kept release ≤ 1.0× a prebuilt-image deploy, no build".into(),
+                measured: format!("{} ms vs {} ms: {}", ms(rollback), ms(deploy), ratio(rollback, deploy)),
+                met: Some(rollback <= deploy),
+            });
+        }
+        let judged: Vec<&releases::LoadRow> =
+            self.release_rollback_load.iter().filter(|r| matches!(r.mode, Mode::Retry | Mode::Close)).collect();
+        if !judged.is_empty() {
+            let failed: u64 = judged.iter().map(|r| r.load.failed() + u64::from(r.failed_rollbacks)).sum();
+            let n: u32 = judged.iter().map(|r| r.rollbacks).sum();
+            t.push(Target {
+                what: "0 failed requests during rollbacks under the zero-downtime load (keep-alive + retry, new connection)"
+                    .into(),
+                measured: format!("{failed} failed over {n} rollbacks"),
+                met: Some(failed == 0),
+            });
         }
         if let Some(image) = self.timing.iter().find(|x| x.kind == Kind::Image) {
             let wall = median(&image.agent.iter().map(|r| r.wall).collect::<Vec<_>>());
@@ -730,6 +756,47 @@ impl Results {
                 ms_opt(median(&col(|r| r.rollback))),
                 ms_opt(col(|r| r.total).into_iter().max()),
                 clean,
+            ]);
+        }
+        table.write(w);
+    }
+
+    fn release_rollback_table(&self, w: &mut String) {
+        let Some(t) = &self.release_rollback else {
+            return;
+        };
+        let _ = writeln!(
+            w,
+            "### Rollback to a kept release\n\n`otturnaut rollback`'s library call (`Strategy::rollback`) against a \
+             deploy of a prebuilt image present locally, alternating on one app: both run the pipeline from the \
+             port step on (start, health check, route switch, commit, drain, stop, keep); the rollback reuses \
+             the kept release's image under a new tag instead of checking and tagging the prebuilt one.\n"
+        );
+        let mut table = Table::new(&[L("Measure"), R("Runs"), R("Median ms"), R("Max ms")]);
+        for (name, runs) in [("rollback", &t.rollbacks), ("prebuilt-image deploy", &t.deploys)] {
+            table.row(cells![name, runs.len(), ms_opt(median(runs)), ms_opt(runs.iter().max().copied())]);
+        }
+        table.write(w);
+        if self.release_rollback_load.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            w,
+            "Rollbacks back to back between two kept releases, {} clients through Caddy as in the zero-downtime \
+             table (`GET /slow?ms=50`, 1 in 40 asks for 1000 ms):\n",
+            self.clients
+        );
+        let mut table =
+            Table::new(&[L("Client"), R("Rollbacks"), R("Failed rollbacks"), R("Requests"), R("Failed"), L("Kinds")]);
+        for row in &self.release_rollback_load {
+            let kinds: Vec<String> = row.load.failures.iter().map(|(k, n)| format!("{k:?} {n}")).collect();
+            table.row(cells![
+                row.mode.name(),
+                row.rollbacks,
+                row.failed_rollbacks,
+                row.load.requests,
+                row.load.failed(),
+                if kinds.is_empty() { "–".to_owned() } else { kinds.join(", ") },
             ]);
         }
         table.write(w);

@@ -19,7 +19,7 @@ use super::zero_downtime::{self, Plan, Retire, UpstreamIdle};
 
 /// Redeploys per retire mode in the raw keep-alive reset comparison.
 const RESET_REDEPLOYS: u32 = 30;
-use super::{Args, CaddyFlavor, concurrency, deploy_timing, footprint, high_rate, route_switch};
+use super::{Args, CaddyFlavor, concurrency, deploy_timing, footprint, high_rate, releases, route_switch};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -93,6 +93,10 @@ async fn run_async(args: &Args) -> Result<ExitCode> {
             });
             record(&mut results, "rollback", r);
         }
+    }
+    if args.wants("release-rollback") {
+        let r = release_rollback_section(&rig, args, &mut results).await;
+        record(&mut results, "rollback to a kept release", r);
     }
     if args.wants("switch") {
         // A switch at 1000 routes is one ~70 ms reload whose cost varies by
@@ -177,6 +181,26 @@ async fn run_async(args: &Args) -> Result<ExitCode> {
     }
     println!("bench: report written to {}", path.display());
     Ok(if results.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Rollbacks to a kept release: wall time against a prebuilt-image deploy,
+/// then 10 rollbacks back to back under the zero-downtime load per client mode.
+async fn release_rollback_section(rig: &Rig, args: &Args, results: &mut Results) -> Result<()> {
+    println!("bench: rollback to a kept release vs a prebuilt-image deploy, {} runs each", args.runs());
+    let limit = MINUTE * 2 * args.runs();
+    let t = bounded(limit, "rollback timing", releases::timing(rig, args.runs())).await?;
+    println!("  rollback median {} ms, deploy median {} ms", ms_opt(median(&t.rollbacks)), ms_opt(median(&t.deploys)));
+    results.release_rollback = Some(t);
+    let rollbacks = if args.quick { 3 } else { 10 };
+    for mode in Mode::ALL {
+        println!("bench: {rollbacks} rollbacks under load, {}", mode.name());
+        let limit = MINUTE * 3 + MINUTE * rollbacks;
+        let row = bounded(limit, "rollbacks under load", releases::under_load(rig, mode, rollbacks, args.concurrency))
+            .await?;
+        println!("  {} requests, {} failed {:?}", row.load.requests, row.load.failed(), row.load.failures);
+        results.release_rollback_load.push(row);
+    }
+    Ok(())
 }
 
 fn record(results: &mut Results, section: &str, r: Result<()>) {

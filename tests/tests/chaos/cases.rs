@@ -17,6 +17,8 @@ use super::world::{RUN_LIMIT, Src, World};
 pub enum Scenario {
     Fresh,
     Live,
+    /// `otturnaut rollback` of the live app to its newest kept release.
+    Rollback,
 }
 
 impl Scenario {
@@ -24,6 +26,7 @@ impl Scenario {
         match self {
             Scenario::Fresh => "fresh",
             Scenario::Live => "live",
+            Scenario::Rollback => "rollback",
         }
     }
 }
@@ -95,6 +98,66 @@ pub fn forward_step(call: Call) -> Option<Step> {
         Call::RecordState => Step::RecordState,
         _ => return None,
     })
+}
+
+/// The step a call of a rollback belongs to: its image is reused under the
+/// new release's tag (`tag_image`, in the build step); there is no fetch.
+fn rollback_step(call: Call) -> Option<Step> {
+    match call {
+        Call::TagImage => Some(Step::Build),
+        Call::Fetch | Call::Build | Call::EnsureImage => None,
+        other => forward_step(other),
+    }
+}
+
+/// Calls a rollback never makes: no source, no build, no pull; the
+/// route is put back with `switch_route`, a container removed only by undo.
+const NOT_IN_A_ROLLBACK: &[Call] =
+    &[Call::Fetch, Call::Build, Call::EnsureImage, Call::RemoveSource, Call::RemoveRoute];
+
+/// Every call of a rollback × before/after its effect; undo faults; a
+/// hang ended by a signal; a panic.
+fn rollback_matrix(quick: bool) -> Vec<Case> {
+    use FaultMode::{FailAlways, FailOnce, Hang, Panic};
+    use Phase::{After, Before};
+    let scenario = Scenario::Rollback;
+    let mut cases = Vec::new();
+    for call in Call::ALL.into_iter().filter(|c| !NOT_IN_A_ROLLBACK.contains(c)) {
+        for phase in [Before, After] {
+            if quick && phase == After && !matches!(call, Call::StartContainer | Call::SwitchRoute | Call::RecordState)
+            {
+                continue;
+            }
+            let expect = match rollback_step(call) {
+                Some(step) => {
+                    let switched = (call == Call::SwitchRoute && phase == After) || call == Call::RecordState;
+                    Expect::Fails { step: Some(step.name()), switched }
+                }
+                None => Expect::Succeeds,
+            };
+            cases.push(case("rollback", vec![at(call, phase, FailOnce)], scenario, expect));
+        }
+    }
+    for undo in [Call::RemoveContainer, Call::RemoveImage, Call::ReleasePort] {
+        let faults = vec![at(undo, Before, FailAlways), at(Call::HealthCheck, Before, FailOnce)];
+        cases.push(case("rollback", faults, scenario, fails(Step::HealthCheck)));
+    }
+    let c = case(
+        "rollback",
+        vec![at(Call::HealthCheck, Before, Hang)],
+        scenario,
+        Expect::Fails { step: None, switched: false },
+    );
+    cases.push(signal(c, Step::HealthCheck, "INT", 300));
+    let c = case("rollback", vec![at(Call::Drain, Before, Hang)], scenario, Expect::Succeeds);
+    cases.push(signal(c, Step::Drain, "INT", 300));
+    cases.push(case(
+        "rollback",
+        vec![at(Call::StartContainer, After, Panic)],
+        scenario,
+        Expect::Fails { step: None, switched: false },
+    ));
+    cases
 }
 
 fn case(group: &'static str, faults: Vec<Fault>, scenario: Scenario, expect: Expect) -> Case {
@@ -229,6 +292,7 @@ pub fn matrix(quick: bool) -> Vec<Case> {
             cases.push(case("panic", vec![at(call, phase, Panic)], scenario, Expect::Fails { step: None, switched }));
         }
     }
+    cases.extend(rollback_matrix(quick));
     cases
 }
 
@@ -250,8 +314,10 @@ pub struct LiveApp {
 }
 
 impl LiveApp {
+    /// v1 live, v2 kept for a rollback.
     pub async fn new(world: &World) -> anyhow::Result<LiveApp> {
         let app = world.app("live");
+        world.deploy_ok(&app, Src::Git("v2")).await?;
         world.deploy_ok(&app, Src::Git("v1")).await?;
         let snap = world.observer.snapshot(&app).await?;
         let live = Live::from_snapshot(&snap, "v1")
@@ -276,7 +342,7 @@ pub async fn run(world: &World, case: &Case, live_app: &mut Option<LiveApp>) -> 
     let started = Instant::now();
     let (app, live) = match case.scenario {
         Scenario::Fresh => (world.app("f"), None),
-        Scenario::Live => {
+        Scenario::Live | Scenario::Rollback => {
             if live_app.is_none() {
                 *live_app = Some(LiveApp::new(world).await?);
             }
@@ -286,7 +352,12 @@ pub async fn run(world: &World, case: &Case, live_app: &mut Option<LiveApp>) -> 
         }
     };
     let new_version = next_version(live.as_ref());
-    let src = if case.image { Src::Image(new_version) } else { Src::Git(new_version) };
+    // Deploys alternate v1 and v2, so the newest kept release is the other version.
+    let src = match (case.scenario, case.image) {
+        (Scenario::Rollback, _) => Src::Rollback,
+        (_, true) => Src::Image(new_version),
+        (_, false) => Src::Git(new_version),
+    };
     let before = world.observer.snapshot(&app).await?;
     let expect = live.as_ref().map_or(ProbeExpect::Anything, |l| ProbeExpect::Version(l.version.clone()));
     let prober = Prober::start(world.listen(), &World::domain(&app), expect);
@@ -318,7 +389,7 @@ pub async fn run(world: &World, case: &Case, live_app: &mut Option<LiveApp>) -> 
             let mut v = Verdict::default();
             let new = check::deployed(world, &app, live.as_ref(), &out, new_version, Some(&probes), &mut v).await?;
             if let (Some(la), Some(new)) = (live_app.as_mut(), new)
-                && case.scenario == Scenario::Live
+                && case.scenario != Scenario::Fresh
             {
                 la.live = new;
             }
