@@ -1,3 +1,4 @@
+// Long file: the Router over the admin API is one protocol (read with ETag, whole-list write, retry) best read in one place.
 //! The [`Router`] port, against Caddy's admin API (tested against Caddy 2.6.2
 //! and 2.11.7).
 //!
@@ -26,7 +27,8 @@
 //! apps (the whole list is ~320 KiB at 1000 apps). Every other change (a new
 //! app, new domains, a removal, reconcile restoring many routes at once) is
 //! one write of the whole list under the list's ETag, so that it can check
-//! what no single route shows:
+//! what no single route shows (Architecture invariant: both hold after every
+//! write this adapter makes):
 //! - each domain has one owner: a domain another app's route has is refused
 //!   ([`Error::DomainTaken`]), case-insensitively, identical wildcards too;
 //! - an exact host always beats a wildcard, whatever the order of the routes:

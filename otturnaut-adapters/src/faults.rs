@@ -1,6 +1,6 @@
 //! Fault injection over real adapters (feature `faults`, off by default and
 //! never in release builds): every side-effecting call gets a point before
-//! and after its side effect, named as in [`otturnaut_core::faults::CALLS`].
+//! and after its side effect, named as in [`Call`].
 //! `after` means the real work was done and then an error is returned — the
 //! lost-response case the pipeline must undo.
 
@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use otturnaut_core::faults::{FaultPlan, Phase};
+use otturnaut_core::faults::{Call, FaultPlan, Phase};
 use otturnaut_core::traits::{
     BuildRequest, ContainerRuntime, FetchRequest, FetchedSource, HealthProbe, ImageBuilder, PortAllocator, Pruned,
     Router, RunRequest, SourceFetcher, StateStore,
@@ -42,19 +42,20 @@ struct Faulty {
 }
 
 impl Faulty {
-    async fn around<T>(&self, call: &str, work: impl Future<Output = Result<T>>) -> Result<T> {
+    async fn around<T>(&self, call: Call, work: impl Future<Output = Result<T>>) -> Result<T> {
         self.hit(call, Phase::Before).await?;
         let out = work.await?;
         self.hit(call, Phase::After).await?;
         Ok(out)
     }
 
-    /// Says on stderr when a fault fires: a failure that a retry then hides
-    /// must still be visible to the harness that planted it.
-    async fn hit(&self, call: &str, phase: Phase) -> Result<()> {
+    /// Logs (at error level: the CLI prints it on stderr) when a fault fires:
+    /// a failure that a retry then hides must still be visible to the harness
+    /// that planted it.
+    async fn hit(&self, call: Call, phase: Phase) -> Result<()> {
         let hit = self.plan.hit(call, phase).await;
         if let Err(e) = &hit {
-            eprintln!("otturnaut (fault injection): {e}");
+            tracing::error!("otturnaut (fault injection): {e}");
         }
         hit
     }
@@ -63,10 +64,10 @@ impl Faulty {
 #[async_trait]
 impl SourceFetcher for Faulty {
     async fn fetch(&self, req: &FetchRequest) -> Result<FetchedSource> {
-        self.around("fetch", self.inner.fetcher.fetch(req)).await
+        self.around(Call::Fetch, self.inner.fetcher.fetch(req)).await
     }
     async fn remove(&self, app: &AppId, deployment: &DeploymentId) -> Result<()> {
-        self.around("remove_source", self.inner.fetcher.remove(app, deployment)).await
+        self.around(Call::RemoveSource, self.inner.fetcher.remove(app, deployment)).await
     }
     async fn leftovers(&self) -> Result<Vec<(AppId, DeploymentId)>> {
         self.inner.fetcher.leftovers().await
@@ -76,35 +77,35 @@ impl SourceFetcher for Faulty {
 #[async_trait]
 impl ImageBuilder for Faulty {
     async fn build(&self, req: &BuildRequest, events: &EventSink) -> Result<String> {
-        self.around("build", self.inner.builder.build(req, events)).await
+        self.around(Call::Build, self.inner.builder.build(req, events)).await
     }
     async fn ensure_image(&self, reference: &ImageRef, tag: &str, events: &EventSink) -> Result<()> {
-        self.around("ensure_image", self.inner.builder.ensure_image(reference, tag, events)).await
+        self.around(Call::EnsureImage, self.inner.builder.ensure_image(reference, tag, events)).await
     }
     async fn tag_image(&self, image: &str, tag: &str) -> Result<()> {
-        self.around("tag_image", self.inner.builder.tag_image(image, tag)).await
+        self.around(Call::TagImage, self.inner.builder.tag_image(image, tag)).await
     }
     async fn remove_image(&self, image: &str) -> Result<()> {
-        self.around("remove_image", self.inner.builder.remove_image(image)).await
+        self.around(Call::RemoveImage, self.inner.builder.remove_image(image)).await
     }
     async fn list_images(&self, app: Option<&AppId>) -> Result<Vec<ManagedImage>> {
         self.inner.builder.list_images(app).await
     }
     async fn prune_dangling(&self, app: Option<&AppId>) -> Result<Pruned> {
-        self.around("remove_image", self.inner.builder.prune_dangling(app)).await
+        self.around(Call::RemoveImage, self.inner.builder.prune_dangling(app)).await
     }
 }
 
 #[async_trait]
 impl ContainerRuntime for Faulty {
     async fn start(&self, req: &RunRequest) -> Result<ContainerId> {
-        self.around("start_container", self.inner.runtime.start(req)).await
+        self.around(Call::StartContainer, self.inner.runtime.start(req)).await
     }
     async fn stop(&self, id: &ContainerId, grace: Duration) -> Result<()> {
-        self.around("stop_container", self.inner.runtime.stop(id, grace)).await
+        self.around(Call::StopContainer, self.inner.runtime.stop(id, grace)).await
     }
     async fn remove(&self, id: &ContainerId) -> Result<()> {
-        self.around("remove_container", self.inner.runtime.remove(id)).await
+        self.around(Call::RemoveContainer, self.inner.runtime.remove(id)).await
     }
     async fn status(&self, id: &ContainerId) -> Result<ContainerStatus> {
         self.inner.runtime.status(id).await
@@ -131,16 +132,16 @@ impl Router for Faulty {
         self.inner.router.route(app).await
     }
     async fn set_route(&self, app: &AppId, target: &RouteTarget) -> Result<()> {
-        self.around("switch_route", self.inner.router.set_route(app, target)).await
+        self.around(Call::SwitchRoute, self.inner.router.set_route(app, target)).await
     }
     async fn set_routes(&self, routes: &[(AppId, RouteTarget)]) -> Result<()> {
         self.inner.router.set_routes(routes).await
     }
     async fn remove_route(&self, app: &AppId) -> Result<()> {
-        self.around("remove_route", self.inner.router.remove_route(app)).await
+        self.around(Call::RemoveRoute, self.inner.router.remove_route(app)).await
     }
     async fn in_flight(&self, port: HostPort) -> Result<u64> {
-        self.around("drain", self.inner.router.in_flight(port)).await
+        self.around(Call::Drain, self.inner.router.in_flight(port)).await
     }
     async fn routes(&self) -> Result<Vec<(AppId, RouteTarget)>> {
         self.inner.router.routes().await
@@ -150,29 +151,29 @@ impl Router for Faulty {
 #[async_trait]
 impl PortAllocator for Faulty {
     async fn allocate(&self, owner: &DeploymentId, avoid: &[HostPort]) -> Result<HostPort> {
-        self.around("allocate_port", self.inner.ports.allocate(owner, avoid)).await
+        self.around(Call::AllocatePort, self.inner.ports.allocate(owner, avoid)).await
     }
     async fn release(&self, owner: &DeploymentId) -> Result<()> {
-        self.around("release_port", self.inner.ports.release(owner)).await
+        self.around(Call::ReleasePort, self.inner.ports.release(owner)).await
     }
 }
 
 #[async_trait]
 impl HealthProbe for Faulty {
     async fn check(&self, container: &ContainerId, port: HostPort, check: &HealthCheck) -> Result<()> {
-        self.around("health_check", self.inner.health.check(container, port, check)).await
+        self.around(Call::HealthCheck, self.inner.health.check(container, port, check)).await
     }
 }
 
 #[async_trait]
 impl StateStore for Faulty {
     async fn load(&self, app: &AppId) -> Result<Option<Release>> {
-        self.around("load_state", self.inner.state.load(app)).await
+        self.around(Call::LoadState, self.inner.state.load(app)).await
     }
     async fn record(&self, release: &Release) -> Result<()> {
-        self.around("record_state", self.inner.state.record(release)).await
+        self.around(Call::RecordState, self.inner.state.record(release)).await
     }
     async fn restore(&self, app: &AppId, previous: Option<Release>) -> Result<()> {
-        self.around("record_state", self.inner.state.restore(app, previous)).await
+        self.around(Call::RecordState, self.inner.state.restore(app, previous)).await
     }
 }

@@ -201,7 +201,7 @@ mod tests {
         async fn status(&self, _: &ContainerId) -> Result<ContainerStatus> {
             *self.calls.lock().expect("lock") += 1;
             let mut states = self.states.lock().expect("lock");
-            let state = if states.len() > 1 { states.pop() } else { states.last().copied() };
+            let state = if states.len() > 1 { states.pop() } else { states.last().cloned() };
             state.ok_or_else(|| Error::failed("status", "no state scripted"))
         }
         async fn logs(&self, _: &ContainerId, tail: usize) -> Result<Vec<String>> {
@@ -215,8 +215,9 @@ mod tests {
         }
     }
 
-    const UP: ContainerStatus = ContainerStatus { running: true, restarting: false, exit_code: None };
-    const CRASHED: ContainerStatus = ContainerStatus { running: true, restarting: true, exit_code: Some(137) };
+    const UP: ContainerStatus = ContainerStatus { running: true, restarting: false, exit_code: None, started: None };
+    const CRASHED: ContainerStatus =
+        ContainerStatus { running: true, restarting: true, exit_code: Some(137), started: None };
 
     fn running_check(deadline: Duration) -> HealthCheck {
         HealthCheck {
@@ -257,7 +258,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stopped_container_without_exit_code_is_reported_as_minus_one() {
-        let stopped = ContainerStatus { running: false, restarting: false, exit_code: None };
+        let stopped = ContainerStatus { running: false, restarting: false, exit_code: None, started: None };
         let probe = Probe::new(Scripted::new(vec![stopped])).expect("probe");
         let err = probe
             .check(&ContainerId("c".into()), port(), &running_check(Duration::from_secs(10)))

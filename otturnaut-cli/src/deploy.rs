@@ -1,3 +1,4 @@
+// Long file: the deploy command's outcomes (success, failure, signals, panics) are reported in one place.
 //! `otturnaut deploy`.
 
 use std::time::{Duration, Instant};

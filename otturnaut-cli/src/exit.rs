@@ -19,6 +19,7 @@ pub enum Exit {
 }
 
 impl Exit {
+    /// The process exit code.
     pub fn code(self) -> u8 {
         self as u8
     }

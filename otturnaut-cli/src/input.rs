@@ -1,7 +1,8 @@
 //! `deploy`'s arguments turned into a [`DeploySpec`]. Every value is checked
 //! here, before anything connects or creates a file; a bad one is reported
 //! with its flag. Values of `--env`, `--env-file` and `--build-arg` are
-//! secrets: messages name only their keys.
+//! secrets: messages name only their keys. Architecture invariant: all input
+//! is validated into core types before any resource is created.
 
 use std::collections::BTreeMap;
 use std::path::Path;

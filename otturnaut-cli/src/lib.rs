@@ -3,6 +3,10 @@
 //!
 //! A library so that the integration tests can build the same binary under
 //! another name (see `tests/src/bin`); `main.rs` only calls [`main`].
+//!
+//! Architecture invariant: no deploy logic here; everything the CLI does to
+//! Docker, Caddy or git is a library call, so a daemon can offer the same.
+#![warn(missing_docs)]
 
 mod args;
 mod cleanup;
@@ -48,6 +52,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// exit 2 and `--help` exits 0, both from clap.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    diagnostics();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -58,6 +63,15 @@ pub fn main() -> ExitCode {
     let exit = runtime.block_on(run(cli));
     runtime.shutdown_timeout(SHUTDOWN_GRACE);
     exit.into()
+}
+
+/// The library's `tracing` diagnostics on stderr: errors only unless
+/// `RUST_LOG` asks for more (`RUST_LOG=otturnaut_adapters=debug`). Progress and
+/// results are the CLI's own output, not these.
+fn diagnostics() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
 async fn run(cli: Cli) -> Exit {

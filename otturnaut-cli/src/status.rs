@@ -156,14 +156,7 @@ async fn app_status(
     s.runtime = container.and_then(|c| c.record.as_ref()).map(|r| r.runtime.clone()).unwrap_or_default();
     s.container =
         container.map(|c| ContainerStatus { id: c.id.0.clone(), name: c.name.clone(), state: c.state.clone() });
-    s.started = agent
-        .docker
-        .client()
-        .inspect_container(&r.container.0, None)
-        .await
-        .ok()
-        .and_then(|i| i.state)
-        .and_then(|state| state.started_at);
+    s.started = agent.adapters.runtime.status(&r.container).await.ok().and_then(|status| status.started);
     s
 }
 

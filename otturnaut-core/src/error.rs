@@ -47,8 +47,6 @@ pub enum Error {
     Timeout { operation: String, after: Duration },
     #[error("domain {domain} is already served by app {owner}")]
     DomainTaken { domain: crate::Domain, owner: AppId },
-    #[error("injected fault at {0}")]
-    Injected(String),
 }
 
 fn tail(lines: &[String]) -> String {

@@ -28,32 +28,103 @@ pub enum FaultMode {
     Panic,
 }
 
-/// Every call a fault can be attached to, named as in `OTTURNAUT_FAULTS`.
-pub const CALLS: &[&str] = &[
-    "fetch",
-    "remove_source",
-    "build",
-    "ensure_image",
-    "tag_image",
-    "remove_image",
-    "load_state",
-    "allocate_port",
-    "release_port",
-    "start_container",
-    "stop_container",
-    "remove_container",
-    "health_check",
-    "switch_route",
-    "remove_route",
-    "drain",
-    "record_state",
-];
+/// Every call a fault can be attached to: one per port method with a side
+/// effect or a verdict (restoring the recorded release is `RecordState` too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Call {
+    Fetch,
+    RemoveSource,
+    Build,
+    EnsureImage,
+    TagImage,
+    RemoveImage,
+    LoadState,
+    AllocatePort,
+    ReleasePort,
+    StartContainer,
+    StopContainer,
+    RemoveContainer,
+    HealthCheck,
+    SwitchRoute,
+    RemoveRoute,
+    Drain,
+    RecordState,
+}
 
+impl Call {
+    /// Every call, in pipeline order.
+    pub const ALL: [Call; 17] = [
+        Call::Fetch,
+        Call::RemoveSource,
+        Call::Build,
+        Call::EnsureImage,
+        Call::TagImage,
+        Call::RemoveImage,
+        Call::LoadState,
+        Call::AllocatePort,
+        Call::ReleasePort,
+        Call::StartContainer,
+        Call::StopContainer,
+        Call::RemoveContainer,
+        Call::HealthCheck,
+        Call::SwitchRoute,
+        Call::RemoveRoute,
+        Call::Drain,
+        Call::RecordState,
+    ];
+
+    /// The name used in `OTTURNAUT_FAULTS` (`start_container`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Call::Fetch => "fetch",
+            Call::RemoveSource => "remove_source",
+            Call::Build => "build",
+            Call::EnsureImage => "ensure_image",
+            Call::TagImage => "tag_image",
+            Call::RemoveImage => "remove_image",
+            Call::LoadState => "load_state",
+            Call::AllocatePort => "allocate_port",
+            Call::ReleasePort => "release_port",
+            Call::StartContainer => "start_container",
+            Call::StopContainer => "stop_container",
+            Call::RemoveContainer => "remove_container",
+            Call::HealthCheck => "health_check",
+            Call::SwitchRoute => "switch_route",
+            Call::RemoveRoute => "remove_route",
+            Call::Drain => "drain",
+            Call::RecordState => "record_state",
+        }
+    }
+}
+
+impl fmt::Display for Call {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Call {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Call::ALL.into_iter().find(|c| c.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = Call::ALL.iter().map(|c| c.name()).collect();
+            Error::invalid("fault call", s, format!("expected one of {}", names.join(", ")))
+        })
+    }
+}
+
+/// A fault point: a call and a phase.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fault {
-    pub call: String,
+    pub call: Call,
     pub phase: Phase,
     pub mode: FaultMode,
+}
+
+impl Fault {
+    pub fn new(call: Call, phase: Phase, mode: FaultMode) -> Self {
+        Fault { call, phase, mode }
+    }
 }
 
 impl fmt::Display for Fault {
@@ -76,17 +147,16 @@ impl FromStr for Fault {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         let bad = || {
+            let names: Vec<&str> = Call::ALL.iter().map(|c| c.name()).collect();
             Error::invalid(
                 "fault",
                 s,
-                format!("expected CALL.before|after:fail|fail_always|hang|panic, CALL one of {}", CALLS.join(", ")),
+                format!("expected CALL.before|after:fail|fail_always|hang|panic, CALL one of {}", names.join(", ")),
             )
         };
         let (point, mode) = s.trim().split_once(':').ok_or_else(bad)?;
         let (call, phase) = point.split_once('.').ok_or_else(bad)?;
-        if !CALLS.contains(&call) {
-            return Err(bad());
-        }
+        let call: Call = call.parse().map_err(|_| bad())?;
         let phase = match phase {
             "before" => Phase::Before,
             "after" => Phase::After,
@@ -99,7 +169,7 @@ impl FromStr for Fault {
             "panic" => FaultMode::Panic,
             _ => return Err(bad()),
         };
-        Ok(Fault { call: call.to_owned(), phase, mode })
+        Ok(Fault { call, phase, mode })
     }
 }
 
@@ -131,7 +201,7 @@ impl FaultPlan {
     }
 
     /// Called by an adapter at a fault point; fails, hangs or panics as planned.
-    pub async fn hit(&self, call: &str, phase: Phase) -> Result<()> {
+    pub async fn hit(&self, call: Call, phase: Phase) -> Result<()> {
         let mode = {
             let mut rules = self.lock();
             let found = rules
@@ -147,7 +217,9 @@ impl FaultPlan {
         };
         match mode {
             None => Ok(()),
-            Some((FaultMode::FailOnce | FaultMode::FailAlways, name)) => Err(Error::Injected(name)),
+            Some((FaultMode::FailOnce | FaultMode::FailAlways, name)) => {
+                Err(Error::failed(call.name(), format!("injected fault at {name}")))
+            }
             Some((FaultMode::Hang, _)) => std::future::pending().await,
             Some((FaultMode::Panic, name)) => panic!("injected panic at {name}"),
         }
@@ -161,14 +233,19 @@ mod tests {
     #[tokio::test]
     async fn plan_parses_and_fires_as_told() {
         let plan = FaultPlan::parse("start_container.after:fail, remove_image.before:fail_always").expect("valid");
-        assert!(plan.hit("start_container", Phase::Before).await.is_ok());
-        assert!(plan.hit("start_container", Phase::After).await.is_err());
-        assert!(plan.hit("start_container", Phase::After).await.is_ok());
+        assert!(plan.hit(Call::StartContainer, Phase::Before).await.is_ok());
+        assert!(plan.hit(Call::StartContainer, Phase::After).await.is_err());
+        assert!(plan.hit(Call::StartContainer, Phase::After).await.is_ok());
         for _ in 0..3 {
-            assert!(plan.hit("remove_image", Phase::Before).await.is_err());
+            assert!(plan.hit(Call::RemoveImage, Phase::Before).await.is_err());
         }
         for bad in ["x.before:fail", "build.during:fail", "build.before:explode", "build"] {
             assert!(FaultPlan::parse(bad).is_err(), "{bad}");
+        }
+        for call in Call::ALL {
+            assert_eq!(call.name().parse::<Call>().ok(), Some(call));
+            let fault = Fault::new(call, Phase::After, FaultMode::Hang);
+            assert_eq!(fault.to_string().parse::<Fault>().ok(), Some(fault));
         }
     }
 }

@@ -5,6 +5,9 @@
 //! a Caddy `@id` or a `git` command line. The port traits in [`traits`] are what
 //! the pipeline (`otturnaut-steps`) drives and what `otturnaut-adapters`
 //! implements against Docker, Caddy and git.
+//!
+//! Architecture invariant: no I/O here, and no dependency on bollard, reqwest
+//! or gix (`tests/tests/tidy.rs` checks the dependencies).
 
 mod error;
 mod event;

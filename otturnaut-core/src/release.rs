@@ -46,11 +46,14 @@ pub struct RouteTarget {
     pub port: HostPort,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
 pub struct ContainerStatus {
     pub running: bool,
     pub restarting: bool,
     pub exit_code: Option<i64>,
+    /// When it last started, as the runtime reports it (RFC 3339), if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
 }
 
 /// A container carrying our labels, as listed from Docker.

@@ -11,6 +11,9 @@ pub const REDACTED: &str = "***";
 /// [`Secret::expose`] gives the value, so every place that really sends it
 /// (the Docker request, the deploy key file) is greppable.
 ///
+/// Architecture invariant: a secret is never formatted or serialized as
+/// itself: not in events, errors, logs, labels or JSON.
+///
 /// Serializing redacts because a `DeploySpec` is serialized for people and
 /// tools (JSON output, test snapshots, bug reports) far more often than it is
 /// sent anywhere; a caller that needs the values must read them through

@@ -1,3 +1,4 @@
+// Long file: the three source newtypes (GitRef, RepoUrl, DockerfilePath) share their parsing rules and tests.
 //! Where source code comes from: repository URLs, refs and Dockerfile paths.
 //! Each is checked here because each ends up on a `git`/`ssh` command line or
 //! as a path inside a build context.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::faults::{Fault, FaultPlan, Phase};
+use crate::faults::{Call, Fault, FaultPlan, Phase};
 use crate::traits::{
     Adapters, BuildRequest, ContainerRuntime, FetchRequest, FetchedSource, HealthProbe, ImageBuilder, PortAllocator,
     Router, RunRequest, SourceFetcher, StateStore, container_name, image_tag, live_tag,
@@ -63,7 +63,7 @@ pub struct World {
 struct Inner {
     world: World,
     log: Vec<Op>,
-    calls: Vec<String>,
+    calls: Vec<Call>,
     next_port: u16,
 }
 
@@ -110,7 +110,7 @@ impl Fake {
     }
 
     /// Every adapter call, in order (fault point names).
-    pub fn calls(&self) -> Vec<String> {
+    pub fn calls(&self) -> Vec<Call> {
         self.lock().calls.clone()
     }
 
@@ -160,10 +160,10 @@ impl Fake {
 
     /// One fault point: yields first (so every call is an await point a
     /// cancelling test can stop at), then consults the plan.
-    async fn point(&self, call: &str, phase: Phase) -> Result<()> {
+    async fn point(&self, call: Call, phase: Phase) -> Result<()> {
         tokio::task::yield_now().await;
         if phase == Phase::Before {
-            self.lock().calls.push(call.to_owned());
+            self.lock().calls.push(call);
         }
         self.faults.hit(call, phase).await
     }
@@ -185,10 +185,10 @@ fn next_port(inner: &mut Inner) -> HostPort {
 #[async_trait]
 impl SourceFetcher for Fake {
     async fn fetch(&self, req: &FetchRequest) -> Result<FetchedSource> {
-        self.point("fetch", Phase::Before).await?;
+        self.point(Call::Fetch, Phase::Before).await?;
         self.lock().world.sources.insert((req.app.clone(), req.deployment.clone()));
         self.acquire(Resource::Source(req.deployment.clone()));
-        self.point("fetch", Phase::After).await?;
+        self.point(Call::Fetch, Phase::After).await?;
         let commit: CommitSha = "0123456789abcdef0123456789abcdef01234567".parse()?;
         Ok(FetchedSource { dir: format!("/fake/src/{}-{}", req.app, req.deployment).into(), commit })
     }
@@ -198,32 +198,32 @@ impl SourceFetcher for Fake {
     }
 
     async fn remove(&self, app: &AppId, deployment: &DeploymentId) -> Result<()> {
-        self.point("remove_source", Phase::Before).await?;
+        self.point(Call::RemoveSource, Phase::Before).await?;
         if self.lock().world.sources.remove(&(app.clone(), deployment.clone())) {
             self.release(Resource::Source(deployment.clone()));
         }
-        self.point("remove_source", Phase::After).await
+        self.point(Call::RemoveSource, Phase::After).await
     }
 }
 
 #[async_trait]
 impl ImageBuilder for Fake {
     async fn build(&self, req: &BuildRequest, events: &EventSink) -> Result<String> {
-        self.point("build", Phase::Before).await?;
+        self.point(Call::Build, Phase::Before).await?;
         events.emit(crate::DeployEvent::BuildLog { line: "Step 1/1 : FROM scratch".into() });
         let tag = req.tag();
         self.lock().world.images.insert(tag.clone());
         self.acquire(Resource::Image(tag.clone()));
-        self.point("build", Phase::After).await?;
+        self.point(Call::Build, Phase::After).await?;
         Ok(tag)
     }
 
     async fn ensure_image(&self, _reference: &ImageRef, tag: &str, _events: &EventSink) -> Result<()> {
-        self.point("ensure_image", Phase::Before).await?;
+        self.point(Call::EnsureImage, Phase::Before).await?;
         if self.lock().world.images.insert(tag.to_owned()) {
             self.acquire(Resource::Image(tag.to_owned()));
         }
-        self.point("ensure_image", Phase::After).await
+        self.point(Call::EnsureImage, Phase::After).await
     }
 
     async fn tag_image(&self, _image: &str, tag: &str) -> Result<()> {
@@ -234,11 +234,11 @@ impl ImageBuilder for Fake {
     }
 
     async fn remove_image(&self, image: &str) -> Result<()> {
-        self.point("remove_image", Phase::Before).await?;
+        self.point(Call::RemoveImage, Phase::Before).await?;
         if self.lock().world.images.remove(image) {
             self.release(Resource::Image(image.to_owned()));
         }
-        self.point("remove_image", Phase::After).await
+        self.point(Call::RemoveImage, Phase::After).await
     }
 
     async fn list_images(&self, _app: Option<&AppId>) -> Result<Vec<ManagedImage>> {
@@ -253,7 +253,7 @@ impl ImageBuilder for Fake {
 #[async_trait]
 impl PortAllocator for Fake {
     async fn allocate(&self, owner: &DeploymentId, avoid: &[HostPort]) -> Result<HostPort> {
-        self.point("allocate_port", Phase::Before).await?;
+        self.point(Call::AllocatePort, Phase::Before).await?;
         let port = {
             let mut inner = self.lock();
             let mut port = next_port(&mut inner);
@@ -264,24 +264,24 @@ impl PortAllocator for Fake {
             port
         };
         self.acquire(Resource::Port(owner.clone(), port));
-        self.point("allocate_port", Phase::After).await?;
+        self.point(Call::AllocatePort, Phase::After).await?;
         Ok(port)
     }
 
     async fn release(&self, owner: &DeploymentId) -> Result<()> {
-        self.point("release_port", Phase::Before).await?;
+        self.point(Call::ReleasePort, Phase::Before).await?;
         let released = self.lock().world.ports.remove(owner);
         if let Some(port) = released {
             Fake::release(self, Resource::Port(owner.clone(), port));
         }
-        self.point("release_port", Phase::After).await
+        self.point(Call::ReleasePort, Phase::After).await
     }
 }
 
 #[async_trait]
 impl ContainerRuntime for Fake {
     async fn start(&self, req: &RunRequest) -> Result<ContainerId> {
-        self.point("start_container", Phase::Before).await?;
+        self.point(Call::StartContainer, Phase::Before).await?;
         let name = req.name();
         self.lock().world.containers.insert(
             name.clone(),
@@ -295,29 +295,29 @@ impl ContainerRuntime for Fake {
             },
         );
         self.acquire(Resource::Container(name.clone()));
-        self.point("start_container", Phase::After).await?;
+        self.point(Call::StartContainer, Phase::After).await?;
         Ok(ContainerId(name))
     }
 
     async fn stop(&self, id: &ContainerId, _grace: Duration) -> Result<()> {
-        self.point("stop_container", Phase::Before).await?;
+        self.point(Call::StopContainer, Phase::Before).await?;
         if let Some(c) = self.lock().world.containers.get_mut(&id.0) {
             c.running = false;
         }
-        self.point("stop_container", Phase::After).await
+        self.point(Call::StopContainer, Phase::After).await
     }
 
     async fn remove(&self, id: &ContainerId) -> Result<()> {
-        self.point("remove_container", Phase::Before).await?;
+        self.point(Call::RemoveContainer, Phase::Before).await?;
         if self.lock().world.containers.remove(&id.0).is_some() {
             self.release(Resource::Container(id.0.clone()));
         }
-        self.point("remove_container", Phase::After).await
+        self.point(Call::RemoveContainer, Phase::After).await
     }
 
     async fn status(&self, id: &ContainerId) -> Result<ContainerStatus> {
         let running = self.lock().world.containers.get(&id.0).is_some_and(|c| c.running);
-        Ok(ContainerStatus { running, restarting: false, exit_code: (!running).then_some(0) })
+        Ok(ContainerStatus { running, restarting: false, exit_code: (!running).then_some(0), started: None })
     }
 
     async fn logs(&self, _id: &ContainerId, _tail: usize) -> Result<Vec<String>> {
@@ -360,12 +360,12 @@ impl ContainerRuntime for Fake {
 #[async_trait]
 impl HealthProbe for Fake {
     async fn check(&self, container: &ContainerId, _port: HostPort, _check: &HealthCheck) -> Result<()> {
-        self.point("health_check", Phase::Before).await?;
+        self.point(Call::HealthCheck, Phase::Before).await?;
         let running = self.lock().world.containers.get(&container.0).is_some_and(|c| c.running);
         if !running {
             return Err(Error::ContainerExited { container: container.clone(), exit_code: 1, logs: Vec::new() });
         }
-        self.point("health_check", Phase::After).await
+        self.point(Call::HealthCheck, Phase::After).await
     }
 }
 
@@ -376,13 +376,13 @@ impl Router for Fake {
     }
 
     async fn set_route(&self, app: &AppId, target: &RouteTarget) -> Result<()> {
-        self.point("switch_route", Phase::Before).await?;
+        self.point(Call::SwitchRoute, Phase::Before).await?;
         let old = self.lock().world.routes.insert(app.clone(), target.clone());
         if let Some(old) = old {
             self.release(Resource::Route(app.clone(), old.port));
         }
         self.acquire(Resource::Route(app.clone(), target.port));
-        self.point("switch_route", Phase::After).await
+        self.point(Call::SwitchRoute, Phase::After).await
     }
 
     async fn set_routes(&self, routes: &[(AppId, RouteTarget)]) -> Result<()> {
@@ -397,12 +397,12 @@ impl Router for Fake {
     }
 
     async fn remove_route(&self, app: &AppId) -> Result<()> {
-        self.point("remove_route", Phase::Before).await?;
+        self.point(Call::RemoveRoute, Phase::Before).await?;
         let old = self.lock().world.routes.remove(app);
         if let Some(old) = old {
             self.release(Resource::Route(app.clone(), old.port));
         }
-        self.point("remove_route", Phase::After).await
+        self.point(Call::RemoveRoute, Phase::After).await
     }
 
     async fn routes(&self) -> Result<Vec<(AppId, RouteTarget)>> {
@@ -410,8 +410,8 @@ impl Router for Fake {
     }
 
     async fn in_flight(&self, _port: HostPort) -> Result<u64> {
-        self.point("drain", Phase::Before).await?;
-        self.point("drain", Phase::After).await?;
+        self.point(Call::Drain, Phase::Before).await?;
+        self.point(Call::Drain, Phase::After).await?;
         Ok(0)
     }
 }
@@ -419,15 +419,15 @@ impl Router for Fake {
 #[async_trait]
 impl StateStore for Fake {
     async fn load(&self, app: &AppId) -> Result<Option<Release>> {
-        self.point("load_state", Phase::Before).await?;
+        self.point(Call::LoadState, Phase::Before).await?;
         let found = self.lock().world.recorded.get(app).cloned();
-        self.point("load_state", Phase::After).await?;
+        self.point(Call::LoadState, Phase::After).await?;
         Ok(found)
     }
 
     /// Like the real store, recording writes the live mark, an image tag.
     async fn record(&self, release: &Release) -> Result<()> {
-        self.point("record_state", Phase::Before).await?;
+        self.point(Call::RecordState, Phase::Before).await?;
         let mark = live_tag(&release.app, &release.deployment);
         let new = {
             let mut inner = self.lock();
@@ -437,11 +437,11 @@ impl StateStore for Fake {
         if new {
             self.acquire(Resource::Image(mark));
         }
-        self.point("record_state", Phase::After).await
+        self.point(Call::RecordState, Phase::After).await
     }
 
     async fn restore(&self, app: &AppId, previous: Option<Release>) -> Result<()> {
-        self.point("record_state", Phase::Before).await?;
+        self.point(Call::RecordState, Phase::Before).await?;
         let keep = previous.as_ref().map(|p| live_tag(app, &p.deployment));
         let prefix = format!("otturnaut-{app}:live-");
         let removed: Vec<String> = {
@@ -462,6 +462,6 @@ impl StateStore for Fake {
         for mark in removed {
             self.release(Resource::Image(mark));
         }
-        self.point("record_state", Phase::After).await
+        self.point(Call::RecordState, Phase::After).await
     }
 }

@@ -5,6 +5,9 @@
 //! (app, deployment, the deterministic image tag and container name). The
 //! pipeline arms an undo before each side effect, so a call that did its work
 //! and then failed (a lost response) is undone too.
+//!
+//! Architecture invariant: that pairing holds for every acquiring method
+//! added here; a new side effect without such a release cannot be undone.
 
 use std::collections::BTreeMap;
 use std::fmt;

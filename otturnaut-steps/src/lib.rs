@@ -6,6 +6,10 @@
 //! the order; a failing step rolls back every earlier one in reverse order;
 //! a dropped token hands its undo to the [`Reaper`].
 //!
+//! Architecture invariant: this crate depends only on `otturnaut-core` (never
+//! bollard, reqwest or gix: `tests/tests/tidy.rs` checks it), so the whole
+//! pipeline runs, and is tested, on fakes.
+//!
 //! In order, the chain compiles:
 //!
 //! ```no_run
@@ -15,22 +19,25 @@
 //! }
 //! ```
 //!
-//! Steps cannot be skipped: a [`Built`] has no `switch_route`.
+//! Steps cannot be skipped: a [`Built`] has no `switch_route`. Each example
+//! names the error it must fail with (checked by nightly rustdoc; stable only
+//! checks that it fails), so a renamed method cannot make it pass for the
+//! wrong reason.
 //!
-//! ```compile_fail
+//! ```compile_fail,E0599
 //! async fn skip(built: otturnaut_steps::Built) {
 //!     let _ = built.switch_route().await;
 //! }
 //! ```
 //!
-//! ```compile_fail
+//! ```compile_fail,E0599
 //! async fn unchecked(running: otturnaut_steps::Running) {
 //!     // Routing traffic to a container that was never health-checked.
 //!     let _ = running.switch_route().await;
 //! }
 //! ```
 //!
-//! ```compile_fail
+//! ```compile_fail,E0382
 //! async fn twice(built: otturnaut_steps::Built) {
 //!     // Transitions consume the token: a resource cannot be used twice.
 //!     let _a = built.allocate_port(None).await;
@@ -38,12 +45,13 @@
 //! }
 //! ```
 //!
-//! ```compile_fail
+//! ```compile_fail,E0599
 //! async fn commit_early(held: otturnaut_steps::PortHeld) {
 //!     let _ = held.commit().await;
 //! }
 //! ```
 
+mod handover;
 mod locks;
 mod reaper;
 mod reconcile;
@@ -68,18 +76,17 @@ pub use strategy::{BlueGreen, Deployed, Strategy};
 pub use tokens::{Built, Committed, Context, Fetched, Healthy, PortHeld, Routed, Running};
 pub use undo::{Residue, RetryPolicy, UndoAction, UndoOutcome, UndoReport};
 
-/// A deploy that did not reach its commit point.
+/// A deploy that did not reach its commit point: which step failed, why,
+/// and what its rollback came to.
 #[derive(Debug, thiserror::Error)]
-pub enum DeployError {
-    #[error("deploy of {app} failed at step {step}: {cause}; {}", Leftover(undo))]
-    Failed {
-        app: AppId,
-        deployment: DeploymentId,
-        step: Step,
-        #[source]
-        cause: otturnaut_core::Error,
-        undo: UndoReport,
-    },
+#[error("deploy of {app} failed at step {step}: {cause}; {}", Leftover(undo))]
+pub struct DeployError {
+    app: AppId,
+    deployment: DeploymentId,
+    step: Step,
+    #[source]
+    cause: otturnaut_core::Error,
+    undo: UndoReport,
 }
 
 struct Leftover<'a>(&'a UndoReport);
@@ -97,33 +104,38 @@ impl fmt::Display for Leftover<'_> {
 }
 
 impl DeployError {
+    pub(crate) fn new(
+        app: AppId,
+        deployment: DeploymentId,
+        step: Step,
+        cause: otturnaut_core::Error,
+        undo: UndoReport,
+    ) -> Self {
+        DeployError { app, deployment, step, cause, undo }
+    }
+
+    /// The step that failed.
     pub fn step(&self) -> Step {
-        match self {
-            DeployError::Failed { step, .. } => *step,
-        }
+        self.step
     }
 
+    /// Why it failed.
     pub fn cause(&self) -> &otturnaut_core::Error {
-        match self {
-            DeployError::Failed { cause, .. } => cause,
-        }
+        &self.cause
     }
 
+    /// What the rollback did and what it could not release.
     pub fn undo(&self) -> &UndoReport {
-        match self {
-            DeployError::Failed { undo, .. } => undo,
-        }
+        &self.undo
     }
 
+    /// The app being deployed.
     pub fn app(&self) -> &AppId {
-        match self {
-            DeployError::Failed { app, .. } => app,
-        }
+        &self.app
     }
 
+    /// The deployment that failed.
     pub fn deployment(&self) -> &DeploymentId {
-        match self {
-            DeployError::Failed { deployment, .. } => deployment,
-        }
+        &self.deployment
     }
 }

@@ -169,7 +169,7 @@ fn serves(action: &UndoAction, containers: &[ManagedContainer], port: otturnaut_
     let UndoAction::RemoveContainer { name } = action else {
         return false;
     };
-    containers.iter().any(|c| c.id.0 == *name && c.host_port == Some(port))
+    containers.iter().any(|c| c.id == *name && c.host_port == Some(port))
 }
 
 /// Writes the live mark of a release deployed before marks existed, pinning
@@ -250,7 +250,7 @@ impl Plan {
         let is_retained = |d: &DeploymentId| retained.iter().any(|r| r.deployment == *d);
         for c in inv.containers.iter().filter(|c| c.app == *app) {
             if live.as_ref().is_none_or(|l| l.id != c.id) && !is_retained(&c.deployment) {
-                actions.push(UndoAction::RemoveContainer { name: c.id.0.clone() });
+                actions.push(UndoAction::RemoveContainer { name: c.id.clone() });
                 actions.push(UndoAction::ReleasePort { deployment: c.deployment.clone() });
             }
         }
@@ -306,7 +306,7 @@ pub async fn undeploy_app(
         }
     }
     for c in &inv.containers {
-        actions.push(UndoAction::RemoveContainer { name: c.id.0.clone() });
+        actions.push(UndoAction::RemoveContainer { name: c.id.clone() });
         actions.push(UndoAction::ReleasePort { deployment: c.deployment.clone() });
     }
     for image in &inv.images {

@@ -87,7 +87,7 @@ pub async fn rollback_spec(
 /// What removing one retained release takes: its container, then its
 /// image's tags (the image goes with the last one).
 fn removal(release: &ReleaseInfo, images: &[ManagedImage]) -> Vec<UndoAction> {
-    let mut actions = vec![UndoAction::RemoveContainer { name: release.container.0.clone() }];
+    let mut actions = vec![UndoAction::RemoveContainer { name: release.container.clone() }];
     let tags = images.iter().filter(|i| i.app == release.app && i.deployment == release.deployment);
     actions.extend(tags.flat_map(|i| i.tags.iter()).map(|t| UndoAction::RemoveImage { image: t.clone() }));
     for tag in [

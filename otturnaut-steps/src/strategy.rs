@@ -134,7 +134,7 @@ impl BlueGreen {
         let built = built?;
         let previous = match previous {
             Ok(previous) => previous,
-            Err(e) => return Err(built.fail(Step::LoadState, e).await),
+            Err(e) => return Err(built.roll_back_after(Step::LoadState, e).await),
         };
 
         let committed = built

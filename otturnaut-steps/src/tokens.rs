@@ -18,8 +18,9 @@ use otturnaut_core::{
 };
 
 use crate::DeployError;
+use crate::handover::{Guard, Handover, PendingUndos};
 use crate::reaper::Reaper;
-use crate::undo::{Guard, PendingUndos, RetryPolicy, UndoAction, UndoReport};
+use crate::undo::{RetryPolicy, UndoAction, UndoReport};
 
 /// Extra time given to an adapter past its own deadline before the pipeline
 /// gives up on it: the adapter should report its timeout first.
@@ -34,6 +35,13 @@ pub struct Context {
     pub retry: RetryPolicy,
     pub spec: DeploySpec,
     pub deployment: DeploymentId,
+}
+
+impl Context {
+    /// Where this deploy's dropped undos go: the reaper, tagged with it.
+    pub(crate) fn handover(&self) -> Handover {
+        self.reaper.handover(&self.spec.app, &self.deployment)
+    }
 }
 
 /// Runs one step: emits started/finished/failed events with its duration and
@@ -65,13 +73,12 @@ async fn timed<T>(
 /// Rolls back after `step` failed: first its own in-doubt undo (armed before
 /// its call), then `older` (already newest first), and builds the error.
 async fn fail(ctx: &Context, step: Step, cause: Error, own: Option<UndoAction>, older: Vec<UndoAction>) -> DeployError {
-    let undo =
-        PendingUndos::after_failure(own, older, ctx.reaper.clone()).run(&ctx.adapters, &ctx.events, ctx.retry).await;
-    DeployError::Failed { app: ctx.spec.app.clone(), deployment: ctx.deployment.clone(), step, cause, undo }
+    let undo = PendingUndos::after_failure(own, older, ctx.handover()).run(&ctx.adapters, &ctx.events, ctx.retry).await;
+    DeployError::new(ctx.spec.app.clone(), ctx.deployment.clone(), step, cause, undo)
 }
 
 async fn undo_all(ctx: &Context, actions: Vec<UndoAction>) -> UndoReport {
-    PendingUndos::new(actions, Some(ctx.reaper.clone())).run(&ctx.adapters, &ctx.events, ctx.retry).await
+    PendingUndos::new(actions, ctx.handover()).run(&ctx.adapters, &ctx.events, ctx.retry).await
 }
 
 fn chain(own: Option<UndoAction>, older: Vec<UndoAction>) -> Vec<UndoAction> {
@@ -90,12 +97,12 @@ impl Fetched {
     /// First step: clone the repository, or nothing to do for an image.
     pub async fn fetch(ctx: Arc<Context>) -> Result<Fetched, DeployError> {
         let Source::Git { url, git_ref, ssh_key, .. } = &ctx.spec.source else {
-            return Ok(Fetched { source: None, guard: Guard::empty(&ctx.reaper), ctx });
+            return Ok(Fetched { source: None, guard: Guard::empty(ctx.handover()), ctx });
         };
         let app = ctx.spec.app.clone();
         let mut guard = Guard::armed(
             UndoAction::RemoveSource { app: app.clone(), deployment: ctx.deployment.clone() },
-            &ctx.reaper,
+            ctx.handover(),
         );
         let req = FetchRequest {
             app,
@@ -133,7 +140,7 @@ impl Fetched {
                     commit: source.commit.clone(),
                     timeout: spec.timeouts.build,
                 };
-                let guard = Guard::armed(UndoAction::RemoveImage { image: req.tag() }, &ctx.reaper);
+                let guard = Guard::armed(UndoAction::RemoveImage { image: req.tag() }, ctx.handover());
                 let builder = ctx.adapters.builder.clone();
                 let events = ctx.events.clone();
                 let work: std::pin::Pin<Box<dyn Future<Output = Result<String, Error>> + Send>> =
@@ -144,7 +151,7 @@ impl Fetched {
                 // The release's own tag on the prebuilt image: removing it
                 // only untags, never the user's image.
                 let tag = image_tag(&spec.app, &ctx.deployment);
-                let guard = Guard::armed(UndoAction::RemoveImage { image: tag.clone() }, &ctx.reaper);
+                let guard = Guard::armed(UndoAction::RemoveImage { image: tag.clone() }, ctx.handover());
                 let builder = ctx.adapters.builder.clone();
                 let events = ctx.events.clone();
                 let reference = reference.clone();
@@ -169,7 +176,7 @@ impl Fetched {
                 // A rollback: the retained release's image under this
                 // release's own tag. No build; a missing release tag fails here.
                 let tag = image_tag(&spec.app, &ctx.deployment);
-                let guard = Guard::armed(UndoAction::RemoveImage { image: tag.clone() }, &ctx.reaper);
+                let guard = Guard::armed(UndoAction::RemoveImage { image: tag.clone() }, ctx.handover());
                 let builder = ctx.adapters.builder.clone();
                 let (source, image) = (image_tag(&spec.app, from), image.clone());
                 let work: std::pin::Pin<Box<dyn Future<Output = Result<String, Error>> + Send>> =
@@ -236,7 +243,7 @@ impl Built {
 
     /// Fails this deploy at `step` (a read-only step run beside the build,
     /// such as loading state): rolls back and returns the error.
-    pub async fn fail(self, step: Step, cause: Error) -> DeployError {
+    pub async fn roll_back_after(self, step: Step, cause: Error) -> DeployError {
         let ctx = self.prev.ctx.clone();
         fail(&ctx, step, cause, None, self.unwind()).await
     }
@@ -244,7 +251,7 @@ impl Built {
     /// Reserves a host port for the new container.
     pub async fn allocate_port(self, previous: Option<Release>) -> Result<PortHeld, DeployError> {
         let ctx = self.prev.ctx.clone();
-        let mut guard = Guard::armed(UndoAction::ReleasePort { deployment: ctx.deployment.clone() }, &ctx.reaper);
+        let mut guard = Guard::armed(UndoAction::ReleasePort { deployment: ctx.deployment.clone() }, ctx.handover());
         let work = ctx.adapters.ports.allocate(&ctx.deployment, &[]);
         match timed(&ctx, Step::AllocatePort, None, work, |p| Some(format!("port {p}"))).await {
             Ok(port) => Ok(PortHeld { port, previous, guard, prev: self }),
@@ -285,7 +292,7 @@ impl PortHeld {
         let ctx = self.prev.prev.ctx.clone();
         let spec = &ctx.spec;
         let name = container_name(&spec.app, &ctx.deployment);
-        let mut guard = Guard::armed(UndoAction::RemoveContainer { name: name.clone() }, &ctx.reaper);
+        let mut guard = Guard::armed(UndoAction::RemoveContainer { name: ContainerId(name.clone()) }, ctx.handover());
         let adapters = ctx.adapters.clone();
         let image = self.prev.image.clone();
         let mut port = self.port;
@@ -392,14 +399,14 @@ impl Healthy {
         let target = RouteTarget { domains: domains.clone(), port };
         // Reading the current route is part of the step, so a failure to read
         // it is reported (events, error) as this step failing.
-        let mut guard = Guard::empty(&ctx.reaper);
+        let mut guard = Guard::empty(ctx.handover());
         let work = async {
             let current = router.route(app).await?;
             if domains.is_empty() && current.is_none() {
                 // Nothing routes to an app without domains: callers reach it by port.
                 return Ok(false);
             }
-            guard = Guard::armed(UndoAction::RestoreRoute { app: app.clone(), previous: current }, &ctx.reaper);
+            guard = Guard::armed(UndoAction::RestoreRoute { app: app.clone(), previous: current }, ctx.handover());
             if domains.is_empty() {
                 router.remove_route(app).await?
             } else {
@@ -461,17 +468,18 @@ impl Routed {
             commit: built.commit.clone(),
         };
         let previous = held.previous.clone();
-        let mut guard =
-            Guard::armed(UndoAction::RestoreState { previous: previous.clone(), app: spec.app.clone() }, &ctx.reaper);
+        let mut guard = Guard::armed(
+            UndoAction::RestoreState { previous: previous.clone(), app: spec.app.clone() },
+            ctx.handover(),
+        );
         let work = ctx.adapters.state.record(&release);
         match timed(&ctx, Step::RecordState, None, work, |_| Some(format!("deployment {}", release.deployment))).await {
             Ok(()) => {
                 guard.disarm();
                 let leftovers: Vec<UndoAction> =
                     self.unwind().into_iter().filter(|a| matches!(a, UndoAction::RemoveSource { .. })).collect();
-                let cleanup = PendingUndos::cleanup(leftovers, ctx.reaper.clone())
-                    .run(&ctx.adapters, &ctx.events, ctx.retry)
-                    .await;
+                let cleanup =
+                    PendingUndos::cleanup(leftovers, ctx.handover()).run(&ctx.adapters, &ctx.events, ctx.retry).await;
                 for r in &cleanup.residue {
                     ctx.events.warn(format!("after commit: {r}"));
                 }

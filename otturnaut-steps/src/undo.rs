@@ -4,6 +4,11 @@
 //! call (deployment id, image tag, container name), so it can be armed before
 //! the side effect and performed by anyone holding the adapters: the explicit
 //! rollback, or the reaper after a drop.
+//!
+//! Architecture invariant: this module knows nothing of who runs the undos.
+//! `handover.rs` (the guards on tokens, and undos pending in a rollback) and
+//! `reaper.rs` (the task performing what was dropped) build on it, never the
+//! other way round.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -13,8 +18,6 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use otturnaut_core::{Adapters, AppId, ContainerId, DeployEvent, DeploymentId, EventSink, Release, RouteTarget};
 use serde::{Deserialize, Serialize};
-
-use crate::reaper::Reaper;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UndoAction {
@@ -29,7 +32,7 @@ pub enum UndoAction {
         deployment: DeploymentId,
     },
     RemoveContainer {
-        name: String,
+        name: ContainerId,
     },
     /// Put the app's route back as it was: to `previous`, or gone.
     RestoreRoute {
@@ -60,7 +63,7 @@ impl UndoAction {
             UndoAction::RemoveSource { app, deployment } => a.fetcher.remove(app, deployment).await,
             UndoAction::RemoveImage { image } => a.builder.remove_image(image).await,
             UndoAction::ReleasePort { deployment } => a.ports.release(deployment).await,
-            UndoAction::RemoveContainer { name } => a.runtime.remove(&ContainerId(name.clone())).await,
+            UndoAction::RemoveContainer { name } => a.runtime.remove(name).await,
             UndoAction::RestoreRoute { app, previous: Some(target) } => a.router.set_route(app, target).await,
             UndoAction::RestoreRoute { app, previous: None } => a.router.remove_route(app).await,
             UndoAction::RestoreState { app, previous } => a.state.restore(app, previous.clone()).await,
@@ -121,9 +124,20 @@ impl RetryPolicy {
     }
 }
 
+/// The deployment an undo belongs to: undos of one deployment run in
+/// reverse order of acquisition, those of different ones independently.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Owner {
+    pub(crate) app: AppId,
+    pub(crate) deployment: DeploymentId,
+}
+
 /// What one undo came to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UndoOutcome {
+    /// The app and deployment whose resource it released.
+    pub app: AppId,
+    pub deployment: DeploymentId,
     pub action: String,
     pub ok: bool,
     pub attempts: u32,
@@ -199,117 +213,52 @@ pub(crate) async fn perform_with_retry(
     (attempts, last)
 }
 
-/// Undos still to run. If the rollback running them is itself dropped
-/// (cancelled), whatever has not finished goes to the reaper.
-pub(crate) struct PendingUndos {
-    actions: VecDeque<UndoAction>,
-    /// The first action belongs to the step that failed: its resource may not exist.
-    first_in_doubt: bool,
-    /// Routine cleanup (not an undo) runs without undo events.
+/// Runs `actions` front to back, removing each once it is done (so a caller
+/// cancelled mid-way still holds exactly what did not run); a failing undo does
+/// not stop the rest. If `first_in_doubt`, the first belongs to the step that
+/// failed and may never have existed. `quiet`: routine cleanup, no undo events.
+pub(crate) async fn run_in_order(
+    actions: &mut VecDeque<UndoAction>,
+    first_in_doubt: &mut bool,
     quiet: bool,
-    reaper: Option<Reaper>,
-}
-
-impl PendingUndos {
-    pub(crate) fn new(actions: Vec<UndoAction>, reaper: Option<Reaper>) -> Self {
-        PendingUndos { actions: actions.into(), first_in_doubt: false, quiet: false, reaper }
-    }
-
-    /// Routine releases after a successful commit: same retries and reaper
-    /// hand-over, but they are not undos, so no undo events.
-    pub(crate) fn cleanup(actions: Vec<UndoAction>, reaper: Reaper) -> Self {
-        PendingUndos { actions: actions.into(), first_in_doubt: false, quiet: true, reaper: Some(reaper) }
-    }
-
-    /// Undos after a failed step: `own` is that step's in-doubt undo (armed
-    /// before its call), `older` those of the steps before it, newest first.
-    pub(crate) fn after_failure(own: Option<UndoAction>, older: Vec<UndoAction>, reaper: Reaper) -> Self {
-        let first_in_doubt = own.is_some();
-        PendingUndos {
-            actions: own.into_iter().chain(older).collect(),
-            first_in_doubt,
-            quiet: false,
-            reaper: Some(reaper),
+    owner: &Owner,
+    adapters: &Adapters,
+    events: &EventSink,
+    retry: RetryPolicy,
+) -> UndoReport {
+    let mut report = UndoReport::default();
+    while let Some(action) = actions.front().cloned() {
+        if !quiet {
+            events.emit(DeployEvent::UndoStarted { resource: action.to_string() });
         }
-    }
-
-    /// Runs every undo in order; a failing undo does not stop the rest.
-    pub(crate) async fn run(mut self, adapters: &Adapters, events: &EventSink, retry: RetryPolicy) -> UndoReport {
-        let mut report = UndoReport::default();
-        while let Some(action) = self.actions.front().cloned() {
-            if !self.quiet {
-                events.emit(DeployEvent::UndoStarted { resource: action.to_string() });
-            }
-            let (attempts, result) = perform_with_retry(&action, adapters, retry).await;
-            self.actions.pop_front();
-            let in_doubt = std::mem::take(&mut self.first_in_doubt);
-            let error = result.err().map(|e| e.to_string());
-            if !self.quiet {
-                events.emit(DeployEvent::UndoFinished {
-                    resource: action.to_string(),
-                    ok: error.is_none(),
-                    attempts,
-                    error: error.clone(),
-                });
-            }
-            if let Some(e) = &error {
-                report.residue.push(Residue {
-                    kind: action.kind().into(),
-                    what: action.to_string(),
-                    error: e.clone(),
-                    in_doubt,
-                });
-            }
-            report.outcomes.push(UndoOutcome { action: action.to_string(), ok: error.is_none(), attempts, error });
+        let (attempts, result) = perform_with_retry(&action, adapters, retry).await;
+        actions.pop_front();
+        let in_doubt = std::mem::take(first_in_doubt);
+        let error = result.err().map(|e| e.to_string());
+        if !quiet {
+            events.emit(DeployEvent::UndoFinished {
+                resource: action.to_string(),
+                ok: error.is_none(),
+                attempts,
+                error: error.clone(),
+            });
         }
-        report
-    }
-}
-
-impl Drop for PendingUndos {
-    fn drop(&mut self) {
-        if let Some(reaper) = &self.reaper {
-            for action in self.actions.drain(..) {
-                reaper.hand_over(action);
-            }
+        if let Some(e) = &error {
+            report.residue.push(Residue {
+                kind: action.kind().into(),
+                what: action.to_string(),
+                error: e.clone(),
+                in_doubt,
+            });
         }
+        report.outcomes.push(UndoOutcome {
+            app: owner.app.clone(),
+            deployment: owner.deployment.clone(),
+            action: action.to_string(),
+            ok: error.is_none(),
+            attempts,
+            error,
+        });
     }
-}
-
-/// The safety net on every armed token: if the token is dropped without an
-/// explicit rollback or commit (early return, panic, cancelled future), its
-/// undo goes to the reaper, which performs it. Drop cannot await.
-pub(crate) struct Guard {
-    action: Option<UndoAction>,
-    reaper: Reaper,
-}
-
-impl Guard {
-    pub(crate) fn armed(action: UndoAction, reaper: &Reaper) -> Self {
-        Guard { action: Some(action), reaper: reaper.clone() }
-    }
-
-    pub(crate) fn empty(reaper: &Reaper) -> Self {
-        Guard { action: None, reaper: reaper.clone() }
-    }
-
-    /// Takes the undo out: the caller now runs it (rollback) or the resource
-    /// is kept for good (commit).
-    pub(crate) fn disarm(&mut self) -> Option<UndoAction> {
-        self.action.take()
-    }
-}
-
-impl fmt::Debug for Guard {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Guard").field(&self.action).finish()
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Some(action) = self.action.take() {
-            self.reaper.hand_over(action);
-        }
-    }
+    report
 }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use otturnaut_core::faults::{Fault, FaultMode, Phase};
+use otturnaut_core::faults::{Call, Fault, FaultMode, Phase};
 use otturnaut_core::testing::Fake;
 use otturnaut_core::{AppId, DeploySpec, Error, EventSink, Source, Step};
 use otturnaut_steps::{BlueGreen, RetryPolicy, Strategy as _};
@@ -17,7 +17,7 @@ fn image_spec(app: &str) -> DeploySpec {
 #[tokio::test]
 async fn a_pull_that_never_ends_fails_after_the_pull_timeout() {
     let fake = Fake::new();
-    fake.fail(Fault { call: "ensure_image".into(), phase: Phase::Before, mode: FaultMode::Hang });
+    fake.fail(Fault::new(Call::EnsureImage, Phase::Before, FaultMode::Hang));
     let mut spec = image_spec("pull");
     spec.timeouts.pull = Duration::from_millis(300);
     let started = Instant::now();

@@ -1,5 +1,6 @@
 //! Deploys of one app never interleave; different apps run concurrently.
 
+use otturnaut_core::faults::Call;
 use otturnaut_core::testing::Fake;
 use otturnaut_core::{AppId, ContainerPort, DeploySpec, EventSink, Source};
 use otturnaut_steps::{BlueGreen, RetryPolicy, Strategy};
@@ -11,9 +12,9 @@ fn spec(app: &str) -> DeploySpec {
 }
 
 /// Positions of the first and last call of each deploy, in call order.
-fn spans(calls: &[String]) -> Vec<(usize, usize)> {
-    let starts = calls.iter().enumerate().filter(|(_, c)| *c == "ensure_image").map(|(i, _)| i);
-    let ends = calls.iter().enumerate().filter(|(_, c)| *c == "record_state").map(|(i, _)| i);
+fn spans(calls: &[Call]) -> Vec<(usize, usize)> {
+    let starts = calls.iter().enumerate().filter(|(_, c)| **c == Call::EnsureImage).map(|(i, _)| i);
+    let ends = calls.iter().enumerate().filter(|(_, c)| **c == Call::RecordState).map(|(i, _)| i);
     starts.zip(ends).collect()
 }
 

@@ -13,40 +13,41 @@ use std::pin::pin;
 use std::task::Poll;
 use std::time::Duration;
 
-use otturnaut_core::faults::{Fault, FaultMode, Phase};
+use otturnaut_core::faults::{Call, Fault, FaultMode, Phase};
 use otturnaut_core::testing::{Fake, Op, Resource, World};
 use otturnaut_core::{AppId, ContainerPort, DeploySpec, Domain, EventSink, ImageRef, Source, Step};
 use otturnaut_steps::{BlueGreen, DeployError, Deployed, RetryPolicy, Strategy as _};
 use proptest::prelude::*;
 
 /// Forward calls a step fault can hit, and the step that must be named.
-const FORWARD: &[(&str, Step)] = &[
-    ("fetch", Step::Fetch),
-    ("build", Step::Build),
-    ("ensure_image", Step::Build),
-    ("load_state", Step::LoadState),
-    ("allocate_port", Step::AllocatePort),
-    ("start_container", Step::StartContainer),
-    ("health_check", Step::HealthCheck),
-    ("switch_route", Step::SwitchRoute),
-    ("record_state", Step::RecordState),
+const FORWARD: &[(Call, Step)] = &[
+    (Call::Fetch, Step::Fetch),
+    (Call::Build, Step::Build),
+    (Call::EnsureImage, Step::Build),
+    (Call::LoadState, Step::LoadState),
+    (Call::AllocatePort, Step::AllocatePort),
+    (Call::StartContainer, Step::StartContainer),
+    (Call::HealthCheck, Step::HealthCheck),
+    (Call::SwitchRoute, Step::SwitchRoute),
+    (Call::RecordState, Step::RecordState),
 ];
 
 /// Calls only undos (and the post-commit retire) make.
-const RELEASES: &[&str] = &["remove_source", "remove_image", "release_port", "remove_container", "remove_route"];
+const RELEASES: &[Call] =
+    &[Call::RemoveSource, Call::RemoveImage, Call::ReleasePort, Call::RemoveContainer, Call::RemoveRoute];
 
 /// Calls whose undo is the same call: failing them for good would also fail
 /// their own undo, so only a single failure is planned there.
-const SELF_UNDONE: &[&str] = &["switch_route", "record_state"];
+const SELF_UNDONE: &[Call] = &[Call::SwitchRoute, Call::RecordState];
 
 #[derive(Clone, Debug)]
 enum Plan {
     Clean,
-    StepFault { call: &'static str, phase: Phase, always: bool },
-    StepAndUndoFaults { call: &'static str, phase: Phase, undo: Vec<&'static str> },
-    UndoFaultsOnly { undo: Vec<&'static str> },
-    Panic { call: &'static str, phase: Phase },
-    Hang { call: &'static str, phase: Phase },
+    StepFault { call: Call, phase: Phase, always: bool },
+    StepAndUndoFaults { call: Call, phase: Phase, undo: Vec<Call> },
+    UndoFaultsOnly { undo: Vec<Call> },
+    Panic { call: Call, phase: Phase },
+    Hang { call: Call, phase: Phase },
     Drop { polls: usize },
 }
 
@@ -71,11 +72,11 @@ fn phase() -> impl Strategy<Value = Phase> {
     prop_oneof![Just(Phase::Before), Just(Phase::After)]
 }
 
-fn forward_call() -> impl Strategy<Value = &'static str> {
+fn forward_call() -> impl Strategy<Value = Call> {
     prop::sample::select(FORWARD.iter().map(|(c, _)| *c).collect::<Vec<_>>())
 }
 
-fn undo_calls() -> impl Strategy<Value = Vec<&'static str>> {
+fn undo_calls() -> impl Strategy<Value = Vec<Call>> {
     prop::sample::subsequence(RELEASES.to_vec(), 1..=RELEASES.len())
 }
 
@@ -219,30 +220,30 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
     let bg = BlueGreen::with_retry(fake.adapters(), RetryPolicy::immediate(3));
     let (events, mut rx) = EventSink::channel();
 
-    let mut undo_faults: Vec<&str> = Vec::new();
-    let mut step_fault: Option<(&str, bool)> = None;
-    let fault = |call: &str, phase, mode| fake.fail(Fault { call: call.into(), phase, mode });
+    let mut undo_faults: Vec<Call> = Vec::new();
+    let mut step_fault: Option<(Call, bool)> = None;
+    let fault = |call: Call, phase, mode| fake.fail(Fault::new(call, phase, mode));
     match &case.plan {
         Plan::Clean | Plan::Drop { .. } => {}
         Plan::StepFault { call, phase, always } => {
-            fault(call, *phase, if *always { FaultMode::FailAlways } else { FaultMode::FailOnce });
-            step_fault = Some((call, *always));
+            fault(*call, *phase, if *always { FaultMode::FailAlways } else { FaultMode::FailOnce });
+            step_fault = Some((*call, *always));
         }
         Plan::StepAndUndoFaults { call, phase, undo } => {
-            fault(call, *phase, FaultMode::FailOnce);
-            step_fault = Some((call, false));
+            fault(*call, *phase, FaultMode::FailOnce);
+            step_fault = Some((*call, false));
             undo_faults = undo.clone();
         }
         Plan::UndoFaultsOnly { undo } => undo_faults = undo.clone(),
-        Plan::Panic { call, phase } => fault(call, *phase, FaultMode::Panic),
+        Plan::Panic { call, phase } => fault(*call, *phase, FaultMode::Panic),
         Plan::Hang { call, phase } => {
             // A step with its own time limit turns a hang into a timeout failure.
-            fault(call, *phase, FaultMode::Hang);
-            step_fault = Some((call, false));
+            fault(*call, *phase, FaultMode::Hang);
+            step_fault = Some((*call, false));
         }
     }
     for call in &undo_faults {
-        fault(call, Phase::Before, FaultMode::FailAlways);
+        fault(*call, Phase::Before, FaultMode::FailAlways);
     }
 
     let end = match &case.plan {
@@ -287,7 +288,7 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
             Ok(deployed) => {
                 // A planned step fault that was reached must have failed the deploy.
                 if let Some((call, _)) = step_fault {
-                    prop_assert!(!fake.calls().iter().any(|c| c == call), "{call} failed but the deploy succeeded");
+                    prop_assert!(!fake.calls().contains(&call), "{call} failed but the deploy succeeded");
                 }
                 check_success(&before, &after, &app, &spec, prior.as_ref(), &deployed)?;
                 let mut residue_kinds: Vec<String> = deployed.residue.iter().map(|r| r.kind.clone()).collect();
@@ -309,7 +310,7 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
                 let calls = fake.calls();
                 let reached = step_fault.map(|(c, _)| c).filter(|c| calls.iter().any(|x| x == c));
                 let drops_route =
-                    spec.domains.is_empty() && prior_route.is_some() && undo_faults.contains(&"remove_route");
+                    spec.domains.is_empty() && prior_route.is_some() && undo_faults.contains(&Call::RemoveRoute);
                 let expected_step = match reached {
                     Some(call) => FORWARD.iter().find(|(c, _)| *c == call).map(|(_, s)| *s),
                     None if drops_route => Some(Step::SwitchRoute),

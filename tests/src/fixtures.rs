@@ -241,8 +241,20 @@ impl Drop for DockerCleanup {
     }
 }
 
+/// A bollard client of the tests' own, for what no port covers (inspecting
+/// images and containers, creating a spoof): the adapter keeps its client private.
+pub trait RawDocker {
+    fn client(&self) -> bollard::Docker;
+}
+
+impl RawDocker for Docker {
+    fn client(&self) -> bollard::Docker {
+        bollard::Docker::connect_with_defaults().unwrap_or_else(|e| panic!("a bollard client for the tests: {e}"))
+    }
+}
+
 async fn remove_everything_of(app: &AppId, extra: &[String]) -> anyhow::Result<()> {
-    use otturnaut_adapters::docker::bollard::query_parameters::RemoveImageOptionsBuilder;
+    use bollard::query_parameters::RemoveImageOptionsBuilder;
     let docker = Docker::connect().await?;
     for container in docker.list(Some(app)).await? {
         docker.remove(&container.id).await?;
@@ -256,10 +268,7 @@ async fn remove_everything_of(app: &AppId, extra: &[String]) -> anyhow::Result<(
     for image in extra {
         match docker.client().remove_image(image, force(), None).await {
             Ok(_) => {}
-            Err(otturnaut_adapters::docker::bollard::errors::Error::DockerResponseServerError {
-                status_code: 404,
-                ..
-            }) => {}
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
             Err(e) => anyhow::bail!("removing image {image}: {e}"),
         }
     }

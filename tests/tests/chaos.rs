@@ -26,10 +26,12 @@ use otturnaut_tests::gitfix::{GitDaemon, GitRepo};
 use otturnaut_tests::services::{require_docker, unique_app};
 
 fn pick(matrix: &[Case], faults: &str, scenario: Scenario, signalled: bool) -> Case {
+    let wanted: Vec<otturnaut_core::faults::Fault> =
+        faults.split(',').map(|f| f.parse().unwrap_or_else(|e| panic!("fault {f}: {e}"))).collect();
     matrix
         .iter()
         .find(|c| {
-            c.faults == faults
+            c.faults == wanted
                 && c.scenario == scenario
                 && !c.image
                 && (c.ending != Ending::Run) == signalled

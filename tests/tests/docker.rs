@@ -10,7 +10,7 @@ use otturnaut_adapters::docker::Docker;
 use otturnaut_core::traits::{ContainerRuntime, ImageBuilder, image_tag, live_tag};
 use otturnaut_core::{ContainerId, DeployEvent, DeploymentId, Error, EventSink, Secret, labels};
 use otturnaut_tests::fixtures::{
-    self, Behaviour, DockerCleanup, build_image, build_request, free_port, run_request, write_context,
+    self, Behaviour, DockerCleanup, RawDocker, build_image, build_request, free_port, run_request, write_context,
 };
 use otturnaut_tests::services::unique_app;
 
@@ -470,8 +470,8 @@ async fn images_are_ours_by_tag_and_live_marks_are_listed_with_their_release() {
 /// its containers is invisible: never listed, so never live, removed or routed.
 #[tokio::test]
 async fn containers_with_our_labels_but_not_our_name_are_not_listed() {
-    use otturnaut_adapters::docker::bollard::models::ContainerCreateBody;
-    use otturnaut_adapters::docker::bollard::query_parameters::CreateContainerOptionsBuilder;
+    use bollard::models::ContainerCreateBody;
+    use bollard::query_parameters::CreateContainerOptionsBuilder;
     let docker = fixtures::docker().await;
     let app = unique_app("spoofed");
     let _cleanup = DockerCleanup::new(&app);

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use otturnaut_core::traits::{ContainerRuntime, ImageBuilder};
 use otturnaut_core::{AppId, DeploymentId, EventSink};
 use otturnaut_tests::caddy_proc::{SHARED_LISTEN, shared_caddy};
-use otturnaut_tests::fixtures::{self, Behaviour, DockerCleanup, build_request, write_context};
+use otturnaut_tests::fixtures::{self, Behaviour, DockerCleanup, RawDocker, build_request, write_context};
 use otturnaut_tests::gitfix::GitRepo;
 use otturnaut_tests::services::{require_caddy, require_docker, unique_app};
 use tempfile::TempDir;

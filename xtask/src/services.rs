@@ -1,3 +1,4 @@
+// Long file: each service's install, launch, probe and stop sit side by side so they stay consistent.
 //! The real services the integration tests talk to: Docker Engine, Caddy and a git daemon.
 
 use std::fs;

@@ -1,3 +1,4 @@
+// Long file: the build request, its log stream and the cleanup of a failed build are one protocol with Docker.
 //! Image building, pulling and cleanup: [`ImageBuilder`] for [`Docker`].
 
 use std::collections::{BTreeMap, HashMap};

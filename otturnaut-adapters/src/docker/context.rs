@@ -1,5 +1,8 @@
 //! Packs a build context directory into the tar stream the build endpoint
 //! wants, honouring `.dockerignore` the way the Docker CLI does.
+//!
+//! Architecture invariant: the repository is untrusted input; no file of it is
+//! read through a symbolic link, and none without a size cap.
 
 use std::fs;
 use std::io::{self, Write};

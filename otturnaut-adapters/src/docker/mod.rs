@@ -27,7 +27,6 @@ use std::time::Duration;
 use bollard::errors::Error as BollardError;
 use otturnaut_core::{Error, Result, Service};
 
-pub use bollard;
 pub use buildkit::{Builder, MAX_SOLVE_CONTEXT};
 pub use run::LogStream;
 
@@ -110,11 +109,6 @@ impl Docker {
     pub fn api_version(&self) -> String {
         let v = self.client.client_version();
         format!("{}.{}", v.major_version, v.minor_version)
-    }
-
-    /// The underlying bollard client, for what this adapter does not cover.
-    pub fn client(&self) -> &bollard::Docker {
-        &self.client
     }
 
     /// Turns a bollard error into ours: transport failures mean the daemon

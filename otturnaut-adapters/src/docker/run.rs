@@ -103,6 +103,7 @@ impl ContainerRuntime for Docker {
             restarting,
             // Docker reports 0 for a running container: that is no exit.
             exit_code: if running && !restarting { None } else { state.exit_code },
+            started: state.started_at,
         })
     }
 

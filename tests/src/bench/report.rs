@@ -1,3 +1,4 @@
+// Long file: the report is one Markdown document; its sections share the targets and notes.
 //! The report: Markdown tables, the targets met or missed, and the
 //! generated part of BENCHMARKS.md.
 

@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use otturnaut_core::AppId;
-use otturnaut_core::faults::CALLS;
+use otturnaut_core::faults::{Call, Fault, FaultMode, Phase};
+use otturnaut_core::{AppId, Step};
 
 use super::check::{self, Live, Verdict, next_version};
 use super::cli::is_step_event;
@@ -55,7 +55,7 @@ pub enum Expect {
 #[derive(Clone, Debug)]
 pub struct Case {
     pub group: &'static str,
-    pub faults: String,
+    pub faults: Vec<Fault>,
     pub scenario: Scenario,
     pub image: bool,
     pub ending: Ending,
@@ -64,8 +64,13 @@ pub struct Case {
 }
 
 impl Case {
+    /// The plan as `OTTURNAUT_FAULTS` takes it: `build.before:hang,...`.
+    pub fn plan(&self) -> String {
+        self.faults.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+    }
+
     pub fn label(&self) -> String {
-        let mut l = self.faults.clone();
+        let mut l = self.plan();
         if self.image {
             l.push_str(" (--image)");
         }
@@ -81,101 +86,120 @@ impl Case {
 
 /// The step a forward call belongs to; `None` for calls only made by undos
 /// and by retiring the previous release.
-pub fn forward_step(call: &str) -> Option<&'static str> {
+pub fn forward_step(call: Call) -> Option<Step> {
     Some(match call {
-        "fetch" => "fetch",
-        "build" | "ensure_image" => "build",
-        "load_state" => "load_state",
-        "allocate_port" => "allocate_port",
-        "start_container" => "start_container",
-        "health_check" => "health_check",
-        "switch_route" => "switch_route",
-        "record_state" => "record_state",
+        Call::Fetch => Step::Fetch,
+        Call::Build | Call::EnsureImage => Step::Build,
+        Call::LoadState => Step::LoadState,
+        Call::AllocatePort => Step::AllocatePort,
+        Call::StartContainer => Step::StartContainer,
+        Call::HealthCheck => Step::HealthCheck,
+        Call::SwitchRoute => Step::SwitchRoute,
+        Call::RecordState => Step::RecordState,
         _ => return None,
     })
 }
 
 /// The step a call of a rollback belongs to: its image is reused under the
 /// new release's tag (`tag_image`, in the build step); there is no fetch.
-fn rollback_step(call: &str) -> Option<&'static str> {
+fn rollback_step(call: Call) -> Option<Step> {
     match call {
-        "tag_image" => Some("build"),
-        "fetch" | "build" | "ensure_image" => None,
+        Call::TagImage => Some(Step::Build),
+        Call::Fetch | Call::Build | Call::EnsureImage => None,
         other => forward_step(other),
     }
 }
 
 /// Calls a rollback never makes: no source, no build, no pull; the
 /// route is put back with `switch_route`, a container removed only by undo.
-const NOT_IN_A_ROLLBACK: &[&str] = &["fetch", "build", "ensure_image", "remove_source", "remove_route"];
+const NOT_IN_A_ROLLBACK: &[Call] =
+    &[Call::Fetch, Call::Build, Call::EnsureImage, Call::RemoveSource, Call::RemoveRoute];
 
 /// Every call of a rollback × before/after its effect; undo faults; a
 /// hang ended by a signal; a panic.
 fn rollback_matrix(quick: bool) -> Vec<Case> {
+    use FaultMode::{FailAlways, FailOnce, Hang, Panic};
+    use Phase::{After, Before};
     let scenario = Scenario::Rollback;
     let mut cases = Vec::new();
-    for call in CALLS.iter().filter(|c| !NOT_IN_A_ROLLBACK.contains(c)) {
-        for phase in ["before", "after"] {
-            if quick && phase == "after" && !matches!(*call, "start_container" | "switch_route" | "record_state") {
+    for call in Call::ALL.into_iter().filter(|c| !NOT_IN_A_ROLLBACK.contains(c)) {
+        for phase in [Before, After] {
+            if quick && phase == After && !matches!(call, Call::StartContainer | Call::SwitchRoute | Call::RecordState)
+            {
                 continue;
             }
-            let faults = format!("{call}.{phase}:fail");
             let expect = match rollback_step(call) {
                 Some(step) => {
-                    let switched = (*call == "switch_route" && phase == "after") || *call == "record_state";
-                    Expect::Fails { step: Some(step), switched }
+                    let switched = (call == Call::SwitchRoute && phase == After) || call == Call::RecordState;
+                    Expect::Fails { step: Some(step.name()), switched }
                 }
                 None => Expect::Succeeds,
             };
-            cases.push(case("rollback", &faults, scenario, expect));
+            cases.push(case("rollback", vec![at(call, phase, FailOnce)], scenario, expect));
         }
     }
-    for undo in ["remove_container", "remove_image", "release_port"] {
-        let faults = format!("{undo}.before:fail_always,health_check.before:fail");
-        cases.push(case("rollback", &faults, scenario, fails("health_check")));
+    for undo in [Call::RemoveContainer, Call::RemoveImage, Call::ReleasePort] {
+        let faults = vec![at(undo, Before, FailAlways), at(Call::HealthCheck, Before, FailOnce)];
+        cases.push(case("rollback", faults, scenario, fails(Step::HealthCheck)));
     }
-    let c = case("rollback", "health_check.before:hang", scenario, Expect::Fails { step: None, switched: false });
-    cases.push(signal(c, "health_check", "INT", 300));
-    cases.push(signal(case("rollback", "drain.before:hang", scenario, Expect::Succeeds), "drain", "INT", 300));
+    let c = case(
+        "rollback",
+        vec![at(Call::HealthCheck, Before, Hang)],
+        scenario,
+        Expect::Fails { step: None, switched: false },
+    );
+    cases.push(signal(c, Step::HealthCheck, "INT", 300));
+    let c = case("rollback", vec![at(Call::Drain, Before, Hang)], scenario, Expect::Succeeds);
+    cases.push(signal(c, Step::Drain, "INT", 300));
     cases.push(case(
         "rollback",
-        "start_container.after:panic",
+        vec![at(Call::StartContainer, After, Panic)],
         scenario,
         Expect::Fails { step: None, switched: false },
     ));
     cases
 }
 
-fn case(group: &'static str, faults: &str, scenario: Scenario, expect: Expect) -> Case {
-    Case { group, faults: faults.to_owned(), scenario, image: false, ending: Ending::Run, extra: Vec::new(), expect }
+fn case(group: &'static str, faults: Vec<Fault>, scenario: Scenario, expect: Expect) -> Case {
+    Case { group, faults, scenario, image: false, ending: Ending::Run, extra: Vec::new(), expect }
 }
 
-fn fails(step: &'static str) -> Expect {
-    Expect::Fails { step: Some(step), switched: false }
+/// One fault point with its mode.
+fn at(call: Call, phase: Phase, mode: FaultMode) -> Fault {
+    Fault::new(call, phase, mode)
 }
 
-fn signal(mut c: Case, step: &'static str, signal: &'static str, delay_ms: u64) -> Case {
-    c.ending = Ending::Signal { step, signal, delay: Duration::from_millis(delay_ms) };
+fn fails(step: Step) -> Expect {
+    Expect::Fails { step: Some(step.name()), switched: false }
+}
+
+fn signal(mut c: Case, step: Step, signal: &'static str, delay_ms: u64) -> Case {
+    c.ending = Ending::Signal { step: step.name(), signal, delay: Duration::from_millis(delay_ms) };
     c
 }
 
 /// The whole matrix (`quick`: forward fault points and a few of each other kind).
 pub fn matrix(quick: bool) -> Vec<Case> {
     let mut cases = Vec::new();
+    use FaultMode::{FailAlways, FailOnce, Hang, Panic};
+    use Phase::{After, Before};
     for scenario in [Scenario::Fresh, Scenario::Live] {
-        for call in CALLS {
-            for phase in ["before", "after"] {
-                let faults = format!("{call}.{phase}:fail");
+        for call in Call::ALL {
+            for phase in [Before, After] {
+                let faults = vec![at(call, phase, FailOnce)];
                 let mut c = match forward_step(call) {
                     Some(step) => {
-                        let switched = (*call == "switch_route" && phase == "after") || *call == "record_state";
-                        case("fail", &faults, scenario, Expect::Fails { step: Some(step), switched })
+                        let switched = (call == Call::SwitchRoute && phase == After) || call == Call::RecordState;
+                        case("fail", faults, scenario, Expect::Fails { step: Some(step.name()), switched })
                     }
                     None if quick => continue,
-                    None => case("fail", &faults, scenario, Expect::Succeeds),
+                    None => case("fail", faults, scenario, Expect::Succeeds),
                 };
-                c.image = *call == "ensure_image";
-                if quick && phase == "after" && !matches!(*call, "start_container" | "switch_route" | "record_state") {
+                c.image = call == Call::EnsureImage;
+                if quick
+                    && phase == After
+                    && !matches!(call, Call::StartContainer | Call::SwitchRoute | Call::RecordState)
+                {
                     continue;
                 }
                 cases.push(c);
@@ -184,76 +208,88 @@ pub fn matrix(quick: bool) -> Vec<Case> {
 
         // Undos that keep failing, after a forward failure: residue, exit 3,
         // and reconcile clears it.
-        for undo in ["remove_container", "remove_image", "release_port", "remove_source"] {
+        for undo in [Call::RemoveContainer, Call::RemoveImage, Call::ReleasePort, Call::RemoveSource] {
             cases.push(case(
                 "undo fault",
-                &format!("{undo}.before:fail_always,health_check.before:fail"),
+                vec![at(undo, Before, FailAlways), at(Call::HealthCheck, Before, FailOnce)],
                 scenario,
-                fails("health_check"),
+                fails(Step::HealthCheck),
             ));
         }
         // Removing the route is the undo of a first deploy's switch; a
         // redeploy's undo puts the old route back with switch_route instead.
         cases.push(case(
             "undo fault",
-            "remove_route.before:fail_always,record_state.before:fail",
+            vec![at(Call::RemoveRoute, Before, FailAlways), at(Call::RecordState, Before, FailOnce)],
             scenario,
-            Expect::Fails { step: Some("record_state"), switched: true },
+            Expect::Fails { step: Some(Step::RecordState.name()), switched: true },
         ));
-        cases.push(case("undo fault", "switch_route.before:fail_always", scenario, fails("switch_route")));
         cases.push(case(
             "undo fault",
-            "remove_container.before:panic,health_check.before:fail",
+            vec![at(Call::SwitchRoute, Before, FailAlways)],
             scenario,
-            fails("health_check"),
+            fails(Step::SwitchRoute),
+        ));
+        cases.push(case(
+            "undo fault",
+            vec![at(Call::RemoveContainer, Before, Panic), at(Call::HealthCheck, Before, FailOnce)],
+            scenario,
+            fails(Step::HealthCheck),
         ));
 
         // After the commit: warnings, residue for reconcile, never a rollback.
         if !quick {
-            for call in ["drain", "stop_container", "remove_container", "remove_image", "release_port", "remove_source"]
-            {
-                cases.push(case("post-commit", &format!("{call}.before:fail_always"), scenario, Expect::Succeeds));
+            for call in [
+                Call::Drain,
+                Call::StopContainer,
+                Call::RemoveContainer,
+                Call::RemoveImage,
+                Call::ReleasePort,
+                Call::RemoveSource,
+            ] {
+                cases.push(case("post-commit", vec![at(call, Before, FailAlways)], scenario, Expect::Succeeds));
             }
         }
 
         // Hangs, ended by a signal (or by the pipeline's own deadline).
-        let hangs: &[(&str, &str, &str, u64, bool)] = &[
-            ("fetch.before:hang", "fetch", "INT", 300, false),
-            ("build.before:hang", "build", "TERM", 300, false),
-            ("start_container.after:hang", "start_container", "INT", 1500, false),
-            ("health_check.before:hang", "health_check", "INT", 300, false),
-            ("switch_route.after:hang", "switch_route", "TERM", 1000, true),
-            ("record_state.before:hang", "record_state", "INT", 300, true),
+        let hangs: &[(Call, Phase, Step, &str, u64, bool)] = &[
+            (Call::Fetch, Before, Step::Fetch, "INT", 300, false),
+            (Call::Build, Before, Step::Build, "TERM", 300, false),
+            (Call::StartContainer, After, Step::StartContainer, "INT", 1500, false),
+            (Call::HealthCheck, Before, Step::HealthCheck, "INT", 300, false),
+            (Call::SwitchRoute, After, Step::SwitchRoute, "TERM", 1000, true),
+            (Call::RecordState, Before, Step::RecordState, "INT", 300, true),
         ];
-        for (i, (faults, step, sig, delay, switched)) in hangs.iter().enumerate() {
+        for (i, &(call, phase, step, sig, delay, switched)) in hangs.iter().enumerate() {
             if quick && i % 2 == 1 {
                 continue;
             }
-            let c = case("hang", faults, scenario, Expect::Fails { step: None, switched: *switched });
-            cases.push(signal(c, step, sig, *delay));
+            let c = case("hang", vec![at(call, phase, Hang)], scenario, Expect::Fails { step: None, switched });
+            cases.push(signal(c, step, sig, delay));
         }
-        let mut deadline = case("hang", "health_check.before:hang", scenario, fails("health_check"));
+        let mut deadline = case("hang", vec![at(Call::HealthCheck, Before, Hang)], scenario, fails(Step::HealthCheck));
         deadline.extra = vec!["--health-timeout", "2s"];
         if !quick {
             cases.push(deadline);
         }
         // A signal after the commit must not be reported as a rollback.
         if scenario == Scenario::Live {
-            cases.push(signal(case("hang", "drain.before:hang", scenario, Expect::Succeeds), "drain", "INT", 300));
+            let c = case("hang", vec![at(Call::Drain, Before, Hang)], scenario, Expect::Succeeds);
+            cases.push(signal(c, Step::Drain, "INT", 300));
         }
 
         // Panics inside an adapter call.
-        let panics: &[(&str, &str, bool)] = &[
-            ("build.before:panic", "build", false),
-            ("start_container.after:panic", "start_container", false),
-            ("health_check.before:panic", "health_check", false),
-            ("switch_route.after:panic", "switch_route", true),
+        let panics: &[(Call, Phase, bool)] = &[
+            (Call::Build, Before, false),
+            (Call::StartContainer, After, false),
+            (Call::HealthCheck, Before, false),
+            (Call::SwitchRoute, After, true),
         ];
-        for (i, (faults, _step, switched)) in panics.iter().enumerate() {
+        for (i, &(call, phase, switched)) in panics.iter().enumerate() {
             if quick && i % 2 == 1 {
                 continue;
             }
-            cases.push(case("panic", faults, scenario, Expect::Fails { step: None, switched: *switched }));
+            cases.push(case("panic", vec![at(call, phase, Panic)], scenario, Expect::Fails { step: None, switched }));
         }
     }
     cases.extend(rollback_matrix(quick));
@@ -326,7 +362,7 @@ pub async fn run(world: &World, case: &Case, live_app: &mut Option<LiveApp>) -> 
     let expect = live.as_ref().map_or(ProbeExpect::Anything, |l| ProbeExpect::Version(l.version.clone()));
     let prober = Prober::start(world.listen(), &World::domain(&app), expect);
 
-    let mut running = world.cli.spawn(&world.deploy_args(&app, src, &case.extra), Some(&case.faults))?;
+    let mut running = world.cli.spawn(&world.deploy_args(&app, src, &case.extra), Some(&case.plan()))?;
     let mut signal_problem = None;
     if let Ending::Signal { step, signal, delay } = case.ending {
         let started = running.wait_for(|v| is_step_event(v, "step_started", step), RUN_LIMIT).await;
@@ -341,8 +377,9 @@ pub async fn run(world: &World, case: &Case, live_app: &mut Option<LiveApp>) -> 
     let probes = prober.stop().await;
     let text = out.text();
     // A hang shows no "injected" text: it ends by a signal or a deadline.
-    let reached =
-        text.contains("injected fault at") || text.contains("injected panic at") || case.faults.contains(":hang");
+    let reached = text.contains("injected fault at")
+        || text.contains("injected panic at")
+        || case.faults.iter().any(|f| f.mode == FaultMode::Hang);
 
     let mut verdict = match case.expect {
         Expect::Fails { step, switched } => {
@@ -377,7 +414,7 @@ pub async fn run(world: &World, case: &Case, live_app: &mut Option<LiveApp>) -> 
     if !reached {
         verdict.notes.push("not reached".into());
     } else if case.expect == Expect::Succeeds
-        && case.faults.ends_with(":fail")
+        && case.faults.last().is_some_and(|f| f.mode == FaultMode::FailOnce)
         && out.warnings().is_empty()
         && out.residue().is_empty()
     {
