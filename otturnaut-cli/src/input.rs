@@ -1,184 +1,116 @@
-//! `deploy`'s arguments turned into a [`DeploySpec`]. Every value is checked
-//! here, before anything connects or creates a file; a bad one is reported
-//! with its flag. Values of `--env`, `--env-file` and `--build-arg` are
-//! secrets: messages name only their keys.
+//! `deploy`'s arguments turned into a [`DeploySpec`]: the files the flags
+//! name are read here, then the values go through the same
+//! [`DeployRequest::validate`] as the HTTP API's JSON body, and a refused one
+//! is reported with its flag. Values of `--env`, `--env-file` and
+//! `--build-arg` are secrets: messages name only their keys.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 
-use otturnaut_core::{
-    AppId, ContainerPort, DeploySpec, DockerfilePath, Domain, EnvName, GitRef, HealthCheck, HealthKind, HttpPath,
-    ImageRef, MAX_DURATION, RepoUrl, Secret, Source, Transport,
-};
+use otturnaut_core::request::{MAX_ENV, env_entry};
+use otturnaut_core::{AppId, DeployRequest, DeploySpec, InvalidField, Secret};
 
 use crate::args::DeployArgs;
 use crate::exit::Invalid;
 use crate::files;
 
-fn invalid(flag: &str) -> impl Fn(otturnaut_core::Error) -> Invalid + '_ {
-    move |e| Invalid::new(flag, e.to_string())
+/// The flag a [`DeployRequest`] field comes from.
+fn flag(field: &str) -> &str {
+    match field {
+        "app" => "APP",
+        "repo" => "--repo",
+        "ref" => "--ref",
+        "dockerfile" => "--dockerfile",
+        "build_args" => "--build-arg",
+        "repo_credentials" => "--repo-credentials-file",
+        "ssh_key" => "--ssh-key",
+        "image" => "--image",
+        "pull_timeout" => "--pull-timeout",
+        "container_port" => "--container-port",
+        "domains" => "--domain",
+        "env" => "--env",
+        "health" => "--health",
+        "health_timeout" => "--health-timeout",
+        other => other,
+    }
+}
+
+fn from_field(e: InvalidField) -> Invalid {
+    Invalid::new(flag(e.field), e.message)
 }
 
 pub fn app_id(raw: &str) -> Result<AppId, Invalid> {
-    raw.parse().map_err(invalid("APP"))
+    otturnaut_core::request::app_id(raw).map_err(from_field)
 }
 
-/// The most `--domain`s a deploy takes: each one is a matcher in Caddy.
-pub const MAX_DOMAINS: usize = 100;
-
-/// The most env variables (from `--env` and `--env-file` together) and,
-/// separately, the most build args.
-pub const MAX_ENV: usize = 1000;
-
 pub fn deploy_spec(args: &DeployArgs) -> Result<DeploySpec, Invalid> {
-    let app = app_id(&args.app)?;
-    let source = source(args)?;
-    let container_port: ContainerPort = args.container_port.parse().map_err(invalid("--container-port"))?;
-    let mut spec = DeploySpec::new(app, source, container_port);
+    request(args)?.validate(&args.app).map_err(from_field)
+}
 
-    if args.domains.len() > MAX_DOMAINS {
-        return Err(Invalid::new("--domain", format!("{} domains given; at most {MAX_DOMAINS}", args.domains.len())));
-    }
-    for raw in &args.domains {
-        let domain: Domain = raw.parse().map_err(invalid("--domain"))?;
-        if !spec.domains.contains(&domain) {
-            spec.domains.push(domain);
-        }
-    }
-
+/// The flags as the request the HTTP API would receive.
+fn request(args: &DeployArgs) -> Result<DeployRequest, Invalid> {
+    // Checked first, as before the files are read.
+    app_id(&args.app)?;
+    let container_port = args.container_port.parse::<u64>().map_err(|_| {
+        let shown: String = args.container_port.chars().take(64).collect();
+        Invalid::new("--container-port", format!("{shown:?} is not a port number (1-65535)"))
+    })?;
+    let mut env = BTreeMap::new();
     if let Some(file) = &args.env_file {
-        spec.env = key_value_file("--env-file", file)?;
+        env = key_value_file("--env-file", file)?;
     }
     for raw in &args.env {
         let (name, value) = key_value("--env", raw)?;
-        spec.env.insert(name, value);
+        env.insert(name, value);
     }
-    if spec.env.len() > MAX_ENV {
-        return Err(Invalid::new("--env/--env-file", format!("{} variables; at most {MAX_ENV}", spec.env.len())));
+    let mut build_args = BTreeMap::new();
+    if let Some(file) = &args.build_arg_file {
+        build_args = key_value_file("--build-arg-file", file)?;
     }
-
-    spec.health = HealthCheck::new(health_kind(&args.health)?);
-    if let Some(raw) = &args.health_timeout {
-        spec.health.deadline = duration("--health-timeout", raw)?;
+    for raw in &args.build_args {
+        let (name, value) = key_value("--build-arg", raw)?;
+        build_args.insert(name, value);
     }
-    if let Some(raw) = &args.pull_timeout {
-        spec.timeouts.pull = duration("--pull-timeout", raw)?;
-    }
-    spec.check_limits().map_err(invalid("deploy"))?;
-    Ok(spec)
-}
-
-fn source(args: &DeployArgs) -> Result<Source, Invalid> {
-    match (&args.repo, &args.image) {
-        (Some(repo), None) => {
-            let mut url = RepoUrl::parse_allowing_file(repo).map_err(invalid("--repo"))?;
-            if url.transport() == Transport::Git && !args.allow_insecure_git && !url.host().is_some_and(is_loopback) {
-                return Err(Invalid::new(
-                    "--repo",
-                    format!(
-                        "{url}: git:// is neither authenticated nor encrypted, so anyone on the path can change \
-                         what gets deployed; use https:// or ssh://, or pass --allow-insecure-git"
-                    ),
-                ));
-            }
-            if let Some(path) = &args.repo_credentials_file {
-                let flag = "--repo-credentials-file";
-                let text = files::read_capped(path, files::MAX_KEY_FILE).map_err(|m| Invalid::new(flag, m))?;
-                let credentials = Secret::new(text.trim_end_matches(['\n', '\r']));
-                url = url.with_credentials(&credentials).map_err(invalid(flag))?;
-            }
-            let git_ref: GitRef = match &args.git_ref {
-                Some(r) => r.parse().map_err(invalid("--ref"))?,
-                None => GitRef::default(),
-            };
-            let dockerfile: DockerfilePath = match &args.dockerfile {
-                Some(d) => d.parse().map_err(invalid("--dockerfile"))?,
-                None => DockerfilePath::default(),
-            };
-            // Docker takes any ARG name; holding them to env-name rules
-            // keeps odd characters out of the build request.
-            let mut build_args = BTreeMap::new();
-            if let Some(file) = &args.build_arg_file {
-                build_args = key_value_file("--build-arg-file", file)?;
-            }
-            for raw in &args.build_args {
-                let (name, value) = key_value("--build-arg", raw)?;
-                build_args.insert(name, value);
-            }
-            if build_args.len() > MAX_ENV {
-                return Err(Invalid::new("--build-arg", format!("{} build args; at most {MAX_ENV}", build_args.len())));
-            }
-            let build_args = build_args.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-            let ssh_key = match &args.ssh_key {
-                Some(path) => Some(Secret::new(
-                    files::read_capped(path, files::MAX_KEY_FILE).map_err(|m| Invalid::new("--ssh-key", m))?,
-                )),
-                None => None,
-            };
-            Ok(Source::Git { url, git_ref, dockerfile, build_args, ssh_key })
-        }
-        (None, Some(image)) => Ok(Source::Image { reference: image.parse::<ImageRef>().map_err(invalid("--image"))? }),
-        // clap's argument group already refuses these; kept for a clear message anyway.
-        (Some(_), Some(_)) => Err(Invalid::new("--repo/--image", "give either --repo or --image, not both")),
-        (None, None) => Err(Invalid::new("--repo/--image", "give --repo URL or --image IMAGE")),
-    }
-}
-
-/// `localhost`, `127.x.y.z` or `::1`: a git:// server on this machine, which
-/// nobody can tamper with on the way.
-fn is_loopback(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-/// `KEY=VALUE` with the value kept secret. Without `=` the whole argument
-/// may be a value typed in the wrong place: not shown. With one, the "key"
-/// may still hold a value behind another separator (`DB:postgres://u:p@h/db?x=1`),
-/// so a message shows at most its name-like start: letters, digits and `_`
-/// up to the first other character.
-fn key_value(flag: &str, raw: &str) -> Result<(EnvName, Secret), Invalid> {
-    let (key, value) = raw.split_once('=').ok_or_else(|| {
-        Invalid::new(flag, "expected KEY=VALUE, got an argument without '=' (not shown: it may hold a secret)")
-    })?;
-    let name = env_name(key).map_err(|m| Invalid::new(flag, m))?;
-    let value = Secret::new(value);
-    check_value(&name, &value).map_err(|m| Invalid::new(flag, m))?;
-    Ok((name, value))
-}
-
-/// The letters, digits and `_` an argument starts with: all of it that is
-/// safe to repeat in a message.
-fn name_like_prefix(raw: &str) -> String {
-    raw.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect()
-}
-
-fn env_name(key: &str) -> Result<EnvName, String> {
-    key.parse::<EnvName>().map_err(|e| {
-        let shown = name_like_prefix(key);
-        if shown.len() == key.len() {
-            // Only letters, digits and '_': nothing in it can be a value.
-            e.to_string()
-        } else {
-            format!(
-                "the name starting {shown:?} holds a character other than letters, digits and '_' \
-                 (the rest is not shown: it may hold a secret)"
-            )
-        }
+    let read_secret = |flag: &str, path: &Path| {
+        files::read_capped(path, files::MAX_KEY_FILE).map(Secret::new).map_err(|m| Invalid::new(flag, m))
+    };
+    Ok(DeployRequest {
+        repo: args.repo.clone(),
+        git_ref: args.git_ref.clone(),
+        dockerfile: args.dockerfile.clone(),
+        build_args,
+        repo_credentials: args
+            .repo_credentials_file
+            .as_deref()
+            .map(|p| read_secret("--repo-credentials-file", p))
+            .transpose()?,
+        ssh_key: args.ssh_key.as_deref().map(|p| read_secret("--ssh-key", p)).transpose()?,
+        allow_insecure_git: args.allow_insecure_git,
+        image: args.image.clone(),
+        pull_timeout: args.pull_timeout.clone(),
+        container_port,
+        domains: args.domains.clone(),
+        env,
+        health: Some(args.health.clone()),
+        health_timeout: args.health_timeout.clone(),
     })
 }
 
-fn check_value(name: &EnvName, value: &Secret) -> Result<(), String> {
-    if value.expose().contains('\0') {
-        return Err(format!("the value of {name} contains a NUL byte, which cannot be passed on"));
-    }
-    Ok(())
+/// `KEY=VALUE` with the value kept secret. Without `=` the whole argument
+/// may be a value typed in the wrong place: not shown.
+fn key_value(flag: &str, raw: &str) -> Result<(String, Secret), Invalid> {
+    let (key, value) = raw.split_once('=').ok_or_else(|| {
+        Invalid::new(flag, "expected KEY=VALUE, got an argument without '=' (not shown: it may hold a secret)")
+    })?;
+    let (name, value) = env_entry(key, &Secret::new(value)).map_err(|m| Invalid::new(flag, m))?;
+    Ok((name.to_string(), value))
 }
 
 /// A file of `KEY=VALUE` lines, as `docker run --env-file` reads them: the
 /// value is everything after the first `=`, verbatim; blank lines and lines
 /// starting with `#` are skipped; an `export ` prefix is allowed. At most
 /// 1 MiB and [`MAX_ENV`] entries.
-pub fn key_value_file(flag: &str, path: &Path) -> Result<BTreeMap<EnvName, Secret>, Invalid> {
+pub fn key_value_file(flag: &str, path: &Path) -> Result<BTreeMap<String, Secret>, Invalid> {
     let text = files::read_capped(path, files::MAX_SETTINGS_FILE).map_err(|m| Invalid::new(flag, m))?;
     let mut env = BTreeMap::new();
     for (i, line) in text.lines().enumerate() {
@@ -194,10 +126,9 @@ pub fn key_value_file(flag: &str, path: &Path) -> Result<BTreeMap<EnvName, Secre
                 format!("{}: expected KEY=VALUE (line not shown: it may hold a secret)", at()),
             ));
         };
-        let name = env_name(key.trim_end()).map_err(|m| Invalid::new(flag, format!("{}: {m}", at())))?;
-        let value = Secret::new(value);
-        check_value(&name, &value).map_err(|m| Invalid::new(flag, format!("{}: {m}", at())))?;
-        env.insert(name, value);
+        let (name, value) =
+            env_entry(key.trim_end(), &Secret::new(value)).map_err(|m| Invalid::new(flag, format!("{}: {m}", at())))?;
+        env.insert(name.to_string(), value);
         if env.len() > MAX_ENV {
             return Err(Invalid::new(flag, format!("{} has more than {MAX_ENV} entries", path.display())));
         }
@@ -205,40 +136,14 @@ pub fn key_value_file(flag: &str, path: &Path) -> Result<BTreeMap<EnvName, Secre
     Ok(env)
 }
 
-/// `running`, `tcp`, `http` (GET /) or `http:/PATH`.
-pub fn health_kind(raw: &str) -> Result<HealthKind, Invalid> {
-    let flag = "--health";
-    match raw {
-        "running" => Ok(HealthKind::Running),
-        "tcp" => Ok(HealthKind::Tcp),
-        "http" => Ok(HealthKind::Http { path: HttpPath::try_from("/").map_err(invalid(flag))?, expected_status: 200 }),
-        _ => match raw.strip_prefix("http:") {
-            Some(path) => Ok(HealthKind::Http { path: path.parse().map_err(invalid(flag))?, expected_status: 200 }),
-            None => Err(Invalid::new(flag, format!("{raw:?} is not a health check; use running, tcp or http:/PATH"))),
-        },
-    }
-}
-
-/// `30s`, `2m`, `1m30s`, `500ms`; above zero and at most 24 hours.
-pub fn duration(flag: &str, raw: &str) -> Result<Duration, Invalid> {
-    let shown: String = raw.chars().take(64).collect();
-    let d = humantime::parse_duration(raw)
-        .map_err(|e| Invalid::new(flag, format!("{shown:?} is not a duration ({e}); use e.g. 30s, 2m or 1m30s")))?;
-    if d.is_zero() {
-        return Err(Invalid::new(flag, format!("{shown:?} must be longer than zero")));
-    }
-    if d > MAX_DURATION {
-        return Err(Invalid::new(
-            flag,
-            format!("{shown:?} is longer than the maximum, {}", humantime::format_duration(MAX_DURATION)),
-        ));
-    }
-    Ok(d)
-}
-
 #[cfg(test)]
 mod tests {
     use clap::Parser;
+
+    use std::time::Duration;
+
+    use otturnaut_core::request::MAX_DOMAINS;
+    use otturnaut_core::{Domain, HealthCheck, HealthKind, MAX_DURATION, Source};
 
     use super::*;
     use crate::args::{Cli, Command};

@@ -12,6 +12,7 @@ pub mod faults;
 mod ids;
 mod net;
 mod release;
+pub mod request;
 mod secret;
 mod source;
 mod spec;
@@ -27,6 +28,7 @@ pub use net::{ContainerPort, HostPort, PortRange};
 pub use release::{
     ContainerId, ContainerStatus, ManagedContainer, ManagedImage, Release, RouteTarget, live_container, unmarked,
 };
+pub use request::{DeployRequest, InvalidField};
 pub use secret::{REDACTED, Secret};
 pub use source::{CommitSha, DockerfilePath, GitRef, RepoUrl, Transport, redact_url_text};
 pub use spec::{DeploySpec, HealthCheck, HealthKind, HttpPath, MAX_DURATION, Source, Timeouts};
