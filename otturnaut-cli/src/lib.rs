@@ -16,6 +16,7 @@ mod host;
 mod input;
 mod logs;
 mod output;
+mod serve;
 mod settings;
 mod status;
 mod workdir;
@@ -62,6 +63,7 @@ async fn run(cli: Cli) -> Exit {
         Command::Status { app, json } => status::run(&global, app.as_deref(), json).await,
         Command::Undeploy { app, json } => cleanup::undeploy(&global, &app, json).await,
         Command::Reconcile { apps, json } => cleanup::reconcile(&global, &apps, json).await,
+        Command::Serve(args) => serve::run(&global, args).await,
         Command::Logs { app, follow, tail } => logs::run(&global, &app, follow, tail).await,
     }
 }

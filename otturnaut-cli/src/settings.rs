@@ -22,6 +22,8 @@ struct FileConfig {
     port_range: Option<String>,
     work_dir: Option<PathBuf>,
     ssh_known_hosts: Option<PathBuf>,
+    api_listen: Option<String>,
+    token_file: Option<PathBuf>,
 }
 
 /// `listen = ":80,:443"` or `listen = [":80", ":443"]`.
@@ -36,6 +38,9 @@ enum Listen {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub agent: AgentConfig,
+    /// `serve`'s keys of the config file, with the file they came from.
+    pub file_api_listen: Option<(String, String)>,
+    pub file_token_file: Option<(PathBuf, String)>,
 }
 
 impl Settings {
@@ -146,7 +151,12 @@ pub fn resolve(args: &GlobalArgs, env: &dyn Fn(&str) -> Option<String>) -> Resul
         ..CaddyConfig::default()
     })
     .map_err(|e| Invalid::new("--caddy-admin/--listen", e.to_string()))?;
-    Ok(Settings { agent })
+    let from = |key: &str| format!("{key} in {}", config_path.display());
+    Ok(Settings {
+        agent,
+        file_api_listen: file.api_listen.map(|v| (v, from("api_listen"))),
+        file_token_file: file.token_file.map(|v| (v, from("token_file"))),
+    })
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, Invalid> {

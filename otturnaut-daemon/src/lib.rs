@@ -17,6 +17,7 @@ mod openapi;
 mod state;
 mod watch;
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,7 +28,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use otturnaut_adapters::Agent;
-use otturnaut_core::Secret;
+use otturnaut_core::{AppId, Secret};
 use tower_http::timeout::TimeoutLayer;
 
 pub use crate::state::State;
@@ -52,6 +53,10 @@ pub struct ServeConfig {
     pub tls: Option<Tls>,
     /// How often the background watch checks Caddy's routes.
     pub watch_every: Duration,
+    /// Only these apps are reconciled in the background (at start and when
+    /// Caddy lost their routes); None: every app on the Docker daemon. Name
+    /// them on a Docker daemon shared by several agents.
+    pub watch_apps: Option<BTreeSet<AppId>>,
 }
 
 /// PEM files of the certificate chain and its key.
@@ -105,7 +110,7 @@ pub async fn serve(
     let state = State::new(agent, config.token.clone());
     let app = router(state.clone());
     let handle = axum_server::Handle::new();
-    let watcher = tokio::spawn(watch::run(state.clone(), config.watch_every));
+    let watcher = tokio::spawn(watch::run(state.clone(), config.watch_every, config.watch_apps.clone()));
 
     tokio::spawn({
         let (handle, state) = (handle.clone(), state.clone());

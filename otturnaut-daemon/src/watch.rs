@@ -2,6 +2,7 @@
 //! look at Caddy; apps whose route is missing (a Caddy restart) are
 //! reconciled, which serves them again from Docker's record.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -11,8 +12,8 @@ use otturnaut_core::AppId;
 
 use crate::state::State;
 
-pub async fn run(state: Arc<State>, every: Duration) {
-    repair(&state, None).await;
+pub async fn run(state: Arc<State>, every: Duration, scope: Option<BTreeSet<AppId>>) {
+    repair(&state, scope.clone().unwrap_or_default()).await;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -26,9 +27,13 @@ pub async fn run(state: Arc<State>, every: Duration) {
         }
         match statuses(agent, None).await {
             Ok(all) => {
-                let lost: Vec<AppId> = all.into_iter().filter(|s| s.route_missing).map(|s| s.app).collect();
+                let lost: BTreeSet<AppId> = all
+                    .into_iter()
+                    .filter(|s| s.route_missing && scope.as_ref().is_none_or(|only| only.contains(&s.app)))
+                    .map(|s| s.app)
+                    .collect();
                 if !lost.is_empty() {
-                    repair(&state, Some(lost)).await;
+                    repair(&state, lost).await;
                 }
             }
             Err(e) => tracing::warn!("watch: cannot read the apps: {e}"),
@@ -36,15 +41,14 @@ pub async fn run(state: Arc<State>, every: Duration) {
     }
 }
 
-/// Reconciles `apps` (or all), after making sure our Caddy server exists: a
-/// restarted Caddy without its autosave has none.
-async fn repair(state: &State, apps: Option<Vec<AppId>>) {
+/// Reconciles `apps` (all when empty), after making sure our Caddy server
+/// exists: a restarted Caddy without its autosave has none.
+async fn repair(state: &State, apps: BTreeSet<AppId>) {
     if let Err(e) = state.agent.prepare().await {
         tracing::warn!("watch: cannot set up our Caddy server: {e}");
         return;
     }
-    let only = apps.clone().unwrap_or_default().into_iter().collect();
-    match state.agent.reconcile(only).await {
+    match state.agent.reconcile(apps.clone()).await {
         Ok(r) => {
             let done: usize = r.reports.iter().map(|r| r.done.len()).sum();
             if done > 0 {
