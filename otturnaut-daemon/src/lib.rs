@@ -112,19 +112,21 @@ pub async fn serve(
     let handle = axum_server::Handle::new();
     let watcher = tokio::spawn(watch::run(state.clone(), config.watch_every, config.watch_apps.clone()));
 
-    tokio::spawn({
+    let stopping = tokio::spawn({
         let (handle, state) = (handle.clone(), state.clone());
         async move {
             shutdown.await;
             tracing::info!("shutting down: no new requests; waiting for running deploys");
-            handle.graceful_shutdown(None);
+            // Stops accepting now; open connections get until the deploys'
+            // grace and their rollback are over.
+            handle.graceful_shutdown(Some(SHUTDOWN_GRACE + Duration::from_secs(60)));
             state.finish_deploys(SHUTDOWN_GRACE).await;
-            // Streams of finished deploys end with them; anything else
-            // (log follows) is cut.
+            // The streams of the last deploys get their result lines out;
+            // anything else (log follows) is cut.
+            tokio::time::sleep(Duration::from_secs(2)).await;
             handle.shutdown();
         }
     });
-
     let service = app.into_make_service();
     let served = match &config.tls {
         Some(tls) => {
@@ -136,5 +138,8 @@ pub async fn serve(
         None => axum_server::bind(config.listen).handle(handle).serve(service).await,
     };
     watcher.abort();
-    served.map_err(|source| DaemonError::Listen { addr: config.listen, source })
+    served.map_err(|source| DaemonError::Listen { addr: config.listen, source })?;
+    // Every connection may be gone while a deploy whose client left runs on.
+    let _ = stopping.await;
+    Ok(())
 }
