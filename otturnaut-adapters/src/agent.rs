@@ -30,6 +30,8 @@ pub struct AgentConfig {
     /// An OpenSSH known_hosts file pinning the keys of SSH git servers; none
     /// means trust on first use (see [`GitFetcher::with_known_hosts`]).
     pub ssh_known_hosts: Option<PathBuf>,
+    /// How many releases besides the live one are kept for a rollback.
+    pub keep: usize,
 }
 
 impl Default for AgentConfig {
@@ -42,6 +44,7 @@ impl Default for AgentConfig {
             work_dir: PathBuf::from("/var/lib/otturnaut"),
             bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
             ssh_known_hosts: None,
+            keep: otturnaut_steps::DEFAULT_KEEP,
         }
     }
 }

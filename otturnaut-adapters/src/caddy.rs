@@ -149,8 +149,10 @@ impl Caddy {
         self.features.get_or_try_init(|| Features::detect(&self.admin)).await.copied()
     }
 
-    /// An app's route as [`json::route`] builds it, plus what this Caddy supports.
-    async fn route_json(
+    /// An app's route exactly as [`Router::set_route`] writes it: what
+    /// [`json::route`] builds, plus what this Caddy supports. Public so the
+    /// bench can time a raw PATCH of the very same object.
+    pub async fn route_json(
         &self,
         id: &str,
         domains: &[Domain],

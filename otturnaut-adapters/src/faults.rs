@@ -11,12 +11,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use otturnaut_core::faults::{FaultPlan, Phase};
 use otturnaut_core::traits::{
-    BuildRequest, ContainerRuntime, FetchRequest, FetchedSource, HealthProbe, ImageBuilder, PortAllocator, Router,
-    RunRequest, SourceFetcher, StateStore,
+    BuildRequest, ContainerRuntime, FetchRequest, FetchedSource, HealthProbe, ImageBuilder, PortAllocator, Pruned,
+    Router, RunRequest, SourceFetcher, StateStore,
 };
 use otturnaut_core::{
     Adapters, AppId, ContainerId, ContainerStatus, DeploymentId, EventSink, HealthCheck, HostPort, ImageRef,
-    ManagedContainer, ManagedImage, Release, Result, RouteTarget,
+    ManagedContainer, ManagedImage, RecordedRelease, Release, Result, RouteTarget,
 };
 
 /// The environment variable the CLI reads a plan from.
@@ -82,13 +82,16 @@ impl ImageBuilder for Faulty {
         self.around("ensure_image", self.inner.builder.ensure_image(reference, tag, events)).await
     }
     async fn tag_image(&self, image: &str, tag: &str) -> Result<()> {
-        self.inner.builder.tag_image(image, tag).await
+        self.around("tag_image", self.inner.builder.tag_image(image, tag)).await
     }
     async fn remove_image(&self, image: &str) -> Result<()> {
         self.around("remove_image", self.inner.builder.remove_image(image)).await
     }
     async fn list_images(&self, app: Option<&AppId>) -> Result<Vec<ManagedImage>> {
         self.inner.builder.list_images(app).await
+    }
+    async fn prune_dangling(&self, app: Option<&AppId>) -> Result<Pruned> {
+        self.around("remove_image", self.inner.builder.prune_dangling(app)).await
     }
 }
 
@@ -111,6 +114,9 @@ impl ContainerRuntime for Faulty {
     }
     async fn list(&self, app: Option<&AppId>) -> Result<Vec<ManagedContainer>> {
         self.inner.runtime.list(app).await
+    }
+    async fn recorded(&self, id: &ContainerId) -> Result<RecordedRelease> {
+        self.inner.runtime.recorded(id).await
     }
 }
 

@@ -210,6 +210,9 @@ mod tests {
         async fn list(&self, _: Option<&AppId>) -> Result<Vec<ManagedContainer>> {
             unimplemented!()
         }
+        async fn recorded(&self, _: &ContainerId) -> Result<otturnaut_core::RecordedRelease> {
+            unimplemented!()
+        }
     }
 
     const UP: ContainerStatus = ContainerStatus { running: true, restarting: false, exit_code: None };

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use otturnaut_core::{AppId, Timeouts};
-use otturnaut_steps::{CleanupReport, RetryPolicy, apps_with_resources, undeploy_app};
+use otturnaut_steps::{CleanupReport, RetryPolicy, apply_retention, apps_with_resources, undeploy_app};
 
 use crate::Agent;
 use crate::lock::{self, LockError};
@@ -77,6 +77,15 @@ impl Agent {
             done.reports = otturnaut_steps::reconcile(&self.adapters, &locked, RetryPolicy::default())
                 .await
                 .map_err(|error| MaintenanceError::Service { doing: "reconciling".into(), error })?;
+        }
+        // Kept releases beyond `keep` go too (a removal a deploy could not finish).
+        for report in &mut done.reports {
+            let Some(app) = report.app.clone() else { continue };
+            let kept = apply_retention(&self.adapters, &app, self.config.keep, RetryPolicy::default())
+                .await
+                .map_err(|error| MaintenanceError::Service { doing: format!("applying retention to {app}"), error })?;
+            report.done.extend(kept.done);
+            report.residue.extend(kept.residue);
         }
         drop(locks);
         Ok(done)

@@ -36,6 +36,8 @@ pub struct Outcome {
     pub app: AppId,
     /// None only when the deploy ended before it got an id.
     pub deployment: Option<DeploymentId>,
+    /// For a rollback: the retained release it made live again.
+    pub rollback_of: Option<DeploymentId>,
     pub ending: Ending,
     /// Leftovers of earlier interrupted deploys removed before this one ran.
     pub cleaned: Vec<String>,
@@ -104,7 +106,7 @@ impl Outcome {
     pub fn to_json(&self) -> Value {
         let elapsed_ms = u64::try_from(self.elapsed.as_millis()).unwrap_or(u64::MAX);
         let exit_code = self.exit().code();
-        let (app, deployment, cleaned) = (&self.app, &self.deployment, &self.cleaned);
+        let (app, deployment, cleaned, rollback_of) = (&self.app, &self.deployment, &self.cleaned, &self.rollback_of);
         match &self.ending {
             Ending::Deployed { deployed: d, container_port, urls } => {
                 let r = &d.release;
@@ -119,6 +121,7 @@ impl Outcome {
                     "domains": r.domains,
                     "urls": urls,
                     "previous": d.previous.as_ref().map(|p| &p.deployment),
+                    "rollback_of": rollback_of,
                     "rolled_back": false,
                     "residue": d.residue,
                     "cleaned": cleaned,
@@ -132,6 +135,7 @@ impl Outcome {
                 "app": app,
                 "deployment": deployment,
                 "step": step,
+                "rollback_of": rollback_of,
                 "rolled_back": residue.is_empty(),
                 "residue": residue,
                 "undo": undo,
@@ -145,6 +149,7 @@ impl Outcome {
                 "result": "failed",
                 "app": app,
                 "deployment": deployment,
+                "rollback_of": rollback_of,
                 "interrupted": cause,
                 "rolled_back": residue.is_empty(),
                 "residue": residue,
@@ -163,6 +168,7 @@ impl Outcome {
                     "deployment": deployment,
                     "port": live.map(|r| r.host_port),
                     "domains": domains,
+                    "rollback_of": rollback_of,
                     "interrupted": cause,
                     "rolled_back": false,
                     "residue": residue,
@@ -194,11 +200,12 @@ pub fn release_json(r: &Release) -> Value {
 
 /// The result object of a deploy that never started (bad input, a service
 /// down, the lock not had): nothing was done.
-pub fn not_started_json(app: &str, error: &str, exit: ExitStatus) -> Value {
+pub fn not_started_json(app: &str, rollback_of: Option<&str>, error: &str, exit: ExitStatus) -> Value {
     json!({
         "result": "failed",
         "app": app,
         "deployment": null,
+        "rollback_of": rollback_of,
         "rolled_back": false,
         "residue": [],
         "error": error,

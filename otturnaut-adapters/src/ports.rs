@@ -1,6 +1,7 @@
 //! Host ports for new containers, picked from a range.
 //!
-//! A port is handed out only if no managed container holds it, nothing else
+//! A port is handed out only if no managed container that is not stopped
+//! holds it (retained releases are stopped), nothing else
 //! on the host has it bound, and no other deployment of this process has it
 //! reserved. Separate processes may still race for the same port between our
 //! check and Docker's bind; that is resolved downstream: Docker answers
@@ -58,8 +59,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[async_trait]
 impl PortAllocator for PortPool {
     async fn allocate(&self, owner: &DeploymentId, avoid: &[HostPort]) -> Result<HostPort> {
-        let mut skip: HashSet<HostPort> =
-            self.runtime.list(None).await?.into_iter().filter_map(|c| c.host_port).collect();
+        // A stopped container holds no port: retained releases are stopped
+        // (and never started again: a rollback starts a new container).
+        let mut skip: HashSet<HostPort> = self
+            .runtime
+            .list(None)
+            .await?
+            .into_iter()
+            .filter(|c| !matches!(c.state.as_str(), "exited" | "dead"))
+            .filter_map(|c| c.host_port)
+            .collect();
         skip.extend(avoid.iter().copied());
 
         let range = self.range;

@@ -10,9 +10,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use otturnaut_core::{AppId, DeployEvent, DeploySpec, DeploymentId, EventSink, Step};
+use otturnaut_core::{AppId, DeployEvent, DeploySpec, DeploymentId, EventSink, Step, Timeouts};
 use otturnaut_steps::{
     BlueGreen, DeployError, Deployed, Residue, RetryPolicy, Strategy, domain_owner, live_release, reconcile_app,
+    rollback_spec,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +34,8 @@ pub enum StartError {
     Service { doing: String, error: otturnaut_core::Error },
     /// The app's lock could not be had.
     Lock(LockError),
+    /// A rollback with nothing (or no such release) to go back to.
+    NoRelease(String),
 }
 
 impl std::fmt::Display for StartError {
@@ -45,6 +48,7 @@ impl std::fmt::Display for StartError {
             ),
             StartError::Service { doing, error } => write!(f, "{doing}: {error}"),
             StartError::Lock(e) => e.fmt(f),
+            StartError::NoRelease(why) => f.write_str(why),
         }
     }
 }
@@ -128,6 +132,7 @@ impl DeployRun {
             None => Outcome {
                 app: self.app.clone(),
                 deployment: None,
+                rollback_of: None,
                 ending: Ending::Interrupted {
                     cause: "the agent shutting down".into(),
                     undo: Vec::new(),
@@ -166,6 +171,16 @@ impl Agent {
         self.start_deploy(spec, lock).await
     }
 
+    /// The spec of a rollback of `app` to its retained release `to` (by
+    /// default the newest): read-only; [`Agent::start_deploy`] reads it again
+    /// under the lock.
+    pub async fn rollback_spec(&self, app: &AppId, to: Option<&DeploymentId>) -> Result<DeploySpec, StartError> {
+        rollback_spec(&self.adapters, app, to, Timeouts::default()).await.map_err(|error| match error {
+            otturnaut_core::Error::Invalid { .. } => StartError::NoRelease(error.to_string()),
+            error => StartError::Service { doing: format!("finding the release of {app} to roll back to"), error },
+        })
+    }
+
     /// What must hold before a deploy takes the app's lock: no domain of
     /// `spec` belongs to another app, and our Caddy server exists.
     pub async fn check_deploy(&self, spec: &DeploySpec) -> Result<(), StartError> {
@@ -190,6 +205,11 @@ impl Agent {
         let started = Instant::now();
         let app = spec.app.clone();
         let cleaned = self.clean_before(&app, &tx).await?;
+        // Read again under the lock: what was kept may have changed meanwhile.
+        let spec = match spec.rollback_of() {
+            Some(to) => self.rollback_spec(&app, Some(to)).await?,
+            None => spec,
+        };
         let canceller = Canceller::default();
         let driver = Driver { agent: self.clone(), tx, canceller: canceller.clone(), started, cleaned };
         tokio::spawn(driver.run(spec, lock));
@@ -234,7 +254,7 @@ impl Driver {
     }
 
     async fn run(self, spec: DeploySpec, lock: AppLock) {
-        let strategy = BlueGreen::new(self.agent.adapters.clone());
+        let strategy = BlueGreen::new(self.agent.adapters.clone()).keep(self.agent.config.keep);
         let (sink, mut rx) = EventSink::channel();
         let mut deployment: Option<DeploymentId> = None;
         // Set once the new release is recorded: from then on nothing is undone.
@@ -294,8 +314,12 @@ impl Driver {
             },
             End::Interrupted(cause) => self.interrupted(&strategy, &spec, cause, committed).await,
         };
-        let outcome =
-            Outcome { app, deployment, ending, cleaned: self.cleaned.clone(), elapsed: self.started.elapsed() };
+        let rollback_of = match &ending {
+            Ending::Deployed { deployed, .. } => deployed.rollback_of.clone(),
+            _ => spec.rollback_of().cloned(),
+        };
+        let (cleaned, elapsed) = (self.cleaned.clone(), self.started.elapsed());
+        let outcome = Outcome { app, deployment, rollback_of, ending, cleaned, elapsed };
         // Free the app before anyone hears of the end, so that a deploy
         // started on that news does not find it locked.
         drop(lock);

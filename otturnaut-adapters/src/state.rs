@@ -6,8 +6,8 @@
 //!
 //! Recording a release (the commit point of a deploy) first checks that the
 //! outside world already routes to it and that it runs, then writes the mark
-//! in one atomic tag call. The previous release's mark is removed when it is
-//! retired; until then the newer mark wins.
+//! in one atomic tag call. The previous release's live mark is replaced by
+//! its kept mark when it is retired; until then the newer mark wins.
 
 use std::sync::Arc;
 
@@ -84,12 +84,15 @@ impl StateStore for LabelState {
             .await
     }
 
-    /// Removes every live mark of `app` but `previous`'s: whatever `record`
-    /// wrote is gone, and the mark that was live before is live again.
+    /// Removes the live marks of `app` newer than `previous`'s (all of them
+    /// when there was none): whatever `record` wrote is gone, and the mark
+    /// that was live before is live again. Older marks are left alone: a
+    /// crash during an earlier retirement can leave one on a retained release.
     async fn restore(&self, app: &AppId, previous: Option<Release>) -> Result<()> {
         let images = self.images.list_images(Some(app)).await?;
         let keep = previous.map(|p| p.deployment);
-        for image in images.iter().filter(|i| i.live && Some(&i.deployment) != keep.as_ref()) {
+        let newer = |d: &otturnaut_core::DeploymentId| keep.as_ref().is_none_or(|k| d > k);
+        for image in images.iter().filter(|i| i.live && newer(&i.deployment)) {
             self.images.remove_image(&live_tag(app, &image.deployment)).await?;
         }
         Ok(())

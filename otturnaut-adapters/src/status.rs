@@ -3,9 +3,13 @@
 
 use std::collections::BTreeSet;
 
-use otturnaut_core::{AppId, ManagedContainer, ManagedImage, Release, RouteTarget, live_container};
+use otturnaut_core::{
+    AppId, ManagedContainer, ManagedImage, Release, ReleaseInfo, ReleaseState, RouteTarget, live_container, releases,
+};
 use otturnaut_steps::apps_with_resources;
 use serde::Serialize;
+use serde_json::{Value, json};
+use std::time::{Duration, UNIX_EPOCH};
 
 use crate::state::release_of;
 use crate::{Agent, AgentConfig};
@@ -31,10 +35,12 @@ pub struct AppStatus {
     pub container: Option<ContainerStatus>,
     /// When the live container last started (RFC 3339, from Docker).
     pub started: Option<String>,
-    /// Managed containers of the app, live or not; more than one outside a
-    /// deploy means leftovers that `otturnaut reconcile` removes.
+    /// Managed containers of the app: live, kept for a rollback, or left
+    /// over (which `otturnaut reconcile` removes).
     pub containers: usize,
     pub images: usize,
+    /// Releases kept for `otturnaut rollback` (`otturnaut releases` lists them).
+    pub retained: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -65,8 +71,13 @@ pub async fn statuses(agent: &Agent, only: Option<&AppId>) -> otturnaut_core::Re
         });
         let mine: Vec<&ManagedContainer> = containers.iter().filter(|c| c.app == app).collect();
         let my_images: Vec<&ManagedImage> = images.iter().filter(|i| i.app == app).collect();
+        let retained = releases(&app, &containers, &images, route.map(|r| r.port))
+            .iter()
+            .filter(|r| r.state == ReleaseState::Retained)
+            .count();
         let mut status = app_status(agent, &agent.config, app, live, &mine, &my_images).await;
         status.route_missing = route_missing;
+        status.retained = retained;
         all.push(status);
     }
     Ok(all)
@@ -95,6 +106,7 @@ async fn app_status(
         started: None,
         containers: containers.len(),
         images: images.len(),
+        retained: 0,
     };
     let Some(r) = live else {
         return s;
@@ -122,4 +134,27 @@ async fn app_status(
         .and_then(|i| i.state)
         .and_then(|state| state.started_at);
     s
+}
+
+/// A Unix time as RFC 3339, to the second.
+pub fn rfc3339(unix: i64) -> String {
+    let at = UNIX_EPOCH + Duration::from_secs(u64::try_from(unix).unwrap_or(0));
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+/// One release as `releases --json` (and `GET /v1/apps/{app}/releases`) shows it.
+pub fn release_json(r: &ReleaseInfo) -> Value {
+    json!({
+        "deployment": r.deployment,
+        "state": r.state,
+        "image": r.image,
+        "commit": r.commit,
+        "created": rfc3339(r.created),
+        "domains": r.domains,
+        "container_port": r.container_port,
+        // Only the live release holds a host port.
+        "port": if r.state == ReleaseState::Live { r.host_port } else { None },
+        "rollback_of": r.rollback_of,
+        "container": r.container.0,
+    })
 }

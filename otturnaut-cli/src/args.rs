@@ -46,7 +46,10 @@ pub struct GlobalArgs {
     /// [env: OTTURNAUT_SSH_KNOWN_HOSTS] [default: trust on first use, remembered in WORK_DIR/ssh/known_hosts]
     #[arg(long, global = true, help_heading = "Global options", value_name = "FILE")]
     pub ssh_known_hosts: Option<PathBuf>,
-    /// A TOML file with any of: caddy_admin, listen, no_auto_https, port_range, work_dir, ssh_known_hosts [env: OTTURNAUT_CONFIG]
+    /// How many releases besides the live one are kept for `rollback`, at least 1 [env: OTTURNAUT_KEEP] [default: 5]
+    #[arg(long, global = true, help_heading = "Global options", value_name = "N")]
+    pub keep: Option<String>,
+    /// A TOML file with any of: caddy_admin, listen, no_auto_https, port_range, work_dir, ssh_known_hosts, keep [env: OTTURNAUT_CONFIG]
     #[arg(long, global = true, help_heading = "Global options", value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -62,6 +65,36 @@ pub enum Command {
         /// Only this app
         app: Option<String>,
         /// One JSON document on stdout instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// List an app's releases, newest first: the live one and those kept for `rollback`
+    #[command(long_about = RELEASES_ABOUT)]
+    Releases {
+        /// The app whose releases to list
+        app: String,
+        /// One JSON array on stdout instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a kept release live again, without fetching or building: the previous one by default
+    #[command(long_about = ROLLBACK_ABOUT)]
+    Rollback {
+        /// The app to roll back
+        app: String,
+        /// The kept release to go back to (a deployment id from `otturnaut releases APP`)
+        #[arg(long, value_name = "DEPLOYMENT")]
+        to: Option<String>,
+        /// Newline-delimited JSON events on stdout, the last line the result
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove kept releases beyond --keep, and dangling images of Otturnaut's builds
+    #[command(long_about = PRUNE_ABOUT)]
+    Prune {
+        /// Only this app (default: every app)
+        app: Option<String>,
+        /// One JSON result object on stdout instead of text
         #[arg(long)]
         json: bool,
     },
@@ -235,6 +268,8 @@ Examples:
   otturnaut deploy shop --repo https://github.com/acme/shop.git --container-port 8080 --domain shop.example.com
   otturnaut status
   otturnaut logs shop --follow
+  otturnaut releases shop
+  otturnaut rollback shop
   otturnaut undeploy shop
 
 Exit codes: 0 success; 1 failed and rolled back (the previous release is live); 2 invalid input,
@@ -276,9 +311,47 @@ Examples:
   otturnaut status
   otturnaut status shop --json | jq '.[0].port'";
 
+const RELEASES_ABOUT: &str = "\
+List APP's releases, newest first: the live one, and the ones kept for `otturnaut rollback`.
+
+When a deploy (or rollback) replaces the live release, the old one is drained and stopped but kept:
+its container (stopped, holding no host port) and its image stay, with the image tag
+otturnaut-APP:kept-DEPLOYMENT. --keep N (default 5) of them are kept besides the live one; older
+ones are removed after each deploy, or by `otturnaut prune`.
+
+Examples:
+  otturnaut releases shop
+  otturnaut releases shop --json | jq -r '.[] | select(.state == \"retained\") | .deployment'";
+
+const ROLLBACK_ABOUT: &str = "\
+Make a kept release of APP live again: the one before the live release by default, or --to
+DEPLOYMENT (see `otturnaut releases APP`).
+
+No fetch and no build: a new container is started from the kept release's image, exactly as that
+release was deployed (same image, env including --env/--env-file values, container port, domains
+and health check), on a new host port. It must pass its health check before Caddy's route is
+switched to it; then the release it replaces is drained, stopped and kept in turn. If anything
+fails, or you press Ctrl-C before the switch, everything the rollback created is removed again and
+the live release keeps serving. Exit codes as for `deploy`; a --to that names no kept release of
+APP, or an APP with nothing to go back to, exits 2 and changes nothing.
+
+Examples:
+  otturnaut rollback shop
+  otturnaut rollback shop --to 01jd9x3k2m4n5p6q7r8s9t0v1w --json";
+
+const PRUNE_ABOUT: &str = "\
+Remove the kept releases of APP (or of every app) beyond --keep, as every deploy does, and the
+dangling images Otturnaut's own builds left behind (untagged, used by no container). Prints what
+it removed and the disk space freed. The live release is never removed.
+
+Examples:
+  otturnaut prune
+  otturnaut prune shop --keep 2 --json";
+
 const UNDEPLOY_ABOUT: &str = "\
 Remove APP entirely: first its Caddy route (so no request reaches a stopping container), then its
-containers (stopped gracefully), the images Otturnaut built for it and any leftover source trees.
+containers (stopped gracefully, kept releases too), the images Otturnaut built for it and any
+leftover source trees.
 Running it again finds nothing and does nothing.
 
 Example:

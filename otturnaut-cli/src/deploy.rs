@@ -16,15 +16,37 @@ use crate::output::{Out, elapsed};
 use crate::settings::Settings;
 use crate::{connect, input, print_fatal, settings, take_lock};
 
+/// What a deploy runs: a spec from the flags, or a rollback to a kept release.
+#[derive(Clone, Copy)]
+enum Request<'a> {
+    Deploy(&'a DeployArgs),
+    Rollback { app: &'a str, to: Option<&'a str> },
+}
+
 pub async fn run(global: &GlobalArgs, args: DeployArgs) -> Exit {
-    let mut out = Out::new(args.json);
-    match deploy(global, &args, &mut out).await {
+    finish(global, Request::Deploy(&args), &args.app, args.json).await
+}
+
+/// `otturnaut rollback`: a deploy whose spec is a kept release's.
+pub async fn rollback(global: &GlobalArgs, app: &str, to: Option<&str>, json: bool) -> Exit {
+    finish(global, Request::Rollback { app, to }, app, json).await
+}
+
+async fn finish(global: &GlobalArgs, request: Request<'_>, app: &str, json: bool) -> Exit {
+    let mut out = Out::new(json);
+    match deploy(global, request, &mut out).await {
         Ok(exit) => exit,
         Err(fatal) => {
             out.stop_spinner();
             print_fatal(&out, &fatal);
             if out.is_json() {
-                out.json_line(&otturnaut_adapters::outcome::not_started_json(&args.app, &fatal.message, fatal.exit));
+                let rollback_of = match request {
+                    Request::Rollback { to, .. } => to,
+                    Request::Deploy(_) => None,
+                };
+                let result =
+                    otturnaut_adapters::outcome::not_started_json(app, rollback_of, &fatal.message, fatal.exit);
+                out.json_line(&result);
             }
             fatal.exit
         }
@@ -58,20 +80,34 @@ fn start_fatal(e: StartError) -> Fatal {
         StartError::DomainTaken { .. } => Fatal::new(Exit::Usage, format!("invalid --domain: {e}")),
         StartError::Service { doing, error } => Fatal::service(&doing, &error),
         StartError::Lock(e) => Fatal::new(Exit::Failed, e.to_string()),
+        StartError::NoRelease(why) => Fatal::new(Exit::Usage, why),
     }
 }
 
-async fn deploy(global: &GlobalArgs, args: &DeployArgs, out: &mut Out) -> Result<Exit, Fatal> {
+async fn deploy(global: &GlobalArgs, request: Request<'_>, out: &mut Out) -> Result<Exit, Fatal> {
     // Everything is checked before anything connects or is created.
     let settings = settings(global)?;
-    let spec = input::deploy_spec(args)?;
+    let (app, spec, to) = match request {
+        Request::Deploy(args) => {
+            let spec = input::deploy_spec(args)?;
+            (spec.app.clone(), Some(spec), None)
+        }
+        Request::Rollback { app, to } => {
+            (input::app_id(app)?, None, to.map(|t| input::deployment_id("--to", t)).transpose()?)
+        }
+    };
     crate::workdir::check_existing(&settings.agent.work_dir)?;
     let agent = connect(&settings.agent).await?;
+    let spec = match spec {
+        Some(spec) => spec,
+        None => agent.rollback_spec(&app, to.as_ref()).await.map_err(start_fatal)?,
+    };
     agent.check_deploy(&spec).await.map_err(start_fatal)?;
     if let Some(message) = crate::host::migrate_req_warning(&settings.agent.caddy_admin) {
         out.event(&otturnaut_core::DeployEvent::Warning { message });
     }
-    let lock = take_lock(out, &settings, &spec.app, "deploy").await?;
+    let command = if spec.rollback_of().is_some() { "rollback" } else { "deploy" };
+    let lock = take_lock(out, &settings, &spec.app, command).await?;
     let mut signals = Signals::install()?;
     let mut run = agent.start_deploy(spec.clone(), lock).await.map_err(start_fatal)?;
     out.human(describe_source(&spec));
@@ -130,6 +166,9 @@ fn describe_source(spec: &DeploySpec) -> String {
     match &spec.source {
         Source::Git { url, git_ref, .. } => format!("source: {} at {git_ref}", url.redacted()),
         Source::Image { reference } => format!("source: image {reference}"),
+        Source::Release { deployment, image, .. } => {
+            format!("rolling back to release {deployment} (image {image}): no fetch, no build")
+        }
     }
 }
 
@@ -144,6 +183,9 @@ fn human(out: &Out, settings: &Settings, spec: &DeploySpec, o: &Outcome) {
             out.say(format!("{} {} {} in {took}", p.green("✓"), p.bold("deployed"), r.app));
             let row = |k: &str, v: &str| format!("  {} {v}", p.dim(&format!("{k:<11}")));
             out.say(row("deployment", r.deployment.as_str()));
+            if let Some(of) = &d.rollback_of {
+                out.say(row("rolled back", &format!("to release {of}, as it was deployed")));
+            }
             out.say(row("image", &r.image));
             if let Some(commit) = &r.commit {
                 out.say(row("commit", commit.as_str()));
@@ -157,7 +199,7 @@ fn human(out: &Out, settings: &Settings, spec: &DeploySpec, o: &Outcome) {
                 out.say(row("reach at", &format!("{direct} (no --domain, so no route in Caddy)")));
             }
             if let Some(previous) = &d.previous {
-                out.say(row("replaced", &format!("{} (drained, stopped and removed)", previous.deployment)));
+                out.say(row("replaced", &format!("{} (drained, stopped, kept for a rollback)", previous.deployment)));
             }
             for residue in &d.residue {
                 out.say(format!(

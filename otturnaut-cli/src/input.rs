@@ -43,6 +43,10 @@ pub fn app_id(raw: &str) -> Result<AppId, Invalid> {
     otturnaut_core::request::app_id(raw).map_err(from_field)
 }
 
+pub fn deployment_id(flag: &str, raw: &str) -> Result<otturnaut_core::DeploymentId, Invalid> {
+    raw.parse().map_err(|e: otturnaut_core::Error| Invalid::new(flag, e.to_string()))
+}
+
 pub fn deploy_spec(args: &DeployArgs) -> Result<DeploySpec, Invalid> {
     request(args)?.validate(&args.app).map_err(from_field)
 }

@@ -16,6 +16,7 @@ mod host;
 mod input;
 mod logs;
 mod output;
+mod releases;
 mod serve;
 mod settings;
 mod status;
@@ -61,6 +62,9 @@ async fn run(cli: Cli) -> Exit {
     match cli.command {
         Command::Deploy(args) => deploy::run(&global, *args).await,
         Command::Status { app, json } => status::run(&global, app.as_deref(), json).await,
+        Command::Releases { app, json } => releases::releases(&global, &app, json).await,
+        Command::Rollback { app, to, json } => deploy::rollback(&global, &app, to.as_deref(), json).await,
+        Command::Prune { app, json } => releases::prune(&global, app.as_deref(), json).await,
         Command::Undeploy { app, json } => cleanup::undeploy(&global, &app, json).await,
         Command::Reconcile { apps, json } => cleanup::reconcile(&global, &apps, json).await,
         Command::Serve(args) => serve::run(&global, args).await,

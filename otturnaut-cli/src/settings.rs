@@ -24,6 +24,7 @@ struct FileConfig {
     ssh_known_hosts: Option<PathBuf>,
     api_listen: Option<String>,
     token_file: Option<PathBuf>,
+    keep: Option<u64>,
 }
 
 /// `listen = ":80,:443"` or `listen = [":80", ":443"]`.
@@ -38,10 +39,15 @@ enum Listen {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub agent: AgentConfig,
+    /// How many releases besides the live one are kept for a rollback.
+    pub keep: usize,
     /// `serve`'s keys of the config file, with the file they came from.
     pub file_api_listen: Option<(String, String)>,
     pub file_token_file: Option<(PathBuf, String)>,
 }
+
+/// The most releases `--keep` accepts: each one is an image and a container on disk.
+const MAX_KEEP: usize = 100;
 
 impl Settings {
     pub fn locks_dir(&self) -> PathBuf {
@@ -133,6 +139,11 @@ pub fn resolve(args: &GlobalArgs, env: &dyn Fn(&str) -> Option<String>) -> Resul
         None => None,
     };
 
+    let keep = match pick(args.keep.clone(), "--keep", "OTTURNAUT_KEEP", file.keep.map(|k| k.to_string())) {
+        Some((v, from)) => parse_keep(&v).map_err(|m| Invalid::new(from, m))?,
+        None => otturnaut_steps::DEFAULT_KEEP,
+    };
+
     let agent = AgentConfig {
         caddy_admin,
         listen,
@@ -140,6 +151,7 @@ pub fn resolve(args: &GlobalArgs, env: &dyn Fn(&str) -> Option<String>) -> Resul
         port_range,
         work_dir,
         ssh_known_hosts,
+        keep,
         ..defaults
     };
     // The adapter's own checks, run now so that a bad value is reported before
@@ -154,6 +166,7 @@ pub fn resolve(args: &GlobalArgs, env: &dyn Fn(&str) -> Option<String>) -> Resul
     let from = |key: &str| format!("{key} in {}", config_path.display());
     Ok(Settings {
         agent,
+        keep,
         file_api_listen: file.api_listen.map(|v| (v, from("api_listen"))),
         file_token_file: file.token_file.map(|v| (v, from("token_file"))),
     })
@@ -163,6 +176,15 @@ fn read_file(path: &Path) -> Result<FileConfig, Invalid> {
     let flag = "--config";
     let text = files::read_capped(path, files::MAX_SETTINGS_FILE).map_err(|m| Invalid::new(flag, m))?;
     toml::from_str(&text).map_err(|e| Invalid::new(flag, format!("{} is not a valid config file: {e}", path.display())))
+}
+
+fn parse_keep(v: &str) -> Result<usize, String> {
+    match v.trim().parse::<usize>() {
+        Ok(n) if (1..=MAX_KEEP).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{v:?} is not a number of releases from 1 to {MAX_KEEP} (how many besides the live one are kept)"
+        )),
+    }
 }
 
 fn parse_bool(v: &str) -> Option<bool> {
@@ -227,6 +249,24 @@ mod tests {
         assert_eq!(s.agent.port_range, PortRange::default());
         assert_eq!(s.agent.work_dir, PathBuf::from("/var/lib/otturnaut"));
         assert_eq!(s.locks_dir(), PathBuf::from("/var/lib/otturnaut/locks"));
+    }
+
+    #[test]
+    fn keep_comes_from_flag_env_or_file_and_is_at_least_one() {
+        assert_eq!(resolve(&GlobalArgs::default(), &env_of(&[])).expect("default").keep, 5);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("otturnaut.toml");
+        std::fs::write(&file, "keep = 3\n").expect("write config");
+        let from_file = GlobalArgs { config: Some(file), ..GlobalArgs::default() };
+        assert_eq!(resolve(&from_file, &env_of(&[])).expect("file").keep, 3);
+        assert_eq!(resolve(&from_file, &env_of(&[("OTTURNAUT_KEEP", "7")])).expect("env").keep, 7);
+        let flag = GlobalArgs { keep: Some("2".into()), ..from_file };
+        assert_eq!(resolve(&flag, &env_of(&[("OTTURNAUT_KEEP", "7")])).expect("flag").keep, 2);
+        for bad in ["0", "-1", "many", "101", ""] {
+            let args = GlobalArgs { keep: Some(bad.into()), ..GlobalArgs::default() };
+            let e = resolve(&args, &env_of(&[])).expect_err(bad).to_string();
+            assert!(e.contains("--keep") && e.contains("1 to 100"), "{bad}: {e}");
+        }
     }
 
     #[test]

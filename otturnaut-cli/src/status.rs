@@ -74,11 +74,12 @@ fn human(s: &AppStatus) -> Vec<String> {
     for url in &s.urls {
         lines.push(row("url", url));
     }
-    if s.containers > 1 {
-        lines.push(row(
-            "leftovers",
-            &format!("{} other container(s); `otturnaut reconcile` removes them", s.containers - 1),
-        ));
+    if s.retained > 0 {
+        lines.push(row("kept", &format!("{} release(s) for rollback; `otturnaut releases {}`", s.retained, s.app)));
+    }
+    let leftovers = s.containers.saturating_sub(1 + s.retained);
+    if leftovers > 0 {
+        lines.push(row("leftovers", &format!("{leftovers} other container(s); `otturnaut reconcile` removes them")));
     }
     lines
 }

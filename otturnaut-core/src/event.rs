@@ -25,12 +25,13 @@ pub enum Step {
     RecordState,
     Drain,
     StopOld,
-    RemoveOld,
+    KeepOld,
     ReleaseOldPort,
+    RemoveOld,
 }
 
 impl Step {
-    pub const ALL: [Step; 12] = [
+    pub const ALL: [Step; 13] = [
         Step::Fetch,
         Step::Build,
         Step::LoadState,
@@ -41,8 +42,9 @@ impl Step {
         Step::RecordState,
         Step::Drain,
         Step::StopOld,
-        Step::RemoveOld,
+        Step::KeepOld,
         Step::ReleaseOldPort,
+        Step::RemoveOld,
     ];
 
     pub fn name(self) -> &'static str {
@@ -57,6 +59,7 @@ impl Step {
             Step::RecordState => "record_state",
             Step::Drain => "drain",
             Step::StopOld => "stop_old",
+            Step::KeepOld => "keep_old",
             Step::RemoveOld => "remove_old",
             Step::ReleaseOldPort => "release_old_port",
         }

@@ -34,6 +34,7 @@ pub const CALLS: &[&str] = &[
     "remove_source",
     "build",
     "ensure_image",
+    "tag_image",
     "remove_image",
     "load_state",
     "allocate_port",

@@ -26,7 +26,8 @@ pub use event::{DeployEvent, EventReceiver, EventSink, LOG_BACKLOG, MAX_LOG_LINE
 pub use ids::{AppId, DeploymentId, Domain, EnvName, ImageRef, domain_conflict};
 pub use net::{ContainerPort, HostPort, PortRange};
 pub use release::{
-    ContainerId, ContainerStatus, ManagedContainer, ManagedImage, Release, RouteTarget, live_container, unmarked,
+    ContainerId, ContainerStatus, ManagedContainer, ManagedImage, RecordedRelease, Release, ReleaseInfo, ReleaseRecord,
+    ReleaseState, RouteTarget, beyond_keep, live_container, releases, unmarked,
 };
 pub use request::{DeployRequest, InvalidField};
 pub use secret::{REDACTED, Secret};
@@ -51,4 +52,6 @@ pub mod labels {
     /// container without it was deployed before, and only for such
     /// containers does the old, route-based rule decide what is live.
     pub const MARKED: &str = "otturnaut.marked";
+    /// The release's non-secret settings as JSON ([`crate::ReleaseRecord`]).
+    pub const RELEASE: &str = "otturnaut.release";
 }

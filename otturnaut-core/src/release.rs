@@ -4,7 +4,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{AppId, CommitSha, ContainerPort, DeploymentId, Domain, HostPort};
+use std::collections::BTreeMap;
+
+use crate::{AppId, CommitSha, ContainerPort, DeploymentId, Domain, EnvName, HealthCheck, HostPort, Secret};
 
 /// A Docker container id (or name).
 #[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
@@ -76,6 +78,39 @@ pub struct ManagedContainer {
     pub state: String,
     /// Unix seconds.
     pub created: i64,
+    /// What the release was deployed with ([`ReleaseRecord`]); `None` for
+    /// containers made before it was recorded.
+    pub record: Option<ReleaseRecord>,
+}
+
+/// The non-secret settings of a release, recorded on its container (label
+/// [`crate::labels::RELEASE`], JSON) so that a rollback brings the release
+/// back exactly as it was deployed. Env values are secrets: only their names
+/// are recorded here; the values are in the container's own config.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct ReleaseRecord {
+    #[serde(default)]
+    pub health: HealthCheck,
+    /// The names of the env variables given at deploy time.
+    #[serde(default)]
+    pub env: Vec<EnvName>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<CommitSha>,
+    /// Set when this release was made by rolling back to an earlier one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<DeploymentId>,
+}
+
+/// Everything needed to run a release again, read back from its container
+/// ([`crate::traits::ContainerRuntime::recorded`]).
+#[derive(Clone, Debug)]
+pub struct RecordedRelease {
+    /// The image as the user knows it (see [`Release::image`]).
+    pub image: String,
+    pub container_port: ContainerPort,
+    pub domains: Vec<Domain>,
+    pub env: BTreeMap<EnvName, Secret>,
+    pub record: ReleaseRecord,
 }
 
 /// One release's image, as listed from Docker by its tags: the release tag
@@ -98,9 +133,14 @@ pub struct ManagedImage {
     pub released: bool,
     /// True when the live mark exists: this release was committed as live.
     pub live: bool,
+    /// True when the kept mark `otturnaut-{app}:kept-{deployment}` exists:
+    /// the release was live once and is retained for a rollback.
+    pub kept: bool,
     pub commit: Option<CommitSha>,
     /// Unix seconds.
     pub created: i64,
+    /// Bytes, as Docker reports the image's size.
+    pub size: i64,
 }
 
 /// Which of an app's containers is its live release, from what Docker holds
@@ -155,6 +195,86 @@ pub fn unmarked(app: &AppId, images: &[ManagedImage]) -> bool {
     !images.iter().any(|i| i.app == *app && i.live)
 }
 
+/// Whether a release serves traffic or is kept for a rollback.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReleaseState {
+    Live,
+    Retained,
+}
+
+/// One release of an app as `otturnaut releases` shows it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ReleaseInfo {
+    pub app: AppId,
+    pub deployment: DeploymentId,
+    pub state: ReleaseState,
+    /// The image as the user knows it (see [`Release::image`]).
+    pub image: String,
+    pub commit: Option<CommitSha>,
+    /// Unix seconds (the container's creation).
+    pub created: i64,
+    pub domains: Vec<Domain>,
+    pub container_port: Option<ContainerPort>,
+    pub host_port: Option<HostPort>,
+    pub rollback_of: Option<DeploymentId>,
+    pub container: ContainerId,
+    pub running: bool,
+}
+
+/// The releases of `app`, newest first: the live one ([`live_container`])
+/// and every retained one.
+///
+/// Architecture invariant: a release is retained when it was committed once
+/// (it has a kept mark, or a live mark older than the live release's, left by
+/// a crash during retirement) and both its container and its release tag
+/// still exist, the container running that tag's image. Nothing else of the
+/// app is a release: whatever has no mark never committed, and reconcile
+/// removes it.
+pub fn releases(
+    app: &AppId,
+    containers: &[ManagedContainer],
+    images: &[ManagedImage],
+    routed_port: Option<HostPort>,
+) -> Vec<ReleaseInfo> {
+    let live = live_container(app, containers, images, routed_port);
+    let mut found: Vec<ReleaseInfo> = containers
+        .iter()
+        .filter(|c| c.app == *app)
+        .filter_map(|c| {
+            let is_live = live.is_some_and(|l| l.id == c.id);
+            let image = images.iter().find(|i| i.app == *app && i.deployment == c.deployment && i.released);
+            let retained = image.is_some_and(|i| (i.kept || i.live) && i.id == c.image_id);
+            if !is_live && !retained {
+                return None;
+            }
+            let record = c.record.as_ref();
+            Some(ReleaseInfo {
+                app: app.clone(),
+                deployment: c.deployment.clone(),
+                state: if is_live { ReleaseState::Live } else { ReleaseState::Retained },
+                image: c.image.clone(),
+                commit: record.and_then(|r| r.commit.clone()).or_else(|| image.and_then(|i| i.commit.clone())),
+                created: c.created,
+                domains: c.domains.clone(),
+                container_port: c.container_port,
+                host_port: c.host_port,
+                rollback_of: record.and_then(|r| r.rollback_of.clone()),
+                container: c.id.clone(),
+                running: c.running,
+            })
+        })
+        .collect();
+    found.sort_by(|a, b| b.deployment.cmp(&a.deployment));
+    found
+}
+
+/// The retained releases beyond the newest `keep` (of [`releases`]): what
+/// retention removes. Never the live release.
+pub fn beyond_keep(releases: &[ReleaseInfo], keep: usize) -> Vec<&ReleaseInfo> {
+    releases.iter().filter(|r| r.state == ReleaseState::Retained).skip(keep).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +298,7 @@ mod tests {
             running: true,
             state: "running".into(),
             created: 0,
+            record: None,
         }
     }
 
@@ -189,8 +310,10 @@ mod tests {
             deployment: deployment.clone(),
             released: true,
             live,
+            kept: false,
             commit: None,
             created: 0,
+            size: 0,
         }
     }
 

@@ -7,7 +7,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::string_newtype;
-use crate::{AppId, ContainerPort, DockerfilePath, Domain, EnvName, Error, GitRef, ImageRef, RepoUrl, Secret};
+use crate::{
+    AppId, CommitSha, ContainerPort, DeploymentId, DockerfilePath, Domain, EnvName, Error, GitRef, ImageRef, RepoUrl,
+    Secret,
+};
 
 /// A complete deploy request. Every field is already validated, so a spec that
 /// exists can be deployed without further input checks.
@@ -39,6 +42,14 @@ impl DeploySpec {
             timeouts: Timeouts::default(),
         }
     }
+
+    /// The release this spec makes live again, for a rollback.
+    pub fn rollback_of(&self) -> Option<&DeploymentId> {
+        match &self.source {
+            Source::Release { deployment, .. } => Some(deployment),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -59,6 +70,16 @@ pub enum Source {
     },
     /// Run an image that already exists (locally or in a registry).
     Image { reference: ImageRef },
+    /// Run a retained release's image again: a rollback. Made by
+    /// `otturnaut_steps::rollback_spec` from what the release recorded, so
+    /// the rest of the spec is that release's too.
+    Release {
+        deployment: DeploymentId,
+        /// The image as the user knows it (the release's [`crate::Release::image`]).
+        image: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        commit: Option<CommitSha>,
+    },
 }
 
 /// How to tell that the new container is ready for traffic.
@@ -269,7 +290,7 @@ mod tests {
                 assert_eq!(url.expose(), "https://T0KEN@h/o/r.git");
                 assert_eq!(build_args.get("NPM").map(Secret::expose), Some("npmsecret"));
             }
-            Source::Image { .. } => panic!("git source expected"),
+            Source::Image { .. } | Source::Release { .. } => panic!("git source expected"),
         }
     }
 

@@ -244,6 +244,10 @@ impl ImageBuilder for Fake {
     async fn list_images(&self, _app: Option<&AppId>) -> Result<Vec<ManagedImage>> {
         Ok(Vec::new())
     }
+
+    async fn prune_dangling(&self, _app: Option<&AppId>) -> Result<crate::traits::Pruned> {
+        Ok(crate::traits::Pruned::default())
+    }
 }
 
 #[async_trait]
@@ -343,8 +347,13 @@ impl ContainerRuntime for Fake {
                 state: if c.running { "running" } else { "exited" }.into(),
                 // Deployment ids sort by creation time, so they stand in for it.
                 created: 0,
+                record: None,
             })
             .collect())
+    }
+
+    async fn recorded(&self, id: &ContainerId) -> Result<crate::RecordedRelease> {
+        Err(Error::failed(format!("reading what container {id} was started with"), "the fake records nothing"))
     }
 }
 

@@ -16,8 +16,8 @@ use async_trait::async_trait;
 
 use crate::{
     AppId, CommitSha, ContainerId, ContainerPort, ContainerStatus, DeploymentId, DockerfilePath, Domain, EnvName,
-    EventSink, GitRef, HealthCheck, HostPort, ImageRef, ManagedContainer, ManagedImage, Release, RepoUrl, Result,
-    RouteTarget, Secret,
+    EventSink, GitRef, HealthCheck, HostPort, ImageRef, ManagedContainer, ManagedImage, RecordedRelease, Release,
+    ReleaseRecord, RepoUrl, Result, RouteTarget, Secret,
 };
 
 /// A source tree checked out for one deployment.
@@ -85,6 +85,16 @@ pub fn live_tag(app: &AppId, deployment: &DeploymentId) -> String {
 /// What starts the tag of a live mark.
 pub const LIVE_PREFIX: &str = "live-";
 
+/// The kept mark: a tag on the image of a release that was live once and is
+/// retained for a rollback, `otturnaut-{app}:kept-{deployment}`. Written when
+/// the release is retired, before its live mark is removed.
+pub fn kept_tag(app: &AppId, deployment: &DeploymentId) -> String {
+    format!("otturnaut-{app}:{KEPT_PREFIX}{deployment}")
+}
+
+/// What starts the tag of a kept mark.
+pub const KEPT_PREFIX: &str = "kept-";
+
 pub fn container_name(app: &AppId, deployment: &DeploymentId) -> String {
     format!("otturnaut-{app}-{deployment}")
 }
@@ -105,6 +115,17 @@ pub trait ImageBuilder: Send + Sync {
     async fn remove_image(&self, image: &str) -> Result<()>;
     /// Our release images, found by their tags (see [`ManagedImage`]).
     async fn list_images(&self, app: Option<&AppId>) -> Result<Vec<ManagedImage>>;
+    /// Removes untagged images left by the agent's own builds (of `app`, or
+    /// of every app), that no container uses.
+    async fn prune_dangling(&self, app: Option<&AppId>) -> Result<Pruned>;
+}
+
+/// What [`ImageBuilder::prune_dangling`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Image ids.
+    pub removed: Vec<String>,
+    pub freed_bytes: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -119,9 +140,23 @@ pub struct RunRequest {
     pub container_port: ContainerPort,
     pub env: BTreeMap<EnvName, Secret>,
     pub domains: Vec<Domain>,
+    /// Recorded with the release (with the env's names) for a rollback.
+    pub health: HealthCheck,
+    pub commit: Option<CommitSha>,
+    pub rollback_of: Option<DeploymentId>,
 }
 
 impl RunRequest {
+    /// What is recorded on the container about this release.
+    pub fn record(&self) -> ReleaseRecord {
+        ReleaseRecord {
+            health: self.health.clone(),
+            env: self.env.keys().cloned().collect(),
+            commit: self.commit.clone(),
+            rollback_of: self.rollback_of.clone(),
+        }
+    }
+
     pub fn name(&self) -> String {
         container_name(&self.app, &self.deployment)
     }
@@ -140,6 +175,9 @@ pub trait ContainerRuntime: Send + Sync {
     async fn status(&self, id: &ContainerId) -> Result<ContainerStatus>;
     async fn logs(&self, id: &ContainerId, tail: usize) -> Result<Vec<String>>;
     async fn list(&self, app: Option<&AppId>) -> Result<Vec<ManagedContainer>>;
+    /// What the container was started with ([`RecordedRelease`]), env values
+    /// included, so that a rollback can start the release again.
+    async fn recorded(&self, id: &ContainerId) -> Result<RecordedRelease>;
 }
 
 #[async_trait]

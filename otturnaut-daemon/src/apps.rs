@@ -14,10 +14,10 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use otturnaut_adapters::lock;
 use otturnaut_adapters::maintenance::MaintenanceError;
-use otturnaut_adapters::status::{AppStatus, statuses};
+use otturnaut_adapters::status::{AppStatus, release_json, statuses};
 use otturnaut_core::request::app_id;
 use otturnaut_core::{AppId, ContainerId};
-use otturnaut_steps::{Residue, live_release};
+use otturnaut_steps::{Residue, list_releases, live_release};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
@@ -243,4 +243,60 @@ async fn container_of(state: &State, app: &AppId) -> Result<ContainerId, ApiErro
         .pop()
         .map(|c| c.id)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("{app} has no containers: it is not deployed")))
+}
+
+#[utoipa::path(get, path = "/v1/apps/{app}/releases", tag = "apps",
+    params(("app" = String, Path, description = "The app's name")),
+    responses((status = 200, description = "The live and retained releases, newest first, as `otturnaut releases --json`",
+               body = Vec<Object>),
+              (status = 401, description = "No or wrong bearer token", body = ErrorBody),
+              (status = 422, description = "Invalid app name", body = ErrorBody),
+              (status = 503, description = "Docker or Caddy unreachable", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn releases(Extract(state): Extract<Arc<State>>, Path(app): Path<String>) -> Result<Response, ApiError> {
+    let app = app_id(&app)?;
+    let all = list_releases(&state.agent.adapters, &app)
+        .await
+        .map_err(|e| ApiError::service(&format!("listing the releases of {app}"), &e))?;
+    Ok(Json(all.iter().map(release_json).collect::<Vec<_>>()).into_response())
+}
+
+#[utoipa::path(post, path = "/v1/apps/{app}/prune", tag = "apps",
+    params(("app" = String, Path, description = "The app's name")),
+    responses((status = 200, description = "Retained releases beyond `keep` and dangling build images removed, \
+               as `otturnaut prune APP --json`", body = Object),
+              (status = 401, description = "No or wrong bearer token", body = ErrorBody),
+              (status = 409, description = "A deploy of the app is running", body = ErrorBody),
+              (status = 422, description = "Invalid app name", body = ErrorBody),
+              (status = 503, description = "Docker or Caddy unreachable", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn prune(Extract(state): Extract<Arc<State>>, Path(app): Path<String>) -> Result<Response, ApiError> {
+    let app = app_id(&app)?;
+    let agent = &state.agent;
+    let _lock = match lock::try_lock(&agent.locks_dir(), &app, "prune") {
+        Ok(Ok(lock)) => lock,
+        Ok(Err(holder)) => return Err(ApiError::new(StatusCode::CONFLICT, holder.describe(&app))),
+        Err(e) => {
+            return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot take {app}'s lock: {e}")));
+        }
+    };
+    let keep = agent.config.keep;
+    let report =
+        otturnaut_steps::prune(&agent.adapters, &BTreeSet::from([app.clone()]), false, keep, Default::default())
+            .await
+            .map_err(|e| ApiError::service(&format!("pruning {app}"), &e))?;
+    let done: Vec<&String> = report.apps.iter().flat_map(|r| &r.done).collect();
+    let residue: Vec<&Residue> = report.apps.iter().flat_map(|r| &r.residue).collect();
+    let code = if residue.is_empty() { 0 } else { 3 };
+    Ok(Json(json!({
+        "result": if code == 0 { "pruned" } else { "failed" },
+        "app": app,
+        "keep": keep,
+        "done": done,
+        "dangling_images": report.dangling,
+        "freed_bytes": report.freed_bytes,
+        "residue": residue,
+        "exit_code": code,
+    }))
+    .into_response())
 }

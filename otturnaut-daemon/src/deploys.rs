@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use otturnaut_adapters::lock::{self, AppLock};
 use otturnaut_adapters::{LOCK_TIMEOUT, StartError};
 use otturnaut_core::request::app_id;
-use otturnaut_core::{AppId, DeployEvent, DeployRequest, DeploySpec};
+use otturnaut_core::{AppId, DeployEvent, DeployRequest, DeploySpec, DeploymentId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use utoipa::{IntoParams, ToSchema};
@@ -64,12 +64,24 @@ pub async fn deploy(
     let body = body.map_err(body_rejection)?;
     let request: DeployRequest = parse_json(&body)?;
     let spec = request.validate(&app)?;
+    run_streamed(&state, spec, query.wait, &headers).await
+}
+
+/// Runs `spec` (a deploy or a rollback) and answers with its stream; a
+/// repeated `Idempotency-Key` gets the first request's result instead.
+async fn run_streamed(
+    state: &Arc<State>,
+    spec: DeploySpec,
+    wait: bool,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let sse =
         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/event-stream"));
     let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let app = spec.app.clone();
     let slot = match &key {
         None => None,
-        Some(key) => match state.idempotency(&spec.app, key) {
+        Some(key) => match state.idempotency(&app, key) {
             Ok(mut earlier) => {
                 // A repeat: the first request's result, once it has one.
                 let result = match earlier.wait_for(Option::is_some).await {
@@ -85,15 +97,56 @@ pub async fn deploy(
             Err(slot) => Some(slot),
         },
     };
-    match start(&state, spec, query.wait, slot).await {
+    match start(state, spec, wait, slot).await {
         Ok(rx) => Ok(respond(rx, sse)),
         Err(e) => {
             if let Some(key) = &key {
-                state.forget_idempotency(&app_id(&app)?, key);
+                state.forget_idempotency(&app, key);
             }
             Err(e)
         }
     }
+}
+
+/// `POST /v1/apps/{app}/rollback`'s optional body.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// The retained release to make live again (default: the newest retained one).
+    #[serde(default)]
+    to: Option<String>,
+}
+
+#[utoipa::path(post, path = "/v1/apps/{app}/rollback", tag = "deploys",
+    params(("app" = String, Path, description = "The app's name"), DeployQuery,
+           ("Idempotency-Key" = Option<String>, Header, description = "A repeat within 10 minutes gets the first result")),
+    request_body(content = Option<RollbackRequest>, description = "Optional: `{\"to\": DEPLOYMENT}`"),
+    responses(
+        (status = 200, description = "As a deploy: the events, then the result (with `rollback_of`)",
+            content_type = "application/x-ndjson", body = String),
+        (status = 401, description = "No or wrong bearer token", body = ErrorBody),
+        (status = 409, description = "A deploy of the app is running", body = ErrorBody),
+        (status = 422, description = "Invalid app or `to`, or no retained release to go back to", body = ErrorBody),
+        (status = 503, description = "Docker or Caddy unreachable", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn rollback(
+    Extract(state): Extract<Arc<State>>,
+    Path(app): Path<String>,
+    Query(query): Query<DeployQuery>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(body_rejection)?;
+    let request: RollbackRequest =
+        if body.iter().all(u8::is_ascii_whitespace) { RollbackRequest::default() } else { parse_json(&body)? };
+    let app = app_id(&app)?;
+    let to: Option<DeploymentId> = request
+        .to
+        .as_deref()
+        .map(|t| t.parse().map_err(|e: otturnaut_core::Error| ApiError::field("to", e.to_string())))
+        .transpose()?;
+    let spec = state.agent.rollback_spec(&app, to.as_ref()).await.map_err(start_error)?;
+    run_streamed(&state, spec, query.wait, &headers).await
 }
 
 /// Checks, locks and starts the deploy; the receiver gets its lines.
@@ -120,7 +173,8 @@ async fn start(
             let _ = tx.send(Line::Event(event));
         }
         let outcome = run.outcome().await;
-        state2.metrics.deploy(outcome.is_deployed(), !outcome.residue().is_empty(), outcome.elapsed);
+        let rollback = outcome.rollback_of.is_some();
+        state2.metrics.deploy(rollback, outcome.is_deployed(), !outcome.residue().is_empty(), outcome.elapsed);
         let result = outcome.to_json();
         tracing::info!(app = %app, result = outcome.result(), "deploy ended");
         state2.done_running(&app);
@@ -157,6 +211,7 @@ fn start_error(e: StartError) -> ApiError {
         StartError::DomainTaken { .. } => ApiError::field("domains", e.to_string()),
         StartError::Service { doing, error } => ApiError::service(&doing, &error),
         StartError::Lock(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+        StartError::NoRelease(why) => ApiError::field("to", why),
     }
 }
 

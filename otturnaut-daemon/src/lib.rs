@@ -82,12 +82,15 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/v1/apps", get(apps::list))
         .route("/v1/apps/{app}", get(apps::one).delete(apps::undeploy))
         .route("/v1/apps/{app}/deployments/cancel", post(deploys::cancel))
+        .route("/v1/apps/{app}/releases", get(apps::releases))
+        .route("/v1/apps/{app}/prune", post(apps::prune))
         .route("/v1/reconcile", post(apps::reconcile))
         .route("/v1/openapi.json", get(openapi::document))
         .route("/metrics", get(metrics::render))
         .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT));
     let streams = Router::new()
         .route("/v1/apps/{app}/deployments", post(deploys::deploy))
+        .route("/v1/apps/{app}/rollback", post(deploys::rollback))
         .route("/v1/apps/{app}/logs", get(apps::logs));
     let authed = bounded.merge(streams).layer(axum::middleware::from_fn_with_state(state.clone(), auth::require));
     Router::new()

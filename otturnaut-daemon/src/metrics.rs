@@ -19,6 +19,8 @@ const BUCKETS: [f64; 9] = [1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800
 pub struct Metrics {
     deployed: AtomicU64,
     failed: AtomicU64,
+    rolled_back_to: AtomicU64,
+    rollback_failed: AtomicU64,
     /// Failures that left something for `reconcile`.
     residue: AtomicU64,
     buckets: [AtomicU64; BUCKETS.len()],
@@ -30,8 +32,14 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn deploy(&self, deployed: bool, residue: bool, took: Duration) {
-        let counter = if deployed { &self.deployed } else { &self.failed };
+    /// A deploy (or, with `rollback`, a rollback) ended.
+    pub fn deploy(&self, rollback: bool, deployed: bool, residue: bool, took: Duration) {
+        let counter = match (rollback, deployed) {
+            (false, true) => &self.deployed,
+            (false, false) => &self.failed,
+            (true, true) => &self.rolled_back_to,
+            (true, false) => &self.rollback_failed,
+        };
         counter.fetch_add(1, Ordering::Relaxed);
         if residue {
             self.residue.fetch_add(1, Ordering::Relaxed);
@@ -59,10 +67,18 @@ impl Metrics {
         let _ = writeln!(t, "# TYPE otturnaut_deploys_total counter");
         let _ = writeln!(t, "otturnaut_deploys_total{{result=\"deployed\"}} {}", get(&self.deployed));
         let _ = writeln!(t, "otturnaut_deploys_total{{result=\"failed\"}} {}", get(&self.failed));
-        let _ = writeln!(t, "# HELP otturnaut_undo_residue_total Deploys whose rollback left resources behind.");
+        let _ = writeln!(t, "# HELP otturnaut_rollbacks_total Rollbacks run by this daemon, by result.");
+        let _ = writeln!(t, "# TYPE otturnaut_rollbacks_total counter");
+        let _ = writeln!(t, "otturnaut_rollbacks_total{{result=\"deployed\"}} {}", get(&self.rolled_back_to));
+        let _ = writeln!(t, "otturnaut_rollbacks_total{{result=\"failed\"}} {}", get(&self.rollback_failed));
+        let _ =
+            writeln!(t, "# HELP otturnaut_undo_residue_total Deploys and rollbacks whose undo left resources behind.");
         let _ = writeln!(t, "# TYPE otturnaut_undo_residue_total counter");
         let _ = writeln!(t, "otturnaut_undo_residue_total {}", get(&self.residue));
-        let _ = writeln!(t, "# HELP otturnaut_deploy_duration_seconds How long deploys took, from the app's lock.");
+        let _ = writeln!(
+            t,
+            "# HELP otturnaut_deploy_duration_seconds How long deploys and rollbacks took, from the app's lock."
+        );
         let _ = writeln!(t, "# TYPE otturnaut_deploy_duration_seconds histogram");
         for (bound, n) in BUCKETS.iter().zip(&self.buckets) {
             let _ = writeln!(t, "otturnaut_deploy_duration_seconds_bucket{{le=\"{bound}\"}} {}", get(n));

@@ -47,6 +47,7 @@
 mod locks;
 mod reaper;
 mod reconcile;
+mod releases;
 mod retire;
 mod strategy;
 mod tokens;
@@ -61,6 +62,7 @@ pub use reaper::Reaper;
 pub use reconcile::{
     CleanupReport, apps_with_resources, domain_owner, live_release, reconcile, reconcile_app, undeploy_app,
 };
+pub use releases::{DEFAULT_KEEP, PruneReport, apply_retention, list_releases, prune, rollback_spec};
 pub use strategy::{BlueGreen, Deployed, Strategy};
 pub use tokens::{Built, Committed, Context, Fetched, Healthy, PortHeld, Routed, Running};
 pub use undo::{Residue, RetryPolicy, UndoAction, UndoOutcome, UndoReport};

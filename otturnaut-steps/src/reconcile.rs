@@ -7,9 +7,11 @@
 //! - a live release whose route is missing, or points elsewhere, gets its
 //!   route back; all such routes are written in **one** Caddy config change;
 //! - a live release from before live marks existed gets its mark;
-//! - a container of the app that is not the live release is removed, with
-//!   its port; a release image that the live release does not run is removed
-//!   (its live mark first, then its release tag);
+//! - a retained release (see [`otturnaut_core::releases`]) is never removed:
+//!   a retirement a crash cut short is finished (container stopped, kept
+//!   mark written, stale live mark removed);
+//! - any other container of the app is removed, with its port; any other
+//!   release image is removed (its marks first, then its release tag);
 //! - a fetched source tree or key file of the app is removed;
 //! - a route of an app with no live release (or one deployed without
 //!   domains) is removed.
@@ -21,9 +23,10 @@
 
 use std::collections::BTreeSet;
 
-use otturnaut_core::traits::{image_tag, live_tag};
+use otturnaut_core::traits::{image_tag, kept_tag, live_tag};
 use otturnaut_core::{
-    Adapters, AppId, DeploymentId, ManagedContainer, ManagedImage, Release, RouteTarget, live_container, unmarked,
+    Adapters, AppId, DeploymentId, ManagedContainer, ManagedImage, Release, ReleaseInfo, ReleaseState, RouteTarget,
+    live_container, releases, unmarked,
 };
 use serde::{Deserialize, Serialize};
 
@@ -118,6 +121,17 @@ pub async fn reconcile(
                 }),
             }
         }
+        for retire in &plan.retire {
+            match retire.finish(a, &plan.app, RETIRE_GRACE).await {
+                Ok(done) => report.done.push(done),
+                Err(e) => report.residue.push(Residue {
+                    kind: "state".into(),
+                    what: format!("retire {} of {}", retire.deployment, plan.app),
+                    error: e.to_string(),
+                    in_doubt: false,
+                }),
+            }
+        }
         let mut rest = run(a, Some(&plan.app), actions, retry).await;
         report.done.append(&mut rest.done);
         report.residue.append(&mut rest.residue);
@@ -174,8 +188,39 @@ struct Plan {
     routed_port: Option<otturnaut_core::HostPort>,
     /// A live release without a live mark, to be marked.
     adopt: Option<ManagedContainer>,
+    /// Retained releases whose retirement a crash cut short.
+    retire: Vec<Retire>,
     actions: Vec<UndoAction>,
 }
+
+/// What is left to do to retire a retained release.
+struct Retire {
+    deployment: DeploymentId,
+    container: otturnaut_core::ContainerId,
+    stop: bool,
+    keep: bool,
+    unmark: bool,
+}
+
+impl Retire {
+    /// Stops the container, writes the kept mark, then removes the stale
+    /// live mark (only once the kept mark is there).
+    async fn finish(&self, a: &Adapters, app: &AppId, grace: std::time::Duration) -> otturnaut_core::Result<String> {
+        if self.stop {
+            a.runtime.stop(&self.container, grace).await?;
+        }
+        if self.keep {
+            a.builder.tag_image(&image_tag(app, &self.deployment), &kept_tag(app, &self.deployment)).await?;
+        }
+        if self.unmark {
+            a.builder.remove_image(&live_tag(app, &self.deployment)).await?;
+        }
+        Ok(format!("retired {} of {app}: stopped and kept for a rollback", self.deployment))
+    }
+}
+
+/// How long reconcile lets a retained release's container stop.
+const RETIRE_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Plan {
     fn new(app: &AppId, inv: &Inventory) -> Plan {
@@ -197,24 +242,45 @@ impl Plan {
             }
             (None, None) => None,
         };
+        // Retained releases (committed once, kept for a rollback) stay.
+        let retained: Vec<ReleaseInfo> = releases(app, &inv.containers, &inv.images, route.as_ref().map(|r| r.port))
+            .into_iter()
+            .filter(|r| r.state == ReleaseState::Retained)
+            .collect();
+        let is_retained = |d: &DeploymentId| retained.iter().any(|r| r.deployment == *d);
         for c in inv.containers.iter().filter(|c| c.app == *app) {
-            if live.as_ref().is_none_or(|l| l.id != c.id) {
+            if live.as_ref().is_none_or(|l| l.id != c.id) && !is_retained(&c.deployment) {
                 actions.push(UndoAction::RemoveContainer { name: c.id.0.clone() });
                 actions.push(UndoAction::ReleasePort { deployment: c.deployment.clone() });
             }
         }
         for image in inv.images.iter().filter(|i| i.app == *app) {
-            if live.as_ref().is_none_or(|l| l.deployment != image.deployment) {
+            if live.as_ref().is_none_or(|l| l.deployment != image.deployment) && !is_retained(&image.deployment) {
                 actions.extend(image.tags.iter().map(|t| UndoAction::RemoveImage { image: t.clone() }));
             }
         }
+        // A retirement cut short: finish it (stopped, kept mark, no live mark).
+        let retire: Vec<Retire> = retained
+            .iter()
+            .filter_map(|r| {
+                let image = inv.images.iter().find(|i| i.app == *app && i.deployment == r.deployment)?;
+                let retire = Retire {
+                    deployment: r.deployment.clone(),
+                    container: r.container.clone(),
+                    stop: r.running,
+                    keep: !image.kept,
+                    unmark: image.live,
+                };
+                (retire.stop || retire.keep || retire.unmark).then_some(retire)
+            })
+            .collect();
         for (owner, deployment) in &inv.sources {
             if owner == app {
                 actions.push(UndoAction::RemoveSource { app: app.clone(), deployment: deployment.clone() });
             }
         }
         let adopt = live.clone().filter(|_| unmarked(app, &inv.images));
-        Plan { app: app.clone(), restore, routed_port: route.map(|r| r.port), adopt, actions }
+        Plan { app: app.clone(), restore, routed_port: route.map(|r| r.port), adopt, retire, actions }
     }
 }
 

@@ -1,4 +1,5 @@
-//! After the commit point: drain and retire the previous release.
+//! After the commit point: drain and retire the previous release (stopped
+//! and kept for a rollback), then remove releases beyond the retention.
 //!
 //! Best effort by design. The new release is live and recorded, so nothing
 //! here is ever undone; a failure becomes a warning, and whatever could not be
@@ -6,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use otturnaut_core::traits::{image_tag, live_tag};
+use otturnaut_core::traits::{container_name, image_tag, kept_tag, live_tag};
 use otturnaut_core::{DeployEvent, Release, Step};
 
 use crate::tokens::Context;
@@ -33,39 +34,73 @@ pub(crate) async fn retire(ctx: &Context, old: &Release, new: &Release) -> Vec<R
         Err(e) => warn(Step::Drain, started, &e),
     }
 
-    // A failed stop is only a warning: the forced removal below kills it anyway.
     let started = Instant::now();
     ctx.events.emit(DeployEvent::StepStarted { step: Step::StopOld });
     match a.runtime.stop(&old.container, ctx.spec.timeouts.stop).await {
         Ok(()) => ctx.events.emit(DeployEvent::step_finished(Step::StopOld, started.elapsed(), None)),
-        Err(e) => warn(Step::StopOld, started, &e),
+        Err(e) => {
+            // Kept, but still running unrouted and holding its port:
+            // reconcile stops it.
+            warn(Step::StopOld, started, &e);
+            let name = container_name(&old.app, &old.deployment);
+            residue.push(Residue {
+                kind: "container".into(),
+                what: format!("stop container {name} (kept for a rollback, still running)"),
+                error: e.to_string(),
+                in_doubt: false,
+            });
+        }
     }
 
-    // The old live mark goes before the old release tag: an image is removed
-    // with its last tag only. Removing the release tag of a prebuilt image
-    // only untags it.
-    let removals = [
-        (Step::RemoveOld, UndoAction::RemoveContainer { name: old.container.0.clone() }),
-        (Step::RemoveOld, UndoAction::RemoveImage { image: live_tag(&old.app, &old.deployment) }),
-        (Step::RemoveOld, UndoAction::RemoveImage { image: image_tag(&old.app, &old.deployment) }),
-        (Step::ReleaseOldPort, UndoAction::ReleasePort { deployment: old.deployment.clone() }),
-    ];
-    for (step, action) in removals {
-        let started = Instant::now();
-        ctx.events.emit(DeployEvent::StepStarted { step });
-        match perform_with_retry(&action, a, ctx.retry).await {
-            (_, Ok(())) => {
-                ctx.events.emit(DeployEvent::step_finished(step, started.elapsed(), Some(action.to_string())))
+    // Kept before unmarked: the old release stays a release (for a
+    // rollback) throughout. Without its kept mark, its live mark stays too:
+    // the newer mark wins, and reconcile finishes the job.
+    let started = Instant::now();
+    ctx.events.emit(DeployEvent::StepStarted { step: Step::KeepOld });
+    let kept = a.builder.tag_image(&image_tag(&old.app, &old.deployment), &kept_tag(&old.app, &old.deployment)).await;
+    match kept {
+        Ok(()) => {
+            let unmark = UndoAction::RemoveImage { image: live_tag(&old.app, &old.deployment) };
+            match perform_with_retry(&unmark, a, ctx.retry).await {
+                (_, Ok(())) => ctx.events.emit(DeployEvent::step_finished(
+                    Step::KeepOld,
+                    started.elapsed(),
+                    Some(format!("{} kept for a rollback", old.deployment)),
+                )),
+                (_, Err(e)) => {
+                    warn(Step::KeepOld, started, &e);
+                    residue.push(residue_of(&unmark, &e));
+                }
             }
-            (_, Err(e)) => {
-                warn(step, started, &e);
-                residue.push(Residue {
-                    kind: action.kind().into(),
-                    what: action.to_string(),
-                    error: e.to_string(),
-                    in_doubt: false,
-                });
-            }
+        }
+        Err(e) => {
+            warn(Step::KeepOld, started, &e);
+            residue.push(Residue {
+                kind: "image".into(),
+                what: format!(
+                    "mark {} of {} as kept ({})",
+                    old.deployment,
+                    old.app,
+                    kept_tag(&old.app, &old.deployment)
+                ),
+                error: e.to_string(),
+                in_doubt: false,
+            });
+        }
+    }
+
+    let release_port = UndoAction::ReleasePort { deployment: old.deployment.clone() };
+    let started = Instant::now();
+    ctx.events.emit(DeployEvent::StepStarted { step: Step::ReleaseOldPort });
+    match perform_with_retry(&release_port, a, ctx.retry).await {
+        (_, Ok(())) => ctx.events.emit(DeployEvent::step_finished(
+            Step::ReleaseOldPort,
+            started.elapsed(),
+            Some(release_port.to_string()),
+        )),
+        (_, Err(e)) => {
+            warn(Step::ReleaseOldPort, started, &e);
+            residue.push(residue_of(&release_port, &e));
         }
     }
     residue
@@ -90,5 +125,34 @@ async fn drain(ctx: &Context, old: &Release) -> Result<Option<String>, otturnaut
             return Ok(Some(format!("{n} still in flight")));
         }
         tokio::time::sleep(DRAIN_POLL).await;
+    }
+}
+
+fn residue_of(action: &UndoAction, e: &otturnaut_core::Error) -> Residue {
+    Residue { kind: action.kind().into(), what: action.to_string(), error: e.to_string(), in_doubt: false }
+}
+
+/// Removes the app's retained releases beyond `keep` after a deploy: each
+/// removal is a `remove_old` step; a failure is residue, never a failed deploy.
+pub(crate) async fn retain(ctx: &Context, keep: usize) -> Vec<Residue> {
+    let started = Instant::now();
+    ctx.events.emit(DeployEvent::StepStarted { step: Step::RemoveOld });
+    match crate::releases::apply_retention(&ctx.adapters, &ctx.spec.app, keep, ctx.retry).await {
+        Ok(report) => {
+            for r in &report.residue {
+                ctx.events.warn(format!("removing releases beyond keep = {keep}: {r}"));
+            }
+            let detail = match report.done.len() {
+                0 => format!("nothing beyond keep = {keep}"),
+                n => format!("{n} release(s) beyond keep = {keep}: {}", report.done.join("; ")),
+            };
+            ctx.events.emit(DeployEvent::step_finished(Step::RemoveOld, started.elapsed(), Some(detail)));
+            report.residue
+        }
+        Err(e) => {
+            ctx.events.emit(DeployEvent::step_failed(Step::RemoveOld, started.elapsed(), &e.to_string()));
+            ctx.events.warn(format!("could not apply retention to {}: {e}", ctx.spec.app));
+            Vec::new()
+        }
     }
 }

@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use otturnaut_core::{Adapters, DeployEvent, DeploySpec, DeploymentId, EventSink, Release, Step};
+use otturnaut_core::{Adapters, AppId, DeployEvent, DeploySpec, DeploymentId, EventSink, Release, Step, Timeouts};
 use serde::{Deserialize, Serialize};
 
 use crate::DeployError;
 use crate::locks::AppLocks;
 use crate::reaper::Reaper;
-use crate::retire::retire;
+use crate::releases::{DEFAULT_KEEP, rollback_spec};
+use crate::retire::{retain, retire};
 use crate::tokens::{Context, Fetched};
 use crate::undo::{Residue, RetryPolicy};
 
@@ -19,8 +20,11 @@ use crate::undo::{Residue, RetryPolicy};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deployed {
     pub release: Release,
-    /// The release that was live before, now retired.
+    /// The release that was live before, now retired (kept for a rollback).
     pub previous: Option<Release>,
+    /// For a rollback: the retained release made live again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<DeploymentId>,
     /// What retiring the previous release could not clean up (warnings only:
     /// the deploy itself succeeded).
     pub residue: Vec<Residue>,
@@ -44,6 +48,19 @@ pub trait Strategy: Send + Sync {
     /// released (or is listed as residue in the error) and the previous
     /// release is still live.
     async fn execute(&self, spec: DeploySpec, events: &EventSink) -> Result<Deployed, DeployError>;
+
+    /// Makes a retained release of `app` live again (`to`, or the newest
+    /// retained one), exactly as it was deployed, through the pipeline from
+    /// the port step on, with the same guarantees as [`Strategy::execute`].
+    /// A missing release is an [`otturnaut_core::Error::Invalid`] from
+    /// [`crate::rollback_spec`]: nothing was touched.
+    async fn rollback(
+        &self,
+        app: &AppId,
+        to: Option<&DeploymentId>,
+        timeouts: Timeouts,
+        events: &EventSink,
+    ) -> Result<Result<Deployed, DeployError>, otturnaut_core::Error>;
 }
 
 /// Blue-green deploys over a set of adapters.
@@ -53,6 +70,7 @@ pub struct BlueGreen {
     reaper: Reaper,
     retry: RetryPolicy,
     locks: AppLocks,
+    keep: usize,
 }
 
 impl BlueGreen {
@@ -63,7 +81,14 @@ impl BlueGreen {
 
     pub fn with_retry(adapters: Adapters, retry: RetryPolicy) -> Self {
         let reaper = Reaper::spawn(adapters.clone(), EventSink::discard(), retry);
-        BlueGreen { adapters, reaper, retry, locks: AppLocks::default() }
+        BlueGreen { adapters, reaper, retry, locks: AppLocks::default(), keep: DEFAULT_KEEP }
+    }
+
+    /// How many releases besides the live one to retain for rollbacks (at
+    /// least 1; [`DEFAULT_KEEP`] unless set).
+    pub fn keep(mut self, keep: usize) -> Self {
+        self.keep = keep.max(1);
+        self
     }
 
     /// The reaper performing undos of dropped deploys; `flush` it to wait
@@ -128,7 +153,14 @@ impl BlueGreen {
         if let Some(old) = &committed.previous {
             residue.extend(retire(&committed.ctx, old, &committed.release).await);
         }
-        Ok(Deployed { release: committed.release, previous: committed.previous, residue, elapsed: started.elapsed() })
+        residue.extend(retain(&committed.ctx, self.keep).await);
+        Ok(Deployed {
+            release: committed.release,
+            previous: committed.previous,
+            rollback_of: committed.ctx.spec.rollback_of().cloned(),
+            residue,
+            elapsed: started.elapsed(),
+        })
     }
 }
 
@@ -137,5 +169,17 @@ impl Strategy for BlueGreen {
     async fn execute(&self, spec: DeploySpec, events: &EventSink) -> Result<Deployed, DeployError> {
         let _lock = self.locks.lock(&spec.app).await;
         self.run(spec, events).await
+    }
+
+    async fn rollback(
+        &self,
+        app: &AppId,
+        to: Option<&DeploymentId>,
+        timeouts: Timeouts,
+        events: &EventSink,
+    ) -> Result<Result<Deployed, DeployError>, otturnaut_core::Error> {
+        let _lock = self.locks.lock(app).await;
+        let spec = rollback_spec(&self.adapters, app, to, timeouts).await?;
+        Ok(self.run(spec, events).await)
     }
 }

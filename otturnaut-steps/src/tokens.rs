@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use otturnaut_core::traits::{BuildRequest, FetchRequest, FetchedSource, RunRequest, container_name, image_tag};
 use otturnaut_core::{
-    Adapters, ContainerId, DeployEvent, DeploySpec, DeploymentId, Error, EventSink, HostPort, Release, RouteTarget,
-    Source, Step,
+    Adapters, CommitSha, ContainerId, DeployEvent, DeploySpec, DeploymentId, Error, EventSink, HostPort, Release,
+    RouteTarget, Source, Step,
 };
 
 use crate::DeployError;
@@ -164,6 +164,20 @@ impl Fetched {
                     });
                 (work, guard)
             }
+            (Source::Release { deployment: from, image, .. }, _) => {
+                // A rollback: the retained release's image under this
+                // release's own tag. No build; a missing release tag fails here.
+                let tag = image_tag(&spec.app, &ctx.deployment);
+                let guard = Guard::armed(UndoAction::RemoveImage { image: tag.clone() }, &ctx.reaper);
+                let builder = ctx.adapters.builder.clone();
+                let (source, image) = (image_tag(&spec.app, from), image.clone());
+                let work: std::pin::Pin<Box<dyn Future<Output = Result<String, Error>> + Send>> =
+                    Box::pin(async move {
+                        builder.tag_image(&source, &tag).await?;
+                        Ok(image)
+                    });
+                (work, guard)
+            }
             (Source::Git { .. }, None) => {
                 let e = Error::failed("build", "no fetched source to build from");
                 return Err(fail(&ctx, Step::Build, e, None, self.unwind()).await);
@@ -171,11 +185,21 @@ impl Fetched {
         };
         let limit = match spec.source {
             Source::Git { .. } => spec.timeouts.build,
-            Source::Image { .. } => spec.timeouts.pull,
+            Source::Image { .. } | Source::Release { .. } => spec.timeouts.pull,
         };
         let limit = Some(limit);
-        match timed(&ctx, Step::Build, limit, work, |image| Some(image.clone())).await {
-            Ok(image) => Ok(Built { image, guard, prev: self }),
+        let detail = |image: &String| match &spec.source {
+            Source::Release { deployment, .. } => Some(format!("{image}: the image of release {deployment}, no build")),
+            _ => Some(image.clone()),
+        };
+        match timed(&ctx, Step::Build, limit, work, detail).await {
+            Ok(image) => {
+                let commit = match &spec.source {
+                    Source::Release { commit, .. } => commit.clone(),
+                    _ => self.source.as_ref().map(|s| s.commit.clone()),
+                };
+                Ok(Built { image, commit, guard, prev: self })
+            }
             Err(e) => Err(fail(&ctx, Step::Build, e, guard.disarm(), self.unwind()).await),
         }
     }
@@ -199,6 +223,7 @@ impl Fetched {
 #[derive(Debug)]
 pub struct Built {
     image: String,
+    commit: Option<CommitSha>,
     guard: Guard,
     prev: Fetched,
 }
@@ -275,6 +300,9 @@ impl PortHeld {
                     container_port: spec.container_port,
                     env: spec.env.clone(),
                     domains: spec.domains.clone(),
+                    health: spec.health.clone(),
+                    commit: self.prev.commit.clone(),
+                    rollback_of: spec.rollback_of().cloned(),
                 };
                 match adapters.runtime.start(&req).await {
                     Err(Error::PortTaken(p)) if taken.len() < PORT_RETRIES => {
@@ -428,7 +456,7 @@ impl Routed {
             image: built.image.clone(),
             host_port: held.port,
             domains: spec.domains.clone(),
-            commit: built.prev.source.as_ref().map(|s| s.commit.clone()),
+            commit: built.commit.clone(),
         };
         let previous = held.previous.clone();
         let mut guard =

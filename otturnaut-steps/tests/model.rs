@@ -399,7 +399,7 @@ fn check_success(
     Ok(())
 }
 
-/// The world a successful deploy must leave: the new release in, the old out.
+/// The world a successful deploy must leave: the new release in, the old one kept.
 fn ideal_success_world(
     before: &World,
     deployed: &Deployed,
@@ -409,9 +409,13 @@ fn ideal_success_world(
     let mut w = before.clone();
     let new = &deployed.release;
     if let Some(p) = prior {
-        w.containers.remove(&p.container.0);
-        w.images.remove(&otturnaut_core::traits::image_tag(&p.app, &p.deployment));
+        // Retired, and kept for a rollback: stopped, its live mark replaced
+        // by its kept mark, its port back in the pool.
+        if let Some(c) = w.containers.get_mut(&p.container.0) {
+            c.running = false;
+        }
         w.images.remove(&otturnaut_core::traits::live_tag(&p.app, &p.deployment));
+        w.images.insert(otturnaut_core::traits::kept_tag(&p.app, &p.deployment));
         w.ports.remove(&p.deployment);
     }
     // Every release has its own tag, built or prebuilt, and runs it.

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use mockall::{Sequence, mock};
 use otturnaut_core::traits::{
     BuildRequest, ContainerRuntime, FetchRequest, FetchedSource, HealthProbe, ImageBuilder, PortAllocator, Router,
-    RunRequest, SourceFetcher, StateStore, container_name, image_tag, live_tag,
+    RunRequest, SourceFetcher, StateStore, container_name, image_tag, kept_tag, live_tag,
 };
 use otturnaut_core::{
     Adapters, AppId, CommitSha, ContainerId, ContainerPort, ContainerStatus, DeployEvent, DeploySpec, DeploymentId,
@@ -40,8 +40,9 @@ mock! {
 
 // `list_images` and `list` take an `Option<&AppId>`, which mockall cannot mock
 // through `#[async_trait]` (the reference's lifetime is not tied to the
-// future's). The pipeline never lists, so these two mocks have plain methods
-// for what it calls and the trait impls below forward to them.
+// future's). The pipeline lists only to apply retention after a commit, and
+// these mocks hold no kept release: they list nothing. They have plain
+// methods for the rest and the trait impls below forward to them.
 mock! {
     pub Builder {
         fn build(&self, req: &BuildRequest, events: &EventSink) -> Result<String>;
@@ -66,7 +67,10 @@ impl ImageBuilder for MockBuilder {
         MockBuilder::remove_image(self, image)
     }
     async fn list_images(&self, _app: Option<&AppId>) -> Result<Vec<ManagedImage>> {
-        panic!("the pipeline does not list images")
+        Ok(Vec::new())
+    }
+    async fn prune_dangling(&self, _app: Option<&AppId>) -> Result<otturnaut_core::traits::Pruned> {
+        panic!("the pipeline does not prune dangling images")
     }
 }
 
@@ -98,7 +102,10 @@ impl ContainerRuntime for MockRuntime {
         MockRuntime::logs(self, id, tail)
     }
     async fn list(&self, _app: Option<&AppId>) -> Result<Vec<ManagedContainer>> {
-        panic!("the pipeline does not list containers")
+        Ok(Vec::new())
+    }
+    async fn recorded(&self, _id: &ContainerId) -> Result<otturnaut_core::RecordedRelease> {
+        panic!("a deploy does not read a release's settings")
     }
 }
 
@@ -779,10 +786,11 @@ async fn prebuilt_image_is_not_fetched_or_built_and_only_its_release_tag_is_remo
     live.verify().await;
 }
 
-// 6b. Replacing a prebuilt release with another: retiring the old one removes
-// only its live mark and release tag, never the (user's) image it tags.
+// 6b. Replacing a prebuilt release with another: retiring the old one
+// keeps it for a rollback: its live mark is replaced by its kept mark, and
+// neither its container nor the (user's) image it tags is removed.
 #[tokio::test]
-async fn prebuilt_release_retires_only_its_own_tags() {
+async fn prebuilt_release_is_kept_by_its_own_tags() {
     let app = app("prebuilt-retire");
     let (a_port, b_port) = (port(20009), port(20010));
     let old = old_release(&app, a_port, &[], false);
@@ -790,8 +798,10 @@ async fn prebuilt_release_retires_only_its_own_tags() {
     m.fetcher.expect_fetch().never();
     m.fetcher.expect_remove().never();
     m.builder.expect_build().never();
-    let (mark, tag) = (live_tag(&app, &old.deployment), image_tag(&app, &old.deployment));
-    m.builder.expect_remove_image().times(2).withf(move |i| i == mark || i == tag).returning(|_| Ok(()));
+    let (mark, tag, kept) =
+        (live_tag(&app, &old.deployment), image_tag(&app, &old.deployment), kept_tag(&app, &old.deployment));
+    m.builder.expect_tag_image().times(1).withf(move |i, t| i == tag && t == kept).returning(|_, _| Ok(()));
+    m.builder.expect_remove_image().times(1).withf(move |i| i == mark).returning(|_| Ok(()));
     m.builder.expect_ensure_image().times(1).returning(|_, _, _| Ok(()));
     let prev = old.clone();
     m.state.expect_load().times(1).returning(move |_| Ok(Some(prev.clone())));
@@ -803,8 +813,7 @@ async fn prebuilt_release_retires_only_its_own_tags() {
     m.router.expect_in_flight().times(1).withf(move |p| *p == a_port).returning(|_| Ok(0));
     let c = old.container.clone();
     m.runtime.expect_stop().times(1).withf(move |id, _| *id == c).returning(|_, _| Ok(()));
-    let c = old.container.clone();
-    m.runtime.expect_remove().times(1).withf(move |id| *id == c).returning(|_| Ok(()));
+    m.runtime.expect_remove().never();
     let d = old.deployment.clone();
     m.ports.expect_release().times(1).withf(move |x| *x == d).returning(|_| Ok(()));
 
@@ -844,9 +853,10 @@ fn spec_with_grace(app: &AppId) -> DeploySpec {
 }
 
 // 7a. After the commit, the old release is drained, stopped with the spec's
-// grace, removed, its image removed and its port released, in that order.
+// grace, kept (kept mark written, then its live mark removed) and its port
+// released, in that order; its container and image stay for a rollback.
 #[tokio::test]
-async fn commit_then_retire_drains_and_removes_the_old_release_in_order() {
+async fn commit_then_retire_drains_stops_and_keeps_the_old_release_in_order() {
     let app = app("retire");
     let (a_port, b_port) = (port(20011), port(20012));
     let old = old_release(&app, a_port, &["live.example"], true);
@@ -869,14 +879,18 @@ async fn commit_then_retire_drains_and_removes_the_old_release_in_order() {
         .in_sequence(&mut seq)
         .withf(move |id, grace| *id == c && *grace == STOP_GRACE)
         .returning(|_, _| Ok(()));
-    let c = old.container.clone();
-    m.runtime.expect_remove().times(1).in_sequence(&mut seq).withf(move |id| *id == c).returning(|_| Ok(()));
+    let (tag, kept) = (image_tag(&app, &old.deployment), kept_tag(&app, &old.deployment));
+    m.builder
+        .expect_tag_image()
+        .times(1)
+        .in_sequence(&mut seq)
+        .withf(move |i, t| *i == tag && *t == kept)
+        .returning(|_, _| Ok(()));
     let mark = live_tag(&app, &old.deployment);
     m.builder.expect_remove_image().times(1).in_sequence(&mut seq).withf(move |i| i == mark).returning(|_| Ok(()));
-    let image = old.image.clone();
-    m.builder.expect_remove_image().times(1).in_sequence(&mut seq).withf(move |i| i == image).returning(|_| Ok(()));
     let d = old.deployment.clone();
     m.ports.expect_release().times(1).in_sequence(&mut seq).withf(move |x| *x == d).returning(|_| Ok(()));
+    m.runtime.expect_remove().never();
 
     let (adapters, live) = m.into_live();
     let (result, events) = deploy(adapters, spec_with_grace(&app)).await;
@@ -888,29 +902,30 @@ async fn commit_then_retire_drains_and_removes_the_old_release_in_order() {
     live.verify().await;
 }
 
-/// Retire expectations after a commit where `stop` and `remove` of the old
-/// container behave as given; drain finds nothing in flight.
+/// Retire expectations after a commit where `stop` and removing the old live
+/// mark behave as given; drain finds nothing in flight.
 fn retire_with(
     m: &mut Mocks,
     old: &Release,
     stop: fn() -> Result<()>,
-    remove_times: usize,
-    remove: fn() -> Result<()>,
+    unmark_times: usize,
+    unmark: fn() -> Result<()>,
 ) {
     m.router.expect_in_flight().times(1).returning(|_| Ok(0));
     let c = old.container.clone();
     m.runtime.expect_stop().times(1).withf(move |id, _| *id == c).returning(move |_, _| stop());
-    let c = old.container.clone();
-    m.runtime.expect_remove().times(remove_times).withf(move |id| *id == c).returning(move |_| remove());
-    let (mark, image) = (live_tag(&old.app, &old.deployment), old.image.clone());
-    m.builder.expect_remove_image().times(2).withf(move |i| *i == mark || *i == image).returning(|_| Ok(()));
+    let (tag, kept) = (image_tag(&old.app, &old.deployment), kept_tag(&old.app, &old.deployment));
+    m.builder.expect_tag_image().times(1).withf(move |i, t| *i == tag && *t == kept).returning(|_, _| Ok(()));
+    let mark = live_tag(&old.app, &old.deployment);
+    m.builder.expect_remove_image().times(unmark_times).withf(move |i| *i == mark).returning(move |_| unmark());
     let d = old.deployment.clone();
     m.ports.expect_release().times(1).withf(move |x| *x == d).returning(|_| Ok(()));
+    m.runtime.expect_remove().never();
 }
 
-// 7b. A failing stop is a warning; the forced removal still happens.
+// 7b. A failing stop is a warning; the old release is kept all the same.
 #[tokio::test]
-async fn retire_failing_stop_warns_and_still_removes() {
+async fn retire_failing_stop_warns_and_still_keeps() {
     let app = app("retire-stop");
     let old = old_release(&app, port(20013), &["live.example"], true);
     let seen = Seen::default();
@@ -921,7 +936,9 @@ async fn retire_failing_stop_warns_and_still_removes() {
     let (adapters, live) = m.into_live();
     let (result, events) = deploy(adapters, spec_with_grace(&app)).await;
     let deployed = result.expect("a failed stop does not fail the deploy");
-    assert!(deployed.residue.is_empty(), "{:?}", deployed.residue);
+    assert_eq!(deployed.residue.len(), 1, "the running kept release is residue: {:?}", deployed.residue);
+    assert_eq!(deployed.residue[0].kind, "container");
+    assert!(deployed.residue[0].what.contains(old.deployment.as_str()), "{:?}", deployed.residue);
     assert!(
         events.iter().any(|e| matches!(e, DeployEvent::Warning { message } if message.contains("stop_old"))),
         "no warning: {events:?}"
@@ -930,22 +947,23 @@ async fn retire_failing_stop_warns_and_still_removes() {
     live.verify().await;
 }
 
-// 7c. An old container that cannot be removed is residue of a successful deploy.
+// 7c. An old live mark that cannot be removed is residue of a successful
+// deploy (the newer mark wins meanwhile; reconcile removes it).
 #[tokio::test]
-async fn retire_failing_remove_is_residue_of_a_successful_deploy() {
+async fn retire_failing_unmark_is_residue_of_a_successful_deploy() {
     let app = app("retire-remove");
     let old = old_release(&app, port(20015), &["live.example"], true);
     let seen = Seen::default();
     let mut m = Mocks::default();
     git_commit_over(&mut m, &mut Sequence::new(), &seen, &app, &old, port(20016));
-    retire_with(&mut m, &old, || Ok(()), policy().attempts as usize, || Err(boom("docker rm")));
+    retire_with(&mut m, &old, || Ok(()), policy().attempts as usize, || Err(boom("docker rmi")));
 
     let (adapters, live) = m.into_live();
     let (result, _) = deploy(adapters, spec_with_grace(&app)).await;
     let deployed = result.expect("a failed retire does not fail the deploy");
     assert_eq!(deployed.residue.len(), 1, "{:?}", deployed.residue);
-    assert_eq!(deployed.residue[0].kind, "container");
-    assert!(deployed.residue[0].what.contains(&old.container.0), "{:?}", deployed.residue[0]);
+    assert_eq!(deployed.residue[0].kind, "image");
+    assert!(deployed.residue[0].what.contains(&live_tag(&app, &old.deployment)), "{:?}", deployed.residue[0]);
     live.verify().await;
 }
 
@@ -1049,10 +1067,9 @@ async fn successful_deploy_emits_every_step_in_order_without_secrets() {
         Step::RecordState,
         Step::Drain,
         Step::StopOld,
-        Step::RemoveOld, // container
-        Step::RemoveOld, // live mark
-        Step::RemoveOld, // image
+        Step::KeepOld,
         Step::ReleaseOldPort,
+        Step::RemoveOld, // releases beyond keep
     ];
     let expected: Vec<Mark> = expected_steps.iter().flat_map(|s| [Mark::Started(*s), Mark::Finished(*s)]).collect();
     assert_eq!(rest, expected);

@@ -7,11 +7,13 @@
 
 use std::io::Read as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use otturnaut_adapters::caddy::{Caddy, CaddyConfig};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -76,17 +78,22 @@ impl CaddyProc {
     /// with Caddy's log if it does not come up, and says so if `caddy` is not
     /// installed.
     pub async fn start(config: Value) -> CaddyProc {
+        CaddyProc::start_bin(&caddy_bin(), config).await.unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Like [`CaddyProc::start`] with the Caddy binary `bin`, failing instead
+    /// of panicking (the bench reports a failed section and goes on).
+    pub async fn start_bin(bin: &Path, config: Value) -> anyhow::Result<CaddyProc> {
         let mut last_log = String::new();
         // A free port can be taken between our probe and Caddy's bind: retry.
         for _ in 0..3 {
-            let dir = tempfile::tempdir().expect("creating a temp dir for Caddy");
+            let dir = tempfile::Builder::new().prefix("otturnaut-caddy-").tempdir()?;
             let admin_port = free_port();
             let config = with_admin(config.clone(), admin_port);
             let config_path = dir.path().join("caddy.json");
-            std::fs::write(&config_path, config.to_string()).expect("writing Caddy's config");
-            let log = std::fs::File::create(dir.path().join("caddy.log")).expect("creating Caddy's log file");
-            let bin = caddy_bin();
-            let child = Command::new(&bin)
+            std::fs::write(&config_path, config.to_string())?;
+            let log = std::fs::File::create(dir.path().join("caddy.log"))?;
+            let child = Command::new(bin)
                 .arg("run")
                 .arg("--config")
                 .arg(&config_path)
@@ -96,23 +103,23 @@ impl CaddyProc {
                 .env("XDG_CONFIG_HOME", dir.path().join("config"))
                 .env("XDG_DATA_HOME", dir.path().join("data"))
                 .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("cloning the log file handle"))
+                .stdout(log.try_clone()?)
                 .stderr(log)
                 .spawn()
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "cannot run `{}` ({e}): Caddy 2.6+ must be installed and on PATH \
+                .with_context(|| {
+                    format!(
+                        "cannot run `{}`: Caddy 2.6+ must be installed and on PATH \
                          (`cargo xtask services up` installs it)",
                         bin.display()
                     )
-                });
+                })?;
             let mut proc = CaddyProc { child, admin_port, dir };
             if proc.wait_ready().await {
-                return proc;
+                return Ok(proc);
             }
             last_log = proc.log();
         }
-        panic!("private Caddy did not come up; its last log:\n{last_log}");
+        anyhow::bail!("private Caddy ({}) did not come up; its last log:\n{last_log}", bin.display())
     }
 
     async fn wait_ready(&mut self) -> bool {
@@ -217,7 +224,9 @@ impl Drop for CaddyProc {
     }
 }
 
-fn client() -> reqwest::Client {
+/// An HTTP client like the adapter's: no proxy from the environment, no
+/// pooling (Caddy 2.6 replaces its admin server on every config change).
+pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(0)
@@ -445,10 +454,15 @@ impl Drop for SlowAdmin {
 /// `GET /` through a Caddy listener with the given `Host`, on a fresh
 /// connection. Returns the status code and body.
 pub async fn get_via(listen: &str, host: &str) -> std::io::Result<(u16, String)> {
+    get_path_via(listen, host, "/").await
+}
+
+/// `GET path` through a Caddy listener with the given `Host` (see [`get_via`]).
+pub async fn get_path_via(listen: &str, host: &str, path: &str) -> std::io::Result<(u16, String)> {
     let addr: SocketAddr =
         listen.parse().map_err(|e| std::io::Error::other(format!("listen address {listen}: {e}")))?;
     let mut stream = TcpStream::connect(addr).await?;
-    let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await?;

@@ -29,7 +29,8 @@ pub const FIXTURE_COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Behaviour {
     /// Prints `started <version>`, then serves `/www` with busybox httpd on
-    /// `port`: `/` and `/version` answer the version, `/healthz` answers `ok`.
+    /// `port`: `/` and `/version` answer the version, `/healthz` answers `ok`,
+    /// `/greeting` the value of the env variable `GREETING` it started with.
     Serve { version: String, port: u16 },
     /// Like `Serve`, but `/www` is the whole build context (`COPY . /www`):
     /// what the build sent can be fetched over HTTP.
@@ -69,7 +70,8 @@ impl Behaviour {
             Behaviour::Serve { version, port } => {
                 lines.push("COPY www /www".into());
                 lines.push(format!("EXPOSE {port}"));
-                lines.push(httpd(*port).replace("echo started", &format!("echo started {version}")));
+                let start = format!(r#"echo started {version}; echo \"$GREETING\" > /www/greeting"#);
+                lines.push(httpd(*port).replace("echo started", &start));
             }
             Behaviour::ServeContext { port } => {
                 lines.push("COPY . /www".into());
@@ -195,6 +197,9 @@ pub fn run_request(
             .unwrap_or_else(|e| panic!("container port {container_port}: {e}")),
         env: Default::default(),
         domains: Vec::new(),
+        health: Default::default(),
+        commit: None,
+        rollback_of: None,
     }
 }
 

@@ -3,6 +3,7 @@
 //! Tests here talk to the real Docker Engine, Caddy and git. A missing service
 //! is a test failure with a message saying how to start it, never a skip.
 
+pub mod bench;
 pub mod caddy_proc;
 pub mod fixtures;
 pub mod gitfix;

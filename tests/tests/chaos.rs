@@ -50,6 +50,9 @@ async fn representative_fault_points_roll_back_or_leave_only_reported_residue() 
         pick(&matrix, "record_state.before:fail", Scenario::Fresh, false),
         pick(&matrix, "drain.before:fail_always", Scenario::Live, false),
         pick(&matrix, "health_check.before:hang", Scenario::Live, true),
+        pick(&matrix, "tag_image.before:fail", Scenario::Rollback, false),
+        pick(&matrix, "switch_route.after:fail", Scenario::Rollback, false),
+        pick(&matrix, "record_state.after:fail", Scenario::Rollback, false),
     ];
     let mut live: Option<LiveApp> = None;
     let mut failures = Vec::new();
@@ -122,16 +125,14 @@ async fn spoofed_labels_are_ignored_and_lost_routes_are_restored_by_reconcile() 
 }
 
 /// The simulated reboot alone (it restarts the Docker daemon, so every other
-/// test on this machine sees Docker go away): `CHAOS_DOCKER_RESTART` names
-/// the xtask binary that restarts it, as `cargo xtask chaos --docker-restart`
-/// passes it.
+/// test on this machine sees Docker go away); only for a dockerd that
+/// `cargo xtask services up` started.
 #[tokio::test]
-#[ignore = "restarts dockerd: CHAOS_DOCKER_RESTART=target/debug/xtask cargo test --test chaos -- --ignored reboot"]
+#[ignore = "restarts dockerd: cargo test --test chaos -- --ignored reboot"]
 async fn simulated_reboot_serves_every_app_after_the_boot_reconcile() {
-    let xtask = std::env::var("CHAOS_DOCKER_RESTART").expect("CHAOS_DOCKER_RESTART: the xtask binary");
     let mut world = World::new(bin::otturnaut()).await.expect("chaos world");
     let mut slot = None;
-    let row = infra::reboot(&mut world, &mut slot, &xtask).await.unwrap_or_else(|e| panic!("harness: {e:#}"));
+    let row = infra::reboot(&mut world, &mut slot).await.unwrap_or_else(|e| panic!("harness: {e:#}"));
     eprintln!("{}: exit {} {:?} {:?}", row.name, row.exit, row.verdict.problems, row.verdict.notes);
     if let Some(la) = slot {
         world.clean_up(&la.app).await.expect("cleaning up the live app");

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use otturnaut_adapters::caddy::Caddy;
 use otturnaut_core::traits::{ContainerRuntime, ImageBuilder, Router};
 use otturnaut_core::{AppId, RouteTarget};
-use otturnaut_tests::caddy_proc::{free_port, get_via, shared_caddy, shared_listen};
+use otturnaut_tests::caddy_proc::{free_port, get_path_via, get_via, shared_caddy, shared_listen};
 use otturnaut_tests::fixtures::{Behaviour, DockerCleanup, docker, write_context};
 use otturnaut_tests::gitfix::{GitDaemon, GitRepo};
 use otturnaut_tests::services::{caddy_admin, require_caddy, require_docker, unique_app};
@@ -252,8 +252,8 @@ async fn deploys_from_a_file_repo_then_redeploys_blue_green() {
     assert_eq!(h.get().await, (200, "v2\n".to_owned()));
 
     let after = h.snapshot().await;
-    assert_eq!(after.containers.len(), 1, "the old container is gone: {after:?}");
-    assert_eq!(after.images.len(), 1, "the old image is gone: {after:?}");
+    assert_eq!(after.containers.len(), 2, "the old container is kept for a rollback: {after:?}");
+    assert_eq!(after.images.len(), 2, "the old image is kept for a rollback: {after:?}");
     assert!(after.sources.is_empty(), "fetched sources are removed after the deploy: {after:?}");
 
     let status = h.run(&["status", h.app.as_str(), "--json"]).await;
@@ -273,7 +273,8 @@ async fn deploys_from_a_file_repo_then_redeploys_blue_green() {
     assert_eq!(s["container"]["state"], "running");
     assert!(after.containers.contains(s["container"]["id"].as_str().expect("container id")));
     assert!(s["started"].as_str().is_some_and(|t| t.starts_with("20")), "started is an RFC 3339 time: {s}");
-    assert_eq!(s["containers"], 1);
+    assert_eq!(s["containers"], 2);
+    assert_eq!(s["retained"], 1, "the replaced release is kept: {s}");
 
     // Without an app, status lists every app: ours among them.
     let all = h.run(&["status", "--json"]).await;
@@ -573,8 +574,7 @@ async fn concurrent_deploys_of_one_app_run_one_after_the_other() {
         "the second deploy started only after the first was live, and replaced it"
     );
     let after = h.snapshot().await;
-    assert_eq!(after.containers.len(), 1, "{after:?}");
-    assert_eq!(after.images.len(), 1, "{after:?}");
+    assert_eq!(after.containers.len(), 2, "the live release and the one it replaced, kept: {after:?}");
     assert_eq!(h.get().await, (200, "slow\n".to_owned()));
 }
 
@@ -734,4 +734,137 @@ fn the_boot_unit_reconciles_after_docker_and_caddy() {
     assert_eq!(value("Type"), ["oneshot"]);
     assert_eq!(value("Restart"), ["on-failure"]);
     assert_eq!(value("WantedBy"), ["multi-user.target"]);
+}
+
+/// What the app serves now: `/` (its version) and `/greeting` (its env).
+async fn served(h: &Harness) -> (String, String) {
+    let get = |path: &'static str| async move {
+        let (status, body) = get_path_via(&shared_listen(), &h.domain(), path).await.expect("request through Caddy");
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body.trim().to_owned()
+    };
+    (get("/").await, get("/greeting").await)
+}
+
+/// `releases APP --json`: (deployment, state) newest first, and the array.
+async fn releases(h: &Harness) -> (Vec<(String, String)>, Value) {
+    let run = h.run(&["releases", h.app.as_str(), "--json"]).await;
+    run.expect_code(0);
+    let doc: Value = serde_json::from_str(&run.stdout).expect("releases --json is one JSON array");
+    let rows = doc
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|r| (r["deployment"].as_str().expect("deployment").to_owned(), r["state"].as_str().expect("state").into()))
+        .collect();
+    (rows, doc)
+}
+
+#[tokio::test]
+async fn rollback_brings_each_release_back_exactly_and_keep_bounds_the_history() {
+    let h = Harness::new("cli-roll", 21220).await;
+    let repo = serving_repo("v1");
+    let sha1 = repo.rev_parse("HEAD");
+    let first = h.deploy(&repo.file_url(), &["--env", "GREETING=one", "--json"]).await;
+    first.expect_code(0);
+    let d1 = first.result()["deployment"].as_str().expect("d1").to_owned();
+    assert_eq!(served(&h).await, ("v1".into(), "one".into()));
+
+    // Nothing to go back to yet: exit 2, nothing touched.
+    let before = h.snapshot().await;
+    let none = h.run(&["rollback", h.app.as_str()]).await;
+    none.expect_code(2);
+    assert!(none.stderr.contains("no retained release"), "{}", none.stderr);
+    assert_eq!(h.snapshot().await, before);
+
+    // v2's value comes from an env file: it must come back too.
+    let env_file = h.work.path().join("v2.env");
+    std::fs::write(&env_file, "GREETING=two\n").expect("env file");
+    let sha2 = repo.commit_with("v2", |dir| write_context(dir, &Behaviour::serve("v2")));
+    let env_file = env_file.to_str().expect("utf-8 path");
+    let second = h.deploy(&repo.file_url(), &["--env-file", env_file, "--json"]).await;
+    second.expect_code(0);
+    let d2 = second.result()["deployment"].as_str().expect("d2").to_owned();
+    repo.commit_with("v3", |dir| write_context(dir, &Behaviour::serve("v3")));
+    let third = h.deploy(&repo.file_url(), &["--env", "GREETING=three", "--json"]).await;
+    third.expect_code(0);
+    let d3 = third.result()["deployment"].as_str().expect("d3").to_owned();
+    assert_eq!(served(&h).await, ("v3".into(), "three".into()));
+
+    let (rows, doc) = releases(&h).await;
+    let expected = [(d3.clone(), "live".to_owned()), (d2.clone(), "retained".into()), (d1.clone(), "retained".into())];
+    assert_eq!(rows, expected, "{doc}");
+    let v1 = &doc[2];
+    assert_eq!(v1["commit"], sha1.as_str());
+    assert_eq!(v1["image"], format!("otturnaut-{}:{d1}", h.app));
+    assert_eq!(v1["container_port"], 8080);
+    assert_eq!(v1["domains"], serde_json::json!([h.domain()]));
+    assert!(v1["created"].as_str().is_some_and(|t| t.starts_with("20") && t.ends_with('Z')), "RFC 3339: {v1}");
+
+    // Back to the previous release, exactly as it was deployed.
+    let back = h.run(&["rollback", h.app.as_str(), "--json"]).await;
+    back.expect_code(0);
+    let r = back.result();
+    assert_eq!(r["result"], "deployed", "{r}");
+    assert_eq!(r["rollback_of"], d2.as_str());
+    assert_eq!(r["commit"], sha2.as_str());
+    assert_eq!(r["image"], format!("otturnaut-{}:{d2}", h.app));
+    assert_eq!(r["previous"], d3.as_str());
+    let lines = back.json_lines();
+    let events: Vec<&str> = lines.iter().filter_map(|e| e["step"].as_str()).collect();
+    assert!(!events.contains(&"fetch"), "no fetch: {events:?}");
+    assert!(!back.stdout.contains("build_log"), "no build: {}", back.stdout);
+    assert_eq!(served(&h).await, ("v2".into(), "two".into()));
+
+    // Any kept release by name.
+    let to_v1 = h.run(&["rollback", h.app.as_str(), "--to", &d1, "--json"]).await;
+    to_v1.expect_code(0);
+    assert_eq!(to_v1.result()["rollback_of"], d1.as_str());
+    assert_eq!(to_v1.result()["commit"], sha1.as_str());
+    assert_eq!(served(&h).await, ("v1".into(), "one".into()));
+
+    // A --to that names no kept release: exit 2, nothing touched.
+    let before = h.snapshot().await;
+    let live = releases(&h).await.0[0].0.clone();
+    for bad in [live.as_str(), "01jd9x3k2m4n5p6q7r8s9t0v1w", "not-an-id"] {
+        let run = h.run(&["rollback", h.app.as_str(), "--to", bad, "--json"]).await;
+        run.expect_code(2);
+        assert_eq!(run.result()["result"], "failed", "{bad}");
+        assert!(run.stderr.contains("--to") || run.stderr.contains("roll back"), "{bad}: {}", run.stderr);
+    }
+    assert_eq!(h.snapshot().await, before);
+    assert_eq!(served(&h).await, ("v1".into(), "one".into()));
+
+    // Retention: with --keep 2, after two more deploys (seven in all) only
+    // the live release and two kept ones are left, and no other image.
+    for v in ["v4", "v5"] {
+        repo.commit_with(v, |dir| write_context(dir, &Behaviour::serve(v)));
+        h.deploy(&repo.file_url(), &["--keep", "2"]).await.expect_code(0);
+    }
+    let (rows, doc) = releases(&h).await;
+    assert_eq!(rows.len(), 3, "live + 2: {doc}");
+    assert_eq!(rows.iter().filter(|(_, s)| s == "live").count(), 1, "{doc}");
+    let kept: BTreeSet<String> = rows.iter().map(|(d, _)| d.clone()).collect();
+    let docker = docker().await;
+    let images = docker.list_images(Some(&h.app)).await.expect("images");
+    let tagged: BTreeSet<String> = images.iter().map(|i| i.deployment.to_string()).collect();
+    assert_eq!(tagged, kept, "no image of a removed release is left: {images:?}");
+    let containers: BTreeSet<String> =
+        docker.list(Some(&h.app)).await.expect("containers").into_iter().map(|c| c.deployment.to_string()).collect();
+    assert_eq!(containers, kept, "no container of a removed release is left");
+    assert_eq!(served(&h).await, ("v5".into(), "".into()));
+
+    // status shows the live release only; undeploy removes the kept ones too.
+    let status = h.run(&["status", h.app.as_str(), "--json"]).await;
+    let s: Value = serde_json::from_str(&status.stdout).expect("status --json");
+    assert_eq!(s[0]["deployment"], rows[0].0.as_str());
+    assert_eq!(s[0]["retained"], 2);
+    let pruned = h.run(&["prune", h.app.as_str(), "--keep", "1", "--json"]).await;
+    pruned.expect_code(0);
+    let p = pruned.result();
+    assert_eq!(p["result"], "pruned", "{p}");
+    assert!(p["freed_bytes"].as_u64().is_some(), "{p}");
+    assert_eq!(releases(&h).await.0.len(), 2, "live + 1 after prune --keep 1");
+    h.run(&["undeploy", h.app.as_str()]).await.expect_code(0);
+    assert!(h.snapshot().await.is_empty());
 }

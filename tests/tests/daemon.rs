@@ -24,7 +24,7 @@ const TOKEN: &str = "test-token-0123456789abcdef";
 /// The keys of `otturnaut deploy --json`'s result object for a deploy that
 /// went live (otturnaut-adapters' `Outcome::to_json`; tests/cli.rs checks
 /// the CLI prints them).
-const DEPLOYED_KEYS: [&str; 16] = [
+const DEPLOYED_KEYS: [&str; 17] = [
     "result",
     "app",
     "deployment",
@@ -35,6 +35,7 @@ const DEPLOYED_KEYS: [&str; 16] = [
     "domains",
     "urls",
     "previous",
+    "rollback_of",
     "rolled_back",
     "residue",
     "cleaned",
@@ -362,8 +363,33 @@ async fn deploys_redeploys_fails_and_undeploys_over_http() {
     assert_eq!(served(&app).await, (200, "v2\n".to_owned()));
     assert_eq!(d.snapshot(0).await, before, "nothing of the failed deploy is left");
 
+    // Releases, a rollback through the same stream (and outcome), prune.
+    let releases: Value =
+        d.get(&format!("/v1/apps/{app}/releases")).send().await.expect("GET").json().await.expect("JSON");
+    let states: Vec<(&str, &str)> = releases
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|r| (r["deployment"].as_str().unwrap_or_default(), r["state"].as_str().unwrap_or_default()))
+        .collect();
+    let (d1, d2) = (r1["deployment"].as_str().expect("d1"), r2["deployment"].as_str().expect("d2"));
+    assert_eq!(states, [(d2, "live"), (d1, "retained")], "{releases}");
+    let r = d.post(&format!("/v1/apps/{app}/rollback")).json(&json!({"to": "not-an-id"})).send().await.expect("POST");
+    assert_eq!(r.status(), 422);
+    assert_eq!(r.json::<Value>().await.expect("JSON")["field"], "to");
+    let r = d.post(&format!("/v1/apps/{app}/rollback")).send().await.expect("POST");
+    assert_eq!(r.status(), 200);
+    let back = lines(&r.text().await.expect("body")).pop().expect("result");
+    assert_eq!(back["result"], "deployed", "{back}");
+    assert_eq!(back["rollback_of"], d1);
+    assert_eq!(served(&app).await, (200, "v1\n".to_owned()));
+    let pruned: Value =
+        d.post(&format!("/v1/apps/{app}/prune")).send().await.expect("POST").json().await.expect("JSON");
+    assert_eq!(pruned["result"], "pruned", "{pruned}");
+
     let metrics = d.get("/metrics").send().await.expect("metrics").text().await.expect("text");
     assert!(metrics.contains("otturnaut_deploys_total{result=\"deployed\"} 2"), "{metrics}");
+    assert!(metrics.contains("otturnaut_rollbacks_total{result=\"deployed\"} 1"), "{metrics}");
     assert!(metrics.contains("otturnaut_deploys_total{result=\"failed\"} 1"), "{metrics}");
 
     let logs: Value =

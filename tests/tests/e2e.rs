@@ -118,11 +118,14 @@ async fn blue_green_over_git_daemon_then_redeploy() {
     assert_eq!(second.previous.as_ref().map(|p| &p.deployment), Some(&first.release.deployment));
     assert!(second.residue.is_empty(), "{:?}", second.residue);
 
+    // v1 is kept for a rollback: stopped, its image under its kept mark.
     let containers = agent.adapters.runtime.list(Some(&app)).await.expect("list");
-    assert_eq!(containers.len(), 1, "only the new container is left: {containers:?}");
-    assert_eq!(containers[0].deployment, second.release.deployment);
+    assert_eq!(containers.len(), 2, "the new container and the kept one: {containers:?}");
+    let running: Vec<_> = containers.iter().filter(|c| c.running).map(|c| &c.deployment).collect();
+    assert_eq!(running, [&second.release.deployment], "only the new one runs: {containers:?}");
     let images = agent.adapters.builder.list_images(Some(&app)).await.expect("images");
-    assert!(images.iter().all(|i| i.deployment == second.release.deployment), "v1 image removed: {images:?}");
+    let old = images.iter().find(|i| i.deployment == first.release.deployment).expect("v1's image is kept");
+    assert!(old.kept && !old.live, "v1 has its kept mark and no live mark: {old:?}");
     assert!(port_is_free(first.release.host_port.get()), "v1's port is free again");
     assert!(std::fs::read_dir(work.path().join("src")).map(|d| d.count()).unwrap_or(0) == 0, "no checkout left");
 

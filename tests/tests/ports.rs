@@ -20,6 +20,8 @@ use otturnaut_core::{
 struct ListingRuntime {
     ports: Vec<u16>,
     fail: bool,
+    /// Ports of stopped containers (retained releases).
+    stopped: Vec<u16>,
 }
 
 #[async_trait]
@@ -47,10 +49,10 @@ impl ContainerRuntime for ListingRuntime {
                 detail: "down".into(),
             });
         }
-        Ok(self
-            .ports
-            .iter()
-            .map(|&p| ManagedContainer {
+        let running = self.ports.iter().map(|&p| (p, true));
+        Ok(running
+            .chain(self.stopped.iter().map(|&p| (p, false)))
+            .map(|(p, running)| ManagedContainer {
                 id: ContainerId(format!("c{p}")),
                 name: format!("otturnaut-fake-{p}"),
                 app: "fake".parse().expect("app"),
@@ -61,11 +63,15 @@ impl ContainerRuntime for ListingRuntime {
                 host_port: Some(HostPort::try_from(p).expect("port")),
                 container_port: None,
                 domains: Vec::new(),
-                running: true,
-                state: "running".into(),
+                running,
+                state: if running { "running" } else { "exited" }.into(),
                 created: 0,
+                record: None,
             })
             .collect())
+    }
+    async fn recorded(&self, _id: &ContainerId) -> Result<otturnaut_core::RecordedRelease> {
+        Err(Error::failed("recorded", "not part of this fake"))
     }
 }
 
@@ -147,7 +153,7 @@ async fn skips_a_port_bound_on_all_interfaces() {
 #[tokio::test]
 async fn skips_ports_of_managed_containers() {
     let p = free_pair();
-    let runtime = ListingRuntime { ports: vec![p], fail: false };
+    let runtime = ListingRuntime { ports: vec![p], fail: false, stopped: Vec::new() };
     let pool = pool(p, p + 1, runtime);
     for _ in 0..20 {
         let owner = DeploymentId::generate();
@@ -155,16 +161,25 @@ async fn skips_ports_of_managed_containers() {
         pool.release(&owner).await.expect("release");
     }
 
-    let both = ListingRuntime { ports: vec![p, p + 1], fail: false };
+    let both = ListingRuntime { ports: vec![p, p + 1], fail: false, stopped: Vec::new() };
     let full = self::pool(p, p + 1, both);
     let err = full.allocate(&DeploymentId::generate(), &[]).await.expect_err("every port is held by a container");
     assert!(matches!(err, Error::PortsExhausted(_)), "got {err}");
 }
 
+// A retained release is a stopped container: it holds no host port, so its
+// label's port is handed out again (a rollback starts a new container).
+#[tokio::test]
+async fn ports_of_stopped_containers_are_free() {
+    let p = free_pair();
+    let pool = pool(p, p, ListingRuntime { ports: Vec::new(), fail: false, stopped: vec![p] });
+    assert_eq!(pool.allocate(&DeploymentId::generate(), &[]).await.expect("free port").get(), p);
+}
+
 #[tokio::test]
 async fn a_runtime_failure_is_reported() {
     let p = free_pair();
-    let pool = pool(p, p + 1, ListingRuntime { ports: Vec::new(), fail: true });
+    let pool = pool(p, p + 1, ListingRuntime { ports: Vec::new(), fail: true, stopped: Vec::new() });
     let err = pool.allocate(&DeploymentId::generate(), &[]).await.expect_err("cannot know which ports containers hold");
     assert!(err.is_unavailable(), "got {err}");
 }

@@ -23,7 +23,7 @@ const LISTEN: &str = "127.0.0.1:8080";
 const BUSYBOX: &str = "/bin/busybox";
 
 pub fn run(env: &Env) -> Result<ExitCode> {
-    let root = workspace_root();
+    let root = crate::workspace_root();
     let target = target_dir(&root);
     let demo = target.join("demo");
     let repo = demo.join("hello");
@@ -213,12 +213,6 @@ fn git(repo: &Path, args: &[&str]) -> Result<String> {
 
 fn heading(text: &str) {
     println!("\n==> {text}");
-}
-
-fn workspace_root() -> PathBuf {
-    // xtask lives one level below the workspace root.
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_path_buf()
 }
 
 fn target_dir(root: &Path) -> PathBuf {

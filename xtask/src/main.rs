@@ -9,6 +9,7 @@ mod proc;
 mod services;
 mod testing;
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -48,7 +49,8 @@ enum Cmd {
         cargo_test_args: Vec<String>,
     },
     /// Benchmarks on real Docker and a private Caddy: zero downtime under load, deploy timing,
-    /// rollback, route switch, concurrency, footprint; writes BENCHMARKS.md
+    /// rollback, route switch, concurrency, footprint; writes BENCHMARKS.md. Runs
+    /// `cargo bench -p otturnaut-tests` with the flags given
     Bench(bench::Args),
     /// Fault injection and crash recovery on the real services; writes the tables of RELIABILITY.md
     #[command(long_about = chaos::HELP)]
@@ -156,13 +158,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ServicesCmd::Down => services::down(&env).map(|()| ExitCode::SUCCESS),
             ServicesCmd::Status => Ok(if services::status(&env) { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
         },
-        Cmd::Bench(args) => bench::run(&args),
+        Cmd::Bench(args) => bench::run(&env, &args),
         Cmd::Chaos(args) => chaos::run(&env, &args),
         Cmd::Demo => demo::run(&env),
         Cmd::Test { skip_lints, one_caddy, cargo_test_args } => {
             testing::run(&env, &testing::Options { skip_lints, one_caddy, cargo_test_args })
         }
     }
+}
+
+/// The workspace root: xtask lives one level below it.
+pub fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
 }
 
 #[cfg(test)]
@@ -180,6 +188,15 @@ mod tests {
         let cli = Cli::try_parse_from(["xtask", "test", "--", "-p", "otturnaut-core"]).expect("parses");
         match cli.command {
             Cmd::Test { cargo_test_args, .. } => assert_eq!(cargo_test_args, ["-p", "otturnaut-core"]),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bench_passes_its_flags_on() {
+        let cli = Cli::try_parse_from(["xtask", "bench", "--only", "footprint", "--help"]).expect("parses");
+        match cli.command {
+            Cmd::Bench(args) => assert_eq!(args.args, ["--only", "footprint", "--help"]),
             other => panic!("parsed as {other:?}"),
         }
     }

@@ -33,7 +33,7 @@ struct Step {
 
 pub fn run(env: &Env, opts: &Options) -> Result<ExitCode> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
-    let root = workspace_root();
+    let root = crate::workspace_root();
     println!(
         "xtask test: workspace {}, CI={}",
         root.display(),
@@ -220,10 +220,4 @@ fn ensure_component(cargo: &OsString, subcommand: &str, component: &str) {
         println!("+ rustup component add {component}");
         let _ = Command::new("rustup").args(["component", "add", component]).status();
     }
-}
-
-fn workspace_root() -> PathBuf {
-    // xtask lives one level below the workspace root.
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_path_buf()
 }

@@ -7,12 +7,12 @@ use std::time::{Duration, UNIX_EPOCH};
 use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
 use bollard::query_parameters::{
-    BuildImageOptionsBuilder, CreateImageOptionsBuilder, ListImagesOptionsBuilder, RemoveImageOptionsBuilder,
-    TagImageOptionsBuilder,
+    BuildImageOptionsBuilder, CreateImageOptionsBuilder, ListImagesOptionsBuilder, PruneImagesOptionsBuilder,
+    RemoveImageOptionsBuilder, TagImageOptionsBuilder,
 };
 use bytes::Bytes;
 use futures_util::StreamExt;
-use otturnaut_core::traits::{BuildRequest, ImageBuilder, LIVE_PREFIX};
+use otturnaut_core::traits::{BuildRequest, ImageBuilder, KEPT_PREFIX, LIVE_PREFIX, Pruned};
 use otturnaut_core::{
     AppId, DeployEvent, DeploymentId, Error, EventSink, ImageRef, MAX_LOG_LINE, ManagedImage, Result, labels,
 };
@@ -87,7 +87,7 @@ impl ImageBuilder for Docker {
         let mut found: BTreeMap<(AppId, DeploymentId), ManagedImage> = BTreeMap::new();
         for image in images {
             for tag in &image.repo_tags {
-                let Some((app, deployment, live)) = parse_our_tag(tag) else {
+                let Some((app, deployment, kind)) = parse_our_tag(tag) else {
                     continue;
                 };
                 let label = |key: &str| image.labels.get(key).map(String::as_str);
@@ -102,36 +102,73 @@ impl ImageBuilder for Docker {
                     deployment,
                     released: false,
                     live: false,
+                    kept: false,
                     commit: None,
                     created: image.created,
+                    size: image.size,
                 });
-                if live {
-                    entry.live = true;
-                    entry.tags.insert(0, tag.clone());
-                } else {
-                    entry.released = true;
-                    entry.id = image.id.clone();
-                    entry.created = image.created;
-                    entry.tags.push(tag.clone());
-                    if ours {
-                        entry.commit = label(labels::COMMIT).and_then(|v| v.parse().ok());
+                match kind {
+                    Tag::Live => {
+                        entry.live = true;
+                        entry.tags.insert(0, tag.clone());
+                    }
+                    Tag::Kept => {
+                        entry.kept = true;
+                        entry.tags.insert(0, tag.clone());
+                    }
+                    Tag::Release => {
+                        entry.released = true;
+                        entry.id = image.id.clone();
+                        entry.created = image.created;
+                        entry.size = image.size;
+                        entry.tags.push(tag.clone());
+                        if ours {
+                            entry.commit = label(labels::COMMIT).and_then(|v| v.parse().ok());
+                        }
                     }
                 }
             }
         }
         Ok(found.into_values().collect())
     }
+
+    async fn prune_dangling(&self, app: Option<&AppId>) -> Result<Pruned> {
+        let mut filters = label_filters(app);
+        filters.insert("dangling", vec!["true".to_owned()]);
+        let options = PruneImagesOptionsBuilder::default().filters(&filters).build();
+        let pruned = self
+            .client
+            .prune_images(Some(options))
+            .await
+            .map_err(|e| self.error("removing dangling images of Otturnaut's builds", e))?;
+        Ok(Pruned {
+            removed: pruned.images_deleted.unwrap_or_default().into_iter().filter_map(|d| d.deleted).collect(),
+            freed_bytes: u64::try_from(pruned.space_reclaimed.unwrap_or_default()).unwrap_or(0),
+        })
+    }
 }
 
-/// `otturnaut-{app}:{deployment}` (a release tag) or
-/// `otturnaut-{app}:live-{deployment}` (a live mark, `true`).
-fn parse_our_tag(tag: &str) -> Option<(AppId, DeploymentId, bool)> {
+/// The kinds of tag the agent puts on a release's image.
+enum Tag {
+    /// `otturnaut-{app}:{deployment}`
+    Release,
+    /// `otturnaut-{app}:live-{deployment}`
+    Live,
+    /// `otturnaut-{app}:kept-{deployment}`
+    Kept,
+}
+
+fn parse_our_tag(tag: &str) -> Option<(AppId, DeploymentId, Tag)> {
     let (repo, name) = tag.rsplit_once(':')?;
     let app: AppId = repo.strip_prefix("otturnaut-")?.parse().ok()?;
-    match name.strip_prefix(LIVE_PREFIX) {
-        Some(d) => Some((app, d.parse().ok()?, true)),
-        None => Some((app, name.parse().ok()?, false)),
-    }
+    let (kind, deployment) = if let Some(d) = name.strip_prefix(LIVE_PREFIX) {
+        (Tag::Live, d)
+    } else if let Some(d) = name.strip_prefix(KEPT_PREFIX) {
+        (Tag::Kept, d)
+    } else {
+        (Tag::Release, name)
+    };
+    Some((app, deployment.parse().ok()?, kind))
 }
 
 /// Label filters selecting containers Otturnaut manages, optionally for one app.

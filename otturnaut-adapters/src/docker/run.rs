@@ -1,6 +1,6 @@
 //! Running containers: [`ContainerRuntime`] for [`Docker`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -15,7 +15,10 @@ use bollard::query_parameters::{
 };
 use futures_util::{Stream, StreamExt};
 use otturnaut_core::traits::{ContainerRuntime, RunRequest, container_name};
-use otturnaut_core::{AppId, ContainerId, ContainerStatus, Error, ManagedContainer, Result, labels};
+use otturnaut_core::{
+    AppId, ContainerId, ContainerStatus, Domain, Error, ManagedContainer, RecordedRelease, ReleaseRecord, Result,
+    Secret, labels,
+};
 
 use super::build::label_filters;
 use super::{Docker, is_not_found};
@@ -116,6 +119,40 @@ impl ContainerRuntime for Docker {
             .await
             .map_err(|e| self.error("listing managed containers", e))?;
         Ok(containers.into_iter().filter_map(managed_container).filter(genuine).collect())
+    }
+
+    async fn recorded(&self, id: &ContainerId) -> Result<RecordedRelease> {
+        let operation = format!("reading what container {id} was started with");
+        let inspect = self.client.inspect_container(&id.0, None).await.map_err(|e| self.error(operation.clone(), e))?;
+        let config = inspect.config.unwrap_or_default();
+        let labels = config.labels.unwrap_or_default();
+        let label = |key: &str| labels.get(key).map(String::as_str);
+        let missing = |what: &str| Error::failed(operation.clone(), format!("its {what} was not recorded"));
+        let record: ReleaseRecord = label(labels::RELEASE)
+            .and_then(|v| serde_json::from_str(v).ok())
+            .ok_or_else(|| missing("release settings (deployed by an older agent)"))?;
+        let container_port =
+            label(labels::CONTAINER_PORT).and_then(|v| v.parse().ok()).ok_or_else(|| missing("container port"))?;
+        let domains = label(labels::DOMAINS)
+            .unwrap_or_default()
+            .split(',')
+            .filter(|d| !d.is_empty())
+            .map(str::parse)
+            .collect::<Result<Vec<Domain>>>()?;
+        // The image's own ENV is in the list too: only the recorded names are the release's.
+        let all: BTreeMap<&str, &str> = config.env.iter().flatten().filter_map(|kv| kv.split_once('=')).collect();
+        let mut env = BTreeMap::new();
+        for name in &record.env {
+            let value = all.get(name.as_str()).ok_or_else(|| missing(&format!("env variable {name}")))?;
+            env.insert(name.clone(), Secret::new((*value).to_owned()));
+        }
+        Ok(RecordedRelease {
+            image: label(labels::IMAGE).map(str::to_owned).ok_or_else(|| missing("image"))?,
+            container_port,
+            domains,
+            env,
+            record,
+        })
     }
 }
 
@@ -218,6 +255,8 @@ fn container_labels(req: &RunRequest) -> HashMap<String, String> {
         (labels::DOMAINS, domains.join(",")),
         (labels::IMAGE, req.reference.clone()),
         (labels::MARKED, "true".to_owned()),
+        // Names and non-secret settings only: env values are in the container's config.
+        (labels::RELEASE, serde_json::to_string(&req.record()).unwrap_or_default()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -268,6 +307,7 @@ fn managed_container(summary: ContainerSummary) -> Option<ManagedContainer> {
         running: state == "running",
         state,
         created: summary.created.unwrap_or_default(),
+        record: label(labels::RELEASE).and_then(|v| serde_json::from_str(v).ok()),
         id: ContainerId(id),
         app,
         deployment,

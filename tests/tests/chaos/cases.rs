@@ -17,6 +17,8 @@ use super::world::{RUN_LIMIT, Src, World};
 pub enum Scenario {
     Fresh,
     Live,
+    /// `otturnaut rollback` of the live app to its newest kept release.
+    Rollback,
 }
 
 impl Scenario {
@@ -24,6 +26,7 @@ impl Scenario {
         match self {
             Scenario::Fresh => "fresh",
             Scenario::Live => "live",
+            Scenario::Rollback => "rollback",
         }
     }
 }
@@ -90,6 +93,57 @@ pub fn forward_step(call: &str) -> Option<&'static str> {
         "record_state" => "record_state",
         _ => return None,
     })
+}
+
+/// The step a call of a rollback belongs to: its image is reused under the
+/// new release's tag (`tag_image`, in the build step); there is no fetch.
+fn rollback_step(call: &str) -> Option<&'static str> {
+    match call {
+        "tag_image" => Some("build"),
+        "fetch" | "build" | "ensure_image" => None,
+        other => forward_step(other),
+    }
+}
+
+/// Calls a rollback never makes: no source, no build, no pull; the
+/// route is put back with `switch_route`, a container removed only by undo.
+const NOT_IN_A_ROLLBACK: &[&str] = &["fetch", "build", "ensure_image", "remove_source", "remove_route"];
+
+/// Every call of a rollback × before/after its effect; undo faults; a
+/// hang ended by a signal; a panic.
+fn rollback_matrix(quick: bool) -> Vec<Case> {
+    let scenario = Scenario::Rollback;
+    let mut cases = Vec::new();
+    for call in CALLS.iter().filter(|c| !NOT_IN_A_ROLLBACK.contains(c)) {
+        for phase in ["before", "after"] {
+            if quick && phase == "after" && !matches!(*call, "start_container" | "switch_route" | "record_state") {
+                continue;
+            }
+            let faults = format!("{call}.{phase}:fail");
+            let expect = match rollback_step(call) {
+                Some(step) => {
+                    let switched = (*call == "switch_route" && phase == "after") || *call == "record_state";
+                    Expect::Fails { step: Some(step), switched }
+                }
+                None => Expect::Succeeds,
+            };
+            cases.push(case("rollback", &faults, scenario, expect));
+        }
+    }
+    for undo in ["remove_container", "remove_image", "release_port"] {
+        let faults = format!("{undo}.before:fail_always,health_check.before:fail");
+        cases.push(case("rollback", &faults, scenario, fails("health_check")));
+    }
+    let c = case("rollback", "health_check.before:hang", scenario, Expect::Fails { step: None, switched: false });
+    cases.push(signal(c, "health_check", "INT", 300));
+    cases.push(signal(case("rollback", "drain.before:hang", scenario, Expect::Succeeds), "drain", "INT", 300));
+    cases.push(case(
+        "rollback",
+        "start_container.after:panic",
+        scenario,
+        Expect::Fails { step: None, switched: false },
+    ));
+    cases
 }
 
 fn case(group: &'static str, faults: &str, scenario: Scenario, expect: Expect) -> Case {
@@ -202,6 +256,7 @@ pub fn matrix(quick: bool) -> Vec<Case> {
             cases.push(case("panic", faults, scenario, Expect::Fails { step: None, switched: *switched }));
         }
     }
+    cases.extend(rollback_matrix(quick));
     cases
 }
 
@@ -223,8 +278,10 @@ pub struct LiveApp {
 }
 
 impl LiveApp {
+    /// v1 live, v2 kept for a rollback.
     pub async fn new(world: &World) -> anyhow::Result<LiveApp> {
         let app = world.app("live");
+        world.deploy_ok(&app, Src::Git("v2")).await?;
         world.deploy_ok(&app, Src::Git("v1")).await?;
         let snap = world.observer.snapshot(&app).await?;
         let live = Live::from_snapshot(&snap, "v1")
@@ -249,7 +306,7 @@ pub async fn run(world: &World, case: &Case, live_app: &mut Option<LiveApp>) -> 
     let started = Instant::now();
     let (app, live) = match case.scenario {
         Scenario::Fresh => (world.app("f"), None),
-        Scenario::Live => {
+        Scenario::Live | Scenario::Rollback => {
             if live_app.is_none() {
                 *live_app = Some(LiveApp::new(world).await?);
             }
@@ -259,7 +316,12 @@ pub async fn run(world: &World, case: &Case, live_app: &mut Option<LiveApp>) -> 
         }
     };
     let new_version = next_version(live.as_ref());
-    let src = if case.image { Src::Image(new_version) } else { Src::Git(new_version) };
+    // Deploys alternate v1 and v2, so the newest kept release is the other version.
+    let src = match (case.scenario, case.image) {
+        (Scenario::Rollback, _) => Src::Rollback,
+        (_, true) => Src::Image(new_version),
+        (_, false) => Src::Git(new_version),
+    };
     let before = world.observer.snapshot(&app).await?;
     let expect = live.as_ref().map_or(ProbeExpect::Anything, |l| ProbeExpect::Version(l.version.clone()));
     let prober = Prober::start(world.listen(), &World::domain(&app), expect);
@@ -290,7 +352,7 @@ pub async fn run(world: &World, case: &Case, live_app: &mut Option<LiveApp>) -> 
             let mut v = Verdict::default();
             let new = check::deployed(world, &app, live.as_ref(), &out, new_version, Some(&probes), &mut v).await?;
             if let (Some(la), Some(new)) = (live_app.as_mut(), new)
-                && case.scenario == Scenario::Live
+                && case.scenario != Scenario::Fresh
             {
                 la.live = new;
             }

@@ -45,11 +45,24 @@ pub enum Recover {
     CaddyRestartThenReconcile,
 }
 
+impl Trial {
+    pub fn kind(&self) -> &'static str {
+        match (self.first, self.rollback) {
+            (true, _) => "first",
+            (_, true) => "rollback",
+            _ => "redeploy",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct Trial {
     pub n: usize,
     /// A first deploy of a fresh app (else a redeploy of a live one).
     pub first: bool,
+    /// A rollback of the live app to its newest kept release (no fetch, no
+    /// build) instead of a redeploy.
+    pub rollback: bool,
     pub kill: Kill,
     pub recover: Recover,
 }
@@ -74,17 +87,25 @@ pub fn plan(seed: u64, count: usize) -> Vec<Trial> {
     let mut redeploy = points(&Step::ALL);
     let forward: Vec<Step> = Step::ALL.into_iter().filter(|s| !s.is_after_commit()).collect();
     let mut first = points(&forward);
+    let rollback_steps: Vec<Step> = Step::ALL.into_iter().filter(|s| *s != Step::Fetch).collect();
+    let mut rollback = points(&rollback_steps);
     rng.shuffle(&mut redeploy);
     rng.shuffle(&mut first);
-    let (mut r, mut f) = (0, 0);
+    rng.shuffle(&mut rollback);
+    let (mut r, mut f, mut b) = (0, 0, 0);
     (0..count)
         .map(|n| {
             let is_first = n % 3 == 2;
+            // Every fourth trial that is not a first deploy rolls back.
+            let is_rollback = !is_first && n % 4 == 1;
             let kill = if n % 5 == 4 {
                 Kill::Delay(rng.millis(0, 2000))
             } else {
-                let list = if is_first { &first } else { &redeploy };
-                let cursor = if is_first { &mut f } else { &mut r };
+                let (list, cursor) = match (is_first, is_rollback) {
+                    (true, _) => (&first, &mut f),
+                    (_, true) => (&rollback, &mut b),
+                    _ => (&redeploy, &mut r),
+                };
                 let (kind, step) = list[*cursor % list.len()];
                 *cursor += 1;
                 // From the route switch on, steps take milliseconds: a long
@@ -97,7 +118,7 @@ pub fn plan(seed: u64, count: usize) -> Vec<Trial> {
                 1 => Recover::NextDeploy,
                 _ => Recover::CaddyRestartThenReconcile,
             };
-            Trial { n, first: is_first, kill, recover }
+            Trial { n, first: is_first, rollback: is_rollback, kill, recover }
         })
         .collect()
 }
@@ -125,7 +146,7 @@ impl TrialRow {
         format!(
             "[crash {:>2}] {:<8} kill at {:<32} last={:<28} {:?} live={} left={} prober={} ({:.1}s)",
             t.n,
-            if t.first { "first" } else { "redeploy" },
+            t.kind(),
             t.kill.text(),
             self.last_event,
             t.recover,
@@ -161,7 +182,9 @@ pub async fn run(world: &mut World, trial: Trial, live_app: &mut Option<LiveApp>
     let expect = old.as_ref().map_or(Expect::Anything, |l| Expect::Version(l.version.clone()));
     let prober = Prober::start(world.listen(), &World::domain(&app), expect);
 
-    let mut running = world.cli.spawn(&world.deploy_args(&app, Src::Git(new_version), &[]), None)?;
+    // Deploys alternate v1 and v2: the newest kept release is the other version.
+    let src = if trial.rollback { Src::Rollback } else { Src::Git(new_version) };
+    let mut running = world.cli.spawn(&world.deploy_args(&app, src, &[]), None)?;
     let reached = match trial.kill {
         Kill::After { kind, step, delay } => {
             let seen = running.wait_for(|v| is_step_event(v, kind, step), RUN_LIMIT).await.is_some();

@@ -4,7 +4,6 @@
 //! failing build, a full disk under the work dir, and signals during a real
 //! build and a real health check.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -14,6 +13,7 @@ use super::cases::LiveApp;
 use super::check::{self, Verdict, next_version};
 use super::cli::Outcome;
 use super::cli::is_step_event;
+use super::dockerd::Dockerd;
 use super::prober::{Expect, Prober};
 use super::snapshot::{Snapshot, diff};
 use super::world::{RUN_LIMIT, Src, World, via_caddy};
@@ -196,8 +196,9 @@ pub async fn caddy_loses_its_config(world: &mut World, slot: &mut Option<LiveApp
 /// Caddy empty. Docker brings the releases back (`unless-stopped`); the boot
 /// reconcile (what `otturnaut-reconcile.service` runs) must serve every app
 /// again without a redeploy. Only with `--docker-restart` (it restarts the
-/// dockerd that `cargo xtask services up` started).
-pub async fn reboot(world: &mut World, slot: &mut Option<LiveApp>, xtask: &str) -> anyhow::Result<InfraRow> {
+/// dockerd that `cargo xtask services up` started, see [`Dockerd`]).
+pub async fn reboot(world: &mut World, slot: &mut Option<LiveApp>) -> anyhow::Result<InfraRow> {
+    let mut dockerd = Dockerd::recorded()?;
     let started = Instant::now();
     let apps = three_live_apps(world, slot).await?;
     let mut before = Vec::new();
@@ -206,10 +207,9 @@ pub async fn reboot(world: &mut World, slot: &mut Option<LiveApp>, xtask: &str) 
     }
     let mut v = Verdict::default();
     world.caddy.kill();
-    stop_dockerd(&mut v).await?;
-    let up = Command::new(xtask).args(["services", "up"]).status().context("running xtask services up")?;
-    if !up.success() {
-        v.problem("`xtask services up` did not bring Docker back");
+    dockerd.stop(&mut v).await;
+    if let Err(e) = dockerd.start().await {
+        v.problem(format!("Docker did not come back: {e:#}"));
     }
     world.caddy.restart(false).await?;
     // Docker restarts `unless-stopped` containers as it comes up.
@@ -248,24 +248,6 @@ pub async fn reboot(world: &mut World, slot: &mut Option<LiveApp>, xtask: &str) 
         "-".into(),
         started,
     ))
-}
-
-async fn stop_dockerd(v: &mut Verdict) -> anyhow::Result<()> {
-    let state = std::env::var("OTTURNAUT_DEV_STATE").unwrap_or_else(|_| "/var/lib/otturnaut-dev".into());
-    let pid_file = PathBuf::from(&state).join("run/docker.pid");
-    let pid = std::fs::read_to_string(&pid_file).with_context(|| {
-        format!("{} is missing: dockerd was not started by `cargo xtask services up`", pid_file.display())
-    })?;
-    let pid = pid.split_whitespace().next().unwrap_or_default().to_owned();
-    let _ = Command::new("kill").args(["-TERM", &pid]).status();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while PathBuf::from(format!("/proc/{pid}")).exists() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    if PathBuf::from(format!("/proc/{pid}")).exists() {
-        v.problem(format!("dockerd (pid {pid}) did not stop"));
-    }
-    Ok(())
 }
 
 /// A hostile repository whose Dockerfile's `LABEL`s claim to be the live
@@ -355,23 +337,13 @@ pub async fn label_spoofing(world: &World, slot: &mut Option<LiveApp>) -> anyhow
 /// The Docker daemon is restarted while the new container is being health
 /// checked. Every container on the daemon stops; `unless-stopped` brings
 /// ours back. Only with `--docker-restart`, and only for a dockerd that
-/// `cargo xtask services up` started (it is restarted the same way).
+/// `cargo xtask services up` started (see [`Dockerd`]).
 pub async fn docker_restarts_during_the_health_check(
     world: &World,
     slot: &mut Option<LiveApp>,
-    xtask: &str,
 ) -> anyhow::Result<InfraRow> {
     let started = Instant::now();
-    let state = std::env::var("OTTURNAUT_DEV_STATE").unwrap_or_else(|_| "/var/lib/otturnaut-dev".into());
-    let pid_file = PathBuf::from(&state).join("run/docker.pid");
-    let pid = std::fs::read_to_string(&pid_file).with_context(|| {
-        format!(
-            "{} is missing: dockerd was not started by `cargo xtask services up`, so it is not restarted",
-            pid_file.display()
-        )
-    })?;
-    // The record is `PID STARTTIME` (so a recycled pid is never taken for ours).
-    let pid = pid.split_whitespace().next().unwrap_or_default().to_owned();
+    let mut dockerd = Dockerd::recorded()?;
     let la = live_app(world, slot).await?;
     let (app, live) = (la.app.clone(), la.live.clone());
     let before = world.observer.snapshot(&app).await?;
@@ -384,17 +356,9 @@ pub async fn docker_restarts_during_the_health_check(
         v.problem("the health check never started");
     }
     prober.expect(Expect::Paused);
-    let _ = Command::new("kill").args(["-TERM", &pid]).status();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while PathBuf::from(format!("/proc/{pid}")).exists() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    if PathBuf::from(format!("/proc/{pid}")).exists() {
-        v.problem(format!("dockerd (pid {pid}) did not stop: the daemon was not restarted"));
-    }
-    let up = Command::new(xtask).args(["services", "up"]).status().context("running xtask services up")?;
-    if !up.success() {
-        v.problem("`xtask services up` did not bring Docker back");
+    dockerd.stop(&mut v).await;
+    if let Err(e) = dockerd.start().await {
+        v.problem(format!("Docker did not come back: {e:#}"));
     }
     let out = running.finish(RUN_LIMIT).await;
     // Give `unless-stopped` time to bring the old release back.

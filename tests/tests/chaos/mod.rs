@@ -7,6 +7,7 @@ pub mod cases;
 pub mod check;
 pub mod cli;
 pub mod crash;
+pub mod dockerd;
 pub mod infra;
 pub mod prober;
 pub mod report;
@@ -26,8 +27,8 @@ pub struct Options {
     pub seed: u64,
     pub trials: usize,
     pub quick: bool,
-    /// Path of the xtask binary, when `--docker-restart` was given.
-    pub docker_restart: Option<String>,
+    /// `--docker-restart`: also the cases that restart dockerd.
+    pub docker_restart: bool,
     /// Where to write the Markdown report.
     pub report: Option<String>,
 }
@@ -40,7 +41,7 @@ impl Options {
             seed: var("CHAOS_SEED").and_then(|s| s.parse().ok()).unwrap_or_else(rng::seed_from_clock),
             trials: var("CHAOS_TRIALS").and_then(|s| s.parse().ok()).unwrap_or(if quick { 10 } else { 40 }),
             quick,
-            docker_restart: var("CHAOS_DOCKER_RESTART"),
+            docker_restart: var("CHAOS_DOCKER_RESTART").is_some_and(|v| v != "0"),
             report: var("CHAOS_REPORT"),
         }
     }
@@ -50,7 +51,7 @@ impl Options {
         if self.quick {
             c.push_str(" --quick");
         }
-        if self.docker_restart.is_some() {
+        if self.docker_restart {
             c.push_str(" --docker-restart");
         }
         c
@@ -143,9 +144,9 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     infra_rows.push(infra::sigint_during_build(&world, &mut slot).await);
     infra_rows.push(infra::sigterm_during_health_check(&world, &mut slot).await);
     infra_rows.push(infra::label_spoofing(&world, &mut slot).await);
-    if let Some(xtask) = &opts.docker_restart {
-        infra_rows.push(infra::docker_restarts_during_the_health_check(&world, &mut slot, xtask).await);
-        infra_rows.push(infra::reboot(&mut world, &mut slot, xtask).await);
+    if opts.docker_restart {
+        infra_rows.push(infra::docker_restarts_during_the_health_check(&world, &mut slot).await);
+        infra_rows.push(infra::reboot(&mut world, &mut slot).await);
     }
     // Last: it replaces Caddy's config.
     infra_rows.push(infra::caddy_loses_its_config(&mut world, &mut slot).await);

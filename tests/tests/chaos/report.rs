@@ -61,8 +61,11 @@ impl Report {
                  rollback, allowed only for faults after the route switch). Orphans: what the deploy left, all \
                  of it reported as residue → what is left after `otturnaut reconcile APP`.\n"
             );
-            let _ = writeln!(md, "| group | fault point | fresh app | app with a live release | notes |");
-            let _ = writeln!(md, "|---|---|---|---|---|");
+            let _ = writeln!(
+                md,
+                "| group | fault point | fresh app | app with a live release | rollback to a kept release | notes |"
+            );
+            let _ = writeln!(md, "|---|---|---|---|---|---|");
             let mut labels: Vec<(String, &'static str)> = Vec::new();
             for r in &self.rows {
                 let key = (r.case.label(), r.case.group);
@@ -87,7 +90,7 @@ impl Report {
                     })
                 };
                 let mut notes = Vec::new();
-                for r in [of(Scenario::Fresh), of(Scenario::Live)].into_iter().flatten() {
+                for r in [of(Scenario::Fresh), of(Scenario::Live), of(Scenario::Rollback)].into_iter().flatten() {
                     let mut n = r.verdict.problems.clone();
                     n.extend(r.verdict.notes.iter().cloned());
                     if !n.is_empty() {
@@ -96,10 +99,11 @@ impl Report {
                 }
                 let _ = writeln!(
                     md,
-                    "| {group} | `{}` | {} | {} | {} |",
+                    "| {group} | `{}` | {} | {} | {} | {} |",
                     cell(label),
                     text(of(Scenario::Fresh)),
                     text(of(Scenario::Live)),
+                    text(of(Scenario::Rollback)),
                     cell(&notes.join("; "))
                 );
             }
@@ -112,7 +116,7 @@ impl Report {
             );
             let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
             for t in &self.trials {
-                let kind = if t.trial.first { "first" } else { "redeploy" };
+                let kind = t.trial.kind();
                 let recovery = match t.trial.recover {
                     Recover::Reconcile => "reconcile",
                     Recover::NextDeploy => "next deploy",

@@ -13,6 +13,9 @@ use otturnaut_adapters::docker::Docker;
 use otturnaut_core::AppId;
 use otturnaut_core::traits::{ContainerRuntime as _, ImageBuilder as _, Router as _};
 
+/// How many releases besides the live one the harness's deploys keep (`--keep`).
+pub const KEEP: usize = 2;
+
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ContainerFact {
     pub name: String,
@@ -111,15 +114,41 @@ impl Snapshot {
         self.containers.iter().find(|c| c.running && c.port == Some(*port))
     }
 
-    /// Everything that is not the live release (or the image it runs): what
-    /// reconcile must leave nothing of.
+    /// The deployments kept for a rollback: the newest [`KEEP`] releases
+    /// that were committed once (a kept mark, or a live mark older than the
+    /// live release's) whose container exists, stopped.
+    pub fn retained(&self) -> BTreeSet<&str> {
+        let live = self.live().map(|c| c.deployment.as_str());
+        let mut kept: Vec<&str> = self
+            .images
+            .iter()
+            .filter(|i| Some(i.deployment.as_str()) != live)
+            .filter(|i| i.tags.iter().any(|t| t.contains(":kept-") || t.contains(":live-")))
+            .filter(|i| self.containers.iter().any(|c| c.deployment == i.deployment && c.state == "exited"))
+            .map(|i| i.deployment.as_str())
+            .collect();
+        kept.sort_unstable_by(|a, b| b.cmp(a));
+        kept.into_iter().take(KEEP).collect()
+    }
+
+    /// Everything that is neither the live release (nor the image it runs)
+    /// nor a release kept for a rollback (see [`Snapshot::retained`]): what
+    /// reconcile must leave nothing of. A kept release still running, or
+    /// still carrying its old live mark, is a retirement left unfinished.
     pub fn orphans(&self) -> Vec<Item> {
         let live = self.live();
         let live_dep = live.map(|c| c.deployment.as_str());
+        let retained = self.retained();
         let mut out = Vec::new();
         for item in self.items() {
             let keep = match item.kind {
-                "container" | "image" => live_dep.is_some() && item.deployment.as_deref() == live_dep,
+                "container" | "image" => {
+                    let dep = item.deployment.as_deref();
+                    // A kept release's image still carrying its live mark:
+                    // its retirement was cut short.
+                    let stale = item.kind == "image" && item.text.contains(":live-");
+                    (live_dep.is_some() && dep == live_dep) || (dep.is_some_and(|d| retained.contains(d)) && !stale)
+                }
                 // A route is fine iff something live answers it.
                 "route" => live.is_some(),
                 _ => false,

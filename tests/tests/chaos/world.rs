@@ -44,6 +44,8 @@ pub enum Src<'a> {
     Git(&'a str),
     /// A prebuilt local image of this version (not built or owned by Otturnaut).
     Image(&'a str),
+    /// `otturnaut rollback` to the newest kept release.
+    Rollback,
 }
 
 #[derive(Debug)]
@@ -164,10 +166,20 @@ impl World {
     }
 
     pub fn deploy_args(&self, app: &AppId, src: Src<'_>, extra: &[&str]) -> Vec<String> {
+        let keep = ["--keep".to_owned(), super::snapshot::KEEP.to_string()];
+        if let Src::Rollback = src {
+            // The rest is the kept release's own.
+            let mut args: Vec<String> = vec!["rollback".into(), app.to_string(), "--json".into()];
+            args.extend(keep);
+            args.extend(extra.iter().map(|s| s.to_string()));
+            return args;
+        }
         let mut args: Vec<String> = vec!["deploy".into(), app.to_string()];
+        args.extend(keep);
         match src {
             Src::Git(r) => args.extend(["--repo".into(), self.repo_url(), "--ref".into(), r.into()]),
             Src::Image(v) => args.extend(["--image".into(), self.image(v)]),
+            Src::Rollback => {}
         }
         let domain = World::domain(app);
         args.extend(
@@ -196,7 +208,10 @@ impl World {
     /// `otturnaut reconcile APP`: only this app, never the other apps on this
     /// Docker daemon (other test processes' apps route through other Caddies).
     pub async fn reconcile(&self, app: &AppId) -> anyhow::Result<Outcome> {
-        self.cli.run(&["reconcile".into(), app.to_string(), "--json".into()], None, RUN_LIMIT).await
+        let keep = super::snapshot::KEEP.to_string();
+        self.cli
+            .run(&["reconcile".into(), app.to_string(), "--json".into(), "--keep".into(), keep], None, RUN_LIMIT)
+            .await
     }
 
     /// `otturnaut reconcile APP...`: these apps together (one Caddy write

@@ -12,9 +12,10 @@ use otturnaut_steps::Strategy as _;
 use serde_json::json;
 
 use super::app::{GitServer, HEALTH_INTERVAL, IMAGE, Rig, app_id, git_spec, image_spec};
-use super::caddy::{PrivateCaddy, free_port};
+use super::caddy::PrivateCaddy;
 use super::machine::output;
 use super::timing::Service;
+use crate::caddy_proc::free_port;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -152,7 +153,7 @@ impl<'a> Shell<'a> {
     async fn start(caddy: &'a PrivateCaddy, kind: Kind, git: &GitServer) -> Result<Shell<'a>> {
         let dir = tempfile::Builder::new().prefix("otturnaut-bench-shell-").tempdir()?;
         remove_shell_leftovers().await;
-        let port = free_port()?;
+        let port = free_port();
         let name = "otturnaut-benchsh-0".to_owned();
         // The first release runs the fixture image even for git: only
         // the timed deploys need to clone and build.
@@ -183,7 +184,7 @@ impl<'a> Shell<'a> {
     }
 
     async fn deploy(&mut self, i: u32) -> Result<ShellRun> {
-        let port = free_port()?;
+        let port = free_port();
         let new = format!("otturnaut-benchsh-{i}");
         let image = match self.kind {
             Kind::Image => IMAGE.to_owned(),
@@ -233,7 +234,7 @@ impl<'a> Shell<'a> {
             .collect();
         self.live = (new, if self.kind == Kind::Git { image } else { String::new() });
         // The switch took: the new version answers through Caddy.
-        let answer = super::caddy::client()
+        let answer = crate::caddy_proc::client()
             .get(format!("http://{}/version", self.caddy.listen))
             .header("Host", SHELL_HOST)
             .send()

@@ -114,7 +114,7 @@ async fn check_clean(
     if route.as_ref().map(|r| r.port) != Some(good.host_port) {
         return Err(format!("the route points to {route:?}, not to the old release's port {}", good.host_port));
     }
-    let answer = super::caddy::client()
+    let answer = crate::caddy_proc::client()
         .get(format!("http://{}/version", rig.caddy.listen))
         .header("Host", domain(app).to_string())
         .send()

@@ -173,6 +173,9 @@ impl ImageBuilder for Timed<dyn ImageBuilder> {
     async fn list_images(&self, app: Option<&AppId>) -> Result<Vec<ManagedImage>> {
         self.clock.time(Service::Docker, self.inner.list_images(app)).await
     }
+    async fn prune_dangling(&self, app: Option<&AppId>) -> Result<otturnaut_core::traits::Pruned> {
+        self.clock.time(Service::Docker, self.inner.prune_dangling(app)).await
+    }
 }
 
 #[async_trait]
@@ -194,6 +197,9 @@ impl ContainerRuntime for Timed<dyn ContainerRuntime> {
     }
     async fn list(&self, app: Option<&AppId>) -> Result<Vec<ManagedContainer>> {
         self.clock.time(Service::Docker, self.inner.list(app)).await
+    }
+    async fn recorded(&self, id: &ContainerId) -> Result<otturnaut_core::RecordedRelease> {
+        self.clock.time(Service::Docker, self.inner.recorded(id)).await
     }
 }
 

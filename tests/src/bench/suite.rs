@@ -19,7 +19,7 @@ use super::zero_downtime::{self, Plan, Retire, UpstreamIdle};
 
 /// Redeploys per retire mode in the raw keep-alive reset comparison.
 const RESET_REDEPLOYS: u32 = 30;
-use super::{Args, concurrency, deploy_timing, footprint, high_rate, route_switch};
+use super::{Args, CaddyFlavor, concurrency, deploy_timing, footprint, high_rate, releases, route_switch};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -31,8 +31,10 @@ pub fn run(args: &Args) -> Result<ExitCode> {
 async fn run_async(args: &Args) -> Result<ExitCode> {
     let began = Instant::now();
     let mut results = Results {
-        command: std::env::var("OTTURNAUT_BENCH_COMMAND")
-            .unwrap_or_else(|_| format!("cargo xtask {}", std::env::args().skip(1).collect::<Vec<_>>().join(" "))),
+        command: std::env::var("OTTURNAUT_BENCH_COMMAND").unwrap_or_else(|_| {
+            let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+            format!("cargo bench -p otturnaut-tests -- {}", args.join(" "))
+        }),
         date: stdout(&["date", "-u", "+%Y-%m-%d %H:%M"]).await.unwrap_or_default(),
         settings: format!(
             "{} redeploys per zero-downtime row, {} runs per timing/rollback measurement, {} load clients{}",
@@ -54,9 +56,9 @@ async fn run_async(args: &Args) -> Result<ExitCode> {
     println!("bench: building the fixture app and its image");
     let binary = app::build_app_binary().await?;
     app::build_image(&binary).await?;
-    let caddy_bin = args.caddy.install(&crate::services::Env::from_env()?)?;
+    let caddy_bin = args.caddy.bin()?;
     let rig = Rig::start_with(&caddy_bin).await?;
-    if let Some(v) = crate::install::caddy_version(&caddy_bin) {
+    if let Some(v) = caddy_version(&caddy_bin).await {
         results.notes.push(format!("Caddy of the sections other than high rate: {v} ({})", caddy_bin.display()));
     }
     match rig.caddy.call(reqwest::Method::GET, "/config/apps/http/grace_period", None).await {
@@ -91,6 +93,10 @@ async fn run_async(args: &Args) -> Result<ExitCode> {
             });
             record(&mut results, "rollback", r);
         }
+    }
+    if args.wants("release-rollback") {
+        let r = release_rollback_section(&rig, args, &mut results).await;
+        record(&mut results, "rollback to a kept release", r);
     }
     if args.wants("switch") {
         // A switch at 1000 routes is one ~70 ms reload whose cost varies by
@@ -175,6 +181,26 @@ async fn run_async(args: &Args) -> Result<ExitCode> {
     }
     println!("bench: report written to {}", path.display());
     Ok(if results.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Rollbacks to a kept release: wall time against a prebuilt-image deploy,
+/// then 10 rollbacks back to back under the zero-downtime load per client mode.
+async fn release_rollback_section(rig: &Rig, args: &Args, results: &mut Results) -> Result<()> {
+    println!("bench: rollback to a kept release vs a prebuilt-image deploy, {} runs each", args.runs());
+    let limit = MINUTE * 2 * args.runs();
+    let t = bounded(limit, "rollback timing", releases::timing(rig, args.runs())).await?;
+    println!("  rollback median {} ms, deploy median {} ms", ms_opt(median(&t.rollbacks)), ms_opt(median(&t.deploys)));
+    results.release_rollback = Some(t);
+    let rollbacks = if args.quick { 3 } else { 10 };
+    for mode in Mode::ALL {
+        println!("bench: {rollbacks} rollbacks under load, {}", mode.name());
+        let limit = MINUTE * 3 + MINUTE * rollbacks;
+        let row = bounded(limit, "rollbacks under load", releases::under_load(rig, mode, rollbacks, args.concurrency))
+            .await?;
+        println!("  {} requests, {} failed {:?}", row.load.requests, row.load.failed(), row.load.failures);
+        results.release_rollback_load.push(row);
+    }
+    Ok(())
 }
 
 fn record(results: &mut Results, section: &str, r: Result<()>) {
@@ -307,8 +333,6 @@ async fn zero_downtime_section(rig: &Rig, args: &Args, results: &mut Results) ->
 }
 
 async fn high_rate_section(args: &Args, results: &mut Results) -> Result<()> {
-    use crate::services::CaddyFlavor;
-    let env = crate::services::Env::from_env()?;
     let _migrate = MigrateReq::set(true).context("setting net.ipv4.tcp_migrate_req=1")?;
     let redeploys = if args.quick { 3 } else { 5 };
     let runs = args.runs();
@@ -323,8 +347,9 @@ async fn high_rate_section(args: &Args, results: &mut Results) -> Result<()> {
     results.high_rate_load_before = load_average();
     let began = Instant::now();
     for flavor in [CaddyFlavor::Debian, CaddyFlavor::Current] {
-        let bin = flavor.install(&env)?;
-        let version = crate::install::caddy_version(&bin)
+        let bin = flavor.bin()?;
+        let version = caddy_version(&bin)
+            .await
             .and_then(|v| v.split_whitespace().next().map(str::to_owned))
             .unwrap_or_else(|| "?".into());
         println!("bench: high rate on Caddy {version} ({})", bin.display());
@@ -362,6 +387,12 @@ async fn timing_section(rig: &Rig, args: &Args, binary: &std::path::Path, result
         results.timing.push(t);
     }
     Ok(())
+}
+
+/// The first line of `caddy version`, if the binary runs.
+async fn caddy_version(bin: &std::path::Path) -> Option<String> {
+    let out = stdout(&[&bin.display().to_string(), "version"]).await.ok()?;
+    out.lines().next().map(str::to_owned)
 }
 
 /// Runs `f`, failing if it takes longer than `limit`.

@@ -14,9 +14,12 @@ use super::footprint::Footprint;
 use super::high_rate;
 use super::load::{Failure, Mode};
 use super::machine::Machine;
+use super::releases;
 use super::rollback::{self, Case};
 use super::route_switch;
 use super::stats::{binomial_upper_tail, median, ms, ms_opt, quantile, ratio};
+use super::table::Col::{L, R};
+use super::table::{Table, cells};
 use super::timing::Service;
 use super::zero_downtime::{self, Retire};
 
@@ -42,6 +45,9 @@ pub struct Results {
     pub reloads: Vec<zero_downtime::ReloadRow>,
     pub timing: Vec<Timings>,
     pub rollback: Vec<(Case, Vec<rollback::Run>)>,
+    /// Rollbacks to a kept release: timing, and under load per client mode.
+    pub release_rollback: Option<releases::Timing>,
+    pub release_rollback_load: Vec<releases::LoadRow>,
     pub switch: Vec<route_switch::Row>,
     pub concurrency: Vec<concurrency::Row>,
     pub footprint: Option<Footprint>,
@@ -67,15 +73,16 @@ struct Target {
 
 /// A table of judged targets.
 fn target_rows(w: &mut String, targets: Vec<Target>) {
-    let _ = writeln!(w, "| Target | Measured | Status |\n|---|---|---|");
+    let mut table = Table::new(&[L("Target"), L("Measured"), L("Status")]);
     for t in targets {
         let status = match t.met {
             Some(true) => "met",
             Some(false) => "**missed**",
             None => "not a target",
         };
-        let _ = writeln!(w, "| {} | {} | {status} |", t.what, t.measured);
+        table.row(cells![t.what, t.measured, status]);
     }
+    table.write(w);
 }
 
 impl Results {
@@ -104,6 +111,7 @@ impl Results {
         self.reload_table(w);
         self.timing_tables(w);
         self.rollback_table(w);
+        self.release_rollback_table(w);
         self.switch_table(w);
         self.concurrency_table(w);
         self.footprint_table(w);
@@ -177,13 +185,22 @@ impl Results {
             targets.push(Target { what, measured, met });
         }
         target_rows(w, targets);
-        let _ = writeln!(w);
-        let _ = writeln!(
-            w,
-            "| Caddy | Upstream | Client | Runs × redeploys | Requests | Requests/s | Failed per run | Reset | 5xx | \
-             Connect | Timeout | Retried | p99 ms | Drain median ms |"
-        );
-        let _ = writeln!(w, "|---|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+        let mut table = Table::new(&[
+            L("Caddy"),
+            L("Upstream"),
+            L("Client"),
+            L("Runs × redeploys"),
+            R("Requests"),
+            R("Requests/s"),
+            L("Failed per run"),
+            R("Reset"),
+            R("5xx"),
+            R("Connect"),
+            R("Timeout"),
+            R("Retried"),
+            R("p99 ms"),
+            R("Drain median ms"),
+        ]);
         for r in &self.high_rate {
             let mut all = super::load::Report::default();
             let mut drains = Vec::new();
@@ -195,17 +212,14 @@ impl Results {
             }
             all.added.sort();
             let per_run: Vec<u64> = r.runs.iter().map(|x| x.load.failed()).collect();
-            let _ = writeln!(
-                w,
-                "| {} | {} | {} | {} × {} | {} | {:.0} | {:?} | {} | {} | {} | {} | {} | {} | {} |",
+            table.row(cells![
                 r.caddy,
                 r.upstream(),
                 r.mode.name(),
-                r.runs.len(),
-                r.runs.first().map_or(0, |x| x.redeploys),
+                format!("{} × {}", r.runs.len(), r.runs.first().map_or(0, |x| x.redeploys)),
                 all.requests,
-                all.requests as f64 / secs.max(0.001),
-                per_run,
+                format!("{:.0}", all.requests as f64 / secs.max(0.001)),
+                format!("{per_run:?}"),
                 all.count(Failure::Reset),
                 all.count(Failure::Status5xx),
                 all.count(Failure::Connect),
@@ -213,9 +227,9 @@ impl Results {
                 all.retries,
                 ms_opt(quantile(&all.added, 0.99)),
                 ms_opt(median(&drains)),
-            );
+            ]);
         }
-        let _ = writeln!(w);
+        table.write(w);
         first_failures(
             w,
             self.high_rate.iter().flat_map(|r| {
@@ -234,32 +248,36 @@ impl Results {
                  (reset, end of stream, or a missing echo).\n",
                 high_rate::WS_CLIENTS
             );
-            let _ = writeln!(
-                w,
-                "| Caddy | stream_close_delay | Redeploys | Redeploy median s | Sessions | Echoes | Clean closes | \
-                 Abnormal closes | Failed handshakes | First problems |"
-            );
-            let _ = writeln!(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
+            let mut table = Table::new(&[
+                L("Caddy"),
+                L("stream_close_delay"),
+                R("Redeploys"),
+                R("Redeploy median s"),
+                R("Sessions"),
+                R("Echoes"),
+                R("Clean closes"),
+                R("Abnormal closes"),
+                R("Failed handshakes"),
+                L("First problems"),
+            ]);
             for ws in &self.websockets {
                 let samples: Vec<String> =
                     ws.samples.iter().take(3).map(|(t, s)| format!("{:.1} s: {s}", t.as_secs_f64())).collect();
-                let _ = writeln!(
-                    w,
-                    "| {} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {} |",
+                table.row(cells![
                     ws.caddy,
                     ws.stream_close_delay
                         .map_or_else(|| "- (2.6 has none)".to_owned(), |d| format!("{} s", d.as_secs())),
                     ws.redeploys,
-                    median(&ws.deploys).unwrap_or_default().as_secs_f64(),
+                    format!("{:.1}", median(&ws.deploys).unwrap_or_default().as_secs_f64()),
                     ws.sessions,
                     ws.echoes,
                     ws.clean_closes,
                     bold_if(ws.abnormal_closes),
                     ws.failed_handshakes,
                     samples.join("; "),
-                );
+                ]);
             }
-            let _ = writeln!(w);
+            table.write(w);
         }
         out
     }
@@ -293,6 +311,27 @@ impl Results {
             if let Some(target) = self.resets_target(m) {
                 t.push(target);
             }
+        }
+        if let Some(rt) = &self.release_rollback
+            && let (Some(rollback), Some(deploy)) = (median(&rt.rollbacks), median(&rt.deploys))
+        {
+            t.push(Target {
+                what: "rollback to a kept release ≤ 1.0× a prebuilt-image deploy, no build".into(),
+                measured: format!("{} ms vs {} ms: {}", ms(rollback), ms(deploy), ratio(rollback, deploy)),
+                met: Some(rollback <= deploy),
+            });
+        }
+        let judged: Vec<&releases::LoadRow> =
+            self.release_rollback_load.iter().filter(|r| matches!(r.mode, Mode::Retry | Mode::Close)).collect();
+        if !judged.is_empty() {
+            let failed: u64 = judged.iter().map(|r| r.load.failed() + u64::from(r.failed_rollbacks)).sum();
+            let n: u32 = judged.iter().map(|r| r.rollbacks).sum();
+            t.push(Target {
+                what: "0 failed requests during rollbacks under the zero-downtime load (keep-alive + retry, new connection)"
+                    .into(),
+                measured: format!("{failed} failed over {n} rollbacks"),
+                met: Some(failed == 0),
+            });
         }
         if let Some(image) = self.timing.iter().find(|x| x.kind == Kind::Image) {
             let wall = median(&image.agent.iter().map(|r| r.wall).collect::<Vec<_>>());
@@ -393,7 +432,6 @@ impl Results {
             return;
         }
         target_rows(w, targets);
-        let _ = writeln!(w);
     }
 
     fn zero_downtime_table(&self, w: &mut String) {
@@ -415,12 +453,25 @@ impl Results {
             zero_downtime::LONG_MS,
             first.redeploys + 1,
         );
-        let _ = writeln!(
-            w,
-            "| tcp_migrate_req | Retire | Client | Requests | Failed | 5xx | Connect | Reset | Timeout | Retried \
-             | p50 ms | p99 ms | Max ms | Versions | Drain median / max ms | Drain errors | Failed deploys |"
-        );
-        let _ = writeln!(w, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let mut table = Table::new(&[
+            L("tcp_migrate_req"),
+            L("Retire"),
+            L("Client"),
+            R("Requests"),
+            R("Failed"),
+            R("5xx"),
+            R("Connect"),
+            R("Reset"),
+            R("Timeout"),
+            R("Retried"),
+            R("p50 ms"),
+            R("p99 ms"),
+            R("Max ms"),
+            R("Versions"),
+            R("Drain median / max ms"),
+            R("Drain errors"),
+            R("Failed deploys"),
+        ]);
         for r in &self.zero_downtime {
             let l = &r.load;
             let (seen, unexpected) = r.versions_seen();
@@ -429,9 +480,7 @@ impl Results {
             } else {
                 format!("{seen}/{}", r.redeploys + 1)
             };
-            let _ = writeln!(
-                w,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} |",
+            table.row(cells![
                 migrate(r.migrate_req),
                 r.retire.name(),
                 r.mode.name(),
@@ -446,13 +495,12 @@ impl Results {
                 ms_opt(quantile(&l.added, 0.99)),
                 ms_opt(l.added.last().copied()),
                 versions,
-                ms_opt(median(&r.drains)),
-                ms_opt(r.drains.iter().max().copied()),
+                format!("{} / {}", ms_opt(median(&r.drains)), ms_opt(r.drains.iter().max().copied())),
                 r.drain_errors,
                 r.failed_deploys,
-            );
+            ]);
         }
-        let _ = writeln!(w);
+        table.write(w);
         first_failures(
             w,
             self.zero_downtime
@@ -479,12 +527,17 @@ impl Results {
             zero_downtime::LONG_MS,
             self.resets[0].redeploys,
         );
-        let _ = writeln!(
-            w,
-            "| tcp_migrate_req | Retire | Redeploys | Requests | Resets | Resets per reload | 5xx | Other failures \
-             | p (drain worse) |"
-        );
-        let _ = writeln!(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+        let mut table = Table::new(&[
+            L("tcp_migrate_req"),
+            L("Retire"),
+            R("Redeploys"),
+            R("Requests"),
+            R("Resets"),
+            R("Resets per reload"),
+            R("5xx"),
+            R("Other failures"),
+            R("p (drain worse)"),
+        ]);
         for r in &self.resets {
             let l = &r.load;
             let resets = l.count(Failure::Reset);
@@ -494,21 +547,19 @@ impl Results {
                 .find(|n| n.migrate_req == r.migrate_req && n.retire == Retire::Naive)
                 .filter(|_| r.retire == Retire::Drain);
             let p = naive.map_or_else(|| "".to_owned(), |n| format!("{:.2}", ResetComparison::of(r, n).p_worse()));
-            let _ = writeln!(
-                w,
-                "| {} | {} | {} | {} | {} | {:.2} | {} | {} | {} |",
+            table.row(cells![
                 migrate(r.migrate_req),
                 r.retire.name(),
                 r.redeploys,
                 l.requests,
                 resets,
-                ResetComparison::rate(resets, reloads(r)),
+                format!("{:.2}", ResetComparison::rate(resets, reloads(r))),
                 l.count(Failure::Status5xx),
                 l.failed() - resets - l.count(Failure::Status5xx),
                 p,
-            );
+            ]);
         }
-        let _ = writeln!(w);
+        table.write(w);
     }
 
     fn reload_table(&self, w: &mut String) {
@@ -523,17 +574,25 @@ impl Results {
              the most connections from Caddy to the app's port seen (sampled every 10 reloads).\n",
             self.clients
         );
-        let _ = writeln!(
-            w,
-            "| tcp_migrate_req | Client | Reloads | Upstream keep-alive idle timeout | Requests | Failed | 5xx | Connect | Reset | Timeout \
-             | p50 ms | p99 ms | Max ms | Peak connections Caddy → app |"
-        );
-        let _ = writeln!(w, "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let mut table = Table::new(&[
+            L("tcp_migrate_req"),
+            L("Client"),
+            R("Reloads"),
+            L("Upstream keep-alive idle timeout"),
+            R("Requests"),
+            R("Failed"),
+            R("5xx"),
+            R("Connect"),
+            R("Reset"),
+            R("Timeout"),
+            R("p50 ms"),
+            R("p99 ms"),
+            R("Max ms"),
+            R("Peak connections Caddy → app"),
+        ]);
         for r in &self.reloads {
             let l = &r.load;
-            let _ = writeln!(
-                w,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            table.row(cells![
                 migrate(r.migrate_req),
                 r.mode.name(),
                 r.reloads,
@@ -548,9 +607,9 @@ impl Results {
                 ms_opt(quantile(&l.added, 0.99)),
                 ms_opt(l.added.last().copied()),
                 r.peak_open.map_or_else(|| "-".to_owned(), |n| n.to_string()),
-            );
+            ]);
         }
-        let _ = writeln!(w);
+        table.write(w);
         first_failures(
             w,
             self.reloads.iter().map(|r| {
@@ -579,19 +638,21 @@ impl Results {
              wall time minus awaited. The shell baseline does the same steps with the docker CLI and curl, \
              polling health every 50 ms like the agent.\n"
         );
-        let _ = writeln!(
-            w,
-            "| Deploy | Agent wall ms | Awaited ms | Overhead ms | Wall / awaited | Shell wall ms | Agent / shell |"
-        );
-        let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|");
+        let mut table = Table::new(&[
+            L("Deploy"),
+            R("Agent wall ms"),
+            R("Awaited ms"),
+            R("Overhead ms"),
+            R("Wall / awaited"),
+            R("Shell wall ms"),
+            R("Agent / shell"),
+        ]);
         for t in &self.timing {
             let wall = median(&t.agent.iter().map(|r| r.wall).collect::<Vec<_>>()).unwrap_or_default();
             let awaited = median(&t.agent.iter().map(|r| r.awaited).collect::<Vec<_>>()).unwrap_or_default();
             let overhead = median(&t.agent.iter().map(|r| r.overhead()).collect::<Vec<_>>()).unwrap_or_default();
             let shell = median(&t.shell.iter().map(|r| r.wall).collect::<Vec<_>>()).unwrap_or_default();
-            let _ = writeln!(
-                w,
-                "| {} | {} | {} | {} | {} | {} | {} |",
+            table.row(cells![
                 t.kind.name(),
                 ms(wall),
                 ms(awaited),
@@ -599,15 +660,15 @@ impl Results {
                 ratio(wall, awaited),
                 ms(shell),
                 ratio(wall, shell)
-            );
+            ]);
         }
+        table.write(w);
         let _ = writeln!(
             w,
-            "\nAgent steps (median ms, from `StepFinished` events; load_state runs beside fetch and build):\n"
+            "Agent steps (median ms, from `StepFinished` events; load_state runs beside fetch and build):\n"
         );
-        let steps: Vec<Step> = Step::ALL.to_vec();
-        self.per_kind_header(w, "Step");
-        for step in steps {
+        let mut table = self.per_kind_table("Step");
+        for step in Step::ALL {
             let cells: Vec<String> = self
                 .timing
                 .iter()
@@ -619,11 +680,12 @@ impl Results {
             if cells.iter().all(|c| c == "-") {
                 continue;
             }
-            let _ = writeln!(w, "| {step} | {} |", cells.join(" | "));
+            table.row([step.to_string()].into_iter().chain(cells).collect());
         }
-        let _ = writeln!(w, "\nTime awaited per service (median ms per deploy; calls in parentheses):\n");
+        table.write(w);
+        let _ = writeln!(w, "Time awaited per service (median ms per deploy; calls in parentheses):\n");
         let services = [Service::Git, Service::Docker, Service::Caddy, Service::Probe, Service::Ports, Service::State];
-        self.per_kind_header(w, "Service");
+        let mut table = self.per_kind_table("Service");
         for s in services {
             let cells: Vec<String> = self
                 .timing
@@ -634,10 +696,11 @@ impl Results {
                     if v.is_empty() { "-".into() } else { format!("{} ({calls})", ms_opt(median(&v))) }
                 })
                 .collect();
-            let _ = writeln!(w, "| {} | {} |", s.name(), cells.join(" | "));
+            table.row([s.name().to_string()].into_iter().chain(cells).collect());
         }
-        let _ = writeln!(w, "\nShell baseline steps (median ms):\n");
-        self.per_kind_header(w, "Step");
+        table.write(w);
+        let _ = writeln!(w, "Shell baseline steps (median ms):\n");
+        let mut table = self.per_kind_table("Step");
         for step in ["clone", "build", "run", "health", "switch", "stop", "remove"] {
             let cells: Vec<String> = self
                 .timing
@@ -651,15 +714,14 @@ impl Results {
                     ms_opt(median(&v))
                 })
                 .collect();
-            let _ = writeln!(w, "| {step} | {} |", cells.join(" | "));
+            table.row([step.to_string()].into_iter().chain(cells).collect());
         }
-        let _ = writeln!(w);
+        table.write(w);
     }
 
-    /// The head of a table with one column per deploy kind.
-    fn per_kind_header(&self, w: &mut String, first: &str) {
-        let kinds: String = self.timing.iter().map(|t| format!(" {} |", t.kind.name())).collect();
-        let _ = writeln!(w, "| {first} |{kinds}\n|---|{}", "---:|".repeat(self.timing.len()));
+    /// A table with one column per deploy kind.
+    fn per_kind_table(&self, first: &'static str) -> Table {
+        Table::with_first(first, self.timing.iter().map(|t| t.kind.name().to_string()))
     }
 
     fn rollback_table(&self, w: &mut String) {
@@ -672,27 +734,71 @@ impl Results {
              undone; \"rollback\" is the part after the health check reported failure. Clean: the failed \
              container is gone, the old release is the only container, still routed, and answers through Caddy.\n"
         );
-        let _ = writeln!(
-            w,
-            "| Case | Runs | Total median ms | Detected after (median ms) | Rollback median ms | Total max ms | Clean |"
-        );
-        let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---|");
+        let mut table = Table::new(&[
+            L("Case"),
+            R("Runs"),
+            R("Total median ms"),
+            R("Detected after (median ms)"),
+            R("Rollback median ms"),
+            R("Total max ms"),
+            L("Clean"),
+        ]);
         for (case, runs) in &self.rollback {
             let col = |f: fn(&rollback::Run) -> Duration| runs.iter().map(f).collect::<Vec<_>>();
             let dirty: Vec<&String> = runs.iter().filter_map(|r| r.clean.as_ref().err()).collect();
             let clean = if dirty.is_empty() { "yes".to_owned() } else { format!("**no**: {}", dirty[0]) };
-            let _ = writeln!(
-                w,
-                "| {} | {} | {} | {} | {} | {} | {clean} |",
+            table.row(cells![
                 case.name(),
                 runs.len(),
                 ms_opt(median(&col(|r| r.total))),
                 ms_opt(median(&col(|r| r.detected))),
                 ms_opt(median(&col(|r| r.rollback))),
                 ms_opt(col(|r| r.total).into_iter().max()),
-            );
+                clean,
+            ]);
         }
-        let _ = writeln!(w);
+        table.write(w);
+    }
+
+    fn release_rollback_table(&self, w: &mut String) {
+        let Some(t) = &self.release_rollback else {
+            return;
+        };
+        let _ = writeln!(
+            w,
+            "### Rollback to a kept release\n\n`otturnaut rollback`'s library call (`Strategy::rollback`) against a \
+             deploy of a prebuilt image present locally, alternating on one app: both run the pipeline from the \
+             port step on (start, health check, route switch, commit, drain, stop, keep); the rollback reuses \
+             the kept release's image under a new tag instead of checking and tagging the prebuilt one.\n"
+        );
+        let mut table = Table::new(&[L("Measure"), R("Runs"), R("Median ms"), R("Max ms")]);
+        for (name, runs) in [("rollback", &t.rollbacks), ("prebuilt-image deploy", &t.deploys)] {
+            table.row(cells![name, runs.len(), ms_opt(median(runs)), ms_opt(runs.iter().max().copied())]);
+        }
+        table.write(w);
+        if self.release_rollback_load.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            w,
+            "Rollbacks back to back between two kept releases, {} clients through Caddy as in the zero-downtime \
+             table (`GET /slow?ms=50`, 1 in 40 asks for 1000 ms):\n",
+            self.clients
+        );
+        let mut table =
+            Table::new(&[L("Client"), R("Rollbacks"), R("Failed rollbacks"), R("Requests"), R("Failed"), L("Kinds")]);
+        for row in &self.release_rollback_load {
+            let kinds: Vec<String> = row.load.failures.iter().map(|(k, n)| format!("{k:?} {n}")).collect();
+            table.row(cells![
+                row.mode.name(),
+                row.rollbacks,
+                row.failed_rollbacks,
+                row.load.requests,
+                row.load.failed(),
+                if kinds.is_empty() { "–".to_owned() } else { kinds.join(", ") },
+            ]);
+        }
+        table.write(w);
     }
 
     fn switch_table(&self, w: &mut String) {
@@ -710,17 +816,20 @@ impl Results {
              draining handler). The last column is the raw PATCH again after removing every route's explicit \
              upstream `transport` (the adapter's 2 s idle timeout): what that setting costs each reload.\n"
         );
-        let _ = writeln!(
-            w,
-            "| Other routes | Adapter ms | Raw PATCH ms | Ratio | Raw GET ms | List GET ms | By hand: GET + If-Match PATCH ms \
-             | Adapter max ms | Raw PATCH, no transport ms |"
-        );
-        let _ = writeln!(w, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let mut table = Table::new(&[
+            R("Other routes"),
+            R("Adapter ms"),
+            R("Raw PATCH ms"),
+            R("Ratio"),
+            R("Raw GET ms"),
+            R("List GET ms"),
+            R("By hand: GET + If-Match PATCH ms"),
+            R("Adapter max ms"),
+            R("Raw PATCH, no transport ms"),
+        ]);
         for r in &self.switch {
             let (a, p) = (median(&r.adapter).unwrap_or_default(), median(&r.raw_patch).unwrap_or_default());
-            let _ = writeln!(
-                w,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            table.row(cells![
                 r.others,
                 ms(a),
                 ms(p),
@@ -730,9 +839,9 @@ impl Results {
                 ms_opt(median(&r.raw_conditional)),
                 ms_opt(r.adapter.iter().max().copied()),
                 ms_opt(median(&r.raw_patch_plain)),
-            );
+            ]);
         }
-        let _ = writeln!(w);
+        table.write(w);
     }
 
     fn concurrency_table(&self, w: &mut String) {
@@ -740,57 +849,59 @@ impl Results {
             return;
         }
         let _ = writeln!(w, "### Concurrent deploys of different apps\n");
-        let _ = writeln!(w, "| How | Apps | Succeeded | Serving their own version | Distinct host ports | Wall s |");
-        let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|");
+        let mut table = Table::new(&[
+            L("How"),
+            R("Apps"),
+            R("Succeeded"),
+            R("Serving their own version"),
+            R("Distinct host ports"),
+            R("Wall s"),
+        ]);
         for r in &self.concurrency {
-            let _ = writeln!(
-                w,
-                "| {} | {} | {} | {} | {} | {:.1} |",
+            table.row(cells![
                 r.how,
                 r.apps,
                 r.succeeded,
                 r.serving,
                 r.distinct_ports,
-                r.wall.as_secs_f64()
-            );
+                format!("{:.1}", r.wall.as_secs_f64())
+            ]);
         }
+        table.write(w);
         let errors: Vec<&String> = self.concurrency.iter().flat_map(|r| r.errors.iter()).take(5).collect();
         if !errors.is_empty() {
-            let _ = writeln!(w, "\nErrors:\n");
+            let _ = writeln!(w, "Errors:\n");
             for e in errors {
                 let _ = writeln!(w, "- {e}");
             }
+            let _ = writeln!(w);
         }
-        let _ = writeln!(w);
     }
 
     fn footprint_table(&self, w: &mut String) {
         let Some(f) = &self.footprint else { return };
         let _ = writeln!(w, "### Footprint\n");
-        let _ = writeln!(w, "| Measure | Value |\n|---|---:|");
-        let _ = writeln!(w, "| `otturnaut` release binary | {:.1} MiB |", f.binary_bytes as f64 / 1024.0 / 1024.0);
-        let _ = writeln!(
-            w,
-            "| Peak RSS of `otturnaut deploy` (a redeploy, {:.1} s) | {:.1} MiB |",
-            f.deploy_wall.as_secs_f64(),
-            f.deploy_peak_kib as f64 / 1024.0
-        );
-        let _ = writeln!(
-            w,
-            "| `otturnaut status --json` with {} apps (median of {}) | {} ms |",
-            f.status_apps,
-            f.status.len(),
-            ms_opt(median(&f.status))
-        );
-        let _ = writeln!(w, "| Peak RSS of that `otturnaut status` | {:.1} MiB |", f.status_peak_kib as f64 / 1024.0);
-        let _ = writeln!(
-            w,
-            "| `otturnaut reconcile` restoring all {} routes after Caddy lost them (median of {}; target ≤ 2 s) | {} ms |",
-            f.status_apps,
-            f.restore.len(),
-            ms_opt(median(&f.restore))
-        );
-        let _ = writeln!(w);
+        let mut table = Table::new(&[L("Measure"), R("Value")]);
+        let mib = |kib: f64| format!("{:.1} MiB", kib / 1024.0);
+        table.row(cells!["`otturnaut` release binary", mib(f.binary_bytes as f64 / 1024.0)]);
+        table.row(cells![
+            format!("Peak RSS of `otturnaut deploy` (a redeploy, {:.1} s)", f.deploy_wall.as_secs_f64()),
+            mib(f.deploy_peak_kib as f64)
+        ]);
+        table.row(cells![
+            format!("`otturnaut status --json` with {} apps (median of {})", f.status_apps, f.status.len()),
+            format!("{} ms", ms_opt(median(&f.status)))
+        ]);
+        table.row(cells!["Peak RSS of that `otturnaut status`", mib(f.status_peak_kib as f64)]);
+        table.row(cells![
+            format!(
+                "`otturnaut reconcile` restoring all {} routes after Caddy lost them (median of {}; target ≤ 2 s)",
+                f.status_apps,
+                f.restore.len()
+            ),
+            format!("{} ms", ms_opt(median(&f.restore)))
+        ]);
+        table.write(w);
     }
 }
 

@@ -8,7 +8,7 @@ use anyhow::Result;
 use otturnaut_adapters::caddy::{Caddy, CaddyConfig, route_id};
 use otturnaut_core::traits::Router as _;
 use otturnaut_core::{HostPort, RouteTarget};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::app::{app_id, domain};
 use super::caddy::PrivateCaddy;
@@ -43,13 +43,14 @@ pub async fn run(others: usize, iterations: u32) -> Result<Row> {
     })?;
     adapter.ensure_server().await?;
     // Other apps' routes in the shape they keep once redeployed: live and draining.
-    let fillers: Vec<Value> = (0..others)
-        .map(|i| {
-            let app = app_id(&format!("filler-{i}"));
-            let live = 40000 + (i % 10000) as u16;
-            route_json(&route_id(&app), domain(&app).as_str(), live, Some(live + 10000))
-        })
-        .collect();
+    let mut fillers: Vec<Value> = Vec::with_capacity(others);
+    for i in 0..others {
+        let app = app_id(&format!("filler-{i}"));
+        let live = 40000 + (i % 10000) as u16;
+        fillers.push(
+            adapter.route_json(&route_id(&app), &[domain(&app)], port(live), Some(port(live + 10000)), &[]).await?,
+        );
+    }
     caddy.call(reqwest::Method::PATCH, ROUTES, Some(&Value::Array(fillers.clone()))).await?;
 
     let app = app_id("switch");
@@ -64,9 +65,9 @@ pub async fn run(others: usize, iterations: u32) -> Result<Row> {
     let index = others;
     let id = route_id(&app);
     // What the adapter writes when switching from b to a: the same object.
-    let back_to_a = route_json(&id, host.as_str(), a.get(), Some(b.get()));
-    let client = super::caddy::client();
-    let to_b = route_json(&id, host.as_str(), b.get(), Some(a.get()));
+    let back_to_a = adapter.route_json(&id, std::slice::from_ref(&host), a, Some(b), &[]).await?;
+    let client = crate::caddy_proc::client();
+    let to_b = adapter.route_json(&id, std::slice::from_ref(&host), b, Some(a), &[]).await?;
     let mut row = Row {
         others,
         adapter: Vec::new(),
@@ -172,19 +173,4 @@ async fn conditional_patch(client: &reqwest::Client, admin: &str, id: &str, inde
 
 fn port(p: u16) -> HostPort {
     HostPort::try_from(p).unwrap_or_else(|e| panic!("port {p}: {e}"))
-}
-
-/// A route as the adapter writes it (see `otturnaut_adapters::caddy`).
-fn route_json(id: &str, host: &str, port: u16, draining: Option<u16>) -> Value {
-    let transport = json!({
-        "protocol": "http",
-        "dial_timeout": "3s",
-        "keep_alive": { "probe_interval": "30s", "max_idle_conns_per_host": 32, "idle_timeout": "2s" },
-    });
-    let proxy = |p: u16| json!({ "handler": "reverse_proxy", "upstreams": [{ "dial": format!("127.0.0.1:{p}") }] });
-    let mut live = proxy(port);
-    live["transport"] = transport;
-    let mut handle = vec![live];
-    handle.extend(draining.map(proxy));
-    json!({ "@id": id, "match": [{ "host": [host] }], "handle": handle, "terminal": true })
 }

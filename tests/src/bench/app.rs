@@ -1,5 +1,5 @@
 //! What the bench deploys and with what: the fixture app (built from
-//! `xtask/fixtures/benchapp.rs`), its image, a git repository and daemon
+//! `tests/fixtures/benchapp.rs`), its image, a git repository and daemon
 //! serving it, and [`Rig`], the agent wired to a private Caddy with every
 //! adapter call timed.
 
@@ -17,9 +17,10 @@ use otturnaut_core::{
 use otturnaut_steps::{BlueGreen, RetryPolicy, undeploy_app};
 use tokio::process::{Child, Command};
 
-use super::caddy::{PrivateCaddy, free_port};
+use super::caddy::PrivateCaddy;
 use super::machine::stdout;
 use super::timing::{Clock, timed};
+use crate::caddy_proc::free_port;
 
 /// The fixture image every prebuilt-image deploy runs.
 pub const IMAGE: &str = "otturnaut-bench-app:latest";
@@ -43,7 +44,7 @@ pub fn bench_dir() -> PathBuf {
 /// Compiles the fixture app into a static binary; returns its path.
 pub async fn build_app_binary() -> Result<PathBuf> {
     let root = workspace_root();
-    let src = root.join("xtask/fixtures/benchapp.rs");
+    let src = root.join("tests/fixtures/benchapp.rs");
     let out_dir = bench_dir();
     std::fs::create_dir_all(&out_dir)?;
     let out = out_dir.join("benchapp");
@@ -128,7 +129,7 @@ impl GitServer {
         ] {
             git(&argv).await?;
         }
-        let port = free_port()?;
+        let port = free_port();
         // `git daemon` would exec a child that outlives a kill of the `git`
         // we hold: run `git-daemon` itself, so kill_on_drop reaches it.
         let exec_path = git(&["--exec-path"]).await?;

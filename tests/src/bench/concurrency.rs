@@ -108,7 +108,7 @@ async fn finish(
 ) -> Result<Row> {
     let mut ports = BTreeSet::new();
     let mut serving = 0;
-    let client = super::caddy::client();
+    let client = crate::caddy_proc::client();
     for app in apps {
         if let Ok(Some(route)) = rig.adapters.router.route(app).await {
             ports.insert(route.port);

@@ -1,0 +1,101 @@
+//! Rollback to a kept release: its wall time against a deploy of a prebuilt
+//! image (both go through the same pipeline from the port step on; the
+//! rollback reuses the kept image instead of pulling or building), and
+//! requests through Caddy while rollbacks run back to back.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use otturnaut_core::{EventSink, Timeouts};
+use otturnaut_steps::Strategy as _;
+
+use super::app::{Rig, app_id, domain, image_spec};
+use super::load::{self, Mode};
+use super::zero_downtime::{LONG_EVERY, LONG_MS, SHORT_MS};
+
+/// Rollbacks and prebuilt-image deploys of one app, alternating.
+#[derive(Debug, Clone, Default)]
+pub struct Timing {
+    pub deploys: Vec<Duration>,
+    pub rollbacks: Vec<Duration>,
+}
+
+async fn rollback(rig: &Rig, app: &otturnaut_core::AppId) -> Result<Duration> {
+    let started = Instant::now();
+    let done = rig
+        .strategy
+        .rollback(app, None, Timeouts::default(), &EventSink::discard())
+        .await
+        .with_context(|| format!("finding {app}'s kept release"))?
+        .with_context(|| format!("rolling back {app}"))?;
+    if done.rollback_of.is_none() {
+        bail!("the rollback of {app} did not say which release it made live");
+    }
+    Ok(started.elapsed())
+}
+
+pub async fn timing(rig: &Rig, runs: u32) -> Result<Timing> {
+    let app = app_id("relroll-time");
+    let _ = rig.undeploy(&app).await;
+    for v in ["r0", "r1"] {
+        rig.strategy.execute(image_spec(&app, v), &EventSink::discard()).await.with_context(|| format!("{app} {v}"))?;
+    }
+    let mut t = Timing::default();
+    for i in 0..runs {
+        t.rollbacks.push(rollback(rig, &app).await?);
+        let started = Instant::now();
+        rig.strategy
+            .execute(image_spec(&app, &format!("d{i}")), &EventSink::discard())
+            .await
+            .with_context(|| format!("deploy {i} of {app}"))?;
+        t.deploys.push(started.elapsed());
+    }
+    rig.undeploy(&app).await?;
+    Ok(t)
+}
+
+/// Requests through Caddy during rollbacks back to back, between two kept
+/// releases, at the zero-downtime load.
+#[derive(Debug, Clone)]
+pub struct LoadRow {
+    pub mode: Mode,
+    pub rollbacks: u32,
+    pub failed_rollbacks: u32,
+    pub load: load::Report,
+}
+
+pub async fn under_load(rig: &Rig, mode: Mode, rollbacks: u32, concurrency: usize) -> Result<LoadRow> {
+    let app = app_id(&format!("relroll-{}", mode.name().replace(|c: char| !c.is_ascii_alphanumeric(), "-")));
+    let _ = rig.undeploy(&app).await;
+    for v in ["r0", "r1"] {
+        rig.strategy.execute(image_spec(&app, v), &EventSink::discard()).await.with_context(|| format!("{app} {v}"))?;
+    }
+    let config = load::Config {
+        addr: rig.caddy.listen,
+        host: domain(&app).to_string(),
+        concurrency,
+        mode,
+        timeout: Duration::from_secs(10),
+        short_ms: SHORT_MS,
+        long_ms: LONG_MS,
+        long_every: LONG_EVERY,
+        max_duration: Duration::from_secs(120) + Duration::from_secs(60) * rollbacks,
+    };
+    let running = load::start(config);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut failed_rollbacks = 0;
+    for i in 1..=rollbacks {
+        if let Err(e) = rollback(rig, &app).await {
+            failed_rollbacks += 1;
+            eprintln!("bench: rollback {i} of {app} failed: {e:#}");
+        }
+    }
+    // Long requests started before the last switch finish before the load stops.
+    tokio::time::sleep(Duration::from_millis(LONG_MS + 500)).await;
+    let load = running.stop().await;
+    rig.undeploy(&app).await?;
+    if load.requests == 0 {
+        bail!("the load generator sent no request to {app}");
+    }
+    Ok(LoadRow { mode, rollbacks, failed_rollbacks, load })
+}
