@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State as Extract};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -57,10 +57,11 @@ enum Line {
 pub async fn deploy(
     Extract(state): Extract<Arc<State>>,
     Path(app): Path<String>,
-    Query(query): Query<DeployQuery>,
+    query: Result<Query<DeployQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::field("wait", e.body_text()))?;
     let body = body.map_err(body_rejection)?;
     let request: DeployRequest = parse_json(&body)?;
     let spec = request.validate(&app)?;
@@ -132,10 +133,11 @@ pub struct RollbackRequest {
 pub async fn rollback(
     Extract(state): Extract<Arc<State>>,
     Path(app): Path<String>,
-    Query(query): Query<DeployQuery>,
+    query: Result<Query<DeployQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::field("wait", e.body_text()))?;
     let body = body.map_err(body_rejection)?;
     let request: RollbackRequest =
         if body.iter().all(u8::is_ascii_whitespace) { RollbackRequest::default() } else { parse_json(&body)? };

@@ -71,7 +71,7 @@ struct Daemon {
     base: String,
     http: reqwest::Client,
     apps: Vec<AppId>,
-    work: TempDir,
+    _work: TempDir,
     caddy: Caddy,
     _cleanup: Cleanup,
 }
@@ -128,7 +128,7 @@ impl Daemon {
                 apps: apps.clone(),
             },
             apps,
-            work,
+            _work: work,
             caddy,
         };
         let started = Instant::now();
@@ -395,7 +395,7 @@ async fn deploys_redeploys_fails_and_undeploys_over_http() {
     let logs: Value =
         d.get(&format!("/v1/apps/{app}/logs?tail=5")).send().await.expect("logs").json().await.expect("JSON");
     assert!(
-        logs["lines"].as_array().expect("lines").iter().any(|l| l.as_str().is_some_and(|l| l.contains("started v2")))
+        logs["lines"].as_array().expect("lines").iter().any(|l| l.as_str().is_some_and(|l| l.contains("started v1")))
     );
 
     let r = d.http.delete(d.url(&format!("/v1/apps/{app}"))).bearer_auth(TOKEN).send().await.expect("DELETE");
@@ -551,4 +551,51 @@ async fn serve_refuses_a_missing_or_shared_token_and_clear_http_off_loopback() {
     let out = run(args).await.expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-cert"), "{out:?}");
+}
+
+#[tokio::test]
+async fn a_non_loopback_address_is_served_over_tls() {
+    require_docker().await;
+    require_caddy().await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (work.path().join("cert.pem"), work.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success(), "openssl: {made:?}");
+    let token = work.path().join("token");
+    std::fs::write(&token, TOKEN).expect("token");
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    let port = free_port();
+    let listen = format!("0.0.0.0:{port}");
+    let path = |p: &Path| p.to_str().expect("utf-8").to_owned();
+    let app = unique_app("api-tls");
+    let args = ["serve", "--api-listen", &listen, "--token-file", &path(&token), "--tls-cert", &path(&cert)];
+    let mut args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    args.extend(["--tls-key".to_owned(), path(&key), "--watch-apps".to_owned(), app.to_string()]);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _child = command(&work.path().join("work"), "22540-22559", &argv).stdout(Stdio::null()).spawn().expect("serve");
+    let curl = |scheme: &str| {
+        std::process::Command::new("curl")
+            .args(["-s", "-k", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5"])
+            .arg(format!("{scheme}://127.0.0.1:{port}/v1/apps"))
+            .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
+            .output()
+            .expect("curl")
+    };
+    let started = Instant::now();
+    loop {
+        let out = curl("https");
+        if String::from_utf8_lossy(&out.stdout) == "200" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no 200 over TLS: {out:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let plain = curl("http");
+    assert_ne!(String::from_utf8_lossy(&plain.stdout), "200", "plain HTTP is not answered on the TLS port");
 }

@@ -1,5 +1,6 @@
 //! `cargo xtask`: development and CI tasks for Otturnaut.
 
+mod api_check;
 mod bench;
 mod chaos;
 mod demo;
