@@ -63,7 +63,7 @@ async fn serve(global: &GlobalArgs, args: ServeArgs) -> Result<Exit, Fatal> {
     };
     if !listen.ip().is_loopback() && tls.is_none() && !args.insecure_http {
         return Err(Invalid::new(
-            &from_listen(&args),
+            from_listen(&args),
             format!(
                 "{listen} is reachable from other machines: give --tls-cert and --tls-key, or --insecure-http \
                  to send the token in clear"

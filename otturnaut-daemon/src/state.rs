@@ -25,7 +25,7 @@ pub struct State {
     pub requests: Arc<Semaphore>,
     running: Mutex<HashMap<AppId, Running>>,
     /// Keyed by app and key: the result, once there is one.
-    idempotent: Mutex<HashMap<(AppId, String), (Instant, watch::Receiver<Option<Value>>)>>,
+    idempotent: Mutex<HashMap<(AppId, String), (Instant, ResultWatch)>>,
     deploys: TaskTracker,
 }
 
@@ -38,6 +38,9 @@ pub struct Running {
 
 /// A first request with an `Idempotency-Key` fills this in.
 pub type ResultSlot = watch::Sender<Option<Value>>;
+
+/// What a repeat of that request waits on.
+pub type ResultWatch = watch::Receiver<Option<Value>>;
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these maps leaves it usable.
@@ -81,7 +84,7 @@ impl State {
     }
 
     /// The earlier request's result slot for this key, or a new slot to fill.
-    pub fn idempotency(&self, app: &AppId, key: &str) -> Result<watch::Receiver<Option<Value>>, ResultSlot> {
+    pub fn idempotency(&self, app: &AppId, key: &str) -> Result<ResultWatch, ResultSlot> {
         let mut map = locked(&self.idempotent);
         map.retain(|_, (at, _)| at.elapsed() < IDEMPOTENCY_WINDOW);
         let k = (app.clone(), key.to_owned());
