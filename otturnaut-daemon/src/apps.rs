@@ -58,9 +58,14 @@ pub async fn health(Extract(state): Extract<Arc<State>>) -> Response {
               (status = 401, description = "No or wrong bearer token", body = ErrorBody),
               (status = 503, description = "Docker or Caddy unreachable", body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn list(Extract(state): Extract<Arc<State>>) -> Result<Json<Vec<AppStatus>>, ApiError> {
-    let all = statuses(&state.agent, None).await.map_err(|e| ApiError::service("reading the apps", &e))?;
-    Ok(Json(all))
+pub async fn list(Extract(state): Extract<Arc<State>>) -> Result<Response, ApiError> {
+    let read = state.apps_read();
+    let result = read.clone().await;
+    state.apps_read_done(&read);
+    match result {
+        Ok(body) => Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()),
+        Err((status, message)) => Err(ApiError::new(status, message)),
+    }
 }
 
 #[utoipa::path(get, path = "/v1/apps/{app}", tag = "apps",

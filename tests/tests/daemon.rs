@@ -398,6 +398,16 @@ async fn deploys_redeploys_fails_and_undeploys_over_http() {
         logs["lines"].as_array().expect("lines").iter().any(|l| l.as_str().is_some_and(|l| l.contains("started v1")))
     );
 
+    // Following: SSE `line` events, the backlog first.
+    let mut follow = d.get(&format!("/v1/apps/{app}/logs?tail=5&follow=true")).send().await.expect("follow");
+    assert!(follow.headers()["content-type"].to_str().expect("ascii").starts_with("text/event-stream"));
+    let mut seen = String::new();
+    while !seen.contains("event: line\ndata: started v1") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), follow.chunk()).await.expect("a line within 10s");
+        seen.push_str(&String::from_utf8_lossy(&chunk.expect("chunk").expect("not the end")));
+    }
+    drop(follow);
+
     let r = d.http.delete(d.url(&format!("/v1/apps/{app}"))).bearer_auth(TOKEN).send().await.expect("DELETE");
     assert_eq!(r.status(), 200);
     let u: Value = r.json().await.expect("JSON");
