@@ -283,6 +283,18 @@ async fn tokens_and_bad_input_are_refused_before_anything_is_touched() {
     assert_eq!(r.status(), 404);
     assert!(r.json::<Value>().await.expect("JSON")["error"].is_string());
 
+    // Reconcile of one app (nothing to do), and its bad bodies.
+    let r = d.post("/v1/reconcile").json(&json!({"app": app})).send().await.expect("POST");
+    assert_eq!(r.status(), 200);
+    let rec: Value = r.json().await.expect("JSON");
+    assert_eq!(rec["result"], "reconciled", "{rec}");
+    assert_eq!(rec["done"], json!([]));
+    for (body, field) in [(json!({"app": "Bad_App"}), "app"), (json!({"apps": []}), "apps")] {
+        let r = d.post("/v1/reconcile").json(&body).send().await.expect("POST");
+        assert_eq!(r.status(), 422, "{body}");
+        assert_eq!(r.json::<Value>().await.expect("JSON")["field"], field);
+    }
+
     // The OpenAPI document and the metrics.
     let doc: Value = d.get("/v1/openapi.json").send().await.expect("openapi").json().await.expect("JSON");
     assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.1")), "{}", doc["openapi"]);
