@@ -71,7 +71,7 @@ struct Daemon {
     base: String,
     http: reqwest::Client,
     apps: Vec<AppId>,
-    _work: TempDir,
+    work: TempDir,
     caddy: Caddy,
     _cleanup: Cleanup,
 }
@@ -128,7 +128,7 @@ impl Daemon {
                 apps: apps.clone(),
             },
             apps,
-            _work: work,
+            work,
             caddy,
         };
         let started = Instant::now();
@@ -277,6 +277,26 @@ async fn tokens_and_bad_input_are_refused_before_anything_is_touched() {
     // Unknown apps and endpoints.
     let r = d.get(&format!("/v1/apps/{app}")).send().await.expect("GET");
     assert_eq!(r.status(), 404);
+    // The CLI shares the API's lock: its deploy of the app waits, naming the holder.
+    let domain = domain(&app);
+    let argv = ["deploy", app.as_str(), "--image", "x", "--container-port", "80", "--domain", domain.as_str()];
+    let mut cli = command(d.work.path(), "22440-22459", &argv).stderr(Stdio::piped()).spawn().expect("CLI deploy");
+    let mut stderr = cli.stderr.take().expect("stderr");
+    let mut said = String::new();
+    let waited = tokio::time::timeout(Duration::from_secs(20), async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 1024];
+        while !said.contains("waiting") {
+            let n = stderr.read(&mut buf).await.expect("read stderr");
+            assert!(n > 0, "the CLI ended without waiting: {said}");
+            said.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "the CLI did not wait for the API's deploy: {said}");
+    assert!(said.contains("another deploy of") && said.contains("is running (pid"), "{said}");
+    cli.kill().await.expect("stopping the waiting CLI");
+
     let r = d.post(&format!("/v1/apps/{app}/deployments/cancel")).send().await.expect("cancel");
     assert_eq!(r.status(), 404);
     let r = d.get("/v1/nothing-here").send().await.expect("GET");
@@ -459,6 +479,26 @@ async fn a_second_deploy_gets_409_and_cancel_rolls_the_first_back() {
     assert!(e["error"].as_str().is_some_and(|m| m.contains("another deploy")), "{e}");
     let r = d.http.delete(d.url(&format!("/v1/apps/{app}"))).bearer_auth(TOKEN).send().await.expect("DELETE");
     assert_eq!(r.status(), 409, "no undeploy under a running deploy");
+
+    // The CLI shares the API's lock: its deploy of the app waits, naming the holder.
+    let domain = domain(&app);
+    let argv = ["deploy", app.as_str(), "--image", "x", "--container-port", "80", "--domain", domain.as_str()];
+    let mut cli = command(d.work.path(), "22440-22459", &argv).stderr(Stdio::piped()).spawn().expect("CLI deploy");
+    let mut stderr = cli.stderr.take().expect("stderr");
+    let mut said = String::new();
+    let waited = tokio::time::timeout(Duration::from_secs(20), async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 1024];
+        while !said.contains("waiting") {
+            let n = stderr.read(&mut buf).await.expect("read stderr");
+            assert!(n > 0, "the CLI ended without waiting: {said}");
+            said.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "the CLI did not wait for the API's deploy: {said}");
+    assert!(said.contains("another deploy of") && said.contains("is running (pid"), "{said}");
+    cli.kill().await.expect("stopping the waiting CLI");
 
     let r = d.post(&format!("/v1/apps/{app}/deployments/cancel")).send().await.expect("cancel");
     assert_eq!(r.status(), 202);
