@@ -115,8 +115,15 @@ pub async fn apply_retention(
     for release in beyond_keep(&all, keep.max(1)) {
         let mut failed = false;
         for action in removal(release, &images) {
-            // An image whose container could not be removed stays: it is still a release.
+            // An image whose container could not be removed stays (it is
+            // still a release): residue too, for reconcile to finish.
             if failed && matches!(action, UndoAction::RemoveImage { .. }) {
+                report.residue.push(Residue {
+                    kind: action.kind().into(),
+                    what: format!("{action} (release {} beyond keep = {keep})", release.deployment),
+                    error: "not attempted: the release's container could not be removed".into(),
+                    in_doubt: false,
+                });
                 continue;
             }
             match perform_with_retry(&action, a, retry).await {

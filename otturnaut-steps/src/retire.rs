@@ -47,7 +47,8 @@ pub(crate) async fn retire(ctx: &Context, old: &Release, new: &Release) -> Vec<R
                 kind: "container".into(),
                 what: format!("stop container {name} (kept for a rollback, still running)"),
                 error: e.to_string(),
-                in_doubt: false,
+                // The stop may have happened before the error was reported.
+                in_doubt: true,
             });
         }
     }

@@ -116,7 +116,7 @@ impl Snapshot {
 
     /// The deployments kept for a rollback: the newest [`KEEP`] releases
     /// that were committed once (a kept mark, or a live mark older than the
-    /// live release's) whose container exists, stopped.
+    /// live release's) whose container still exists.
     pub fn retained(&self) -> BTreeSet<&str> {
         let live = self.live().map(|c| c.deployment.as_str());
         let mut kept: Vec<&str> = self
@@ -124,7 +124,7 @@ impl Snapshot {
             .iter()
             .filter(|i| Some(i.deployment.as_str()) != live)
             .filter(|i| i.tags.iter().any(|t| t.contains(":kept-") || t.contains(":live-")))
-            .filter(|i| self.containers.iter().any(|c| c.deployment == i.deployment && c.state == "exited"))
+            .filter(|i| self.containers.iter().any(|c| c.deployment == i.deployment))
             .map(|i| i.deployment.as_str())
             .collect();
         kept.sort_unstable_by(|a, b| b.cmp(a));
@@ -144,9 +144,12 @@ impl Snapshot {
             let keep = match item.kind {
                 "container" | "image" => {
                     let dep = item.deployment.as_deref();
-                    // A kept release's image still carrying its live mark:
-                    // its retirement was cut short.
-                    let stale = item.kind == "image" && item.text.contains(":live-");
+                    // A kept release still running, or whose image still
+                    // carries its live mark: its retirement was cut short.
+                    let stale = match item.kind {
+                        "image" => item.text.contains(":live-"),
+                        _ => !item.text.contains(" exited "),
+                    };
                     (live_dep.is_some() && dep == live_dep) || (dep.is_some_and(|d| retained.contains(d)) && !stale)
                 }
                 // A route is fine iff something live answers it.
