@@ -30,6 +30,8 @@ pub struct AgentConfig {
     /// An OpenSSH known_hosts file pinning the keys of SSH git servers; none
     /// means trust on first use (see [`GitFetcher::with_known_hosts`]).
     pub ssh_known_hosts: Option<PathBuf>,
+    /// How many releases besides the live one are kept for a rollback.
+    pub keep: usize,
 }
 
 impl Default for AgentConfig {
@@ -42,7 +44,23 @@ impl Default for AgentConfig {
             work_dir: PathBuf::from("/var/lib/otturnaut"),
             bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
             ssh_known_hosts: None,
+            keep: otturnaut_steps::DEFAULT_KEEP,
         }
+    }
+}
+
+impl AgentConfig {
+    /// Where a person reaches `domain` through our Caddy server.
+    pub fn url(&self, domain: &otturnaut_core::Domain) -> String {
+        let ports: Vec<u16> =
+            self.listen.iter().filter_map(|a| a.rsplit_once(':').and_then(|(_, p)| p.parse().ok())).collect();
+        let (scheme, default) = if self.auto_https { ("https", 443) } else { ("http", 80) };
+        let port = if ports.contains(&default) { default } else { ports.first().copied().unwrap_or(default) };
+        if port == default { format!("{scheme}://{domain}/") } else { format!("{scheme}://{domain}:{port}/") }
+    }
+
+    pub fn urls(&self, domains: &[otturnaut_core::Domain]) -> Vec<String> {
+        domains.iter().map(|d| self.url(d)).collect()
     }
 }
 
@@ -54,6 +72,8 @@ pub struct Agent {
     pub docker: Docker,
     pub caddy: Caddy,
     pub git: GitFetcher,
+    /// What it was connected with.
+    pub config: AgentConfig,
 }
 
 impl Agent {
@@ -81,12 +101,30 @@ impl Agent {
             health: Arc::new(Probe::new(runtime.clone())?.with_host(config.bind_address)),
             state: Arc::new(LabelState::new(runtime.clone(), runtime, router)),
         };
-        Ok(Agent { adapters, docker, caddy, git })
+        Ok(Agent { adapters, docker, caddy, git, config: config.clone() })
     }
 
     /// Makes sure our Caddy server exists with the configured listen
     /// addresses, before a deploy routes to it.
     pub async fn prepare(&self) -> Result<()> {
         self.caddy.ensure_server().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(listen: &[&str], auto_https: bool) -> AgentConfig {
+        AgentConfig { listen: listen.iter().map(|s| s.to_string()).collect(), auto_https, ..AgentConfig::default() }
+    }
+
+    #[test]
+    fn urls_show_the_port_people_must_use() {
+        let d: otturnaut_core::Domain = "shop.example.com".parse().expect("domain");
+        assert_eq!(config(&[":80", ":443"], true).url(&d), "https://shop.example.com/");
+        assert_eq!(config(&[":80", ":443"], false).url(&d), "http://shop.example.com/");
+        assert_eq!(config(&["127.0.0.1:8080"], false).url(&d), "http://shop.example.com:8080/");
+        assert_eq!(config(&["127.0.0.1:18080"], true).url(&d), "https://shop.example.com:18080/");
     }
 }

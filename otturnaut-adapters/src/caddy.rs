@@ -152,7 +152,7 @@ impl Caddy {
     }
 
     /// An app's route exactly as [`Router::set_route`] writes it: what
-    /// [`json::route`] builds, plus what this Caddy supports. Public so the
+    /// `json::route` builds, plus what this Caddy supports. Public so the
     /// bench can time a raw PATCH of the very same object.
     pub async fn route_json(
         &self,

@@ -120,6 +120,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the agent's HTTP API (for a control plane), with background repair of lost routes
+    #[command(long_about = SERVE_ABOUT)]
+    Serve(ServeArgs),
     /// Print the output of an app's live container
     #[command(long_about = LOGS_ABOUT)]
     Logs {
@@ -132,6 +135,30 @@ pub enum Command {
         #[arg(long, value_name = "N", default_value_t = 100)]
         tail: usize,
     },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address the API listens on [env: OTTURNAUT_API_LISTEN] [default: 127.0.0.1:7400]
+    #[arg(long, value_name = "ADDR")]
+    pub api_listen: Option<String>,
+    /// A file holding the bearer token clients must send; readable by its owner only
+    /// [env: OTTURNAUT_TOKEN_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// TLS certificate chain (PEM); required to listen on a non-loopback address
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM)
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Listen on a non-loopback address without TLS (the token then crosses the network in clear)
+    #[arg(long, conflicts_with = "tls_cert")]
+    pub insecure_http: bool,
+    /// Only these apps are reconciled in the background, comma-separated (default: every app
+    /// on this Docker daemon; name them on a Docker daemon shared by several agents)
+    #[arg(long, value_name = "APP,...", value_delimiter = ',')]
+    pub watch_apps: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -403,6 +430,24 @@ Examples:
   otturnaut reconcile                 # every app, e.g. at boot
   otturnaut reconcile shop api --json
 ";
+
+const SERVE_ABOUT: &str = "\
+Serve the agent's HTTP API until SIGTERM or SIGINT: deploys (streamed as NDJSON or SSE), status,
+undeploy, reconcile, cancel, logs, Prometheus metrics and an OpenAPI document at /v1/openapi.json.
+Every endpoint but GET /v1/health wants `Authorization: Bearer TOKEN`, the content of --token-file
+(which must not be readable by other users). A non-loopback --api-listen needs --tls-cert and
+--tls-key (or --insecure-http).
+
+The API and the CLI share the per-app locks: a CLI deploy and an API deploy of one app never
+overlap. In the background the daemon reconciles at start and, every few seconds, serves again
+the apps whose route Caddy lost. On SIGTERM it stops accepting requests, lets running deploys
+finish (rolling back those still running after 60s) and exits 0.
+
+Config-file keys: api_listen, token_file. README: \"Running the agent\" (systemd unit, curl).
+
+Example:
+  otturnaut serve --token-file /etc/otturnaut/token
+  curl -H \"Authorization: Bearer $(cat /etc/otturnaut/token)\" http://127.0.0.1:7400/v1/apps";
 
 const LOGS_ABOUT: &str = "\
 Print the output (stdout and stderr) of APP's live container. If APP has no live release, the

@@ -1,14 +1,12 @@
 //! `otturnaut undeploy` and `otturnaut reconcile`.
 
-use otturnaut_core::{AppId, Timeouts};
-use otturnaut_steps::{
-    CleanupReport, Residue, RetryPolicy, apply_retention, apps_with_resources, remove_app_volumes, undeploy_app,
-};
+use otturnaut_adapters::maintenance::MaintenanceError;
+use otturnaut_core::AppId;
+use otturnaut_steps::{Residue, remove_app_volumes};
 use serde_json::json;
 
 use crate::args::GlobalArgs;
 use crate::exit::{Exit, Fatal};
-use crate::lock;
 use crate::output::Out;
 use crate::{connect, input, print_fatal, settings, take_lock};
 
@@ -56,9 +54,10 @@ async fn run_undeploy(global: &GlobalArgs, app: &str, volumes: bool, out: &Out) 
     let app = input::app_id(app)?;
     let agent = connect(&settings.agent).await?;
     let _lock = take_lock(out, &settings, &app, "undeploy").await?;
-    let mut report = undeploy_app(&agent.adapters, &app, Timeouts::default().stop, RetryPolicy::default())
-        .await
-        .map_err(|e| Fatal::service(&format!("undeploying {app}"), &e))?;
+    let mut report = agent.undeploy(&app).await.map_err(|e| match e {
+        MaintenanceError::Service { doing, error } => Fatal::service(&doing, &error),
+        MaintenanceError::Lock(..) => Fatal::new(Exit::Failed, e.to_string()),
+    })?;
     if volumes {
         remove_app_volumes(&agent.adapters, &app, &mut report).await;
     }
@@ -101,57 +100,18 @@ async fn run_reconcile(global: &GlobalArgs, only: &[String], out: &Out) -> Resul
     crate::workdir::check_existing(&settings.agent.work_dir)?;
     let agent = connect(&settings.agent).await?;
     crate::workdir::prepare(&settings.agent.work_dir)?;
-    let apps = match only.is_empty() {
-        false => only,
-        true => {
-            apps_with_resources(&agent.adapters).await.map_err(|e| Fatal::service("listing Otturnaut's apps", &e))?
-        }
-    };
-    // Every app's lock is held at once, so that the routes of all of them
-    // are restored in one Caddy config change.
-    let mut locks = Vec::new();
-    let mut locked = std::collections::BTreeSet::new();
-    let mut skipped: Vec<(AppId, String)> = Vec::new();
-    for app in apps {
-        // A deploy in progress looks like leftovers: never reconcile under it.
-        match lock::try_lock(&settings.locks_dir(), &app, "reconcile") {
-            Ok(Ok(lock)) => {
-                locks.push(lock);
-                locked.insert(app);
-            }
-            Ok(Err(holder)) => {
-                let why = holder.describe(&app);
-                out.human(format!("skipped {app}: {why}"));
-                skipped.push((app, why));
-            }
-            Err(e) => {
-                return Err(Fatal::new(
-                    // As for deploy: a planted link is refused, exit 2.
-                    if e.kind() == std::io::ErrorKind::Other { Exit::Usage } else { Exit::Failed },
-                    format!(
-                        "cannot take {app}'s lock in {}: {e}\nis --work-dir writable?",
-                        settings.locks_dir().display()
-                    ),
-                ));
-            }
-        }
+    let reconciled = agent.reconcile(only).await.map_err(|e| match e {
+        // As for deploy: a planted link is refused, exit 2.
+        MaintenanceError::Lock(app, e) => Fatal::new(
+            if e.is_refused() { Exit::Usage } else { Exit::Failed },
+            format!("{app}: {e}\nis --work-dir writable?"),
+        ),
+        MaintenanceError::Service { doing, error } => Fatal::service(&doing, &error),
+    })?;
+    let (reports, skipped) = (reconciled.reports, reconciled.skipped);
+    for (app, why) in &skipped {
+        out.human(format!("skipped {app}: {why}"));
     }
-    let mut reports: Vec<CleanupReport> = match locked.is_empty() {
-        true => Vec::new(),
-        false => otturnaut_steps::reconcile(&agent.adapters, &locked, RetryPolicy::default())
-            .await
-            .map_err(|e| Fatal::service("reconciling", &e))?,
-    };
-    // Kept releases beyond --keep go too (a removal a deploy could not finish).
-    for report in &mut reports {
-        let Some(app) = report.app.clone() else { continue };
-        let kept = apply_retention(&agent.adapters, &app, settings.keep, RetryPolicy::default())
-            .await
-            .map_err(|e| Fatal::service(&format!("applying retention to {app}"), &e))?;
-        report.done.extend(kept.done);
-        report.residue.extend(kept.residue);
-    }
-    drop(locks);
     for report in &reports {
         if !out.is_json() && !report.done.is_empty() {
             let app = report.app.as_ref().map(AppId::as_str).unwrap_or_default();

@@ -1,35 +1,10 @@
 //! Exit codes, and the errors that end a command with one.
 
 use std::fmt;
-use std::process::ExitCode;
 
-/// What the process exit code tells a script.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    /// Done.
-    Ok = 0,
-    /// Failed and rolled back: the previous release (if any) is live, nothing is left over.
-    Failed = 1,
-    /// Invalid input or usage: nothing was done.
-    Usage = 2,
-    /// Failed, and cleaning up left something behind: run `otturnaut reconcile`.
-    Residue = 3,
-    /// Docker or Caddy could not be reached.
-    Unavailable = 4,
-}
-
-impl Exit {
-    /// The process exit code.
-    pub fn code(self) -> u8 {
-        self as u8
-    }
-}
-
-impl From<Exit> for ExitCode {
-    fn from(e: Exit) -> ExitCode {
-        ExitCode::from(e.code())
-    }
-}
+/// What the process exit code tells a script; the library's, so that
+/// `exit_code` in a result object and the CLI's exit agree.
+pub use otturnaut_adapters::ExitStatus as Exit;
 
 /// A bad input value: `what` names the flag (or env var, or config key) it
 /// came from. The message never carries a secret value.

@@ -7,7 +7,7 @@ use clap::Parser;
 use proptest::prelude::*;
 
 use crate::args::{Cli, Command, GlobalArgs};
-use crate::exit::{Exit, Fatal, Invalid};
+use crate::exit::{Exit, Fatal};
 use crate::{input, settings};
 
 /// Strings an attacker would try: separators, traversal, option-like
@@ -125,9 +125,9 @@ proptest! {
 
     #[test]
     fn durations_are_bounded(s in hostile()) {
-        match input::duration("--health-timeout", &s) {
+        match otturnaut_core::request::duration("health_timeout", &s) {
             Ok(d) => prop_assert!(!d.is_zero() && d <= otturnaut_core::MAX_DURATION),
-            Err(Invalid { what, .. }) => prop_assert_eq!(what, "--health-timeout"),
+            Err(e) => prop_assert_eq!(e.field, "health_timeout"),
         }
     }
 

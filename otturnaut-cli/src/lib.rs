@@ -18,10 +18,10 @@ mod files;
 mod fuzz;
 mod host;
 mod input;
-mod lock;
 mod logs;
 mod output;
 mod releases;
+mod serve;
 mod settings;
 mod specfile;
 mod status;
@@ -31,8 +31,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use otturnaut_adapters::{Agent, AgentConfig};
-use otturnaut_core::{AppId, Domain};
+use otturnaut_adapters::lock::{self, AppLock};
+use otturnaut_adapters::{Agent, AgentConfig, LOCK_TIMEOUT};
+use otturnaut_core::AppId;
 
 pub use crate::exit::Exit;
 
@@ -40,9 +41,6 @@ use crate::args::{Cli, Command, GlobalArgs};
 use crate::exit::Fatal;
 use crate::output::Out;
 use crate::settings::Settings;
-
-/// How long a command waits for another one on the same app before giving up.
-const LOCK_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How long, at exit, background work (a clone on the blocking pool) may
 /// take to wind down.
@@ -57,12 +55,12 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return Exit::Failed.into();
+            return ExitCode::from(Exit::Failed.code());
         }
     };
     let exit = runtime.block_on(run(cli));
     runtime.shutdown_timeout(SHUTDOWN_GRACE);
-    exit.into()
+    ExitCode::from(exit.code())
 }
 
 /// The library's `tracing` diagnostics on stderr: errors only unless
@@ -84,6 +82,7 @@ async fn run(cli: Cli) -> Exit {
         Command::Prune { app, json } => releases::prune(&global, app.as_deref(), json).await,
         Command::Undeploy { app, volumes, json } => cleanup::undeploy(&global, &app, volumes, json).await,
         Command::Reconcile { apps, json } => cleanup::reconcile(&global, &apps, json).await,
+        Command::Serve(args) => serve::run(&global, args).await,
         Command::Logs { app, follow, tail } => logs::run(&global, &app, follow, tail).await,
     }
 }
@@ -103,7 +102,7 @@ async fn connect(config: &AgentConfig) -> Result<Agent, Fatal> {
 }
 
 /// Takes `app`'s lock for `command`, saying so on stderr if it has to wait.
-async fn take_lock(out: &Out, settings: &Settings, app: &AppId, command: &str) -> Result<lock::AppLock, Fatal> {
+async fn take_lock(out: &Out, settings: &Settings, app: &AppId, command: &str) -> Result<AppLock, Fatal> {
     workdir::prepare(&settings.agent.work_dir)?;
     let dir = settings.locks_dir();
     let say = |holder: &lock::Holder| {
@@ -132,19 +131,6 @@ async fn take_lock(out: &Out, settings: &Settings, app: &AppId, command: &str) -
     })
 }
 
-/// Where a person reaches `domain` through our Caddy server.
-fn url(config: &AgentConfig, domain: &Domain) -> String {
-    let ports: Vec<u16> =
-        config.listen.iter().filter_map(|a| a.rsplit_once(':').and_then(|(_, p)| p.parse().ok())).collect();
-    let (scheme, default) = if config.auto_https { ("https", 443) } else { ("http", 80) };
-    let port = if ports.contains(&default) { default } else { ports.first().copied().unwrap_or(default) };
-    if port == default { format!("{scheme}://{domain}/") } else { format!("{scheme}://{domain}:{port}/") }
-}
-
-fn urls(config: &AgentConfig, domains: &[Domain]) -> Vec<String> {
-    domains.iter().map(|d| url(config, d)).collect()
-}
-
 /// Prints a fatal error for a person (and nothing on stdout).
 fn print_fatal(out: &Out, fatal: &Fatal) {
     let p = out.paint;
@@ -152,23 +138,5 @@ fn print_fatal(out: &Out, fatal: &Fatal) {
     out.say(format!("{} {}", p.red(&p.bold("error:")), lines.next().unwrap_or_default()));
     for line in lines {
         out.say(format!("  {line}"));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config(listen: &[&str], auto_https: bool) -> AgentConfig {
-        AgentConfig { listen: listen.iter().map(|s| s.to_string()).collect(), auto_https, ..AgentConfig::default() }
-    }
-
-    #[test]
-    fn urls_show_the_port_people_must_use() {
-        let d: Domain = "shop.example.com".parse().expect("domain");
-        assert_eq!(url(&config(&[":80", ":443"], true), &d), "https://shop.example.com/");
-        assert_eq!(url(&config(&[":80", ":443"], false), &d), "http://shop.example.com/");
-        assert_eq!(url(&config(&["127.0.0.1:8080"], false), &d), "http://shop.example.com:8080/");
-        assert_eq!(url(&config(&["127.0.0.1:18080"], true), &d), "https://shop.example.com:18080/");
     }
 }

@@ -1,17 +1,17 @@
 //! `otturnaut releases` and `otturnaut prune`.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, UNIX_EPOCH};
 
-use otturnaut_core::{ReleaseInfo, ReleaseState};
+use otturnaut_adapters::status::{release_json, rfc3339};
+use otturnaut_core::ReleaseState;
 use otturnaut_steps::{RetryPolicy, apps_with_resources, list_releases};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::args::GlobalArgs;
 use crate::exit::{Exit, Fatal};
-use crate::lock;
 use crate::output::Out;
 use crate::{connect, input, print_fatal, settings, take_lock};
+use otturnaut_adapters::lock;
 
 pub async fn releases(global: &GlobalArgs, app: &str, json: bool) -> Exit {
     let out = Out::new(json);
@@ -22,28 +22,6 @@ pub async fn releases(global: &GlobalArgs, app: &str, json: bool) -> Exit {
             fatal.exit
         }
     }
-}
-
-fn rfc3339(unix: i64) -> String {
-    let at = UNIX_EPOCH + Duration::from_secs(u64::try_from(unix).unwrap_or(0));
-    humantime::format_rfc3339_seconds(at).to_string()
-}
-
-/// One release as `releases --json` shows it.
-fn release_json(r: &ReleaseInfo) -> Value {
-    json!({
-        "deployment": r.deployment,
-        "state": r.state,
-        "image": r.image,
-        "commit": r.commit,
-        "created": rfc3339(r.created),
-        "domains": r.domains,
-        "container_port": r.container_port,
-        // Only the live release holds a host port.
-        "port": if r.state == ReleaseState::Live { r.host_port } else { None },
-        "rollback_of": r.rollback_of,
-        "container": r.container.0,
-    })
 }
 
 async fn run_releases(global: &GlobalArgs, app: &str, out: &Out) -> Result<Exit, Fatal> {

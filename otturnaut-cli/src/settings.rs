@@ -22,6 +22,8 @@ struct FileConfig {
     port_range: Option<String>,
     work_dir: Option<PathBuf>,
     ssh_known_hosts: Option<PathBuf>,
+    api_listen: Option<String>,
+    token_file: Option<PathBuf>,
     keep: Option<u64>,
 }
 
@@ -39,6 +41,9 @@ pub struct Settings {
     pub agent: AgentConfig,
     /// How many releases besides the live one are kept for a rollback.
     pub keep: usize,
+    /// `serve`'s keys of the config file, with the file they came from.
+    pub file_api_listen: Option<(String, String)>,
+    pub file_token_file: Option<(PathBuf, String)>,
 }
 
 /// The most releases `--keep` accepts: each one is an image and a container on disk.
@@ -146,6 +151,7 @@ pub fn resolve(args: &GlobalArgs, env: &dyn Fn(&str) -> Option<String>) -> Resul
         port_range,
         work_dir,
         ssh_known_hosts,
+        keep,
         ..defaults
     };
     // The adapter's own checks, run now so that a bad value is reported before
@@ -157,7 +163,13 @@ pub fn resolve(args: &GlobalArgs, env: &dyn Fn(&str) -> Option<String>) -> Resul
         ..CaddyConfig::default()
     })
     .map_err(|e| Invalid::new("--caddy-admin/--listen", e.to_string()))?;
-    Ok(Settings { agent, keep })
+    let from = |key: &str| format!("{key} in {}", config_path.display());
+    Ok(Settings {
+        agent,
+        keep,
+        file_api_listen: file.api_listen.map(|v| (v, from("api_listen"))),
+        file_token_file: file.token_file.map(|v| (v, from("token_file"))),
+    })
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, Invalid> {

@@ -16,6 +16,7 @@ mod ids;
 mod net;
 mod options;
 mod release;
+pub mod request;
 mod secret;
 mod source;
 mod spec;
@@ -35,6 +36,7 @@ pub use release::{
     ContainerId, ContainerStatus, ManagedContainer, ManagedImage, RecordedRelease, Release, ReleaseInfo, ReleaseRecord,
     ReleaseState, RouteTarget, beyond_keep, live_container, releases, unmarked,
 };
+pub use request::{DeployRequest, InvalidField};
 pub use secret::{REDACTED, Secret};
 pub use source::{CommitSha, DockerfilePath, GitRef, RepoUrl, Transport, redact_url_text};
 pub use spec::{

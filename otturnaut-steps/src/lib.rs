@@ -115,6 +115,11 @@ impl DeployError {
     }
 
     /// The step that failed.
+    /// The parts, for a front end that keeps them: deployment, step, cause, undo.
+    pub fn into_parts(self) -> (DeploymentId, Step, otturnaut_core::Error, UndoReport) {
+        (self.deployment, self.step, self.cause, self.undo)
+    }
+
     pub fn step(&self) -> Step {
         self.step
     }

@@ -15,6 +15,7 @@ mod app;
 mod caddy;
 mod cli;
 mod concurrency;
+mod daemon;
 mod deploy_timing;
 mod footprint;
 mod high_rate;
@@ -31,8 +32,17 @@ mod timing;
 mod zero_downtime;
 
 /// The sections of the suite, in the order they run.
-pub const SECTIONS: [&str; 8] =
-    ["zero-downtime", "high-rate", "timing", "rollback", "release-rollback", "switch", "concurrency", "footprint"];
+pub const SECTIONS: [&str; 9] = [
+    "zero-downtime",
+    "high-rate",
+    "timing",
+    "rollback",
+    "release-rollback",
+    "switch",
+    "concurrency",
+    "footprint",
+    "daemon",
+];
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -54,7 +64,7 @@ pub struct Args {
     #[arg(long, default_value_t = 20)]
     pub concurrency: usize,
     /// Run only these sections (comma-separated): zero-downtime, high-rate, timing, rollback, release-rollback, switch, concurrency,
-    /// footprint. high-rate runs on Debian's Caddy and on the current one (installed if missing) and has its
+    /// footprint, daemon. high-rate runs on Debian's Caddy and on the current one (installed if missing) and has its
     /// own block in the report, so `--only high-rate` leaves the other figures in BENCHMARKS.md as they are
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,

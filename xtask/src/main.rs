@@ -1,5 +1,6 @@
 //! `cargo xtask`: development and CI tasks for Otturnaut.
 
+mod api_check;
 mod bench;
 mod chaos;
 mod demo;
@@ -55,6 +56,9 @@ enum Cmd {
     /// Fault injection and crash recovery on the real services; writes the tables of RELIABILITY.md
     #[command(long_about = chaos::HELP)]
     Chaos(chaos::Args),
+    /// Only the API step of `test`: schemathesis (installed from PyPI into a venv) against a running
+    /// `otturnaut serve`, read-only calls and bad deploy/rollback requests
+    ApiCheck,
     /// Deploy examples/hello with the real CLI, then a changed version (blue-green), and curl it
     #[command(long_about = DEMO_HELP)]
     Demo,
@@ -161,6 +165,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Bench(args) => bench::run(&env, &args),
         Cmd::Chaos(args) => chaos::run(&env, &args),
         Cmd::Demo => demo::run(&env),
+        Cmd::ApiCheck => {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            api_check::run_checks(&env, &cargo, &workspace_root())?;
+            println!("api check: no issues found");
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Test { skip_lints, one_caddy, cargo_test_args } => {
             testing::run(&env, &testing::Options { skip_lints, one_caddy, cargo_test_args })
         }

@@ -71,6 +71,14 @@ pub fn run(env: &Env, opts: &Options) -> Result<ExitCode> {
         if !opts.one_caddy {
             steps.push(second_pass(env, &cargo, &root, shared.other()));
         }
+        let began = Instant::now();
+        let api = crate::api_check::run_checks(env, &cargo, &root);
+        steps.push(Step {
+            name: "api schema",
+            ok: api.is_ok(),
+            took: began.elapsed(),
+            note: api.err().map(|e| format!("{e:#}")).unwrap_or_default(),
+        });
         if !opts.skip_lints {
             steps.push(cargo_step(
                 &cargo,

@@ -58,6 +58,11 @@ impl fmt::Debug for Docker {
 }
 
 impl Docker {
+    /// Whether the daemon answers (for health checks of the agent itself).
+    pub async fn ping(&self) -> Result<()> {
+        self.client.ping().await.map(|_| ()).map_err(|e| self.error("pinging the Docker daemon", e))
+    }
+
     /// Connects to the daemon named by `DOCKER_HOST`, or the default socket,
     /// and agrees on an API version both sides speak.
     pub async fn connect() -> Result<Docker> {

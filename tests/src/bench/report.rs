@@ -52,6 +52,7 @@ pub struct Results {
     pub switch: Vec<route_switch::Row>,
     pub concurrency: Vec<concurrency::Row>,
     pub footprint: Option<Footprint>,
+    pub daemon: Option<super::daemon::Figures>,
     /// The high-rate load, per Caddy version (its own block of the report).
     pub high_rate: Vec<high_rate::RateRow>,
     pub websockets: Vec<high_rate::WsRow>,
@@ -116,6 +117,9 @@ impl Results {
         self.switch_table(w);
         self.concurrency_table(w);
         self.footprint_table(w);
+        if let Some(d) = &self.daemon {
+            d.markdown(w);
+        }
         out
     }
 

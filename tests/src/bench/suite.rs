@@ -19,7 +19,7 @@ use super::zero_downtime::{self, Plan, Retire, UpstreamIdle};
 
 /// Redeploys per retire mode in the raw keep-alive reset comparison.
 const RESET_REDEPLOYS: u32 = 30;
-use super::{Args, CaddyFlavor, concurrency, deploy_timing, footprint, high_rate, releases, route_switch};
+use super::{Args, CaddyFlavor, concurrency, daemon, deploy_timing, footprint, high_rate, releases, route_switch};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -115,7 +115,7 @@ async fn run_async(args: &Args) -> Result<ExitCode> {
             record(&mut results, "route switch", r);
         }
     }
-    let wants_cli = args.wants("concurrency") || args.wants("footprint");
+    let wants_cli = args.wants("concurrency") || args.wants("footprint") || args.wants("daemon");
     let cli = if wants_cli {
         println!("bench: building the otturnaut CLI (release)");
         match cli::build().await {
@@ -151,6 +151,18 @@ async fn run_async(args: &Args) -> Result<ExitCode> {
             .await
             .map(|f| results.footprint = Some(f));
         record(&mut results, "footprint", r);
+    }
+
+    if args.wants("daemon")
+        && let Some(cli) = &cli
+    {
+        let apps = if args.quick { 10 } else { 100 };
+        println!("bench: the agent daemon (GET /v1/apps with {apps} apps, 50 clients, during a deploy)");
+        let r = bounded(MINUTE * 20, "daemon", daemon::run(&rig, cli, apps, 50)).await.map(|f| {
+            println!("  p99 {} ms, idle RSS {} KiB", ms_opt(f.p99()), f.idle_rss_kib);
+            results.daemon = Some(f);
+        });
+        record(&mut results, "daemon", r);
     }
 
     match app::sweep(&rig.agent.adapters).await {

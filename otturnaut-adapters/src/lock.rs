@@ -1,4 +1,5 @@
-//! The per-app lock: one `otturnaut` process at a time changes an app.
+//! The per-app lock: one deploy, undeploy or reconcile at a time changes an
+//! app, whether it came from the CLI or the HTTP API, in this process or another.
 //!
 //! A file lock (`flock`) on `{work_dir}/locks/{app}.lock`. The kernel releases
 //! it when the holder exits, however it exits, so a crashed deploy never
@@ -99,6 +100,32 @@ pub enum LockError {
     Io(PathBuf, io::Error),
     TimedOut { holder: Holder, after: Duration },
 }
+
+impl LockError {
+    /// A planted symlink or hard link (our own refusal), not a failing disk.
+    pub fn is_refused(&self) -> bool {
+        matches!(self, LockError::Io(_, e) if e.kind() == io::ErrorKind::Other)
+    }
+}
+
+impl std::fmt::Display for LockError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LockError::Io(path, e) => write!(f, "cannot take the lock {}: {e}", path.display()),
+            LockError::TimedOut { holder, after } => {
+                write!(
+                    f,
+                    "{} {} and did not finish within {}",
+                    holder.command,
+                    holder.pid.map_or_else(|| "(pid unknown)".into(), |p| format!("(pid {p})")),
+                    humantime::format_duration(*after)
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for LockError {}
 
 /// Takes the lock, waiting up to `timeout` for its holder; `waiting` is
 /// called once, when the lock turns out to be held.

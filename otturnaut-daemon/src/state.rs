@@ -1,0 +1,161 @@
+//! What the daemon keeps in memory: running deploys (to cancel them and to
+//! wait for them at shutdown), idempotent results, metrics. Everything else
+//! is read from Docker and Caddy on each request.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
+use otturnaut_adapters::status::statuses;
+use otturnaut_adapters::{Agent, Canceller};
+use otturnaut_core::{AppId, DeploymentId, Secret};
+use serde_json::Value;
+use tokio::sync::{Semaphore, watch};
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::Metrics;
+
+/// How long a result is kept for a repeated `Idempotency-Key`.
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(600);
+
+#[derive(Debug)]
+pub struct State {
+    pub agent: Agent,
+    pub token: Secret,
+    pub metrics: Metrics,
+    pub requests: Arc<Semaphore>,
+    running: Mutex<HashMap<AppId, Running>>,
+    /// Keyed by app and key: the result, once there is one.
+    idempotent: Mutex<HashMap<(AppId, String), (Instant, ResultWatch)>>,
+    deploys: TaskTracker,
+    /// The `GET /v1/apps` read in flight, which concurrent requests share.
+    apps_read: Mutex<Option<AppsRead>>,
+}
+
+/// One read of every app's status, serialised, or the error status and message.
+pub type AppsRead = Shared<BoxFuture<'static, Result<Bytes, (StatusCode, String)>>>;
+
+/// A deploy this daemon runs.
+#[derive(Debug, Clone)]
+pub struct Running {
+    pub deployment: Option<DeploymentId>,
+    pub canceller: Canceller,
+}
+
+/// A first request with an `Idempotency-Key` fills this in.
+pub type ResultSlot = watch::Sender<Option<Value>>;
+
+/// What a repeat of that request waits on.
+pub type ResultWatch = watch::Receiver<Option<Value>>;
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these maps leaves it usable.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl State {
+    pub fn new(agent: Agent, token: Secret) -> Arc<State> {
+        Arc::new(State {
+            agent,
+            token,
+            metrics: Metrics::default(),
+            requests: Arc::new(Semaphore::new(crate::MAX_CONCURRENT)),
+            running: Mutex::default(),
+            idempotent: Mutex::default(),
+            deploys: TaskTracker::new(),
+            apps_read: Mutex::default(),
+        })
+    }
+
+    /// The read of every app in flight, or a new one: many clients asking at
+    /// once cost one read of Docker and Caddy, and none gets an answer older
+    /// than the read running when it asked.
+    pub fn apps_read(&self) -> AppsRead {
+        let mut slot = locked(&self.apps_read);
+        if let Some(read) = slot.as_ref() {
+            return read.clone();
+        }
+        let agent = self.agent.clone();
+        let read = async move {
+            let all = statuses(&agent, None).await.map_err(|e| {
+                let e = crate::error::ApiError::service("reading the apps", &e);
+                (e.status, e.body.error)
+            })?;
+            serde_json::to_vec(&all)
+                .map(Bytes::from)
+                .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("serialising the apps: {e}")))
+        }
+        .boxed()
+        .shared();
+        *slot = Some(read.clone());
+        read
+    }
+
+    /// Forgets `read` once it is done, so that the next request reads anew.
+    pub fn apps_read_done(&self, read: &AppsRead) {
+        let mut slot = locked(&self.apps_read);
+        if slot.as_ref().is_some_and(|r| r.ptr_eq(read)) {
+            *slot = None;
+        }
+    }
+
+    pub fn running(&self, app: &AppId) -> Option<Running> {
+        locked(&self.running).get(app).cloned()
+    }
+
+    pub fn set_running(&self, app: &AppId, running: Running) {
+        locked(&self.running).insert(app.clone(), running);
+    }
+
+    pub fn set_deployment(&self, app: &AppId, deployment: &DeploymentId) {
+        if let Some(r) = locked(&self.running).get_mut(app) {
+            r.deployment = Some(deployment.clone());
+        }
+    }
+
+    pub fn done_running(&self, app: &AppId) {
+        locked(&self.running).remove(app);
+    }
+
+    /// Runs `task` as a deploy: tracked, so that shutdown waits for it.
+    pub fn spawn_deploy(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.deploys.spawn(task);
+    }
+
+    /// The earlier request's result slot for this key, or a new slot to fill.
+    pub fn idempotency(&self, app: &AppId, key: &str) -> Result<ResultWatch, ResultSlot> {
+        let mut map = locked(&self.idempotent);
+        map.retain(|_, (at, _)| at.elapsed() < IDEMPOTENCY_WINDOW);
+        let k = (app.clone(), key.to_owned());
+        if let Some((_, rx)) = map.get(&k) {
+            return Ok(rx.clone());
+        }
+        let (tx, rx) = watch::channel(None);
+        map.insert(k, (Instant::now(), rx));
+        Err(tx)
+    }
+
+    /// Forgets a key whose request never started a deploy (refused), so a
+    /// corrected repeat is not answered with the refusal.
+    pub fn forget_idempotency(&self, app: &AppId, key: &str) {
+        locked(&self.idempotent).remove(&(app.clone(), key.to_owned()));
+    }
+
+    /// Waits for running deploys; after `grace`, cancels those still going
+    /// (they roll back) and waits for their outcomes.
+    pub async fn finish_deploys(&self, grace: Duration) {
+        self.deploys.close();
+        if tokio::time::timeout(grace, self.deploys.wait()).await.is_err() {
+            let running: Vec<Running> = locked(&self.running).values().cloned().collect();
+            tracing::warn!(count = running.len(), "deploys still running after the grace period: rolling them back");
+            for r in running {
+                r.canceller.cancel("the agent shutting down");
+            }
+            self.deploys.wait().await;
+        }
+    }
+}
