@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use otturnaut_core::{AppId, DeployEvent, DeploySpec, DeploymentId, EventSink, Step, Timeouts};
 use otturnaut_steps::{
-    BlueGreen, DeployError, Deployed, Residue, RetryPolicy, Strategy, domain_owner, live_release, reconcile_app,
-    rollback_spec,
+    BlueGreen, DeployError, Deployed, Residue, RetryPolicy, Strategy, apply_retention, domain_owner, live_release,
+    reconcile_app, rollback_spec,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -344,7 +344,20 @@ impl Driver {
         // A final sweep, as `reconcile` would: it also catches what finished
         // on Docker's side after the deploy was dropped (a build, say).
         let residue: Vec<Residue> = match reconcile_app(&self.agent.adapters, app, RetryPolicy::default()).await {
-            Ok(sweep) => {
+            Ok(mut sweep) => {
+                // A retirement cut short did not get to remove what is beyond `keep`.
+                if committed {
+                    match apply_retention(&self.agent.adapters, app, self.agent.config.keep, RetryPolicy::default())
+                        .await
+                    {
+                        Ok(kept) => {
+                            sweep.done.extend(kept.done);
+                            sweep.residue.extend(kept.residue);
+                        }
+                        Err(e) => self
+                            .send(DeployEvent::Warning { message: format!("could not apply retention to {app}: {e}") }),
+                    }
+                }
                 for done in sweep.done {
                     self.send(DeployEvent::UndoFinished { resource: done, ok: true, attempts: 1, error: None });
                 }
