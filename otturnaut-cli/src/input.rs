@@ -1,3 +1,4 @@
+// Long file: every deploy flag's check (source, env, health, runtime options, build secrets) in one place.
 //! `deploy`'s arguments turned into a [`DeploySpec`]. Every value is checked
 //! here, before anything connects or creates a file; a bad one is reported
 //! with its flag. Values of `--env`, `--env-file` and `--build-arg` are

@@ -24,6 +24,8 @@ mod releases;
 mod serve;
 mod settings;
 mod specfile;
+#[cfg(test)]
+mod specfile_tests;
 mod status;
 mod workdir;
 

@@ -1,3 +1,4 @@
+// Long file: every runtime option's validated type with its parser and tests, kept together.
 //! The validated values of [`crate::RuntimeOptions`]: limits, volumes,
 //! networks, a command line and log options. Each parses from the form a
 //! user types (`512m`, `1.5`, `data:/var/lib/app:ro`) and serialises back to
