@@ -267,6 +267,7 @@ impl Driver {
         });
         drop(sink);
         let token = self.canceller.token.clone();
+        let mut finished = false;
         let end = loop {
             tokio::select! {
                 biased;
@@ -278,14 +279,18 @@ impl Driver {
                     }
                     self.send(event);
                 }
-                result = &mut task => break match result {
-                    Ok(result) => End::Done(Box::new(result)),
-                    Err(e) => End::Interrupted(format!("a panic ({})", panic_message(e))),
-                },
+                result = &mut task => {
+                    // The task is over: it must not be awaited again below.
+                    finished = true;
+                    break match result {
+                        Ok(result) => End::Done(Box::new(result)),
+                        Err(e) => End::Interrupted(format!("a panic ({})", panic_message(e))),
+                    };
+                }
                 () = token.cancelled() => break End::Interrupted(self.canceller.reason()),
             }
         };
-        if matches!(end, End::Interrupted(_)) {
+        if !finished {
             // Drop the deploy and wait until it is gone: its tokens hand
             // their undos to the reaper before `flush` is asked for.
             task.abort();

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 
-use otturnaut_core::traits::{image_tag, kept_tag, live_tag};
+use otturnaut_core::traits::{container_name, image_tag, kept_tag, live_tag};
 use otturnaut_core::{
     Adapters, AppId, DeploySpec, DeploymentId, Error, ManagedImage, ReleaseInfo, ReleaseState, Source, Timeouts,
     beyond_keep, releases,
@@ -87,7 +87,9 @@ pub async fn rollback_spec(
 /// What removing one retained release takes: its container, then its
 /// image's tags (the image goes with the last one).
 fn removal(release: &ReleaseInfo, images: &[ManagedImage]) -> Vec<UndoAction> {
-    let mut actions = vec![UndoAction::RemoveContainer { name: release.container.clone() }];
+    // By name: it says which release (Docker takes a name wherever an id goes).
+    let name = otturnaut_core::ContainerId(container_name(&release.app, &release.deployment));
+    let mut actions = vec![UndoAction::RemoveContainer { name }];
     let tags = images.iter().filter(|i| i.app == release.app && i.deployment == release.deployment);
     actions.extend(tags.flat_map(|i| i.tags.iter()).map(|t| UndoAction::RemoveImage { image: t.clone() }));
     for tag in [
