@@ -683,14 +683,16 @@ async fn read_rest(stream: &mut reqwest::Response, seen: String, within: Duratio
 
 /// A request that holds one of the daemon's request slots: its head is
 /// sent (with the token, so it gets past auth) and its 2-byte body never
-/// is, so the handler waits for it until the connection is closed.
+/// is, so the handler waits for it until the connection is closed. A
+/// rollback, because it has no 60 s request timeout (as a deploy).
 async fn held_request(d: &Daemon) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
     let addr = d.base.trim_start_matches("http://");
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let head = format!(
-        "POST /v1/reconcile HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\
-         Content-Type: application/json\r\nContent-Length: 2\r\n\r\n"
+        "POST /v1/apps/{}/rollback HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 2\r\n\r\n",
+        d.apps[0]
     );
     s.write_all(head.as_bytes()).await.expect("send the head");
     s
