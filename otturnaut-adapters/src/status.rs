@@ -3,11 +3,11 @@
 
 use std::collections::BTreeSet;
 
+use futures_util::{StreamExt, stream};
 use otturnaut_core::{
     AppId, ManagedContainer, ManagedImage, Release, ReleaseInfo, ReleaseState, RouteTarget, RuntimeOptions,
     live_container, releases,
 };
-use otturnaut_steps::apps_with_resources;
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::time::{Duration, UNIX_EPOCH};
@@ -56,18 +56,29 @@ pub struct ContainerStatus {
     pub state: String,
 }
 
-/// Every app with resources (or just `only`), one read of Docker and Caddy
-/// however many apps.
+/// How many live containers' start times are read from Docker at once.
+const INSPECTS_AT_ONCE: usize = 16;
+
+/// Every app with resources (or just `only`): one list each of containers,
+/// images, routes and fetched sources however many apps, then one inspect
+/// per live container (its start time, which no list carries), several at
+/// once.
 pub async fn statuses(agent: &Agent, only: Option<&AppId>) -> otturnaut_core::Result<Vec<AppStatus>> {
     let a = &agent.adapters;
+    let (containers, images, routes, sources) =
+        tokio::try_join!(a.runtime.list(None), a.builder.list_images(None), a.router.routes(), a.fetcher.leftovers())?;
+    // The apps `apps_with_resources` finds, from the lists read here.
     let apps: BTreeSet<AppId> = match only {
         Some(app) => BTreeSet::from([app.clone()]),
-        None => apps_with_resources(a).await?,
+        None => containers
+            .iter()
+            .map(|c| c.app.clone())
+            .chain(images.iter().map(|i| i.app.clone()))
+            .chain(routes.iter().map(|(app, _)| app.clone()))
+            .chain(sources.into_iter().map(|(app, _)| app))
+            .collect(),
     };
-    let (containers, images, routes) =
-        tokio::try_join!(a.runtime.list(None), a.builder.list_images(None), a.router.routes())?;
-    let mut all = Vec::new();
-    for app in apps {
+    let all = apps.into_iter().map(|app| {
         let route = routes.iter().find(|(a, _)| *a == app).map(|(_, t)| t);
         let live = live_container(&app, &containers, &images, route.map(|r| r.port))
             .and_then(|c| release_of(&app, c, &images));
@@ -80,12 +91,15 @@ pub async fn statuses(agent: &Agent, only: Option<&AppId>) -> otturnaut_core::Re
             .iter()
             .filter(|r| r.state == ReleaseState::Retained)
             .count();
-        let mut status = app_status(agent, &agent.config, app, live, &mine, &my_images).await;
-        status.route_missing = route_missing;
-        status.retained = retained;
-        all.push(status);
-    }
-    Ok(all)
+        async move {
+            let mut status = app_status(agent, &agent.config, app, live, &mine, &my_images).await;
+            status.route_missing = route_missing;
+            status.retained = retained;
+            status
+        }
+    });
+    // `buffered` keeps the apps' order (sorted by name).
+    Ok(stream::iter(all).buffered(INSPECTS_AT_ONCE).collect().await)
 }
 
 async fn app_status(

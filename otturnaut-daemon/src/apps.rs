@@ -59,11 +59,8 @@ pub async fn health(Extract(state): Extract<Arc<State>>) -> Response {
               (status = 503, description = "Docker or Caddy unreachable", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list(Extract(state): Extract<Arc<State>>) -> Result<Response, ApiError> {
-    let read = state.apps_read();
-    let result = read.clone().await;
-    state.apps_read_done(&read);
-    match result {
-        Ok(body) => Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()),
+    match state.apps.get().await {
+        Ok(apps) => Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], apps.body.clone()).into_response()),
         Err((status, message)) => Err(ApiError::new(status, message)),
     }
 }
@@ -115,7 +112,9 @@ pub async fn undeploy(Extract(state): Extract<Arc<State>>, Path(app): Path<Strin
             return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot take {app}'s lock: {e}")));
         }
     };
-    let report = agent.undeploy(&app).await.map_err(maintenance_error)?;
+    let report = agent.undeploy(&app).await;
+    state.apps.changed().await;
+    let report = report.map_err(maintenance_error)?;
     let clean = report.residue.is_empty();
     Ok(Json(Undeployed {
         result: if clean { "undeployed" } else { "failed" }.into(),
@@ -158,7 +157,9 @@ pub async fn reconcile(
     let request: ReconcileRequest =
         if body.iter().all(u8::is_ascii_whitespace) { ReconcileRequest::default() } else { parse_json(&body)? };
     let only: BTreeSet<AppId> = request.app.as_deref().map(app_id).transpose()?.into_iter().collect();
-    let r = state.agent.reconcile(only).await.map_err(maintenance_error)?;
+    let r = state.agent.reconcile(only).await;
+    state.apps.changed().await;
+    let r = r.map_err(maintenance_error)?;
     let done: Vec<&String> = r.reports.iter().flat_map(|r| &r.done).collect();
     let residue: Vec<&Residue> = r.reports.iter().flat_map(|r| &r.residue).collect();
     let code = if residue.is_empty() { 0 } else { 3 };
@@ -287,9 +288,9 @@ pub async fn prune(Extract(state): Extract<Arc<State>>, Path(app): Path<String>)
     };
     let keep = agent.config.keep;
     let report =
-        otturnaut_steps::prune(&agent.adapters, &BTreeSet::from([app.clone()]), false, keep, Default::default())
-            .await
-            .map_err(|e| ApiError::service(&format!("pruning {app}"), &e))?;
+        otturnaut_steps::prune(&agent.adapters, &BTreeSet::from([app.clone()]), false, keep, Default::default()).await;
+    state.apps.changed().await;
+    let report = report.map_err(|e| ApiError::service(&format!("pruning {app}"), &e))?;
     let done: Vec<&String> = report.apps.iter().flat_map(|r| &r.done).collect();
     let residue: Vec<&Residue> = report.apps.iter().flat_map(|r| &r.residue).collect();
     let code = if residue.is_empty() { 0 } else { 3 };

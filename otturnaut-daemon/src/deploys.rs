@@ -179,6 +179,8 @@ async fn start(
         state2.metrics.deploy(rollback, outcome.is_deployed(), !outcome.residue().is_empty(), outcome.elapsed);
         let result = outcome.to_json();
         tracing::info!(app = %app, result = outcome.result(), "deploy ended");
+        // Whoever reads the result line finds the outcome in `GET /v1/apps`.
+        state2.apps.changed().await;
         state2.done_running(&app);
         if let Some(slot) = slot {
             let _ = slot.send(Some(result.clone()));

@@ -14,6 +14,7 @@ mod deploys;
 mod error;
 mod metrics;
 mod openapi;
+mod snapshot;
 mod state;
 mod watch;
 

@@ -1,16 +1,12 @@
 //! What the daemon keeps in memory: running deploys (to cancel them and to
-//! wait for them at shutdown), idempotent results, metrics. Everything else
-//! is read from Docker and Caddy on each request.
+//! wait for them at shutdown), idempotent results, metrics, and the
+//! snapshot `GET /v1/apps` answers from (see [`crate::snapshot`]).
+//! Everything else is read from Docker and Caddy on each request.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::http::StatusCode;
-use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, Shared};
-use otturnaut_adapters::status::statuses;
 use otturnaut_adapters::{Agent, Canceller};
 use otturnaut_core::{AppId, DeploymentId, Secret};
 use serde_json::Value;
@@ -18,6 +14,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
+use crate::snapshot::AppsSnapshot;
 
 /// How long a result is kept for a repeated `Idempotency-Key`.
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(600);
@@ -32,12 +29,9 @@ pub struct State {
     /// Keyed by app and key: the result, once there is one.
     idempotent: Mutex<HashMap<(AppId, String), (Instant, ResultWatch)>>,
     deploys: TaskTracker,
-    /// The `GET /v1/apps` read in flight, which concurrent requests share.
-    apps_read: Mutex<Option<AppsRead>>,
+    /// Every app's status as `GET /v1/apps` answers it.
+    pub apps: Arc<AppsSnapshot>,
 }
-
-/// One read of every app's status, serialised, or the error status and message.
-pub type AppsRead = Shared<BoxFuture<'static, Result<Bytes, (StatusCode, String)>>>;
 
 /// A deploy this daemon runs.
 #[derive(Debug, Clone)]
@@ -60,47 +54,15 @@ fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl State {
     pub fn new(agent: Agent, token: Secret) -> Arc<State> {
         Arc::new(State {
-            agent,
             token,
             metrics: Metrics::default(),
             requests: Arc::new(Semaphore::new(crate::MAX_CONCURRENT)),
             running: Mutex::default(),
             idempotent: Mutex::default(),
             deploys: TaskTracker::new(),
-            apps_read: Mutex::default(),
+            apps: AppsSnapshot::new(agent.clone()),
+            agent,
         })
-    }
-
-    /// The read of every app in flight, or a new one: many clients asking at
-    /// once cost one read of Docker and Caddy, and none gets an answer older
-    /// than the read running when it asked.
-    pub fn apps_read(&self) -> AppsRead {
-        let mut slot = locked(&self.apps_read);
-        if let Some(read) = slot.as_ref() {
-            return read.clone();
-        }
-        let agent = self.agent.clone();
-        let read = async move {
-            let all = statuses(&agent, None).await.map_err(|e| {
-                let e = crate::error::ApiError::service("reading the apps", &e);
-                (e.status, e.body.error)
-            })?;
-            serde_json::to_vec(&all)
-                .map(Bytes::from)
-                .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("serialising the apps: {e}")))
-        }
-        .boxed()
-        .shared();
-        *slot = Some(read.clone());
-        read
-    }
-
-    /// Forgets `read` once it is done, so that the next request reads anew.
-    pub fn apps_read_done(&self, read: &AppsRead) {
-        let mut slot = locked(&self.apps_read);
-        if slot.as_ref().is_some_and(|r| r.ptr_eq(read)) {
-            *slot = None;
-        }
     }
 
     pub fn running(&self, app: &AppId) -> Option<Running> {

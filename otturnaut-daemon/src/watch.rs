@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use otturnaut_adapters::status::statuses;
 use otturnaut_core::AppId;
 
 use crate::state::State;
@@ -25,18 +24,19 @@ pub async fn run(state: Arc<State>, every: Duration, scope: Option<BTreeSet<AppI
         if docker.is_err() || caddy.is_err() {
             continue;
         }
-        match statuses(agent, None).await {
-            Ok(all) => {
-                let lost: BTreeSet<AppId> = all
-                    .into_iter()
+        match state.apps.fresh().await {
+            Ok(apps) => {
+                let lost: BTreeSet<AppId> = apps
+                    .list
+                    .iter()
                     .filter(|s| s.route_missing && scope.as_ref().is_none_or(|only| only.contains(&s.app)))
-                    .map(|s| s.app)
+                    .map(|s| s.app.clone())
                     .collect();
                 if !lost.is_empty() {
                     repair(&state, lost).await;
                 }
             }
-            Err(e) => tracing::warn!("watch: cannot read the apps: {e}"),
+            Err((_, e)) => tracing::warn!("watch: cannot read the apps: {e}"),
         }
     }
 }
@@ -54,6 +54,7 @@ async fn repair(state: &State, apps: BTreeSet<AppId>) {
             if done > 0 {
                 tracing::info!(?apps, done, "reconciled");
                 state.metrics.restored(done as u64);
+                state.apps.changed().await;
             }
             for (app, why) in r.skipped {
                 tracing::info!(%app, "reconcile skipped: {why}");

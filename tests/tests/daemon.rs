@@ -84,6 +84,12 @@ impl Daemon {
     /// `apps`: how many app names the test uses; `range_start`: the first
     /// of 20 host ports no other test uses.
     async fn start(prefix: &str, apps: usize, range_start: u16) -> Daemon {
+        Daemon::start_with(prefix, apps, range_start, &[]).await
+    }
+
+    /// [`Daemon::start`] with environment variables of the daemon set or
+    /// overridden (another Caddy, another Docker socket).
+    async fn start_with(prefix: &str, apps: usize, range_start: u16, env: &[(&str, String)]) -> Daemon {
         require_docker().await;
         require_caddy().await;
         let apps: Vec<AppId> = (0..apps).map(|_| unique_app(prefix)).collect();
@@ -96,14 +102,13 @@ impl Daemon {
         let watch = apps.iter().map(AppId::as_str).collect::<Vec<_>>().join(",");
         let range = format!("{range_start}-{}", range_start + 19);
         let token_arg = token.to_str().expect("utf-8 path").to_owned();
-        let child = command(
+        let mut cmd = command(
             work.path(),
             &range,
             &["serve", "--api-listen", &listen, "--token-file", &token_arg, "--watch-apps", &watch],
-        )
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("starting otturnaut serve");
+        );
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
+        let child = cmd.stdout(Stdio::null()).spawn().expect("starting otturnaut serve");
         let caddy = shared_caddy();
         let d = Daemon {
             child,
@@ -634,4 +639,280 @@ async fn a_non_loopback_address_is_served_over_tls() {
     }
     let plain = curl("http");
     assert_ne!(String::from_utf8_lossy(&plain.stdout), "200", "plain HTTP is not answered on the TLS port");
+}
+
+/// Reads `stream` until what it sent contains `marker`; returns all of it.
+async fn read_until(stream: &mut reqwest::Response, marker: &str) -> String {
+    let mut seen = String::new();
+    while !seen.contains(marker) {
+        let chunk = tokio::time::timeout(Duration::from_secs(120), stream.chunk()).await.expect("events");
+        seen.push_str(&String::from_utf8_lossy(&chunk.expect("chunk").unwrap_or_else(|| panic!("ended: {seen}"))));
+    }
+    seen
+}
+
+/// Reads `stream` to its end; `seen` is what was read of it before.
+async fn read_rest(stream: &mut reqwest::Response, seen: String, within: Duration) -> Vec<Value> {
+    let mut text = seen;
+    let read = tokio::time::timeout(within, async {
+        loop {
+            match stream.chunk().await {
+                Ok(Some(c)) => text.push_str(&String::from_utf8_lossy(&c)),
+                Ok(None) => break,
+                Err(e) => panic!("the stream broke ({e}) after:\n{text}"),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the stream did not end within {within:?}: {text}");
+    lines(&text)
+}
+
+/// A request that holds one of the daemon's request slots: its head is
+/// sent (with the token, so it gets past auth) and its 2-byte body never
+/// is, so the handler waits for it until the connection is closed. A
+/// rollback, because it has no 60 s request timeout (as a deploy).
+async fn held_request(d: &Daemon) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let addr = d.base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST /v1/apps/{}/rollback HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 2\r\n\r\n",
+        d.apps[0]
+    );
+    s.write_all(head.as_bytes()).await.expect("send the head");
+    s
+}
+
+/// `GET /v1/health` on a new connection until it answers `status`; that answer.
+async fn health_until(d: &Daemon, status: u16, within: Duration) -> reqwest::Response {
+    let until = Instant::now() + within;
+    loop {
+        // A new connection each time: the answer must not depend on a kept one.
+        let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
+        let r = http.get(d.url("/v1/health")).send().await.expect("GET /v1/health");
+        if r.status() == status {
+            return r;
+        }
+        assert!(Instant::now() < until, "health answered {} for {within:?}, not {status}", r.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_65th_concurrent_request_gets_503_with_retry_after() {
+    let d = Daemon::start("api-limit", 1, 22560).await;
+    // The documented bound (README, `otturnaut serve --help`).
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        held.push(held_request(&d).await);
+    }
+    // Once all 64 are in their handlers, any other request is refused at once.
+    let r = health_until(&d, 503, Duration::from_secs(20)).await;
+    assert_eq!(r.headers()["retry-after"], "1");
+    let body: Value = r.json().await.expect("JSON error");
+    assert_eq!(body, json!({"error": "too many concurrent requests; try again", "field": null}));
+    let r = d.get("/v1/apps").send().await.expect("GET /v1/apps");
+    assert_eq!(r.status(), 503, "the limit covers every endpoint");
+
+    // One of them gone (63 held): the next request is served...
+    drop(held.pop());
+    health_until(&d, 200, Duration::from_secs(20)).await;
+    // ...and a 64th held one fills the limit again.
+    held.push(held_request(&d).await);
+    health_until(&d, 503, Duration::from_secs(20)).await;
+    drop(held);
+    health_until(&d, 200, Duration::from_secs(20)).await;
+    let r = d.get("/v1/apps").send().await.expect("GET /v1/apps");
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn wait_true_queues_a_deploy_behind_the_running_one_instead_of_409() {
+    let d = Daemon::start("api-wait", 1, 22580).await;
+    let app = d.apps[0].clone();
+    let stuck_repo = serving_repo("first");
+    d.deploy(0, &d.deploy_body(0, &stuck_repo, json!({}))).await;
+    commit(&stuck_repo, &Behaviour::NeverListen);
+    let mut stuck = d
+        .post(&format!("/v1/apps/{app}/deployments"))
+        .json(&d.deploy_body(0, &stuck_repo, json!({"health_timeout": "2m"})))
+        .send()
+        .await
+        .expect("POST");
+    let seen = read_until(&mut stuck, "\"step\":\"health_check\"").await;
+    let first = lines(&seen)[0]["deployment"].clone();
+
+    // Without wait: 409. With wait=true: no answer while the first runs.
+    let second_repo = serving_repo("second");
+    let second = d.deploy_body(0, &second_repo, json!({}));
+    let r = d.post(&format!("/v1/apps/{app}/deployments")).json(&second).send().await.expect("POST");
+    assert_eq!(r.status(), 409);
+    let waiting = tokio::spawn(d.post(&format!("/v1/apps/{app}/deployments?wait=true")).json(&second).send());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!waiting.is_finished(), "wait=true answered while the first deploy held the app");
+
+    let r = d.post(&format!("/v1/apps/{app}/deployments/cancel")).send().await.expect("cancel");
+    assert_eq!(r.status(), 202);
+    let result = read_rest(&mut stuck, seen, Duration::from_secs(60)).await.pop().expect("result");
+    assert_eq!(result["result"], "failed", "{result}");
+
+    // Then the waiting request gets the stream of its own deploy.
+    let mut r = tokio::time::timeout(Duration::from_secs(60), waiting).await.expect("answered").expect("task");
+    let r = r.as_mut().expect("POST ?wait=true");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/x-ndjson");
+    let all = read_rest(r, String::new(), Duration::from_secs(180)).await;
+    let (started, result) = (&all[0], all.last().expect("result"));
+    assert_eq!(started["event"], "started");
+    assert_ne!(started["deployment"], first, "a deploy of its own");
+    assert_eq!(result["result"], "deployed", "{result}");
+    assert_eq!(result["deployment"], started["deployment"]);
+    assert_eq!(served(&app).await, (200, "second\n".to_owned()));
+
+    // A deploy the daemon finished shows in GET /v1/apps as soon as its result is out.
+    let apps: Vec<Value> = d.get("/v1/apps").send().await.expect("GET").json().await.expect("JSON");
+    let mine = apps.iter().find(|s| s["app"] == app.as_str()).expect("the app is listed");
+    assert_eq!(mine["deployment"], result["deployment"], "{mine}");
+    assert_eq!(mine["live"], true);
+
+    // A change made outside the daemon (the CLI) shows within MAX_AGE (5 s).
+    let out = command(d.work.path(), "22580-22599", &["undeploy", app.as_str()]).output().await.expect("CLI");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    tokio::time::sleep(Duration::from_millis(5100)).await;
+    let apps: Vec<Value> = d.get("/v1/apps").send().await.expect("GET").json().await.expect("JSON");
+    assert!(apps.iter().all(|s| s["app"] != app.as_str()), "still listed 5 s after the CLI undeployed it: {apps:?}");
+}
+
+/// A Unix socket that forwards to Docker's, until it is stopped: then
+/// every connection through it is cut and new ones are refused.
+struct DockerProxy {
+    path: std::path::PathBuf,
+    task: tokio::task::JoinHandle<()>,
+    _dir: TempDir,
+}
+
+impl DockerProxy {
+    fn start() -> DockerProxy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("docker.sock");
+        let listener = tokio::net::UnixListener::bind(&path).expect("binding the proxy socket");
+        let task = tokio::spawn(async move {
+            // Dropped with the accept loop: every forwarded connection is cut.
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                conns.spawn(async move {
+                    if let Ok(mut docker) = tokio::net::UnixStream::connect("/var/run/docker.sock").await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut docker).await;
+                    }
+                });
+                while conns.try_join_next().is_some() {}
+            }
+        });
+        DockerProxy { path, task, _dir: dir }
+    }
+
+    fn host(&self) -> String {
+        format!("unix://{}", self.path.display())
+    }
+
+    fn stop(&self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[tokio::test]
+async fn health_is_503_when_docker_or_caddy_is_unreachable() {
+    let caddy = otturnaut_tests::caddy_proc::CaddyProc::start(Value::Null).await;
+    let proxy = DockerProxy::start();
+    let env = [
+        ("OTTURNAUT_CADDY_ADMIN", caddy.admin_url()),
+        ("OTTURNAUT_LISTEN", format!("127.0.0.1:{}", free_port())),
+        ("DOCKER_HOST", proxy.host()),
+    ];
+    let d = Daemon::start_with("api-health", 1, 22620, &env).await;
+    let r = d.get("/v1/apps").send().await.expect("GET /v1/apps");
+    assert_eq!(r.status(), 200);
+
+    proxy.stop();
+    let r = health_until(&d, 503, Duration::from_secs(20)).await;
+    let health: Value = r.json().await.expect("JSON");
+    assert_eq!(health["status"], "unavailable", "{health}");
+    assert_eq!(health["caddy"], "ok", "{health}");
+    assert!(health["docker"].as_str().is_some_and(|m| m.starts_with("unreachable")), "{health}");
+    // The apps are read anew once the snapshot is older than 5 s: 503 too.
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = d.get("/v1/apps").send().await.expect("GET /v1/apps");
+        if r.status() == 503 {
+            let e: Value = r.json().await.expect("JSON");
+            assert!(e["error"].as_str().is_some_and(|m| m.contains("Docker")), "{e}");
+            break;
+        }
+        assert!(Instant::now() < until, "GET /v1/apps still answered {} with Docker gone", r.status());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    drop(caddy);
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = health_until(&d, 503, Duration::from_secs(5)).await;
+        let health: Value = r.json().await.expect("JSON");
+        if health["caddy"] != "ok" {
+            assert_eq!(health["status"], "unavailable", "{health}");
+            assert!(health["docker"].as_str().is_some_and(|m| m.starts_with("unreachable")), "{health}");
+            break;
+        }
+        assert!(Instant::now() < until, "Caddy still ok after it was killed: {health}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let metrics = d.get("/metrics").send().await;
+    // Health has just failed: the gauges say so.
+    let metrics = metrics.expect("metrics").text().await.expect("text");
+    for service in ["docker", "caddy"] {
+        assert!(metrics.contains(&format!("otturnaut_service_up{{service=\"{service}\"}} 0")), "{metrics}");
+    }
+}
+
+/// Takes the shutdown grace (60 s) in full: a deploy stuck in its health
+/// check is rolled back only once it is over.
+#[tokio::test]
+async fn sigterm_rolls_back_a_deploy_still_running_after_the_60s_grace_then_exits_0() {
+    let mut d = Daemon::start("api-grace", 1, 22600).await;
+    let app = d.apps[0].clone();
+    let repo = serving_repo("kept");
+    d.deploy(0, &d.deploy_body(0, &repo, json!({}))).await;
+    let before = d.snapshot(0).await;
+    commit(&repo, &Behaviour::NeverListen);
+    let mut stuck = d
+        .post(&format!("/v1/apps/{app}/deployments"))
+        .json(&d.deploy_body(0, &repo, json!({"health_timeout": "5m"})))
+        .send()
+        .await
+        .expect("POST");
+    let seen = read_until(&mut stuck, "\"step\":\"health_check\"").await;
+
+    let term = Instant::now();
+    let pid = d.child.id().expect("pid").to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    // It stops accepting at once, while the deploy's stream goes on.
+    let addr = d.base.trim_start_matches("http://").to_owned();
+    while tokio::net::TcpStream::connect(&addr).await.is_ok() {
+        assert!(term.elapsed() < Duration::from_secs(10), "still accepting connections 10 s after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(d.child.try_wait().expect("try_wait").is_none(), "exited before its running deploy ended");
+
+    let result = read_rest(&mut stuck, seen, Duration::from_secs(150)).await.pop().expect("result");
+    let waited = term.elapsed();
+    assert!(waited >= Duration::from_secs(60), "rolled back after {waited:?}, before the 60 s grace was over");
+    assert_eq!(result["result"], "failed", "{result}");
+    assert_eq!(result["interrupted"], "the agent shutting down", "{result}");
+    assert_eq!(result["rolled_back"], true, "{result}");
+    let status = tokio::time::timeout(Duration::from_secs(30), d.child.wait()).await.expect("exits").expect("status");
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(served(&app).await, (200, "kept\n".to_owned()));
+    assert_eq!(d.snapshot(0).await, before, "nothing of the rolled-back deploy is left");
 }

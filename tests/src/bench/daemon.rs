@@ -1,6 +1,7 @@
 //! The agent daemon (`otturnaut serve`, release build): `GET /v1/apps` with
-//! many apps deployed, from many concurrent clients while a deploy runs
-//! through the API, and the daemon's resident memory when idle.
+//! 100 apps deployed (prebuilt-image deploys of the bench app), from 50
+//! concurrent clients for as long as a deploy through the API runs, and the
+//! daemon's resident memory when idle, before and after that load.
 
 use std::fmt::Write as _;
 use std::process::Stdio;
@@ -21,6 +22,8 @@ const TOKEN: &str = "bench-daemon-token-0123456789abcdef";
 
 /// The targets of issue 12.
 pub const P99_TARGET: Duration = Duration::from_millis(50);
+/// The p99 target holds for this many apps; fewer (`--quick`) is not judged.
+pub const TARGET_APPS: usize = 100;
 pub const IDLE_RSS_TARGET_KIB: u64 = 20 * 1024;
 
 #[derive(Debug, Clone)]
@@ -32,7 +35,10 @@ pub struct Figures {
     pub errors: usize,
     pub deploy: Duration,
     pub deploy_result: String,
+    /// `VmRSS` when idle: after start (one `GET /v1/apps` answered), and
+    /// after the load.
     pub idle_rss_kib: u64,
+    pub idle_rss_after_kib: u64,
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -90,7 +96,13 @@ pub async fn run(rig: &Rig, cli: &Cli, apps: usize, clients: usize) -> Result<Fi
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Idle: after its boot reconcile and one answered request, nothing to do.
+    // Idle: after its boot reconcile and one answered `GET /v1/apps` (its
+    // snapshot of the 100 apps is kept), nothing to do.
+    let listed = http.get(format!("{base}/v1/apps")).bearer_auth(TOKEN).send().await?;
+    let listed: Vec<serde_json::Value> = listed.error_for_status()?.json().await?;
+    if listed.iter().filter(|s| s["live"] == true && names.iter().any(|n| s["app"] == n.as_str())).count() != apps {
+        bail!("GET /v1/apps does not show the {apps} apps live");
+    }
     tokio::time::sleep(Duration::from_secs(5)).await;
     let idle_rss_kib = rss_kib(pid).context("reading the daemon's VmRSS")?;
 
@@ -145,11 +157,13 @@ pub async fn run(rig: &Rig, cli: &Cli, apps: usize, clients: usize) -> Result<Fi
         errors += e;
     }
     latencies.sort();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let idle_rss_after_kib = rss_kib(pid).context("reading the daemon's VmRSS after the load")?;
     let _ = daemon.kill().await;
     for app in &names {
         rig.undeploy(app).await?;
     }
-    Ok(Figures { apps, clients, latencies, errors, deploy, deploy_result, idle_rss_kib })
+    Ok(Figures { apps, clients, latencies, errors, deploy, deploy_result, idle_rss_kib, idle_rss_after_kib })
 }
 
 impl Figures {
@@ -163,28 +177,41 @@ impl Figures {
             w,
             "`GET /v1/apps` with {} apps deployed, from {} concurrent clients for as long as one deploy through \
              `POST /v1/apps/{{app}}/deployments` ran ({} ms, result `{}`); release build, token auth, plain HTTP \
-             on loopback. Idle RSS: `VmRSS` 5 s after start (boot reconcile done, one request answered).\n",
+             on loopback. Idle RSS: `VmRSS` 5 s after one `GET /v1/apps` answered (boot reconcile done), and 5 s \
+             after the load; the target is judged on the larger. The p99 target is judged with {} apps.\n",
             self.apps,
             self.clients,
             self.deploy.as_millis(),
-            self.deploy_result
+            self.deploy_result,
+            TARGET_APPS
         );
-        let _ = writeln!(w, "| Requests | Errors | p50 ms | p99 ms | max ms | p99 target | Idle RSS | RSS target |");
-        let _ = writeln!(w, "|---:|---:|---:|---:|---:|---:|---:|---:|");
-        let p99 = self.p99();
-        let ok = |b: bool| if b { "met" } else { "**missed**" };
         let _ = writeln!(
             w,
-            "| {} | {} | {} | {} | {} | ≤ {} ms: {} | {:.1} MiB | ≤ 20 MiB: {} |\n",
+            "| Apps | Clients | Requests | Errors | p50 ms | p99 ms | max ms | p99 target | Idle RSS start / after | RSS target |"
+        );
+        let _ = writeln!(w, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let p99 = self.p99();
+        let ok = |b: bool| if b { "met" } else { "**missed**" };
+        let p99_status = if self.apps < TARGET_APPS {
+            format!("not judged ({} apps)", self.apps)
+        } else {
+            ok(p99.is_some_and(|p| p <= P99_TARGET) && self.errors == 0).to_owned()
+        };
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {} | {} | ≤ {} ms: {} | {:.1} / {:.1} MiB | ≤ 20 MiB: {} |\n",
+            self.apps,
+            self.clients,
             self.latencies.len(),
             self.errors,
             ms_opt(median(&self.latencies)),
             ms_opt(p99),
             ms_opt(self.latencies.last().copied()),
             P99_TARGET.as_millis(),
-            ok(p99.is_some_and(|p| p <= P99_TARGET) && self.errors == 0),
+            p99_status,
             self.idle_rss_kib as f64 / 1024.0,
-            ok(self.idle_rss_kib <= IDLE_RSS_TARGET_KIB)
+            self.idle_rss_after_kib as f64 / 1024.0,
+            ok(self.idle_rss_kib.max(self.idle_rss_after_kib) <= IDLE_RSS_TARGET_KIB)
         );
     }
 }

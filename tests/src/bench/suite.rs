@@ -159,7 +159,13 @@ async fn run_async(args: &Args) -> Result<ExitCode> {
         let apps = if args.quick { 10 } else { 100 };
         println!("bench: the agent daemon (GET /v1/apps with {apps} apps, 50 clients, during a deploy)");
         let r = bounded(MINUTE * 20, "daemon", daemon::run(&rig, cli, apps, 50)).await.map(|f| {
-            println!("  p99 {} ms, idle RSS {} KiB", ms_opt(f.p99()), f.idle_rss_kib);
+            println!(
+                "  p99 {} ms over {} requests, idle RSS {} KiB (after the load {} KiB)",
+                ms_opt(f.p99()),
+                f.latencies.len(),
+                f.idle_rss_kib,
+                f.idle_rss_after_kib
+            );
             results.daemon = Some(f);
         });
         record(&mut results, "daemon", r);
