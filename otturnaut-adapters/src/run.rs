@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use otturnaut_core::{AppId, DeployEvent, DeploySpec, DeploymentId, EventSink, Step, Timeouts};
 use otturnaut_steps::{
-    BlueGreen, DeployError, Deployed, Residue, RetryPolicy, Strategy, apply_retention, domain_owner, live_release,
-    reconcile_app, rollback_spec,
+    BlueGreen, DeployError, Deployed, Residue, ResidueKind, RetryPolicy, Strategy, apply_retention, domain_owner,
+    live_release, reconcile_app, rollback_spec,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -371,7 +371,7 @@ impl Driver {
             Err(e) => {
                 self.send(DeployEvent::Warning { message: format!("could not check {app} for leftovers: {e}") });
                 // Port reservations live in this process and end with the deploy.
-                undo.residue.into_iter().filter(|r| r.kind != "port").collect()
+                undo.residue.into_iter().filter(|r| r.kind != ResidueKind::Port).collect()
             }
         };
         let live = self.live(app).await;

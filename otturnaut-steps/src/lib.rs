@@ -74,7 +74,7 @@ pub use reconcile::{
 pub use releases::{DEFAULT_KEEP, PruneReport, apply_retention, list_releases, prune, rollback_spec};
 pub use strategy::{BlueGreen, Deployed, Strategy};
 pub use tokens::{Built, Committed, Context, Fetched, Healthy, PortHeld, Routed, Running};
-pub use undo::{Residue, RetryPolicy, UndoAction, UndoOutcome, UndoReport};
+pub use undo::{Residue, ResidueKind, RetryPolicy, UndoAction, UndoOutcome, UndoReport};
 
 /// A deploy that did not reach its commit point: which step failed, why,
 /// and what its rollback came to.

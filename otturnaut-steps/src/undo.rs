@@ -47,14 +47,15 @@ pub enum UndoAction {
 }
 
 impl UndoAction {
-    pub fn kind(&self) -> &'static str {
+    /// The kind of resource this undo releases, as its residue names it.
+    pub fn kind(&self) -> ResidueKind {
         match self {
-            UndoAction::RemoveSource { .. } => "source_dir",
-            UndoAction::RemoveImage { .. } => "image",
-            UndoAction::ReleasePort { .. } => "port",
-            UndoAction::RemoveContainer { .. } => "container",
-            UndoAction::RestoreRoute { .. } => "route",
-            UndoAction::RestoreState { .. } => "state",
+            UndoAction::RemoveSource { .. } => ResidueKind::SourceDir,
+            UndoAction::RemoveImage { .. } => ResidueKind::Image,
+            UndoAction::ReleasePort { .. } => ResidueKind::Port,
+            UndoAction::RemoveContainer { .. } => ResidueKind::Container,
+            UndoAction::RestoreRoute { .. } => ResidueKind::Route,
+            UndoAction::RestoreState { .. } => ResidueKind::State,
         }
     }
 
@@ -145,12 +146,54 @@ pub struct UndoOutcome {
     pub error: Option<String>,
 }
 
+/// What kind of resource a [`Residue`] is. Serialised as the lowercase
+/// word (`source_dir`, `image`, …) that the CLI's and daemon's JSON show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResidueKind {
+    /// A fetched source tree (and key file) on disk.
+    SourceDir,
+    /// An image tag: a release tag, a live or kept mark.
+    Image,
+    /// A host port held in the agent's pool.
+    Port,
+    /// A container.
+    Container,
+    /// An app's Caddy route, not put back as it was.
+    Route,
+    /// The app's live mark, not put back as it was.
+    State,
+    /// A named volume of an app (`undeploy --volumes`).
+    Volume,
+}
+
+impl ResidueKind {
+    /// The word used in JSON and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            ResidueKind::SourceDir => "source_dir",
+            ResidueKind::Image => "image",
+            ResidueKind::Port => "port",
+            ResidueKind::Container => "container",
+            ResidueKind::Route => "route",
+            ResidueKind::State => "state",
+            ResidueKind::Volume => "volume",
+        }
+    }
+}
+
+impl fmt::Display for ResidueKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Something an undo (or a post-commit retire) could not release: it still
 /// exists and `reconcile` will clear it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Residue {
-    /// `container`, `image`, `port`, `route` or `source_dir`.
-    pub kind: String,
+    /// What kind of resource is left.
+    pub kind: ResidueKind,
     /// What is left, e.g. `remove container otturnaut-shop-01h…`.
     pub what: String,
     pub error: String,
@@ -244,12 +287,7 @@ pub(crate) async fn run_in_order(
             });
         }
         if let Some(e) = &error {
-            report.residue.push(Residue {
-                kind: action.kind().into(),
-                what: action.to_string(),
-                error: e.clone(),
-                in_doubt,
-            });
+            report.residue.push(Residue { kind: action.kind(), what: action.to_string(), error: e.clone(), in_doubt });
         }
         report.outcomes.push(UndoOutcome {
             app: owner.app.clone(),
@@ -261,4 +299,27 @@ pub(crate) async fn run_in_order(
         });
     }
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn residue_kinds_serialise_as_the_words_the_json_always_had() {
+        let all = [
+            (ResidueKind::SourceDir, "source_dir"),
+            (ResidueKind::Image, "image"),
+            (ResidueKind::Port, "port"),
+            (ResidueKind::Container, "container"),
+            (ResidueKind::Route, "route"),
+            (ResidueKind::State, "state"),
+            (ResidueKind::Volume, "volume"),
+        ];
+        for (kind, word) in all {
+            assert_eq!(serde_json::to_value(kind).ok(), Some(serde_json::Value::from(word)));
+            assert_eq!(kind.to_string(), word);
+            assert_eq!(serde_json::from_value::<ResidueKind>(word.into()).ok(), Some(kind));
+        }
+    }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use otturnaut_core::faults::{Call, Fault, FaultMode, Phase};
 use otturnaut_core::testing::{Fake, Op, Resource, World};
 use otturnaut_core::{AppId, ContainerPort, DeploySpec, Domain, EventSink, ImageRef, Source, Step};
-use otturnaut_steps::{BlueGreen, DeployError, Deployed, RetryPolicy, Strategy as _};
+use otturnaut_steps::{BlueGreen, DeployError, Deployed, ResidueKind, RetryPolicy, Strategy as _};
 use proptest::prelude::*;
 
 /// Forward calls a step fault can hit, and the step that must be named.
@@ -141,19 +141,19 @@ async fn poll_then_drop<F: Future>(fut: F, polls: usize) -> Option<F::Output> {
     None
 }
 
-fn kinds_of_diff(before: &World, after: &World, app: &AppId) -> Vec<String> {
+fn kinds_of_diff(before: &World, after: &World, app: &AppId) -> Vec<ResidueKind> {
     let mut kinds = Vec::new();
-    kinds.extend(after.sources.difference(&before.sources).map(|_| "source_dir".to_string()));
-    kinds.extend(after.images.difference(&before.images).map(|_| "image".to_string()));
-    kinds.extend(after.ports.keys().filter(|k| !before.ports.contains_key(*k)).map(|_| "port".to_string()));
+    kinds.extend(after.sources.difference(&before.sources).map(|_| ResidueKind::SourceDir));
+    kinds.extend(after.images.difference(&before.images).map(|_| ResidueKind::Image));
+    kinds.extend(after.ports.keys().filter(|k| !before.ports.contains_key(*k)).map(|_| ResidueKind::Port));
     kinds.extend(
-        after.containers.keys().filter(|k| !before.containers.contains_key(*k)).map(|_| "container".to_string()),
+        after.containers.keys().filter(|k| !before.containers.contains_key(*k)).map(|_| ResidueKind::Container),
     );
     if after.routes.get(app) != before.routes.get(app) {
-        kinds.push("route".into());
+        kinds.push(ResidueKind::Route);
     }
     if after.recorded.get(app) != before.recorded.get(app) {
-        kinds.push("state".into());
+        kinds.push(ResidueKind::State);
     }
     kinds.sort();
     kinds
@@ -180,13 +180,13 @@ fn assert_reverse_order(log: &[Op], prior_route: Option<&Resource>) -> Result<()
     Ok(())
 }
 
-fn sorted(it: impl Iterator<Item = String>) -> Vec<String> {
-    let mut v: Vec<String> = it.collect();
+fn sorted(it: impl Iterator<Item = ResidueKind>) -> Vec<ResidueKind> {
+    let mut v: Vec<ResidueKind> = it.collect();
     v.sort();
     v
 }
 
-fn is_sub_multiset(small: &[String], big: &[String]) -> bool {
+fn is_sub_multiset(small: &[ResidueKind], big: &[ResidueKind]) -> bool {
     let mut big = big.to_vec();
     small.iter().all(|x| match big.iter().position(|y| y == x) {
         Some(i) => {
@@ -291,7 +291,7 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
                     prop_assert!(!fake.calls().contains(&call), "{call} failed but the deploy succeeded");
                 }
                 check_success(&before, &after, &app, &spec, prior.as_ref(), &deployed)?;
-                let mut residue_kinds: Vec<String> = deployed.residue.iter().map(|r| r.kind.clone()).collect();
+                let mut residue_kinds: Vec<ResidueKind> = deployed.residue.iter().map(|r| r.kind).collect();
                 residue_kinds.sort();
                 let ideal = ideal_success_world(&before, &deployed, prior.as_ref(), &spec);
                 prop_assert_eq!(
@@ -319,13 +319,13 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
                 prop_assert_eq!(Some(err.step()), expected_step, "error must name the failed step: {}", err);
                 prop_assert!(err.to_string().contains(err.step().name()));
                 prop_assert!(!committed, "a failed deploy must not change recorded state");
-                let route_left = err.undo().residue.iter().any(|r| r.kind == "route");
+                let route_left = err.undo().residue.iter().any(|r| r.kind == ResidueKind::Route);
                 prior_untouched(&before, &after, prior.as_ref(), route_left)?;
                 // What is left is exactly the residue that is certain, plus any of
                 // the in-doubt residue (the failed step's own) that really exists.
                 let residue = &err.undo().residue;
-                let certain = sorted(residue.iter().filter(|r| !r.in_doubt).map(|r| r.kind.clone()));
-                let possible = sorted(residue.iter().map(|r| r.kind.clone()));
+                let certain = sorted(residue.iter().filter(|r| !r.in_doubt).map(|r| r.kind));
+                let possible = sorted(residue.iter().map(|r| r.kind));
                 let left = kinds_of_diff(&before, &after, &app);
                 prop_assert!(is_sub_multiset(&certain, &left), "certain residue {certain:?} not all left: {left:?}");
                 prop_assert!(is_sub_multiset(&left, &possible), "left {left:?} but residue says only {possible:?}");

@@ -26,7 +26,9 @@ use otturnaut_core::{
     Domain, EnvName, Error, EventSink, HealthCheck, HostPort, ImageRef, ManagedContainer, ManagedImage, Release,
     Result, RouteTarget, Secret, Source, Step,
 };
-use otturnaut_steps::{BlueGreen, Context, DeployError, Deployed, Fetched, Reaper, RetryPolicy, Strategy as _};
+use otturnaut_steps::{
+    BlueGreen, Context, DeployError, Deployed, Fetched, Reaper, ResidueKind, RetryPolicy, Strategy as _,
+};
 
 mock! {
     pub Fetcher {}
@@ -727,7 +729,7 @@ async fn undo_failing_for_good_becomes_residue_and_the_rest_still_run() {
     let err = result.expect_err("unhealthy");
     let undo = err.undo();
     assert_eq!(undo.residue.len(), 1, "{:?}", undo.residue);
-    assert_eq!(undo.residue[0].kind, "image");
+    assert_eq!(undo.residue[0].kind, ResidueKind::Image);
     assert!(undo.residue[0].what.contains(&image_tag(&app, &seen.get())), "{:?}", undo.residue[0]);
     assert!(!undo.residue[0].in_doubt, "the image was built: not in doubt");
     let summary: Vec<(bool, u32)> = undo.outcomes.iter().map(|o| (o.ok, o.attempts)).collect();
@@ -942,7 +944,7 @@ async fn retire_failing_stop_warns_and_still_keeps() {
     let (result, events) = deploy(adapters, spec_with_grace(&app)).await;
     let deployed = result.expect("a failed stop does not fail the deploy");
     assert_eq!(deployed.residue.len(), 1, "the running kept release is residue: {:?}", deployed.residue);
-    assert_eq!(deployed.residue[0].kind, "container");
+    assert_eq!(deployed.residue[0].kind, ResidueKind::Container);
     assert!(deployed.residue[0].what.contains(old.deployment.as_str()), "{:?}", deployed.residue);
     assert!(
         events.iter().any(|e| matches!(e, DeployEvent::Warning { message } if message.contains("stop_old"))),
@@ -967,7 +969,7 @@ async fn retire_failing_unmark_is_residue_of_a_successful_deploy() {
     let (result, _) = deploy(adapters, spec_with_grace(&app)).await;
     let deployed = result.expect("a failed retire does not fail the deploy");
     assert_eq!(deployed.residue.len(), 1, "{:?}", deployed.residue);
-    assert_eq!(deployed.residue[0].kind, "image");
+    assert_eq!(deployed.residue[0].kind, ResidueKind::Image);
     assert!(deployed.residue[0].what.contains(&live_tag(&app, &old.deployment)), "{:?}", deployed.residue[0]);
     live.verify().await;
 }
