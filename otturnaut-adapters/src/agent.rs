@@ -5,13 +5,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use otturnaut_core::{Adapters, PortRange, Result};
+use otturnaut_steps::LabelState;
 
 use crate::caddy::{Caddy, CaddyConfig};
 use crate::docker::Docker;
 use crate::git::GitFetcher;
 use crate::health::Probe;
 use crate::ports::PortPool;
-use crate::state::LabelState;
 
 /// Everything the agent needs to know about its host.
 #[derive(Clone, Debug)]

@@ -44,7 +44,6 @@ pub mod maintenance;
 pub mod outcome;
 pub mod ports;
 mod run;
-pub mod state;
 pub mod status;
 
 pub use agent::{Agent, AgentConfig};

@@ -7,12 +7,11 @@ use otturnaut_core::{
     AppId, ManagedContainer, ManagedImage, Release, ReleaseInfo, ReleaseState, RouteTarget, RuntimeOptions,
     live_container, releases,
 };
-use otturnaut_steps::apps_with_resources;
+use otturnaut_steps::{apps_with_resources, release_of};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::time::{Duration, UNIX_EPOCH};
 
-use crate::state::release_of;
 use crate::{Agent, AgentConfig};
 
 /// One app as `status --json` shows it. Fields of the live release are null

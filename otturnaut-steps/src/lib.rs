@@ -57,6 +57,7 @@ mod reaper;
 mod reconcile;
 mod releases;
 mod retire;
+mod state;
 mod strategy;
 mod tokens;
 mod undo;
@@ -72,6 +73,7 @@ pub use reconcile::{
     undeploy_app,
 };
 pub use releases::{DEFAULT_KEEP, PruneReport, apply_retention, list_releases, prune, rollback_spec};
+pub use state::{LabelState, release_of};
 pub use strategy::{BlueGreen, Deployed, Strategy};
 pub use tokens::{Built, Committed, Context, Fetched, Healthy, PortHeld, Routed, Running};
 pub use undo::{Residue, ResidueKind, RetryPolicy, UndoAction, UndoOutcome, UndoReport};
