@@ -120,10 +120,12 @@ async fn app_status(
     s.commit = r
         .commit
         .clone()
-        .or_else(|| images.iter().find(|i| i.tags.contains(&r.image) || i.id == r.image).and_then(|i| i.commit.clone()))
+        .or_else(|| {
+            images.iter().find(|i| i.tags.contains(&r.image) || i.id == r.image.as_str()).and_then(|i| i.commit.clone())
+        })
         .map(String::from);
     s.deployment = Some(r.deployment.to_string());
-    s.image = Some(r.image.clone());
+    s.image = Some(r.image.to_string());
     s.port = Some(r.host_port.get());
     s.container_port = container.and_then(|c| c.container_port).map(|p| p.get());
     s.urls = config.urls(&r.domains);

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use crate::{
-    AppId, CommitSha, ContainerPort, DeploymentId, Domain, EnvName, HealthCheck, HostPort, RuntimeOptions, Secret,
+    AppId, CommitSha, ContainerPort, DeploymentId, Domain, EnvName, HealthCheck, HostPort, ImageRef, RuntimeOptions,
+    Secret,
 };
 
 /// A Docker container id (or name).
@@ -32,7 +33,7 @@ pub struct Release {
     /// The image as the user knows it: the tag Otturnaut built, or the
     /// prebuilt reference deployed. The container itself runs the release's
     /// own tag, [`crate::traits::image_tag`], which pins the exact image.
-    pub image: String,
+    pub image: ImageRef,
     pub host_port: HostPort,
     pub domains: Vec<Domain>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -114,7 +115,7 @@ pub struct ReleaseRecord {
 #[derive(Clone, Debug)]
 pub struct RecordedRelease {
     /// The image as the user knows it (see [`Release::image`]).
-    pub image: String,
+    pub image: ImageRef,
     pub container_port: ContainerPort,
     pub domains: Vec<Domain>,
     pub env: BTreeMap<EnvName, Secret>,
@@ -134,7 +135,7 @@ pub struct ManagedImage {
     pub id: String,
     /// Our tags of this deployment, the live mark first: removing them all
     /// removes the release's image (or only untags a prebuilt one).
-    pub tags: Vec<String>,
+    pub tags: Vec<ImageRef>,
     pub app: AppId,
     pub deployment: DeploymentId,
     /// True when the release tag exists (false: only a stale live mark is left).

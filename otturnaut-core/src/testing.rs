@@ -31,7 +31,7 @@ pub enum Resource {
     /// A deployment's fetched source tree.
     Source(DeploymentId),
     /// An image tag (a release tag, a live or kept mark).
-    Image(String),
+    Image(ImageRef),
     /// A host port held for a deployment.
     Port(DeploymentId, HostPort),
     /// A container, by name.
@@ -57,9 +57,9 @@ pub struct FakeContainer {
     /// The deployment that started it.
     pub deployment: DeploymentId,
     /// The image tag it runs (the release tag, [`image_tag`]).
-    pub image: String,
+    pub image: ImageRef,
     /// The image as the user knows it ([`RunRequest::reference`]).
-    pub reference: String,
+    pub reference: ImageRef,
     /// Its host port.
     pub port: HostPort,
     /// False once stopped.
@@ -75,7 +75,7 @@ pub struct World {
     /// Fetched source trees.
     pub sources: BTreeSet<(AppId, DeploymentId)>,
     /// Image tags: release tags, live marks and kept marks.
-    pub images: BTreeSet<String>,
+    pub images: BTreeSet<ImageRef>,
     /// Host ports held, by deployment.
     pub ports: BTreeMap<DeploymentId, HostPort>,
     /// Containers, by name.
@@ -91,7 +91,7 @@ struct Inner {
     calls: Vec<Call>,
     next_port: u16,
     /// The commit each built release tag was built from (image labels, in Docker).
-    commits: BTreeMap<String, CommitSha>,
+    commits: BTreeMap<ImageRef, CommitSha>,
 }
 
 /// The fake outside world. Cheap to clone; clones share the world.
@@ -251,7 +251,7 @@ impl SourceFetcher for Fake {
 
 #[async_trait]
 impl ImageBuilder for Fake {
-    async fn build(&self, req: &BuildRequest, events: &EventSink) -> Result<String> {
+    async fn build(&self, req: &BuildRequest, events: &EventSink) -> Result<ImageRef> {
         self.point(Call::Build, Phase::Before).await?;
         events.emit(crate::DeployEvent::BuildLog { line: "Step 1/1 : FROM scratch".into() });
         let tag = req.tag();
@@ -265,25 +265,25 @@ impl ImageBuilder for Fake {
         Ok(tag)
     }
 
-    async fn ensure_image(&self, _reference: &ImageRef, tag: &str, _events: &EventSink) -> Result<()> {
+    async fn ensure_image(&self, _reference: &ImageRef, tag: &ImageRef, _events: &EventSink) -> Result<()> {
         self.point(Call::EnsureImage, Phase::Before).await?;
-        if self.lock().world.images.insert(tag.to_owned()) {
-            self.acquire(Resource::Image(tag.to_owned()));
+        if self.lock().world.images.insert(tag.clone()) {
+            self.acquire(Resource::Image(tag.clone()));
         }
         self.point(Call::EnsureImage, Phase::After).await
     }
 
-    async fn tag_image(&self, _image: &str, tag: &str) -> Result<()> {
-        if self.lock().world.images.insert(tag.to_owned()) {
-            self.acquire(Resource::Image(tag.to_owned()));
+    async fn tag_image(&self, _image: &str, tag: &ImageRef) -> Result<()> {
+        if self.lock().world.images.insert(tag.clone()) {
+            self.acquire(Resource::Image(tag.clone()));
         }
         Ok(())
     }
 
-    async fn remove_image(&self, image: &str) -> Result<()> {
+    async fn remove_image(&self, image: &ImageRef) -> Result<()> {
         self.point(Call::RemoveImage, Phase::Before).await?;
         if self.lock().world.images.remove(image) {
-            self.release(Resource::Image(image.to_owned()));
+            self.release(Resource::Image(image.clone()));
         }
         self.point(Call::RemoveImage, Phase::After).await
     }
@@ -295,7 +295,9 @@ impl ImageBuilder for Fake {
         let inner = self.lock();
         let mut found: BTreeMap<(AppId, DeploymentId), ManagedImage> = BTreeMap::new();
         for tag in &inner.world.images {
-            let Some((of, rest)) = tag.strip_prefix("otturnaut-").and_then(|t| t.split_once(':')) else { continue };
+            let Some((of, rest)) = tag.as_str().strip_prefix("otturnaut-").and_then(|t| t.split_once(':')) else {
+                continue;
+            };
             let (kind, deployment) = match (rest.strip_prefix(LIVE_PREFIX), rest.strip_prefix(KEPT_PREFIX)) {
                 (Some(d), _) => (LIVE_PREFIX, d),
                 (_, Some(d)) => (KEPT_PREFIX, d),
@@ -307,7 +309,7 @@ impl ImageBuilder for Fake {
             }
             let release_tag = image_tag(&of, &deployment);
             let image = found.entry((of.clone(), deployment.clone())).or_insert_with(|| ManagedImage {
-                id: release_tag.clone(),
+                id: release_tag.to_string(),
                 tags: Vec::new(),
                 app: of,
                 deployment,
@@ -428,9 +430,9 @@ impl ContainerRuntime for Fake {
                 name: name.clone(),
                 app: c.app.clone(),
                 deployment: c.deployment.clone(),
-                image: c.reference.clone(),
+                image: c.reference.to_string(),
                 // The fake names images by their release tag (see `list_images`).
-                image_id: c.image.clone(),
+                image_id: c.image.to_string(),
                 legacy: false,
                 host_port: Some(c.port),
                 container_port: None,

@@ -71,20 +71,22 @@ pub struct BuildRequest {
 
 impl BuildRequest {
     /// The tag every built image gets: `otturnaut-{app}:{deployment}`.
-    pub fn tag(&self) -> String {
+    pub fn tag(&self) -> ImageRef {
         image_tag(&self.app, &self.deployment)
     }
 }
 
-pub fn image_tag(app: &AppId, deployment: &DeploymentId) -> String {
-    format!("otturnaut-{app}:{deployment}")
+/// The release tag, `otturnaut-{app}:{deployment}`: every release's image has
+/// it (built, prebuilt or rolled back to), and its container runs it.
+pub fn image_tag(app: &AppId, deployment: &DeploymentId) -> ImageRef {
+    ImageRef::ours(app, format_args!("{deployment}"))
 }
 
 /// The live mark: a second tag on the release image, `otturnaut-{app}:live-{deployment}`.
 /// Writing it is the commit point of a deploy (see [`crate::live_container`]).
 /// `live-` cannot start a deployment id, so the two kinds of tag never mix.
-pub fn live_tag(app: &AppId, deployment: &DeploymentId) -> String {
-    format!("otturnaut-{app}:{LIVE_PREFIX}{deployment}")
+pub fn live_tag(app: &AppId, deployment: &DeploymentId) -> ImageRef {
+    ImageRef::ours(app, format_args!("{LIVE_PREFIX}{deployment}"))
 }
 
 /// What starts the tag of a live mark.
@@ -93,13 +95,14 @@ pub const LIVE_PREFIX: &str = "live-";
 /// The kept mark: a tag on the image of a release that was live once and is
 /// retained for a rollback, `otturnaut-{app}:kept-{deployment}`. Written when
 /// the release is retired, before its live mark is removed.
-pub fn kept_tag(app: &AppId, deployment: &DeploymentId) -> String {
-    format!("otturnaut-{app}:{KEPT_PREFIX}{deployment}")
+pub fn kept_tag(app: &AppId, deployment: &DeploymentId) -> ImageRef {
+    ImageRef::ours(app, format_args!("{KEPT_PREFIX}{deployment}"))
 }
 
 /// What starts the tag of a kept mark.
 pub const KEPT_PREFIX: &str = "kept-";
 
+/// The container of a release, `otturnaut-{app}-{deployment}`.
 pub fn container_name(app: &AppId, deployment: &DeploymentId) -> String {
     format!("otturnaut-{app}-{deployment}")
 }
@@ -108,16 +111,17 @@ pub fn container_name(app: &AppId, deployment: &DeploymentId) -> String {
 pub trait ImageBuilder: Send + Sync {
     /// Builds and tags the image, streaming log lines to `events`. Returns the
     /// image reference to run (the tag).
-    async fn build(&self, req: &BuildRequest, events: &EventSink) -> Result<String>;
+    async fn build(&self, req: &BuildRequest, events: &EventSink) -> Result<ImageRef>;
     /// Makes sure a prebuilt image is present locally (pulling it if not) and
     /// tags it as the release's own `tag` ([`image_tag`]), which pins the exact
     /// image for this release even if the reference later moves.
-    async fn ensure_image(&self, reference: &ImageRef, tag: &str, events: &EventSink) -> Result<()>;
-    /// Tags `image` as `tag` (`repo:tag`), moving the tag if it exists. Atomic.
-    async fn tag_image(&self, image: &str, tag: &str) -> Result<()>;
+    async fn ensure_image(&self, reference: &ImageRef, tag: &ImageRef, events: &EventSink) -> Result<()>;
+    /// Tags `image` (an image id or reference) as `tag`, moving the tag if it
+    /// exists. Atomic.
+    async fn tag_image(&self, image: &str, tag: &ImageRef) -> Result<()>;
     /// Removes a tag of ours; the image goes with its last tag. Succeeds if
     /// it is already gone.
-    async fn remove_image(&self, image: &str) -> Result<()>;
+    async fn remove_image(&self, image: &ImageRef) -> Result<()>;
     /// Our release images, found by their tags (see [`ManagedImage`]).
     async fn list_images(&self, app: Option<&AppId>) -> Result<Vec<ManagedImage>>;
     /// Removes untagged images left by the agent's own builds (of `app`, or
@@ -138,9 +142,9 @@ pub struct RunRequest {
     pub app: AppId,
     pub deployment: DeploymentId,
     /// What the container runs: the release tag ([`image_tag`]).
-    pub image: String,
+    pub image: ImageRef,
     /// The image as the user knows it, recorded in a label for `status`.
-    pub reference: String,
+    pub reference: ImageRef,
     pub host_port: HostPort,
     pub container_port: ContainerPort,
     pub env: BTreeMap<EnvName, Secret>,

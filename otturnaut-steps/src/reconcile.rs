@@ -210,7 +210,7 @@ impl Retire {
             a.runtime.stop(&self.container, grace).await?;
         }
         if self.keep {
-            a.builder.tag_image(&image_tag(app, &self.deployment), &kept_tag(app, &self.deployment)).await?;
+            a.builder.tag_image(image_tag(app, &self.deployment).as_str(), &kept_tag(app, &self.deployment)).await?;
         }
         if self.unmark {
             a.builder.remove_image(&live_tag(app, &self.deployment)).await?;

@@ -58,7 +58,8 @@ pub(crate) async fn retire(ctx: &Context, old: &Release, new: &Release) -> Vec<R
     // the newer mark wins, and reconcile finishes the job.
     let started = Instant::now();
     ctx.events.emit(DeployEvent::StepStarted { step: Step::KeepOld });
-    let kept = a.builder.tag_image(&image_tag(&old.app, &old.deployment), &kept_tag(&old.app, &old.deployment)).await;
+    let kept =
+        a.builder.tag_image(image_tag(&old.app, &old.deployment).as_str(), &kept_tag(&old.app, &old.deployment)).await;
     match kept {
         Ok(()) => {
             let unmark = UndoAction::RemoveImage { image: live_tag(&old.app, &old.deployment) };

@@ -45,12 +45,14 @@ impl LabelState {
 }
 
 /// The release a live container is, as the pipeline and `status` see it.
+/// An image label that is no valid reference (a container made by hand) is
+/// read as the release tag the container runs.
 pub fn release_of(app: &AppId, c: &ManagedContainer, images: &[ManagedImage]) -> Option<Release> {
     Some(Release {
         app: app.clone(),
         deployment: c.deployment.clone(),
         container: c.id.clone(),
-        image: c.image.clone(),
+        image: c.image.parse().unwrap_or_else(|_| image_tag(app, &c.deployment)),
         host_port: c.host_port?,
         domains: c.domains.clone(),
         commit: images.iter().find(|i| i.deployment == c.deployment).and_then(|i| i.commit.clone()),
@@ -90,7 +92,10 @@ impl StateStore for LabelState {
         }
         // The commit point: one atomic tag call.
         self.images
-            .tag_image(&image_tag(&release.app, &release.deployment), &live_tag(&release.app, &release.deployment))
+            .tag_image(
+                image_tag(&release.app, &release.deployment).as_str(),
+                &live_tag(&release.app, &release.deployment),
+            )
             .await
     }
 

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use otturnaut_core::traits::{BuildRequest, FetchRequest, FetchedSource, RunRequest, container_name, image_tag};
 use otturnaut_core::{
-    Adapters, CommitSha, ContainerId, DeployEvent, DeploySpec, DeploymentId, Error, EventSink, HostPort, Release,
-    RouteTarget, Source, Step,
+    Adapters, CommitSha, ContainerId, DeployEvent, DeploySpec, DeploymentId, Error, EventSink, HostPort, ImageRef,
+    Release, RouteTarget, Source, Step,
 };
 
 use crate::DeployError;
@@ -143,7 +143,7 @@ impl Fetched {
                 let guard = Guard::armed(UndoAction::RemoveImage { image: req.tag() }, ctx.handover());
                 let builder = ctx.adapters.builder.clone();
                 let events = ctx.events.clone();
-                let work: std::pin::Pin<Box<dyn Future<Output = Result<String, Error>> + Send>> =
+                let work: std::pin::Pin<Box<dyn Future<Output = Result<ImageRef, Error>> + Send>> =
                     Box::pin(async move { builder.build(&req, &events).await });
                 (work, guard)
             }
@@ -157,7 +157,7 @@ impl Fetched {
                 let reference = reference.clone();
                 let pull = spec.timeouts.pull;
                 // The app's lock is held while a registry trickles an image in.
-                let work: std::pin::Pin<Box<dyn Future<Output = Result<String, Error>> + Send>> =
+                let work: std::pin::Pin<Box<dyn Future<Output = Result<ImageRef, Error>> + Send>> =
                     Box::pin(async move {
                         match tokio::time::timeout(pull, builder.ensure_image(&reference, &tag, &events)).await {
                             Ok(result) => result?,
@@ -168,7 +168,7 @@ impl Fetched {
                                 });
                             }
                         }
-                        Ok(reference.to_string())
+                        Ok(reference)
                     });
                 (work, guard)
             }
@@ -179,9 +179,9 @@ impl Fetched {
                 let guard = Guard::armed(UndoAction::RemoveImage { image: tag.clone() }, ctx.handover());
                 let builder = ctx.adapters.builder.clone();
                 let (source, image) = (image_tag(&spec.app, from), image.clone());
-                let work: std::pin::Pin<Box<dyn Future<Output = Result<String, Error>> + Send>> =
+                let work: std::pin::Pin<Box<dyn Future<Output = Result<ImageRef, Error>> + Send>> =
                     Box::pin(async move {
-                        builder.tag_image(&source, &tag).await?;
+                        builder.tag_image(source.as_str(), &tag).await?;
                         Ok(image)
                     });
                 (work, guard)
@@ -196,9 +196,9 @@ impl Fetched {
             Source::Image { .. } | Source::Release { .. } => spec.timeouts.pull,
         };
         let limit = Some(limit);
-        let detail = |image: &String| match &spec.source {
+        let detail = |image: &ImageRef| match &spec.source {
             Source::Release { deployment, .. } => Some(format!("{image}: the image of release {deployment}, no build")),
-            _ => Some(image.clone()),
+            _ => Some(image.to_string()),
         };
         match timed(&ctx, Step::Build, limit, work, detail).await {
             Ok(image) => {
@@ -230,14 +230,14 @@ impl Fetched {
 /// A built image, or a prebuilt one present and tagged for this release.
 #[derive(Debug)]
 pub struct Built {
-    image: String,
+    image: ImageRef,
     commit: Option<CommitSha>,
     guard: Guard,
     prev: Fetched,
 }
 
 impl Built {
-    pub fn image(&self) -> &str {
+    pub fn image(&self) -> &ImageRef {
         &self.image
     }
 

@@ -16,7 +16,9 @@ use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use otturnaut_core::{Adapters, AppId, ContainerId, DeployEvent, DeploymentId, EventSink, Release, RouteTarget};
+use otturnaut_core::{
+    Adapters, AppId, ContainerId, DeployEvent, DeploymentId, EventSink, ImageRef, Release, RouteTarget,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,7 +28,7 @@ pub enum UndoAction {
         deployment: DeploymentId,
     },
     RemoveImage {
-        image: String,
+        image: ImageRef,
     },
     ReleasePort {
         deployment: DeploymentId,
