@@ -32,6 +32,8 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 mod agent;
 pub mod caddy;
 pub mod docker;

@@ -29,9 +29,19 @@ pub const LOCK_TIMEOUT: Duration = Duration::from_secs(600);
 #[derive(Debug)]
 pub enum StartError {
     /// A domain of the spec is served by another app.
-    DomainTaken { domain: otturnaut_core::Domain, owner: AppId },
+    DomainTaken {
+        /// The domain.
+        domain: otturnaut_core::Domain,
+        /// The app that has it.
+        owner: AppId,
+    },
     /// Docker or Caddy failed (or could not be reached) while `doing`.
-    Service { doing: String, error: otturnaut_core::Error },
+    Service {
+        /// What was being done.
+        doing: String,
+        /// How it failed.
+        error: otturnaut_core::Error,
+    },
     /// The app's lock could not be had.
     Lock(LockError),
     /// A rollback with nothing (or no such release) to go back to.
@@ -98,6 +108,7 @@ impl std::fmt::Debug for Msg {
 }
 
 impl DeployRun {
+    /// The app being deployed.
     pub fn app(&self) -> &AppId {
         &self.app
     }

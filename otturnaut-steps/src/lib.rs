@@ -51,6 +51,8 @@
 //! }
 //! ```
 
+#![warn(missing_docs)]
+
 mod handover;
 mod locks;
 mod reaper;
@@ -116,12 +118,12 @@ impl DeployError {
         DeployError { app, deployment, step, cause, undo }
     }
 
-    /// The step that failed.
     /// The parts, for a front end that keeps them: deployment, step, cause, undo.
     pub fn into_parts(self) -> (DeploymentId, Step, otturnaut_core::Error, UndoReport) {
         (self.deployment, self.step, self.cause, self.undo)
     }
 
+    /// The step that failed.
     pub fn step(&self) -> Step {
         self.step
     }

@@ -32,8 +32,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::undo::{Residue, ResidueKind, RetryPolicy, UndoAction, perform_with_retry};
 
+/// What a reconcile, undeploy or prune of one app did and left.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CleanupReport {
+    /// The app; `None` for work on no app in particular (leftover source trees).
     pub app: Option<AppId>,
     /// What was removed or repaired, as sentences.
     pub done: Vec<String>,
@@ -42,6 +44,7 @@ pub struct CleanupReport {
 }
 
 impl CleanupReport {
+    /// True when nothing was left behind.
     pub fn is_clean(&self) -> bool {
         self.residue.is_empty()
     }

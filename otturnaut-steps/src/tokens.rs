@@ -29,11 +29,17 @@ const BACKSTOP: Duration = Duration::from_secs(10);
 /// Everything the steps of one deployment share.
 #[derive(Debug)]
 pub struct Context {
+    /// The ports the steps act through.
     pub adapters: Adapters,
+    /// Where progress events go.
     pub events: EventSink,
+    /// Where the undos of a dropped token go.
     pub reaper: Reaper,
+    /// How hard each undo is tried.
     pub retry: RetryPolicy,
+    /// What is being deployed.
     pub spec: DeploySpec,
+    /// This attempt's id: it names the tag, container and port owner.
     pub deployment: DeploymentId,
 }
 
@@ -212,6 +218,7 @@ impl Fetched {
         }
     }
 
+    /// The fetched tree and its commit; `None` for a prebuilt image or a rollback.
     pub fn source(&self) -> Option<&FetchedSource> {
         self.source.as_ref()
     }
@@ -237,6 +244,7 @@ pub struct Built {
 }
 
 impl Built {
+    /// The image as the user knows it: the built tag or the prebuilt reference.
     pub fn image(&self) -> &ImageRef {
         &self.image
     }
@@ -259,6 +267,7 @@ impl Built {
         }
     }
 
+    /// Undoes this step and every one before it, newest first.
     pub async fn rollback(self) -> UndoReport {
         let ctx = self.prev.ctx.clone();
         undo_all(&ctx, self.unwind()).await
@@ -282,6 +291,7 @@ pub struct PortHeld {
 const PORT_RETRIES: usize = 5;
 
 impl PortHeld {
+    /// The reserved host port.
     pub fn port(&self) -> HostPort {
         self.port
     }
@@ -332,6 +342,7 @@ impl PortHeld {
         }
     }
 
+    /// Undoes this step and every one before it, newest first.
     pub async fn rollback(self) -> UndoReport {
         let ctx = self.prev.prev.ctx.clone();
         undo_all(&ctx, self.unwind()).await
@@ -355,6 +366,7 @@ impl Running {
         self.prev.prev.prev.ctx.clone()
     }
 
+    /// The new container.
     pub fn container(&self) -> &ContainerId {
         &self.container
     }
@@ -371,6 +383,7 @@ impl Running {
         }
     }
 
+    /// Undoes this step and every one before it, newest first.
     pub async fn rollback(self) -> UndoReport {
         let ctx = self.ctx();
         undo_all(&ctx, self.unwind()).await
@@ -422,6 +435,7 @@ impl Healthy {
         }
     }
 
+    /// Undoes this step and every one before it, newest first.
     pub async fn rollback(self) -> UndoReport {
         self.running.rollback().await
     }
@@ -438,7 +452,9 @@ pub struct Routed {
 /// recorded. Nothing from here on is undone.
 #[derive(Debug)]
 pub struct Committed {
+    /// The release now recorded as live.
     pub release: Release,
+    /// The release that was live before, still running until retired.
     pub previous: Option<Release>,
     /// What cleaning up after the commit (the fetched source) left behind.
     pub residue: Vec<crate::Residue>,
@@ -489,6 +505,7 @@ impl Routed {
         }
     }
 
+    /// Undoes this step and every one before it, newest first.
     pub async fn rollback(self) -> UndoReport {
         let ctx = self.ctx();
         undo_all(&ctx, self.unwind()).await

@@ -21,29 +21,44 @@ use otturnaut_core::{
 };
 use serde::{Deserialize, Serialize};
 
+/// The release of one resource a deploy acquired, as plain data: armed before
+/// the acquiring call, performed by the rollback or by the reaper.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UndoAction {
+    /// Delete the source tree (and key file) fetched for a deployment.
     RemoveSource {
+        /// The app fetched for.
         app: AppId,
+        /// The deployment fetched for.
         deployment: DeploymentId,
     },
+    /// Remove one of our image tags (the image goes with its last tag).
     RemoveImage {
+        /// The tag.
         image: ImageRef,
     },
+    /// Give a deployment's host port back to the pool.
     ReleasePort {
+        /// The deployment holding it.
         deployment: DeploymentId,
     },
+    /// Kill and remove a container.
     RemoveContainer {
+        /// Its name (known before it is created).
         name: ContainerId,
     },
     /// Put the app's route back as it was: to `previous`, or gone.
     RestoreRoute {
+        /// The app.
         app: AppId,
+        /// Where the route pointed before; `None`: there was none.
         previous: Option<RouteTarget>,
     },
     /// Put the app's recorded release back as it was.
     RestoreState {
+        /// The app.
         app: AppId,
+        /// The release live before; `None`: there was none.
         previous: Option<Release>,
     },
 }
@@ -96,11 +111,14 @@ impl fmt::Display for UndoAction {
 /// How hard to try an undo before reporting it as residue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
+    /// How many times an undo is tried in all (at least once).
     pub attempts: u32,
     /// An undo attempt that takes longer than this counts as failed: a hung
     /// service must not hold a rollback forever.
     pub attempt_timeout: Duration,
+    /// The wait after the first failed attempt; it doubles after each.
     pub first_backoff: Duration,
+    /// The longest wait between attempts.
     pub max_backoff: Duration,
 }
 
@@ -140,10 +158,15 @@ pub(crate) struct Owner {
 pub struct UndoOutcome {
     /// The app and deployment whose resource it released.
     pub app: AppId,
+    /// The deployment that acquired it.
     pub deployment: DeploymentId,
+    /// The undo, as a sentence (`remove container otturnaut-shop-01h…`).
     pub action: String,
+    /// Whether it succeeded in the end.
     pub ok: bool,
+    /// How many attempts it took (or were made before giving up).
     pub attempts: u32,
+    /// The last attempt's error, if it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -198,6 +221,7 @@ pub struct Residue {
     pub kind: ResidueKind,
     /// What is left, e.g. `remove container otturnaut-shop-01h…`.
     pub what: String,
+    /// Why it could not be released (the last attempt's error).
     pub error: String,
     /// The step that would have created it failed, so it may never have
     /// existed: the undo was attempted to be safe and could not confirm.
@@ -215,11 +239,14 @@ impl fmt::Display for Residue {
 /// Every undo a rollback ran, in order, and what is left.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UndoReport {
+    /// Every undo run, in order.
     pub outcomes: Vec<UndoOutcome>,
+    /// What the undos could not release.
     pub residue: Vec<Residue>,
 }
 
 impl UndoReport {
+    /// True when everything was released.
     pub fn is_clean(&self) -> bool {
         self.residue.is_empty()
     }
