@@ -12,6 +12,7 @@ use crate::Error;
 macro_rules! string_newtype {
     ($name:ident) => {
         impl $name {
+            /// The validated string.
             pub fn as_str(&self) -> &str {
                 &self.0
             }
@@ -117,6 +118,7 @@ impl ::std::fmt::Debug for DeploymentId {
 }
 
 impl DeploymentId {
+    /// A new id, later than every id made before it in an earlier millisecond.
     pub fn generate() -> Self {
         DeploymentId(ulid::Ulid::new().to_string().to_ascii_lowercase())
     }
