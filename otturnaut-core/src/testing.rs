@@ -139,6 +139,7 @@ impl Fake {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A snapshot of everything that exists now.
     pub fn world(&self) -> World {
         self.lock().world.clone()
     }
