@@ -1,3 +1,4 @@
+// Long file: one fake plays all seven ports over one shared world, so its parts cannot drift apart.
 //! Recording fakes of the port traits, for tests of the pipeline and of
 //! front ends. One [`Fake`] plays the whole outside world: it keeps the
 //! resources that exist (dirs, image tags, ports, containers, routes), logs

@@ -1,3 +1,4 @@
+// Long file: the seven tokens of the typestate chain share their guards and unwinding, kept in one module.
 //! The typestate tokens. Each step consumes the previous token and returns the
 //! next, so steps cannot run out of order: there is no `switch_route` on a
 //! [`Built`]. Each token owns its resource (through an armed [`Guard`]) and
