@@ -5,13 +5,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use otturnaut_core::{Adapters, PortRange, Result};
+use otturnaut_steps::LabelState;
 
 use crate::caddy::{Caddy, CaddyConfig};
 use crate::docker::Docker;
 use crate::git::GitFetcher;
 use crate::health::Probe;
 use crate::ports::PortPool;
-use crate::state::LabelState;
 
 /// Everything the agent needs to know about its host.
 #[derive(Clone, Debug)]
@@ -20,6 +20,7 @@ pub struct AgentConfig {
     pub caddy_admin: String,
     /// Addresses our Caddy server listens on, e.g. `:80`, `:443`.
     pub listen: Vec<String>,
+    /// Let Caddy obtain certificates for the apps' domains (URLs are then `https`).
     pub auto_https: bool,
     /// Host ports handed to new containers.
     pub port_range: PortRange,
@@ -59,6 +60,7 @@ impl AgentConfig {
         if port == default { format!("{scheme}://{domain}/") } else { format!("{scheme}://{domain}:{port}/") }
     }
 
+    /// [`AgentConfig::url`] of each domain.
     pub fn urls(&self, domains: &[otturnaut_core::Domain]) -> Vec<String> {
         domains.iter().map(|d| self.url(d)).collect()
     }
@@ -68,9 +70,13 @@ impl AgentConfig {
 /// cover (following logs, Caddy bootstrap, work-dir housekeeping).
 #[derive(Clone, Debug)]
 pub struct Agent {
+    /// The port traits, as the pipeline drives them.
     pub adapters: Adapters,
+    /// The Docker adapter itself (logs, volumes, builder probe).
     pub docker: Docker,
+    /// The Caddy adapter itself (server bootstrap, route listing).
     pub caddy: Caddy,
+    /// The git adapter itself (work-dir housekeeping).
     pub git: GitFetcher,
     /// What it was connected with.
     pub config: AgentConfig,

@@ -69,6 +69,7 @@ pub use self::json::{ROUTE_ID_PREFIX, SERVER_NAME, route_id};
 /// list under it.
 const MAX_ATTEMPTS: u32 = 30;
 
+/// How to reach Caddy and what our server in it looks like.
 #[derive(Clone, Debug)]
 pub struct CaddyConfig {
     /// Where Caddy's admin API listens.
@@ -133,6 +134,8 @@ enum Lookup {
 }
 
 impl Caddy {
+    /// An adapter for the Caddy `config` names; refuses a config without listen
+    /// addresses. Nothing is sent to Caddy yet.
     pub fn new(config: CaddyConfig) -> Result<Self> {
         if config.listen.is_empty() {
             return Err(Error::invalid("Caddy listen addresses", "", "need at least one address"));
@@ -141,6 +144,7 @@ impl Caddy {
         Ok(Caddy { admin, config, features: Arc::default() })
     }
 
+    /// What it was made with.
     pub fn config(&self) -> &CaddyConfig {
         &self.config
     }

@@ -76,16 +76,16 @@ impl SourceFetcher for Faulty {
 
 #[async_trait]
 impl ImageBuilder for Faulty {
-    async fn build(&self, req: &BuildRequest, events: &EventSink) -> Result<String> {
+    async fn build(&self, req: &BuildRequest, events: &EventSink) -> Result<ImageRef> {
         self.around(Call::Build, self.inner.builder.build(req, events)).await
     }
-    async fn ensure_image(&self, reference: &ImageRef, tag: &str, events: &EventSink) -> Result<()> {
+    async fn ensure_image(&self, reference: &ImageRef, tag: &ImageRef, events: &EventSink) -> Result<()> {
         self.around(Call::EnsureImage, self.inner.builder.ensure_image(reference, tag, events)).await
     }
-    async fn tag_image(&self, image: &str, tag: &str) -> Result<()> {
+    async fn tag_image(&self, image: &str, tag: &ImageRef) -> Result<()> {
         self.around(Call::TagImage, self.inner.builder.tag_image(image, tag)).await
     }
-    async fn remove_image(&self, image: &str) -> Result<()> {
+    async fn remove_image(&self, image: &ImageRef) -> Result<()> {
         self.around(Call::RemoveImage, self.inner.builder.remove_image(image)).await
     }
     async fn list_images(&self, app: Option<&AppId>) -> Result<Vec<ManagedImage>> {

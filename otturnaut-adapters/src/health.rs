@@ -35,6 +35,8 @@ impl fmt::Debug for Probe {
 }
 
 impl Probe {
+    /// A prober that asks `runtime` whether the container still runs between
+    /// attempts (so an exited container fails the check at once).
     pub fn new(runtime: Arc<dyn ContainerRuntime>) -> Result<Self> {
         // The probe talks to our own containers on this host: a proxy from
         // the environment must not get in the way, and a redirect is an

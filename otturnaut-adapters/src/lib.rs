@@ -32,6 +32,8 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 mod agent;
 pub mod caddy;
 pub mod docker;
@@ -44,7 +46,6 @@ pub mod maintenance;
 pub mod outcome;
 pub mod ports;
 mod run;
-pub mod state;
 pub mod status;
 
 pub use agent::{Agent, AgentConfig};

@@ -26,11 +26,14 @@ pub struct AppLock {
 /// Who holds a lock, as the holder wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holder {
+    /// Its process id, when it wrote one.
     pub pid: Option<u32>,
+    /// What it is doing (`deploy`, `undeploy`, …).
     pub command: String,
 }
 
 impl Holder {
+    /// A sentence for the user: who holds `app`'s lock.
     pub fn describe(&self, app: &AppId) -> String {
         let pid = self.pid.map_or_else(|| "pid unknown".to_owned(), |p| format!("pid {p}"));
         format!("another {} of {app} is running ({pid})", self.command)
@@ -97,8 +100,15 @@ pub fn try_lock(dir: &Path, app: &AppId, command: &str) -> io::Result<Result<App
 /// Why waiting for a lock ended without it.
 #[derive(Debug)]
 pub enum LockError {
+    /// The lock file could not be opened or locked.
     Io(PathBuf, io::Error),
-    TimedOut { holder: Holder, after: Duration },
+    /// Someone else held it for longer than we were willing to wait.
+    TimedOut {
+        /// Who held it.
+        holder: Holder,
+        /// How long we waited.
+        after: Duration,
+    },
 }
 
 impl LockError {

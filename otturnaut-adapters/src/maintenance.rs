@@ -11,6 +11,7 @@ use crate::lock::{self, LockError};
 /// What a reconcile did.
 #[derive(Debug, Default)]
 pub struct Reconciled {
+    /// One report per app reconciled.
     pub reports: Vec<CleanupReport>,
     /// Apps left alone because a deploy (or other command) held their lock.
     pub skipped: Vec<(AppId, String)>,
@@ -19,8 +20,15 @@ pub struct Reconciled {
 /// Why a maintenance command did nothing.
 #[derive(Debug)]
 pub enum MaintenanceError {
+    /// The app's lock could not be taken.
     Lock(AppId, LockError),
-    Service { doing: String, error: otturnaut_core::Error },
+    /// Docker, Caddy or the disk failed.
+    Service {
+        /// What was being done.
+        doing: String,
+        /// How it failed.
+        error: otturnaut_core::Error,
+    },
 }
 
 impl std::fmt::Display for MaintenanceError {

@@ -25,6 +25,7 @@ pub enum ExitStatus {
 }
 
 impl ExitStatus {
+    /// The process exit code (the CLI's, and `exit_code` in the result object).
     pub fn code(self) -> u8 {
         self as u8
     }
@@ -33,11 +34,13 @@ impl ExitStatus {
 /// The end of one deploy.
 #[derive(Debug)]
 pub struct Outcome {
+    /// The app deployed.
     pub app: AppId,
     /// None only when the deploy ended before it got an id.
     pub deployment: Option<DeploymentId>,
     /// For a rollback: the retained release it made live again.
     pub rollback_of: Option<DeploymentId>,
+    /// How it ended.
     pub ending: Ending,
     /// Leftovers of earlier interrupted deploys removed before this one ran.
     pub cleaned: Vec<String>,
@@ -50,16 +53,52 @@ pub struct Outcome {
 pub enum Ending {
     /// The new release is live (its retirement of the old one may have left
     /// residue: warnings only).
-    Deployed { deployed: Deployed, container_port: ContainerPort, urls: Vec<String> },
+    Deployed {
+        /// The new release, the retired one and the retirement's residue.
+        deployed: Deployed,
+        /// The port the app listens on inside its container.
+        container_port: ContainerPort,
+        /// Where people reach the app.
+        urls: Vec<String>,
+    },
     /// A step failed before the commit: what the deploy did was undone, but
     /// for `residue`. The previous release (`live`) keeps serving.
-    Failed { step: Step, cause: otturnaut_core::Error, undo: Vec<UndoOutcome>, residue: Vec<Residue>, live: Live },
+    Failed {
+        /// The step that failed.
+        step: Step,
+        /// Why.
+        cause: otturnaut_core::Error,
+        /// Every undo the rollback ran.
+        undo: Vec<UndoOutcome>,
+        /// What the rollback could not release.
+        residue: Vec<Residue>,
+        /// The app's live release, read back after the rollback.
+        live: Live,
+    },
     /// Cancelled (a signal, a cancel request, a dropped handle, a panic)
     /// before the commit: rolled back like a failure.
-    Interrupted { cause: String, undo: Vec<UndoOutcome>, residue: Vec<Residue>, live: Live },
+    Interrupted {
+        /// What interrupted it.
+        cause: String,
+        /// Every undo the rollback ran.
+        undo: Vec<UndoOutcome>,
+        /// What the rollback could not release.
+        residue: Vec<Residue>,
+        /// The app's live release, read back after the rollback.
+        live: Live,
+    },
     /// Cancelled after the commit: the new release is live, retiring the old
     /// one was cut short and finished by a sweep (`residue` is what it left).
-    InterruptedAfterCommit { cause: String, domains: Vec<Domain>, residue: Vec<Residue>, live: Live },
+    InterruptedAfterCommit {
+        /// What interrupted it.
+        cause: String,
+        /// The new release's domains.
+        domains: Vec<Domain>,
+        /// What the sweep could not clean up.
+        residue: Vec<Residue>,
+        /// The app's live release (the new one), read back after the sweep.
+        live: Live,
+    },
 }
 
 /// What is live after a deploy that did not go through, as read back.
@@ -74,6 +113,7 @@ impl Outcome {
         }
     }
 
+    /// True when the new release is live (even if interrupted after the commit).
     pub fn is_deployed(&self) -> bool {
         self.result() == "deployed"
     }
@@ -93,6 +133,7 @@ impl Outcome {
         !self.is_deployed() && self.residue().is_empty()
     }
 
+    /// The exit status a front end reports for this outcome.
     pub fn exit(&self) -> ExitStatus {
         match &self.ending {
             Ending::Deployed { .. } | Ending::InterruptedAfterCommit { .. } => ExitStatus::Ok,

@@ -36,10 +36,12 @@ impl std::fmt::Debug for PortPool {
 }
 
 impl PortPool {
+    /// A pool handing out ports of `range`, skipping those `runtime`'s containers publish.
     pub fn new(range: PortRange, runtime: Arc<dyn ContainerRuntime>) -> Self {
         PortPool { range, runtime, reserved: Arc::default() }
     }
 
+    /// The ports it hands out.
     pub fn range(&self) -> PortRange {
         self.range
     }

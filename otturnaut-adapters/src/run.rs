@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use otturnaut_core::{AppId, DeployEvent, DeploySpec, DeploymentId, EventSink, Step, Timeouts};
 use otturnaut_steps::{
-    BlueGreen, DeployError, Deployed, Residue, RetryPolicy, Strategy, apply_retention, domain_owner, live_release,
-    reconcile_app, rollback_spec,
+    BlueGreen, DeployError, Deployed, Residue, ResidueKind, RetryPolicy, Strategy, apply_retention, domain_owner,
+    live_release, reconcile_app, rollback_spec,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -29,9 +29,19 @@ pub const LOCK_TIMEOUT: Duration = Duration::from_secs(600);
 #[derive(Debug)]
 pub enum StartError {
     /// A domain of the spec is served by another app.
-    DomainTaken { domain: otturnaut_core::Domain, owner: AppId },
+    DomainTaken {
+        /// The domain.
+        domain: otturnaut_core::Domain,
+        /// The app that has it.
+        owner: AppId,
+    },
     /// Docker or Caddy failed (or could not be reached) while `doing`.
-    Service { doing: String, error: otturnaut_core::Error },
+    Service {
+        /// What was being done.
+        doing: String,
+        /// How it failed.
+        error: otturnaut_core::Error,
+    },
     /// The app's lock could not be had.
     Lock(LockError),
     /// A rollback with nothing (or no such release) to go back to.
@@ -98,6 +108,7 @@ impl std::fmt::Debug for Msg {
 }
 
 impl DeployRun {
+    /// The app being deployed.
     pub fn app(&self) -> &AppId {
         &self.app
     }
@@ -371,7 +382,7 @@ impl Driver {
             Err(e) => {
                 self.send(DeployEvent::Warning { message: format!("could not check {app} for leftovers: {e}") });
                 // Port reservations live in this process and end with the deploy.
-                undo.residue.into_iter().filter(|r| r.kind != "port").collect()
+                undo.residue.into_iter().filter(|r| r.kind != ResidueKind::Port).collect()
             }
         };
         let live = self.live(app).await;

@@ -8,11 +8,11 @@ use otturnaut_core::{
     AppId, ManagedContainer, ManagedImage, Release, ReleaseInfo, ReleaseState, RouteTarget, RuntimeOptions,
     live_container, releases,
 };
+use otturnaut_steps::release_of;
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::time::{Duration, UNIX_EPOCH};
 
-use crate::state::release_of;
 use crate::{Agent, AgentConfig};
 
 /// One app as `status --json` shows it. Fields of the live release are null
@@ -20,19 +20,29 @@ use crate::{Agent, AgentConfig};
 #[derive(Debug, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AppStatus {
+    /// The app.
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub app: AppId,
+    /// True when the app has a live release.
     pub live: bool,
+    /// The live release's deployment id.
     pub deployment: Option<String>,
+    /// The live release's image, as the user knows it.
     pub image: Option<String>,
+    /// The commit the live release was built from (git deploys).
     pub commit: Option<String>,
+    /// The live container's host port.
     pub port: Option<u16>,
+    /// The port the app listens on inside its container.
     pub container_port: Option<u16>,
+    /// The live release's domains.
     pub domains: Vec<String>,
+    /// Where people reach the app.
     pub urls: Vec<String>,
     /// True when the live release has domains but Caddy does not route them
     /// to it (after a Caddy restart, say): `otturnaut reconcile` restores it.
     pub route_missing: bool,
+    /// The live container.
     pub container: Option<ContainerStatus>,
     /// The live release's volumes, limits, networks, command and log
     /// options, as deployed (empty: none).
@@ -43,16 +53,21 @@ pub struct AppStatus {
     /// Managed containers of the app: live, kept for a rollback, or left
     /// over (which `otturnaut reconcile` removes).
     pub containers: usize,
+    /// Release images of the app (live, retained or left over).
     pub images: usize,
     /// Releases kept for `otturnaut rollback` (`otturnaut releases` lists them).
     pub retained: usize,
 }
 
+/// A container as `status` shows it.
 #[derive(Debug, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ContainerStatus {
+    /// Docker's id, shortened as `docker ps` shows it.
     pub id: String,
+    /// Its name, `otturnaut-{app}-{deployment}`.
     pub name: String,
+    /// Docker's state word: running, exited, restarting…
     pub state: String,
 }
 
@@ -135,10 +150,12 @@ async fn app_status(
     s.commit = r
         .commit
         .clone()
-        .or_else(|| images.iter().find(|i| i.tags.contains(&r.image) || i.id == r.image).and_then(|i| i.commit.clone()))
+        .or_else(|| {
+            images.iter().find(|i| i.tags.contains(&r.image) || i.id == r.image.as_str()).and_then(|i| i.commit.clone())
+        })
         .map(String::from);
     s.deployment = Some(r.deployment.to_string());
-    s.image = Some(r.image.clone());
+    s.image = Some(r.image.to_string());
     s.port = Some(r.host_port.get());
     s.container_port = container.and_then(|c| c.container_port).map(|p| p.get());
     s.urls = config.urls(&r.domains);

@@ -186,7 +186,7 @@ fn human(out: &Out, settings: &Settings, spec: &DeploySpec, o: &Outcome) {
             if let Some(of) = &d.rollback_of {
                 out.say(row("rolled back", &format!("to release {of}, as it was deployed")));
             }
-            out.say(row("image", &r.image));
+            out.say(row("image", r.image.as_str()));
             if let Some(commit) = &r.commit {
                 out.say(row("commit", commit.as_str()));
             }

@@ -15,22 +15,36 @@ use crate::{AppId, DeploymentId};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Step {
+    /// Cloning the git repository.
     Fetch,
+    /// Building the image, or pulling and tagging a prebuilt one.
     Build,
+    /// Reading which release is live now.
     LoadState,
+    /// Reserving a host port.
     AllocatePort,
+    /// Starting the new container.
     StartContainer,
+    /// Waiting for it to pass its health check.
     HealthCheck,
+    /// Pointing the app's Caddy route at it.
     SwitchRoute,
+    /// Writing its live mark: the commit point.
     RecordState,
+    /// Waiting for requests in flight to the old release.
     Drain,
+    /// Stopping the old container.
     StopOld,
+    /// Marking the old release as kept for a rollback.
     KeepOld,
+    /// Returning its port to the pool.
     ReleaseOldPort,
+    /// Removing releases beyond the number kept.
     RemoveOld,
 }
 
 impl Step {
+    /// Every step, in order.
     pub const ALL: [Step; 13] = [
         Step::Fetch,
         Step::Build,
@@ -47,6 +61,7 @@ impl Step {
         Step::RemoveOld,
     ];
 
+    /// The name used in events and messages (`start_container`).
     pub fn name(self) -> &'static str {
         match self {
             Step::Fetch => "fetch",
@@ -82,38 +97,62 @@ impl fmt::Display for Step {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum DeployEvent {
+    /// The deploy began, under this id.
     Started {
+        /// The app.
         app: AppId,
+        /// The new deployment's id.
         deployment: DeploymentId,
     },
+    /// A step began.
     StepStarted {
+        /// Which.
         step: Step,
     },
+    /// A step succeeded.
     StepFinished {
+        /// Which.
         step: Step,
+        /// How long it took.
         elapsed_ms: u64,
+        /// What it did, when there is something to say (the image, the port…).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         detail: Option<String>,
     },
+    /// A step failed (before the commit, a rollback follows).
     StepFailed {
+        /// Which.
         step: Step,
+        /// How long it ran.
         elapsed_ms: u64,
+        /// Why.
         error: String,
     },
+    /// One line of the build's output, secrets redacted.
     BuildLog {
+        /// The line.
         line: String,
     },
+    /// An undo began.
     UndoStarted {
+        /// What it releases, as a sentence.
         resource: String,
     },
+    /// An undo ended.
     UndoFinished {
+        /// What it released, as a sentence.
         resource: String,
+        /// Whether it succeeded.
         ok: bool,
+        /// How many attempts it took.
         attempts: u32,
+        /// The last attempt's error, if it failed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// Something the user should know that did not stop the deploy.
     Warning {
+        /// What.
         message: String,
     },
 }
@@ -164,12 +203,14 @@ pub struct EventReceiver {
 }
 
 impl EventReceiver {
+    /// The next event; `None` once every sink is gone.
     pub async fn recv(&mut self) -> Option<DeployEvent> {
         let event = self.rx.recv().await;
         self.received(event.as_ref());
         event
     }
 
+    /// The next event if one is waiting.
     pub fn try_recv(&mut self) -> Result<DeployEvent, mpsc::error::TryRecvError> {
         let event = self.rx.try_recv();
         self.received(event.as_ref().ok());
@@ -184,6 +225,7 @@ impl EventReceiver {
 }
 
 impl EventSink {
+    /// A sink and the receiver of what is emitted into it.
     pub fn channel() -> (EventSink, EventReceiver) {
         let (tx, rx) = mpsc::unbounded_channel();
         let budget = Arc::new(LogBudget::default());
@@ -195,6 +237,8 @@ impl EventSink {
         EventSink(None)
     }
 
+    /// Sends `event`, never blocking: a build log line finding [`LOG_BACKLOG`]
+    /// lines still queued is dropped (and counted) instead.
     pub fn emit(&self, event: DeployEvent) {
         let Some(lane) = &self.0 else { return };
         if let DeployEvent::BuildLog { line } = event {
@@ -211,6 +255,7 @@ impl EventSink {
         }
     }
 
+    /// Emits a [`DeployEvent::Warning`].
     pub fn warn(&self, message: impl Into<String>) {
         self.emit(DeployEvent::Warning { message: message.into() });
     }
@@ -254,10 +299,12 @@ pub(crate) fn millis(d: Duration) -> u64 {
 }
 
 impl DeployEvent {
+    /// A [`DeployEvent::StepFinished`].
     pub fn step_finished(step: Step, elapsed: Duration, detail: Option<String>) -> Self {
         DeployEvent::StepFinished { step, elapsed_ms: millis(elapsed), detail }
     }
 
+    /// A [`DeployEvent::StepFailed`].
     pub fn step_failed(step: Step, elapsed: Duration, error: &impl fmt::Display) -> Self {
         DeployEvent::StepFailed { step, elapsed_ms: millis(elapsed), error: error.to_string() }
     }

@@ -10,12 +10,16 @@ use std::sync::Mutex;
 
 use crate::{Error, Result};
 
+/// Where in a call a fault fires.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Phase {
+    /// Before the side effect: nothing was done.
     Before,
+    /// After the side effect: done, but the caller hears an error (a lost response).
     After,
 }
 
+/// What a fault does when its point is reached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FaultMode {
     /// Fail the first time the point is reached, then behave.
@@ -32,22 +36,39 @@ pub enum FaultMode {
 /// effect or a verdict (restoring the recorded release is `RecordState` too).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Call {
+    /// `SourceFetcher::fetch`.
     Fetch,
+    /// `SourceFetcher::remove`.
     RemoveSource,
+    /// `ImageBuilder::build`.
     Build,
+    /// `ImageBuilder::ensure_image`.
     EnsureImage,
+    /// `ImageBuilder::tag_image`.
     TagImage,
+    /// `ImageBuilder::remove_image` (and `prune_dangling`).
     RemoveImage,
+    /// `StateStore::load`.
     LoadState,
+    /// `PortAllocator::allocate`.
     AllocatePort,
+    /// `PortAllocator::release`.
     ReleasePort,
+    /// `ContainerRuntime::start`.
     StartContainer,
+    /// `ContainerRuntime::stop`.
     StopContainer,
+    /// `ContainerRuntime::remove`.
     RemoveContainer,
+    /// `HealthProbe::check`.
     HealthCheck,
+    /// `Router::set_route`.
     SwitchRoute,
+    /// `Router::remove_route`.
     RemoveRoute,
+    /// `Router::in_flight` (waiting for the old release to drain).
     Drain,
+    /// `StateStore::record` and `StateStore::restore`.
     RecordState,
 }
 
@@ -116,12 +137,16 @@ impl FromStr for Call {
 /// A fault point: a call and a phase.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fault {
+    /// The call.
     pub call: Call,
+    /// Before or after its side effect.
     pub phase: Phase,
+    /// What happens there.
     pub mode: FaultMode,
 }
 
 impl Fault {
+    /// A fault at `call`, `phase`, doing `mode`.
     pub fn new(call: Call, phase: Phase, mode: FaultMode) -> Self {
         Fault { call, phase, mode }
     }
@@ -181,6 +206,7 @@ pub struct FaultPlan {
 }
 
 impl FaultPlan {
+    /// A plan of these faults, none fired yet.
     pub fn new(faults: impl IntoIterator<Item = Fault>) -> Self {
         FaultPlan { rules: Mutex::new(faults.into_iter().map(|f| (f, false)).collect()) }
     }
@@ -191,6 +217,7 @@ impl FaultPlan {
         Ok(FaultPlan::new(faults))
     }
 
+    /// Plans one more fault.
     pub fn add(&self, fault: Fault) {
         self.lock().push((fault, false));
     }

@@ -1,5 +1,6 @@
 //! Identifiers that end up in container names, image tags, Caddy ids and env.
 
+use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -11,6 +12,7 @@ use crate::Error;
 macro_rules! string_newtype {
     ($name:ident) => {
         impl $name {
+            /// The validated string.
             pub fn as_str(&self) -> &str {
                 &self.0
             }
@@ -116,6 +118,7 @@ impl ::std::fmt::Debug for DeploymentId {
 }
 
 impl DeploymentId {
+    /// A new id, later than every id made before it in an earlier millisecond.
     pub fn generate() -> Self {
         DeploymentId(ulid::Ulid::new().to_string().to_ascii_lowercase())
     }
@@ -227,6 +230,15 @@ impl FromStr for EnvName {
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct ImageRef(String);
 string_newtype!(ImageRef);
+
+impl ImageRef {
+    /// One of our own tags, `otturnaut-{app}:{tag}`: valid by construction,
+    /// since an app id is a DNS label and `tag` a deployment id with at most
+    /// a `live-`/`kept-` prefix.
+    pub(crate) fn ours(app: &AppId, tag: fmt::Arguments<'_>) -> ImageRef {
+        ImageRef(format!("otturnaut-{app}:{tag}"))
+    }
+}
 
 impl FromStr for ImageRef {
     type Err = Error;

@@ -47,15 +47,25 @@ pub use traits::Adapters;
 /// Label keys and naming rules shared by every adapter: the truth about what
 /// Otturnaut owns lives in these labels, so they are defined once.
 pub mod labels {
+    /// `true` on everything Otturnaut made: what it may list and remove.
     pub const MANAGED: &str = "otturnaut.managed";
+    /// The app a container or built image belongs to.
     pub const APP: &str = "otturnaut.app";
+    /// The deployment that made it.
     pub const DEPLOYMENT: &str = "otturnaut.deployment";
+    /// The container's host port (the port pool reads it back).
     pub const HOST_PORT: &str = "otturnaut.host_port";
+    /// The port the app listens on inside the container.
     pub const CONTAINER_PORT: &str = "otturnaut.container_port";
+    /// The release's domains, comma-separated (routes are rebuilt from them).
     pub const DOMAINS: &str = "otturnaut.domains";
+    /// The repository a built image came from, credentials redacted.
     pub const REPO: &str = "otturnaut.repo";
+    /// The commit a built image came from.
     pub const COMMIT: &str = "otturnaut.commit";
+    /// When a built image's deployment started (Unix seconds, from its id).
     pub const CREATED: &str = "otturnaut.created";
+    /// The image as the user knows it ([`crate::Release::image`]).
     pub const IMAGE: &str = "otturnaut.image";
     /// On every container made by an agent that writes live marks: a
     /// container without it was deployed before, and only for such

@@ -10,11 +10,13 @@ use crate::Error;
 
 macro_rules! port_newtype {
     ($name:ident, $what:literal) => {
+        #[doc = concat!("A ", $what, ": 1 to 65535, never 0.")]
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
         #[serde(try_from = "u16", into = "u16")]
         pub struct $name(u16);
 
         impl $name {
+            /// The port number.
             pub fn get(self) -> u16 {
                 self.0
             }
@@ -65,6 +67,8 @@ pub struct PortRange {
 }
 
 impl PortRange {
+    /// The ports `start..=end`; refuses a reversed range or one reaching
+    /// below 1024 (privileged ports).
     pub fn new(start: u16, end: u16) -> Result<Self, Error> {
         let text = format!("{start}-{end}");
         if start < 1024 {
@@ -80,26 +84,32 @@ impl PortRange {
         Ok(PortRange { start: HostPort(start), end: HostPort(end) })
     }
 
+    /// The first port.
     pub fn start(self) -> HostPort {
         self.start
     }
 
+    /// The last port (included).
     pub fn end(self) -> HostPort {
         self.end
     }
 
+    /// Whether `port` is in the range.
     pub fn contains(self, port: HostPort) -> bool {
         self.start <= port && port <= self.end
     }
 
+    /// How many ports there are.
     pub fn len(self) -> usize {
         usize::from(self.end.0 - self.start.0) + 1
     }
 
+    /// Never true for a valid range; here for clippy's `len_without_is_empty`.
     pub fn is_empty(self) -> bool {
         false
     }
 
+    /// Every port, in order.
     pub fn iter(self) -> impl Iterator<Item = HostPort> {
         (self.start.0..=self.end.0).map(HostPort)
     }

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use crate::{
-    AppId, CommitSha, ContainerPort, DeploymentId, Domain, EnvName, HealthCheck, HostPort, RuntimeOptions, Secret,
+    AppId, CommitSha, ContainerPort, DeploymentId, Domain, EnvName, HealthCheck, HostPort, ImageRef, RuntimeOptions,
+    Secret,
 };
 
 /// A Docker container id (or name).
@@ -26,30 +27,42 @@ impl fmt::Display for ContainerId {
 /// [`live_container`]).
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Release {
+    /// The app.
     pub app: AppId,
+    /// The deployment that made it.
     pub deployment: DeploymentId,
+    /// Its container.
     pub container: ContainerId,
     /// The image as the user knows it: the tag Otturnaut built, or the
     /// prebuilt reference deployed. The container itself runs the release's
     /// own tag, [`crate::traits::image_tag`], which pins the exact image.
-    pub image: String,
+    pub image: ImageRef,
+    /// The host port Caddy routes to.
     pub host_port: HostPort,
+    /// The domains it serves (none: not routed).
     pub domains: Vec<Domain>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The commit it was built from (git deploys).
     pub commit: Option<CommitSha>,
 }
 
 /// Where Caddy sends an app's domains.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct RouteTarget {
+    /// The app's domains.
     pub domains: Vec<Domain>,
+    /// The host port they go to.
     pub port: HostPort,
 }
 
+/// Whether a container runs, as the runtime reports it.
 #[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
 pub struct ContainerStatus {
+    /// Docker says it runs.
     pub running: bool,
+    /// Docker is restarting it (it crashed).
     pub restarting: bool,
+    /// How it ended, when it is not running.
     pub exit_code: Option<i64>,
     /// When it last started, as the runtime reports it (RFC 3339), if known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -65,9 +78,13 @@ pub struct ContainerStatus {
 /// given a Dockerfile's `LABEL`s, a container made by hand) is invisible to
 /// status, reconcile, undeploy and the port pool: never live, never removed.
 pub struct ManagedContainer {
+    /// Docker's id.
     pub id: ContainerId,
+    /// `otturnaut-{app}-{deployment}`.
     pub name: String,
+    /// The app (label [`crate::labels::APP`]).
     pub app: AppId,
+    /// The deployment that made it.
     pub deployment: DeploymentId,
     /// The image as the user knows it (see [`Release::image`]).
     pub image: String,
@@ -75,9 +92,13 @@ pub struct ManagedContainer {
     pub image_id: String,
     /// Made by an agent from before live marks (no `otturnaut.marked` label).
     pub legacy: bool,
+    /// Its host port, from its label.
     pub host_port: Option<HostPort>,
+    /// The port the app listens on inside it.
     pub container_port: Option<ContainerPort>,
+    /// The domains it was deployed for.
     pub domains: Vec<Domain>,
+    /// Docker says it runs.
     pub running: bool,
     /// Docker's state word: running, exited, created, restarting…
     pub state: String,
@@ -95,11 +116,13 @@ pub struct ManagedContainer {
 #[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
 pub struct ReleaseRecord {
     #[serde(default)]
+    /// How its health was checked.
     pub health: HealthCheck,
     /// The names of the env variables given at deploy time.
     #[serde(default)]
     pub env: Vec<EnvName>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The commit it was built from.
     pub commit: Option<CommitSha>,
     /// Set when this release was made by rolling back to an earlier one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -114,10 +137,14 @@ pub struct ReleaseRecord {
 #[derive(Clone, Debug)]
 pub struct RecordedRelease {
     /// The image as the user knows it (see [`Release::image`]).
-    pub image: String,
+    pub image: ImageRef,
+    /// The port the app listens on inside the container.
     pub container_port: ContainerPort,
+    /// Its domains.
     pub domains: Vec<Domain>,
+    /// Its environment, values included (from the container's config).
     pub env: BTreeMap<EnvName, Secret>,
+    /// Its non-secret settings.
     pub record: ReleaseRecord,
 }
 
@@ -134,8 +161,10 @@ pub struct ManagedImage {
     pub id: String,
     /// Our tags of this deployment, the live mark first: removing them all
     /// removes the release's image (or only untags a prebuilt one).
-    pub tags: Vec<String>,
+    pub tags: Vec<ImageRef>,
+    /// The app, from the tag.
     pub app: AppId,
+    /// The deployment, from the tag.
     pub deployment: DeploymentId,
     /// True when the release tag exists (false: only a stale live mark is left).
     pub released: bool,
@@ -144,6 +173,7 @@ pub struct ManagedImage {
     /// True when the kept mark `otturnaut-{app}:kept-{deployment}` exists:
     /// the release was live once and is retained for a rollback.
     pub kept: bool,
+    /// The commit, from the labels of an image built for this very release.
     pub commit: Option<CommitSha>,
     /// Unix seconds.
     pub created: i64,
@@ -207,26 +237,38 @@ pub fn unmarked(app: &AppId, images: &[ManagedImage]) -> bool {
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ReleaseState {
+    /// Serving: the live release.
     Live,
+    /// Stopped, kept for `otturnaut rollback`.
     Retained,
 }
 
 /// One release of an app as `otturnaut releases` shows it.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct ReleaseInfo {
+    /// The app.
     pub app: AppId,
+    /// The deployment that made it.
     pub deployment: DeploymentId,
+    /// Live or retained.
     pub state: ReleaseState,
     /// The image as the user knows it (see [`Release::image`]).
     pub image: String,
+    /// The commit it was built from.
     pub commit: Option<CommitSha>,
     /// Unix seconds (the container's creation).
     pub created: i64,
+    /// The domains it was deployed for.
     pub domains: Vec<Domain>,
+    /// The port the app listens on inside its container.
     pub container_port: Option<ContainerPort>,
+    /// Its host port.
     pub host_port: Option<HostPort>,
+    /// Set when it was made by rolling back to an earlier release.
     pub rollback_of: Option<DeploymentId>,
+    /// Its container.
     pub container: ContainerId,
+    /// Docker says its container runs.
     pub running: bool,
 }
 

@@ -24,10 +24,13 @@ pub const REDACTED: &str = "***";
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a secret value.
     pub fn new(value: impl Into<String>) -> Self {
         Secret(value.into())
     }
 
+    /// The real value, for the one place that must use it (the container's env, the
+    /// build, the key file). Never log it.
     pub fn expose(&self) -> &str {
         &self.0
     }

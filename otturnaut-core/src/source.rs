@@ -84,9 +84,13 @@ impl FromStr for CommitSha {
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
+    /// `https://`.
     Https,
+    /// `ssh://` or `user@host:path`, with a deploy key.
     Ssh,
+    /// `git://`, the git daemon's own protocol.
     Git,
+    /// `file://`, a repository on this machine.
     File,
 }
 
@@ -241,6 +245,7 @@ impl RepoUrl {
         &self.0
     }
 
+    /// How the repository is reached.
     pub fn transport(&self) -> Transport {
         match self.0.split_once("://") {
             Some((scheme, _)) => match scheme.to_ascii_lowercase().as_str() {
@@ -353,6 +358,7 @@ pub struct DockerfilePath(String);
 string_newtype!(DockerfilePath);
 
 impl DockerfilePath {
+    /// The path, relative to the build context.
     pub fn as_path(&self) -> &Path {
         Path::new(&self.0)
     }

@@ -176,7 +176,7 @@ pub enum Source {
     Release {
         deployment: DeploymentId,
         /// The image as the user knows it (the release's [`crate::Release::image`]).
-        image: String,
+        image: ImageRef,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         commit: Option<CommitSha>,
     },

@@ -1,8 +1,13 @@
-//! Recording fakes of every port trait, for tests of the pipeline and of
+// Long file: one fake plays all seven ports over one shared world, so its parts cannot drift apart.
+//! Recording fakes of the port traits, for tests of the pipeline and of
 //! front ends. One [`Fake`] plays the whole outside world: it keeps the
-//! resources that exist (dirs, images, ports, containers, routes, recorded
-//! state), logs every acquire and release in order, and fails, hangs or panics
-//! wherever its [`FaultPlan`] says.
+//! resources that exist (dirs, image tags, ports, containers, routes), logs
+//! every acquire and release in order, and fails, hangs or panics wherever its
+//! [`FaultPlan`] says.
+//!
+//! It has no state store of its own: what is live is read from its image tags
+//! (the live marks), by the production store (`otturnaut_steps::LabelState`)
+//! handed to [`Fake::adapters`], so tests prove the real commit semantics.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,6 +20,7 @@ use crate::traits::{
     Adapters, BuildRequest, ContainerRuntime, FetchRequest, FetchedSource, HealthProbe, ImageBuilder, PortAllocator,
     Router, RunRequest, SourceFetcher, StateStore, container_name, image_tag, live_tag,
 };
+use crate::traits::{KEPT_PREFIX, LIVE_PREFIX};
 use crate::{
     AppId, CommitSha, ContainerId, ContainerStatus, DeploymentId, Error, EventSink, HealthCheck, HostPort, ImageRef,
     ManagedContainer, ManagedImage, Release, Result, RouteTarget,
@@ -23,27 +29,43 @@ use crate::{
 /// A resource the fake world can hold.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Resource {
+    /// A deployment's fetched source tree.
     Source(DeploymentId),
-    Image(String),
+    /// An image tag (a release tag, a live or kept mark).
+    Image(ImageRef),
+    /// A host port held for a deployment.
     Port(DeploymentId, HostPort),
+    /// A container, by name.
     Container(String),
     /// An app's route pointing at a port.
     Route(AppId, HostPort),
 }
 
+/// One entry of the fake's acquire/release log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
+    /// The resource came into existence.
     Acquire(Resource),
+    /// The resource went away.
     Release(Resource),
 }
 
+/// A container in the fake world.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FakeContainer {
+    /// The app it belongs to.
     pub app: AppId,
+    /// The deployment that started it.
     pub deployment: DeploymentId,
-    pub image: String,
+    /// The image tag it runs (the release tag, [`image_tag`]).
+    pub image: ImageRef,
+    /// The image as the user knows it ([`RunRequest::reference`]).
+    pub reference: ImageRef,
+    /// Its host port.
     pub port: HostPort,
+    /// False once stopped.
     pub running: bool,
+    /// The domains it was started for.
     pub domains: Vec<crate::Domain>,
 }
 
@@ -51,12 +73,16 @@ pub struct FakeContainer {
 /// what a deploy changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct World {
+    /// Fetched source trees.
     pub sources: BTreeSet<(AppId, DeploymentId)>,
-    pub images: BTreeSet<String>,
+    /// Image tags: release tags, live marks and kept marks.
+    pub images: BTreeSet<ImageRef>,
+    /// Host ports held, by deployment.
     pub ports: BTreeMap<DeploymentId, HostPort>,
+    /// Containers, by name.
     pub containers: BTreeMap<String, FakeContainer>,
+    /// Caddy's routes, by app.
     pub routes: BTreeMap<AppId, RouteTarget>,
-    pub recorded: BTreeMap<AppId, Release>,
 }
 
 #[derive(Debug, Default)]
@@ -65,22 +91,35 @@ struct Inner {
     log: Vec<Op>,
     calls: Vec<Call>,
     next_port: u16,
+    /// The commit each built release tag was built from (image labels, in Docker).
+    commits: BTreeMap<ImageRef, CommitSha>,
 }
 
 /// The fake outside world. Cheap to clone; clones share the world.
 #[derive(Clone, Debug, Default)]
 pub struct Fake {
     inner: Arc<Mutex<Inner>>,
+    /// Where calls fail, hang or panic.
     pub faults: Arc<FaultPlan>,
 }
 
 impl Fake {
+    /// An empty world with no faults planned.
     pub fn new() -> Self {
         Fake::default()
     }
 
-    /// All seven port traits backed by this fake.
-    pub fn adapters(&self) -> Adapters {
+    /// The same world without the fault plan: what a state store is built
+    /// over, as in the agent, where fault injection wraps the store from
+    /// outside and never the ports it calls.
+    pub fn unfaulted(&self) -> Fake {
+        Fake { inner: self.inner.clone(), faults: Arc::new(FaultPlan::default()) }
+    }
+
+    /// The six other port traits backed by this fake, and `state` (a store
+    /// over [`Fake::unfaulted`]) behind the fault points `load_state` and
+    /// `record_state`.
+    pub fn adapters(&self, state: Arc<dyn StateStore>) -> Adapters {
         Adapters {
             fetcher: Arc::new(self.clone()),
             builder: Arc::new(self.clone()),
@@ -88,10 +127,11 @@ impl Fake {
             router: Arc::new(self.clone()),
             ports: Arc::new(self.clone()),
             health: Arc::new(self.clone()),
-            state: Arc::new(self.clone()),
+            state: Arc::new(FaultyState { fake: self.clone(), inner: state }),
         }
     }
 
+    /// Plans one more fault.
     pub fn fail(&self, fault: Fault) {
         self.faults.add(fault);
     }
@@ -100,6 +140,7 @@ impl Fake {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A snapshot of everything that exists now.
     pub fn world(&self) -> World {
         self.lock().world.clone()
     }
@@ -114,6 +155,7 @@ impl Fake {
         self.lock().calls.clone()
     }
 
+    /// Forgets the log and the calls so far.
     pub fn clear_log(&self) {
         let mut inner = self.lock();
         inner.log.clear();
@@ -121,8 +163,12 @@ impl Fake {
     }
 
     /// Sets up a live release of `app`, as a previous deploy would have left it.
-    pub fn seed_release(&self, app: &AppId, domains: Vec<crate::Domain>) -> Release {
-        let deployment = DeploymentId::generate();
+    pub fn seed_release(&self, app: &AppId, domains: Vec<crate::Domain>) -> Result<Release> {
+        // A second older than now: ULIDs made in the same millisecond are
+        // not ordered, and the newer live mark must be the newer deploy's.
+        let now = ulid::Ulid::new();
+        let older = ulid::Ulid::from_parts(now.timestamp_ms().saturating_sub(1000), now.random());
+        let deployment: DeploymentId = older.to_string().to_ascii_lowercase().parse()?;
         let image = image_tag(app, &deployment);
         let name = container_name(app, &deployment);
         let mut inner = self.lock();
@@ -137,6 +183,7 @@ impl Fake {
                 app: app.clone(),
                 deployment: deployment.clone(),
                 image: image.clone(),
+                reference: image.clone(),
                 port,
                 running: true,
                 domains: domains.clone(),
@@ -145,7 +192,7 @@ impl Fake {
         if !domains.is_empty() {
             w.routes.insert(app.clone(), RouteTarget { domains: domains.clone(), port });
         }
-        let release = Release {
+        Ok(Release {
             app: app.clone(),
             deployment,
             container: ContainerId(name),
@@ -153,9 +200,7 @@ impl Fake {
             host_port: port,
             domains,
             commit: None,
-        };
-        w.recorded.insert(app.clone(), release.clone());
-        release
+        })
     }
 
     /// One fault point: yields first (so every call is an await point a
@@ -208,41 +253,91 @@ impl SourceFetcher for Fake {
 
 #[async_trait]
 impl ImageBuilder for Fake {
-    async fn build(&self, req: &BuildRequest, events: &EventSink) -> Result<String> {
+    async fn build(&self, req: &BuildRequest, events: &EventSink) -> Result<ImageRef> {
         self.point(Call::Build, Phase::Before).await?;
         events.emit(crate::DeployEvent::BuildLog { line: "Step 1/1 : FROM scratch".into() });
         let tag = req.tag();
-        self.lock().world.images.insert(tag.clone());
+        {
+            let mut inner = self.lock();
+            inner.world.images.insert(tag.clone());
+            inner.commits.insert(tag.clone(), req.commit.clone());
+        }
         self.acquire(Resource::Image(tag.clone()));
         self.point(Call::Build, Phase::After).await?;
         Ok(tag)
     }
 
-    async fn ensure_image(&self, _reference: &ImageRef, tag: &str, _events: &EventSink) -> Result<()> {
+    async fn ensure_image(&self, _reference: &ImageRef, tag: &ImageRef, _events: &EventSink) -> Result<()> {
         self.point(Call::EnsureImage, Phase::Before).await?;
-        if self.lock().world.images.insert(tag.to_owned()) {
-            self.acquire(Resource::Image(tag.to_owned()));
+        if self.lock().world.images.insert(tag.clone()) {
+            self.acquire(Resource::Image(tag.clone()));
         }
         self.point(Call::EnsureImage, Phase::After).await
     }
 
-    async fn tag_image(&self, _image: &str, tag: &str) -> Result<()> {
-        if self.lock().world.images.insert(tag.to_owned()) {
-            self.acquire(Resource::Image(tag.to_owned()));
+    async fn tag_image(&self, _image: &str, tag: &ImageRef) -> Result<()> {
+        if self.lock().world.images.insert(tag.clone()) {
+            self.acquire(Resource::Image(tag.clone()));
         }
         Ok(())
     }
 
-    async fn remove_image(&self, image: &str) -> Result<()> {
+    async fn remove_image(&self, image: &ImageRef) -> Result<()> {
         self.point(Call::RemoveImage, Phase::Before).await?;
         if self.lock().world.images.remove(image) {
-            self.release(Resource::Image(image.to_owned()));
+            self.release(Resource::Image(image.clone()));
         }
         self.point(Call::RemoveImage, Phase::After).await
     }
 
-    async fn list_images(&self, _app: Option<&AppId>) -> Result<Vec<ManagedImage>> {
-        Ok(Vec::new())
+    /// Groups the tags by deployment, as the Docker adapter does. A tag
+    /// names one image, so every tag of a deployment shares the release
+    /// tag's name as its id.
+    async fn list_images(&self, app: Option<&AppId>) -> Result<Vec<ManagedImage>> {
+        let inner = self.lock();
+        let mut found: BTreeMap<(AppId, DeploymentId), ManagedImage> = BTreeMap::new();
+        for tag in &inner.world.images {
+            let Some((of, rest)) = tag.as_str().strip_prefix("otturnaut-").and_then(|t| t.split_once(':')) else {
+                continue;
+            };
+            let (kind, deployment) = match (rest.strip_prefix(LIVE_PREFIX), rest.strip_prefix(KEPT_PREFIX)) {
+                (Some(d), _) => (LIVE_PREFIX, d),
+                (_, Some(d)) => (KEPT_PREFIX, d),
+                _ => ("", rest),
+            };
+            let (Ok(of), Ok(deployment)) = (of.parse::<AppId>(), deployment.parse::<DeploymentId>()) else { continue };
+            if app.is_some_and(|a| *a != of) {
+                continue;
+            }
+            let release_tag = image_tag(&of, &deployment);
+            let image = found.entry((of.clone(), deployment.clone())).or_insert_with(|| ManagedImage {
+                id: release_tag.to_string(),
+                tags: Vec::new(),
+                app: of,
+                deployment,
+                released: false,
+                live: false,
+                kept: false,
+                commit: inner.commits.get(&release_tag).cloned(),
+                created: 0,
+                size: 0,
+            });
+            match kind {
+                LIVE_PREFIX => {
+                    image.live = true;
+                    image.tags.insert(0, tag.clone());
+                }
+                KEPT_PREFIX => {
+                    image.kept = true;
+                    image.tags.push(tag.clone());
+                }
+                _ => {
+                    image.released = true;
+                    image.tags.push(tag.clone());
+                }
+            }
+        }
+        Ok(found.into_values().collect())
     }
 
     async fn prune_dangling(&self, _app: Option<&AppId>) -> Result<crate::traits::Pruned> {
@@ -289,6 +384,7 @@ impl ContainerRuntime for Fake {
                 app: req.app.clone(),
                 deployment: req.deployment.clone(),
                 image: req.image.clone(),
+                reference: req.reference.clone(),
                 port: req.host_port,
                 running: true,
                 domains: req.domains.clone(),
@@ -336,9 +432,9 @@ impl ContainerRuntime for Fake {
                 name: name.clone(),
                 app: c.app.clone(),
                 deployment: c.deployment.clone(),
-                image: c.image.clone(),
-                // The fake names images by tag only.
-                image_id: c.image.clone(),
+                image: c.reference.to_string(),
+                // The fake names images by their release tag (see `list_images`).
+                image_id: c.image.to_string(),
                 legacy: false,
                 host_port: Some(c.port),
                 container_port: None,
@@ -416,52 +512,30 @@ impl Router for Fake {
     }
 }
 
+/// The fault points of a state store around the one under test.
+struct FaultyState {
+    fake: Fake,
+    inner: Arc<dyn StateStore>,
+}
+
 #[async_trait]
-impl StateStore for Fake {
+impl StateStore for FaultyState {
     async fn load(&self, app: &AppId) -> Result<Option<Release>> {
-        self.point(Call::LoadState, Phase::Before).await?;
-        let found = self.lock().world.recorded.get(app).cloned();
-        self.point(Call::LoadState, Phase::After).await?;
+        self.fake.point(Call::LoadState, Phase::Before).await?;
+        let found = self.inner.load(app).await?;
+        self.fake.point(Call::LoadState, Phase::After).await?;
         Ok(found)
     }
 
-    /// Like the real store, recording writes the live mark, an image tag.
     async fn record(&self, release: &Release) -> Result<()> {
-        self.point(Call::RecordState, Phase::Before).await?;
-        let mark = live_tag(&release.app, &release.deployment);
-        let new = {
-            let mut inner = self.lock();
-            inner.world.recorded.insert(release.app.clone(), release.clone());
-            inner.world.images.insert(mark.clone())
-        };
-        if new {
-            self.acquire(Resource::Image(mark));
-        }
-        self.point(Call::RecordState, Phase::After).await
+        self.fake.point(Call::RecordState, Phase::Before).await?;
+        self.inner.record(release).await?;
+        self.fake.point(Call::RecordState, Phase::After).await
     }
 
     async fn restore(&self, app: &AppId, previous: Option<Release>) -> Result<()> {
-        self.point(Call::RecordState, Phase::Before).await?;
-        let keep = previous.as_ref().map(|p| live_tag(app, &p.deployment));
-        let prefix = format!("otturnaut-{app}:live-");
-        let removed: Vec<String> = {
-            let mut inner = self.lock();
-            match previous {
-                Some(release) => inner.world.recorded.insert(app.clone(), release),
-                None => inner.world.recorded.remove(app),
-            };
-            let marks: Vec<String> = inner
-                .world
-                .images
-                .iter()
-                .filter(|i| i.starts_with(&prefix) && Some(*i) != keep.as_ref())
-                .cloned()
-                .collect();
-            marks.into_iter().filter(|m| inner.world.images.remove(m)).collect()
-        };
-        for mark in removed {
-            self.release(Resource::Image(mark));
-        }
-        self.point(Call::RecordState, Phase::After).await
+        self.fake.point(Call::RecordState, Phase::Before).await?;
+        self.inner.restore(app, previous).await?;
+        self.fake.point(Call::RecordState, Phase::After).await
     }
 }

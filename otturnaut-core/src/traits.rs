@@ -28,19 +28,27 @@ use crate::{
 pub struct FetchedSource {
     /// A directory owned by this deployment, removed by [`SourceFetcher::remove`].
     pub dir: PathBuf,
+    /// The commit checked out.
     pub commit: CommitSha,
 }
 
 #[derive(Clone, Debug)]
 pub struct FetchRequest {
+    /// The app fetched for.
     pub app: AppId,
+    /// The deployment fetched for: it names the directory.
     pub deployment: DeploymentId,
+    /// The repository.
     pub url: RepoUrl,
+    /// The branch, tag or commit to check out.
     pub git_ref: GitRef,
+    /// A deploy key for an SSH URL (written 0600, deleted after the fetch).
     pub ssh_key: Option<Secret>,
+    /// How long the fetch may take.
     pub timeout: Duration,
 }
 
+/// Fetches a deployment's source tree (git).
 #[async_trait]
 pub trait SourceFetcher: Send + Sync {
     /// Shallow-clones `req.url` at `req.git_ref` into a fresh directory whose
@@ -56,35 +64,44 @@ pub trait SourceFetcher: Send + Sync {
 
 #[derive(Clone, Debug)]
 pub struct BuildRequest {
+    /// The app built for.
     pub app: AppId,
+    /// The deployment built for: it names the tag.
     pub deployment: DeploymentId,
+    /// The build context (the fetched tree).
     pub context_dir: PathBuf,
+    /// The Dockerfile, relative to the context.
     pub dockerfile: DockerfilePath,
+    /// `--build-arg`s; secret: redacted from logs and errors.
     pub build_args: BTreeMap<String, Secret>,
     /// Contents for `RUN --mount=type=secret,id=ID`, by id (BuildKit only).
     pub build_secrets: BTreeMap<String, Secret>,
     /// Recorded as labels on the image.
     pub repo: RepoUrl,
+    /// The commit built (recorded as a label too).
     pub commit: CommitSha,
+    /// How long the build may take.
     pub timeout: Duration,
 }
 
 impl BuildRequest {
     /// The tag every built image gets: `otturnaut-{app}:{deployment}`.
-    pub fn tag(&self) -> String {
+    pub fn tag(&self) -> ImageRef {
         image_tag(&self.app, &self.deployment)
     }
 }
 
-pub fn image_tag(app: &AppId, deployment: &DeploymentId) -> String {
-    format!("otturnaut-{app}:{deployment}")
+/// The release tag, `otturnaut-{app}:{deployment}`: every release's image has
+/// it (built, prebuilt or rolled back to), and its container runs it.
+pub fn image_tag(app: &AppId, deployment: &DeploymentId) -> ImageRef {
+    ImageRef::ours(app, format_args!("{deployment}"))
 }
 
 /// The live mark: a second tag on the release image, `otturnaut-{app}:live-{deployment}`.
 /// Writing it is the commit point of a deploy (see [`crate::live_container`]).
 /// `live-` cannot start a deployment id, so the two kinds of tag never mix.
-pub fn live_tag(app: &AppId, deployment: &DeploymentId) -> String {
-    format!("otturnaut-{app}:{LIVE_PREFIX}{deployment}")
+pub fn live_tag(app: &AppId, deployment: &DeploymentId) -> ImageRef {
+    ImageRef::ours(app, format_args!("{LIVE_PREFIX}{deployment}"))
 }
 
 /// What starts the tag of a live mark.
@@ -93,31 +110,34 @@ pub const LIVE_PREFIX: &str = "live-";
 /// The kept mark: a tag on the image of a release that was live once and is
 /// retained for a rollback, `otturnaut-{app}:kept-{deployment}`. Written when
 /// the release is retired, before its live mark is removed.
-pub fn kept_tag(app: &AppId, deployment: &DeploymentId) -> String {
-    format!("otturnaut-{app}:{KEPT_PREFIX}{deployment}")
+pub fn kept_tag(app: &AppId, deployment: &DeploymentId) -> ImageRef {
+    ImageRef::ours(app, format_args!("{KEPT_PREFIX}{deployment}"))
 }
 
 /// What starts the tag of a kept mark.
 pub const KEPT_PREFIX: &str = "kept-";
 
+/// The container of a release, `otturnaut-{app}-{deployment}`.
 pub fn container_name(app: &AppId, deployment: &DeploymentId) -> String {
     format!("otturnaut-{app}-{deployment}")
 }
 
+/// Images: builds, pulls, our tags and the listing of release images.
 #[async_trait]
 pub trait ImageBuilder: Send + Sync {
     /// Builds and tags the image, streaming log lines to `events`. Returns the
     /// image reference to run (the tag).
-    async fn build(&self, req: &BuildRequest, events: &EventSink) -> Result<String>;
+    async fn build(&self, req: &BuildRequest, events: &EventSink) -> Result<ImageRef>;
     /// Makes sure a prebuilt image is present locally (pulling it if not) and
     /// tags it as the release's own `tag` ([`image_tag`]), which pins the exact
     /// image for this release even if the reference later moves.
-    async fn ensure_image(&self, reference: &ImageRef, tag: &str, events: &EventSink) -> Result<()>;
-    /// Tags `image` as `tag` (`repo:tag`), moving the tag if it exists. Atomic.
-    async fn tag_image(&self, image: &str, tag: &str) -> Result<()>;
+    async fn ensure_image(&self, reference: &ImageRef, tag: &ImageRef, events: &EventSink) -> Result<()>;
+    /// Tags `image` (an image id or reference) as `tag`, moving the tag if it
+    /// exists. Atomic.
+    async fn tag_image(&self, image: &str, tag: &ImageRef) -> Result<()>;
     /// Removes a tag of ours; the image goes with its last tag. Succeeds if
     /// it is already gone.
-    async fn remove_image(&self, image: &str) -> Result<()>;
+    async fn remove_image(&self, image: &ImageRef) -> Result<()>;
     /// Our release images, found by their tags (see [`ManagedImage`]).
     async fn list_images(&self, app: Option<&AppId>) -> Result<Vec<ManagedImage>>;
     /// Removes untagged images left by the agent's own builds (of `app`, or
@@ -130,24 +150,33 @@ pub trait ImageBuilder: Send + Sync {
 pub struct Pruned {
     /// Image ids.
     pub removed: Vec<String>,
+    /// Bytes freed, as Docker reports them.
     pub freed_bytes: u64,
 }
 
 #[derive(Clone, Debug)]
 pub struct RunRequest {
+    /// The app.
     pub app: AppId,
+    /// The deployment: it names the container.
     pub deployment: DeploymentId,
     /// What the container runs: the release tag ([`image_tag`]).
-    pub image: String,
+    pub image: ImageRef,
     /// The image as the user knows it, recorded in a label for `status`.
-    pub reference: String,
+    pub reference: ImageRef,
+    /// The host port the container port is published on (loopback).
     pub host_port: HostPort,
+    /// The port the app listens on inside the container.
     pub container_port: ContainerPort,
+    /// The environment; values are secrets, never recorded in labels.
     pub env: BTreeMap<EnvName, Secret>,
+    /// The domains the release serves (recorded in a label).
     pub domains: Vec<Domain>,
     /// Recorded with the release (with the env's names) for a rollback.
     pub health: HealthCheck,
+    /// The commit deployed, for a git deploy.
     pub commit: Option<CommitSha>,
+    /// Set when this release rolls back to an earlier one.
     pub rollback_of: Option<DeploymentId>,
     /// Volumes, limits, networks, command and logging; recorded with the
     /// release too.
@@ -166,11 +195,13 @@ impl RunRequest {
         }
     }
 
+    /// The container's name, [`container_name`].
     pub fn name(&self) -> String {
         container_name(&self.app, &self.deployment)
     }
 }
 
+/// Containers: start, stop, remove, inspect, list.
 #[async_trait]
 pub trait ContainerRuntime: Send + Sync {
     /// Creates and starts the container. Either it is running afterwards or
@@ -181,8 +212,11 @@ pub trait ContainerRuntime: Send + Sync {
     async fn stop(&self, id: &ContainerId, grace: Duration) -> Result<()>;
     /// Kills (if running) and removes, by id or name. Succeeds if it is already gone.
     async fn remove(&self, id: &ContainerId) -> Result<()>;
+    /// Whether it runs (and its exit code if not).
     async fn status(&self, id: &ContainerId) -> Result<ContainerStatus>;
+    /// Its last `tail` log lines (for the error of a failed health check).
     async fn logs(&self, id: &ContainerId, tail: usize) -> Result<Vec<String>>;
+    /// Our genuine containers (of `app`, or of every app).
     async fn list(&self, app: Option<&AppId>) -> Result<Vec<ManagedContainer>>;
     /// What the container was started with ([`RecordedRelease`]), env values
     /// included, so that a rollback can start the release again.
@@ -196,6 +230,7 @@ pub trait ContainerRuntime: Send + Sync {
     }
 }
 
+/// Caddy's routes of our apps.
 #[async_trait]
 pub trait Router: Send + Sync {
     /// Where the app's route points now, if it has one.
@@ -215,6 +250,7 @@ pub trait Router: Send + Sync {
     async fn routes(&self) -> Result<Vec<(AppId, RouteTarget)>>;
 }
 
+/// Host ports for new containers.
 #[async_trait]
 pub trait PortAllocator: Send + Sync {
     /// Reserves a free host port for `owner` (a deployment holds at most one);
@@ -225,6 +261,7 @@ pub trait PortAllocator: Send + Sync {
     async fn release(&self, owner: &DeploymentId) -> Result<()>;
 }
 
+/// Decides when a new container is ready for traffic.
 #[async_trait]
 pub trait HealthProbe: Send + Sync {
     /// Waits until the container passes `check` or the check's deadline passes.
@@ -232,6 +269,8 @@ pub trait HealthProbe: Send + Sync {
     async fn check(&self, container: &ContainerId, port: HostPort, check: &HealthCheck) -> Result<()>;
 }
 
+/// Which release of an app is live: read, recorded at the commit point,
+/// restored when a commit is undone.
 #[async_trait]
 pub trait StateStore: Send + Sync {
     /// The live release of `app`, rebuilt from the outside world.
@@ -246,12 +285,19 @@ pub trait StateStore: Send + Sync {
 /// Every port a strategy drives, as shared trait objects.
 #[derive(Clone)]
 pub struct Adapters {
+    /// git.
     pub fetcher: Arc<dyn SourceFetcher>,
+    /// Images: build, pull, tag, remove, list.
     pub builder: Arc<dyn ImageBuilder>,
+    /// Containers.
     pub runtime: Arc<dyn ContainerRuntime>,
+    /// Caddy's routes.
     pub router: Arc<dyn Router>,
+    /// Host ports.
     pub ports: Arc<dyn PortAllocator>,
+    /// Health checks.
     pub health: Arc<dyn HealthProbe>,
+    /// Which release is live (the live mark).
     pub state: Arc<dyn StateStore>,
 }
 

@@ -8,6 +8,8 @@
 //! when the client goes away. In the background the daemon reconciles at
 //! start and restores routes Caddy lost (a restart) within seconds.
 
+#![warn(missing_docs)]
+
 mod apps;
 mod auth;
 mod deploys;
@@ -49,8 +51,11 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
 /// What `otturnaut serve` was asked for, already validated.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
+    /// The address the API listens on.
     pub listen: SocketAddr,
+    /// The bearer token every request must carry.
     pub token: Secret,
+    /// Serve HTTPS with these files; plain HTTP without.
     pub tls: Option<Tls>,
     /// How often the background watch checks Caddy's routes.
     pub watch_every: Duration,
@@ -63,17 +68,26 @@ pub struct ServeConfig {
 /// PEM files of the certificate chain and its key.
 #[derive(Debug, Clone)]
 pub struct Tls {
+    /// The certificate chain.
     pub cert: PathBuf,
+    /// Its private key.
     pub key: PathBuf,
 }
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    /// The certificate or key could not be read or parsed.
     #[error("cannot load the TLS certificate or key: {0}")]
     Tls(std::io::Error),
+    /// The listening socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why binding failed.
+        source: std::io::Error,
+    },
 }
 
 /// The API's routes over `state`, without the listener: what the tests and

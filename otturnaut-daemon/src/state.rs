@@ -19,11 +19,17 @@ use crate::snapshot::AppsSnapshot;
 /// How long a result is kept for a repeated `Idempotency-Key`.
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(600);
 
+/// What every request handler shares: the agent, the token, metrics and
+/// the deploys this daemon runs.
 #[derive(Debug)]
 pub struct State {
+    /// The connected adapters.
     pub agent: Agent,
+    /// The bearer token requests must carry.
     pub token: Secret,
+    /// Counters for `GET /metrics`.
     pub metrics: Metrics,
+    /// Permits for requests in flight (see [`crate::MAX_CONCURRENT`]).
     pub requests: Arc<Semaphore>,
     running: Mutex<HashMap<AppId, Running>>,
     /// Keyed by app and key: the result, once there is one.
@@ -52,6 +58,7 @@ fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl State {
+    /// The state of a daemon over `agent`, accepting `token`.
     pub fn new(agent: Agent, token: Secret) -> Arc<State> {
         Arc::new(State {
             token,
@@ -65,20 +72,24 @@ impl State {
         })
     }
 
+    /// The deploy of `app` this daemon is running, if any.
     pub fn running(&self, app: &AppId) -> Option<Running> {
         locked(&self.running).get(app).cloned()
     }
 
+    /// Tracks `running` as `app`'s deploy (for cancelling and status).
     pub fn set_running(&self, app: &AppId, running: Running) {
         locked(&self.running).insert(app.clone(), running);
     }
 
+    /// Notes the deployment id of `app`'s running deploy once it has one.
     pub fn set_deployment(&self, app: &AppId, deployment: &DeploymentId) {
         if let Some(r) = locked(&self.running).get_mut(app) {
             r.deployment = Some(deployment.clone());
         }
     }
 
+    /// Forgets `app`'s deploy: it has ended.
     pub fn done_running(&self, app: &AppId) {
         locked(&self.running).remove(app);
     }

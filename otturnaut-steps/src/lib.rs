@@ -51,12 +51,15 @@
 //! }
 //! ```
 
+#![warn(missing_docs)]
+
 mod handover;
 mod locks;
 mod reaper;
 mod reconcile;
 mod releases;
 mod retire;
+mod state;
 mod strategy;
 mod tokens;
 mod undo;
@@ -72,9 +75,10 @@ pub use reconcile::{
     undeploy_app,
 };
 pub use releases::{DEFAULT_KEEP, PruneReport, apply_retention, list_releases, prune, rollback_spec};
+pub use state::{LabelState, release_of};
 pub use strategy::{BlueGreen, Deployed, Strategy};
 pub use tokens::{Built, Committed, Context, Fetched, Healthy, PortHeld, Routed, Running};
-pub use undo::{Residue, RetryPolicy, UndoAction, UndoOutcome, UndoReport};
+pub use undo::{Residue, ResidueKind, RetryPolicy, UndoAction, UndoOutcome, UndoReport};
 
 /// A deploy that did not reach its commit point: which step failed, why,
 /// and what its rollback came to.
@@ -114,12 +118,12 @@ impl DeployError {
         DeployError { app, deployment, step, cause, undo }
     }
 
-    /// The step that failed.
     /// The parts, for a front end that keeps them: deployment, step, cause, undo.
     pub fn into_parts(self) -> (DeploymentId, Step, otturnaut_core::Error, UndoReport) {
         (self.deployment, self.step, self.cause, self.undo)
     }
 
+    /// The step that failed.
     pub fn step(&self) -> Step {
         self.step
     }

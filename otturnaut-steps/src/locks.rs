@@ -6,6 +6,9 @@ use std::sync::{Arc, Mutex, Weak};
 use otturnaut_core::AppId;
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
+/// One async lock per app, inside this process: deploys of one app run one
+/// after the other, different apps concurrently. (Across processes, the
+/// adapters' file lock does the same.) Unused locks are dropped.
 #[derive(Debug, Default, Clone)]
 pub struct AppLocks {
     locks: Arc<Mutex<HashMap<AppId, Weak<AsyncMutex<()>>>>>,

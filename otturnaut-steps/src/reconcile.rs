@@ -30,10 +30,12 @@ use otturnaut_core::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::undo::{Residue, RetryPolicy, UndoAction, perform_with_retry};
+use crate::undo::{Residue, ResidueKind, RetryPolicy, UndoAction, perform_with_retry};
 
+/// What a reconcile, undeploy or prune of one app did and left.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CleanupReport {
+    /// The app; `None` for work on no app in particular (leftover source trees).
     pub app: Option<AppId>,
     /// What was removed or repaired, as sentences.
     pub done: Vec<String>,
@@ -42,6 +44,7 @@ pub struct CleanupReport {
 }
 
 impl CleanupReport {
+    /// True when nothing was left behind.
     pub fn is_clean(&self) -> bool {
         self.residue.is_empty()
     }
@@ -98,7 +101,7 @@ pub async fn reconcile(
                 Ok(()) => report.done.push(format!("restored {}'s route to port {}", plan.app, target.port)),
                 Err(e) => {
                     report.residue.push(Residue {
-                        kind: "route".into(),
+                        kind: ResidueKind::Route,
                         what: format!("restore {}'s route to port {}", plan.app, target.port),
                         error: e.clone(),
                         in_doubt: false,
@@ -114,7 +117,7 @@ pub async fn reconcile(
             match adopt(a, live).await {
                 Ok(()) => report.done.push(format!("recorded {} as {}'s live release", live.deployment, live.app)),
                 Err(e) => report.residue.push(Residue {
-                    kind: "state".into(),
+                    kind: ResidueKind::State,
                     what: format!("record {} as {}'s live release", live.deployment, live.app),
                     error: e.to_string(),
                     in_doubt: false,
@@ -125,7 +128,7 @@ pub async fn reconcile(
             match retire.finish(a, &plan.app, RETIRE_GRACE).await {
                 Ok(done) => report.done.push(done),
                 Err(e) => report.residue.push(Residue {
-                    kind: "state".into(),
+                    kind: ResidueKind::State,
                     what: format!("retire {} of {}", retire.deployment, plan.app),
                     error: e.to_string(),
                     in_doubt: false,
@@ -210,7 +213,7 @@ impl Retire {
             a.runtime.stop(&self.container, grace).await?;
         }
         if self.keep {
-            a.builder.tag_image(&image_tag(app, &self.deployment), &kept_tag(app, &self.deployment)).await?;
+            a.builder.tag_image(image_tag(app, &self.deployment).as_str(), &kept_tag(app, &self.deployment)).await?;
         }
         if self.unmark {
             a.builder.remove_image(&live_tag(app, &self.deployment)).await?;
@@ -327,12 +330,12 @@ pub async fn undeploy_app(
 /// volumes are in use: they stay, as a residue too.
 pub async fn remove_app_volumes(a: &Adapters, app: &AppId, report: &mut CleanupReport) {
     let residue = |error: String| Residue {
-        kind: "volume".into(),
+        kind: ResidueKind::Volume,
         what: format!("remove the volumes of {app}"),
         error,
         in_doubt: false,
     };
-    if report.residue.iter().any(|r| r.kind == "container") {
+    if report.residue.iter().any(|r| r.kind == ResidueKind::Container) {
         report.residue.push(residue("a container of the app is still there".into()));
         return;
     }
@@ -390,7 +393,7 @@ async fn run(a: &Adapters, app: Option<&AppId>, actions: Vec<UndoAction>, retry:
                 }
             }
             (_, Err(e)) => report.residue.push(Residue {
-                kind: action.kind().into(),
+                kind: action.kind(),
                 what: action.to_string(),
                 error: e.to_string(),
                 in_doubt: false,

@@ -125,7 +125,7 @@ pub async fn apply_retention(
             // still a release): residue too, for reconcile to finish.
             if failed && matches!(action, UndoAction::RemoveImage { .. }) {
                 report.residue.push(Residue {
-                    kind: action.kind().into(),
+                    kind: action.kind(),
                     what: format!("{action} (release {} beyond keep = {keep})", release.deployment),
                     error: "not attempted: the release's container could not be removed".into(),
                     in_doubt: false,
@@ -137,7 +137,7 @@ pub async fn apply_retention(
                 (_, Err(e)) => {
                     failed = true;
                     report.residue.push(Residue {
-                        kind: action.kind().into(),
+                        kind: action.kind(),
                         what: action.to_string(),
                         error: e.to_string(),
                         in_doubt: false,

@@ -11,7 +11,7 @@ use otturnaut_core::traits::{container_name, image_tag, kept_tag, live_tag};
 use otturnaut_core::{DeployEvent, Release, Step};
 
 use crate::tokens::Context;
-use crate::undo::{Residue, UndoAction, perform_with_retry};
+use crate::undo::{Residue, ResidueKind, UndoAction, perform_with_retry};
 
 /// How often Caddy's in-flight count is polled while draining.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
@@ -44,7 +44,7 @@ pub(crate) async fn retire(ctx: &Context, old: &Release, new: &Release) -> Vec<R
             warn(Step::StopOld, started, &e);
             let name = container_name(&old.app, &old.deployment);
             residue.push(Residue {
-                kind: "container".into(),
+                kind: ResidueKind::Container,
                 what: format!("stop container {name} (kept for a rollback, still running)"),
                 error: e.to_string(),
                 // The stop may have happened before the error was reported.
@@ -58,7 +58,8 @@ pub(crate) async fn retire(ctx: &Context, old: &Release, new: &Release) -> Vec<R
     // the newer mark wins, and reconcile finishes the job.
     let started = Instant::now();
     ctx.events.emit(DeployEvent::StepStarted { step: Step::KeepOld });
-    let kept = a.builder.tag_image(&image_tag(&old.app, &old.deployment), &kept_tag(&old.app, &old.deployment)).await;
+    let kept =
+        a.builder.tag_image(image_tag(&old.app, &old.deployment).as_str(), &kept_tag(&old.app, &old.deployment)).await;
     match kept {
         Ok(()) => {
             let unmark = UndoAction::RemoveImage { image: live_tag(&old.app, &old.deployment) };
@@ -77,7 +78,7 @@ pub(crate) async fn retire(ctx: &Context, old: &Release, new: &Release) -> Vec<R
         Err(e) => {
             warn(Step::KeepOld, started, &e);
             residue.push(Residue {
-                kind: "image".into(),
+                kind: ResidueKind::Image,
                 what: format!(
                     "mark {} of {} as kept ({})",
                     old.deployment,
@@ -130,7 +131,7 @@ async fn drain(ctx: &Context, old: &Release) -> Result<Option<String>, otturnaut
 }
 
 fn residue_of(action: &UndoAction, e: &otturnaut_core::Error) -> Residue {
-    Residue { kind: action.kind().into(), what: action.to_string(), error: e.to_string(), in_doubt: false }
+    Residue { kind: action.kind(), what: action.to_string(), error: e.to_string(), in_doubt: false }
 }
 
 /// Removes the app's retained releases beyond `keep` after a deploy: each

@@ -19,6 +19,7 @@ use crate::undo::{Residue, RetryPolicy};
 /// A deploy that reached its commit point.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deployed {
+    /// The release now live.
     pub release: Release,
     /// The release that was live before, now retired (kept for a rollback).
     pub previous: Option<Release>,
@@ -28,6 +29,7 @@ pub struct Deployed {
     /// What retiring the previous release could not clean up (warnings only:
     /// the deploy itself succeeded).
     pub residue: Vec<Residue>,
+    /// How long the deploy took (milliseconds in JSON).
     #[serde(with = "millis")]
     pub elapsed: Duration,
 }
@@ -42,6 +44,8 @@ mod millis {
     }
 }
 
+/// A way of replacing an app's live release. [`BlueGreen`] is the one there is;
+/// the trait is what front ends and tests drive.
 #[async_trait]
 pub trait Strategy: Send + Sync {
     /// Deploys `spec`. On error, everything the deploy acquired has been
@@ -79,6 +83,8 @@ impl BlueGreen {
         Self::with_retry(adapters, RetryPolicy::default())
     }
 
+    /// Like [`BlueGreen::new`], trying each undo as `retry` says (tests use
+    /// [`RetryPolicy::immediate`]).
     pub fn with_retry(adapters: Adapters, retry: RetryPolicy) -> Self {
         let reaper = Reaper::spawn(adapters.clone(), EventSink::discard(), retry);
         BlueGreen { adapters, reaper, retry, locks: AppLocks::default(), keep: DEFAULT_KEEP }
@@ -97,6 +103,7 @@ impl BlueGreen {
         &self.reaper
     }
 
+    /// The ports this strategy deploys through.
     pub fn adapters(&self) -> &Adapters {
         &self.adapters
     }

@@ -1,3 +1,4 @@
+// Long file: the seven tokens of the typestate chain share their guards and unwinding, kept in one module.
 //! The typestate tokens. Each step consumes the previous token and returns the
 //! next, so steps cannot run out of order: there is no `switch_route` on a
 //! [`Built`]. Each token owns its resource (through an armed [`Guard`]) and
@@ -13,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use otturnaut_core::traits::{BuildRequest, FetchRequest, FetchedSource, RunRequest, container_name, image_tag};
 use otturnaut_core::{
-    Adapters, CommitSha, ContainerId, DeployEvent, DeploySpec, DeploymentId, Error, EventSink, HostPort, Release,
-    RouteTarget, Source, Step,
+    Adapters, CommitSha, ContainerId, DeployEvent, DeploySpec, DeploymentId, Error, EventSink, HostPort, ImageRef,
+    Release, RouteTarget, Source, Step,
 };
 
 use crate::DeployError;
@@ -29,11 +30,17 @@ const BACKSTOP: Duration = Duration::from_secs(10);
 /// Everything the steps of one deployment share.
 #[derive(Debug)]
 pub struct Context {
+    /// The ports the steps act through.
     pub adapters: Adapters,
+    /// Where progress events go.
     pub events: EventSink,
+    /// Where the undos of a dropped token go.
     pub reaper: Reaper,
+    /// How hard each undo is tried.
     pub retry: RetryPolicy,
+    /// What is being deployed.
     pub spec: DeploySpec,
+    /// This attempt's id: it names the tag, container and port owner.
     pub deployment: DeploymentId,
 }
 
@@ -143,7 +150,7 @@ impl Fetched {
                 let guard = Guard::armed(UndoAction::RemoveImage { image: req.tag() }, ctx.handover());
                 let builder = ctx.adapters.builder.clone();
                 let events = ctx.events.clone();
-                let work: std::pin::Pin<Box<dyn Future<Output = Result<String, Error>> + Send>> =
+                let work: std::pin::Pin<Box<dyn Future<Output = Result<ImageRef, Error>> + Send>> =
                     Box::pin(async move { builder.build(&req, &events).await });
                 (work, guard)
             }
@@ -157,7 +164,7 @@ impl Fetched {
                 let reference = reference.clone();
                 let pull = spec.timeouts.pull;
                 // The app's lock is held while a registry trickles an image in.
-                let work: std::pin::Pin<Box<dyn Future<Output = Result<String, Error>> + Send>> =
+                let work: std::pin::Pin<Box<dyn Future<Output = Result<ImageRef, Error>> + Send>> =
                     Box::pin(async move {
                         match tokio::time::timeout(pull, builder.ensure_image(&reference, &tag, &events)).await {
                             Ok(result) => result?,
@@ -168,7 +175,7 @@ impl Fetched {
                                 });
                             }
                         }
-                        Ok(reference.to_string())
+                        Ok(reference)
                     });
                 (work, guard)
             }
@@ -179,9 +186,9 @@ impl Fetched {
                 let guard = Guard::armed(UndoAction::RemoveImage { image: tag.clone() }, ctx.handover());
                 let builder = ctx.adapters.builder.clone();
                 let (source, image) = (image_tag(&spec.app, from), image.clone());
-                let work: std::pin::Pin<Box<dyn Future<Output = Result<String, Error>> + Send>> =
+                let work: std::pin::Pin<Box<dyn Future<Output = Result<ImageRef, Error>> + Send>> =
                     Box::pin(async move {
-                        builder.tag_image(&source, &tag).await?;
+                        builder.tag_image(source.as_str(), &tag).await?;
                         Ok(image)
                     });
                 (work, guard)
@@ -196,9 +203,9 @@ impl Fetched {
             Source::Image { .. } | Source::Release { .. } => spec.timeouts.pull,
         };
         let limit = Some(limit);
-        let detail = |image: &String| match &spec.source {
+        let detail = |image: &ImageRef| match &spec.source {
             Source::Release { deployment, .. } => Some(format!("{image}: the image of release {deployment}, no build")),
-            _ => Some(image.clone()),
+            _ => Some(image.to_string()),
         };
         match timed(&ctx, Step::Build, limit, work, detail).await {
             Ok(image) => {
@@ -212,6 +219,7 @@ impl Fetched {
         }
     }
 
+    /// The fetched tree and its commit; `None` for a prebuilt image or a rollback.
     pub fn source(&self) -> Option<&FetchedSource> {
         self.source.as_ref()
     }
@@ -230,14 +238,15 @@ impl Fetched {
 /// A built image, or a prebuilt one present and tagged for this release.
 #[derive(Debug)]
 pub struct Built {
-    image: String,
+    image: ImageRef,
     commit: Option<CommitSha>,
     guard: Guard,
     prev: Fetched,
 }
 
 impl Built {
-    pub fn image(&self) -> &str {
+    /// The image as the user knows it: the built tag or the prebuilt reference.
+    pub fn image(&self) -> &ImageRef {
         &self.image
     }
 
@@ -259,6 +268,7 @@ impl Built {
         }
     }
 
+    /// Undoes this step and every one before it, newest first.
     pub async fn rollback(self) -> UndoReport {
         let ctx = self.prev.ctx.clone();
         undo_all(&ctx, self.unwind()).await
@@ -282,6 +292,7 @@ pub struct PortHeld {
 const PORT_RETRIES: usize = 5;
 
 impl PortHeld {
+    /// The reserved host port.
     pub fn port(&self) -> HostPort {
         self.port
     }
@@ -332,6 +343,7 @@ impl PortHeld {
         }
     }
 
+    /// Undoes this step and every one before it, newest first.
     pub async fn rollback(self) -> UndoReport {
         let ctx = self.prev.prev.ctx.clone();
         undo_all(&ctx, self.unwind()).await
@@ -355,6 +367,7 @@ impl Running {
         self.prev.prev.prev.ctx.clone()
     }
 
+    /// The new container.
     pub fn container(&self) -> &ContainerId {
         &self.container
     }
@@ -371,6 +384,7 @@ impl Running {
         }
     }
 
+    /// Undoes this step and every one before it, newest first.
     pub async fn rollback(self) -> UndoReport {
         let ctx = self.ctx();
         undo_all(&ctx, self.unwind()).await
@@ -422,6 +436,7 @@ impl Healthy {
         }
     }
 
+    /// Undoes this step and every one before it, newest first.
     pub async fn rollback(self) -> UndoReport {
         self.running.rollback().await
     }
@@ -438,7 +453,9 @@ pub struct Routed {
 /// recorded. Nothing from here on is undone.
 #[derive(Debug)]
 pub struct Committed {
+    /// The release now recorded as live.
     pub release: Release,
+    /// The release that was live before, still running until retired.
     pub previous: Option<Release>,
     /// What cleaning up after the commit (the fetched source) left behind.
     pub residue: Vec<crate::Residue>,
@@ -489,6 +506,7 @@ impl Routed {
         }
     }
 
+    /// Undoes this step and every one before it, newest first.
     pub async fn rollback(self) -> UndoReport {
         let ctx = self.ctx();
         undo_all(&ctx, self.unwind()).await

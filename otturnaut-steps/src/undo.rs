@@ -16,45 +16,63 @@ use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use otturnaut_core::{Adapters, AppId, ContainerId, DeployEvent, DeploymentId, EventSink, Release, RouteTarget};
+use otturnaut_core::{
+    Adapters, AppId, ContainerId, DeployEvent, DeploymentId, EventSink, ImageRef, Release, RouteTarget,
+};
 use serde::{Deserialize, Serialize};
 
+/// The release of one resource a deploy acquired, as plain data: armed before
+/// the acquiring call, performed by the rollback or by the reaper.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UndoAction {
+    /// Delete the source tree (and key file) fetched for a deployment.
     RemoveSource {
+        /// The app fetched for.
         app: AppId,
+        /// The deployment fetched for.
         deployment: DeploymentId,
     },
+    /// Remove one of our image tags (the image goes with its last tag).
     RemoveImage {
-        image: String,
+        /// The tag.
+        image: ImageRef,
     },
+    /// Give a deployment's host port back to the pool.
     ReleasePort {
+        /// The deployment holding it.
         deployment: DeploymentId,
     },
+    /// Kill and remove a container.
     RemoveContainer {
+        /// Its name (known before it is created).
         name: ContainerId,
     },
     /// Put the app's route back as it was: to `previous`, or gone.
     RestoreRoute {
+        /// The app.
         app: AppId,
+        /// Where the route pointed before; `None`: there was none.
         previous: Option<RouteTarget>,
     },
     /// Put the app's recorded release back as it was.
     RestoreState {
+        /// The app.
         app: AppId,
+        /// The release live before; `None`: there was none.
         previous: Option<Release>,
     },
 }
 
 impl UndoAction {
-    pub fn kind(&self) -> &'static str {
+    /// The kind of resource this undo releases, as its residue names it.
+    pub fn kind(&self) -> ResidueKind {
         match self {
-            UndoAction::RemoveSource { .. } => "source_dir",
-            UndoAction::RemoveImage { .. } => "image",
-            UndoAction::ReleasePort { .. } => "port",
-            UndoAction::RemoveContainer { .. } => "container",
-            UndoAction::RestoreRoute { .. } => "route",
-            UndoAction::RestoreState { .. } => "state",
+            UndoAction::RemoveSource { .. } => ResidueKind::SourceDir,
+            UndoAction::RemoveImage { .. } => ResidueKind::Image,
+            UndoAction::ReleasePort { .. } => ResidueKind::Port,
+            UndoAction::RemoveContainer { .. } => ResidueKind::Container,
+            UndoAction::RestoreRoute { .. } => ResidueKind::Route,
+            UndoAction::RestoreState { .. } => ResidueKind::State,
         }
     }
 
@@ -93,11 +111,14 @@ impl fmt::Display for UndoAction {
 /// How hard to try an undo before reporting it as residue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
+    /// How many times an undo is tried in all (at least once).
     pub attempts: u32,
     /// An undo attempt that takes longer than this counts as failed: a hung
     /// service must not hold a rollback forever.
     pub attempt_timeout: Duration,
+    /// The wait after the first failed attempt; it doubles after each.
     pub first_backoff: Duration,
+    /// The longest wait between attempts.
     pub max_backoff: Duration,
 }
 
@@ -137,22 +158,70 @@ pub(crate) struct Owner {
 pub struct UndoOutcome {
     /// The app and deployment whose resource it released.
     pub app: AppId,
+    /// The deployment that acquired it.
     pub deployment: DeploymentId,
+    /// The undo, as a sentence (`remove container otturnaut-shop-01h…`).
     pub action: String,
+    /// Whether it succeeded in the end.
     pub ok: bool,
+    /// How many attempts it took (or were made before giving up).
     pub attempts: u32,
+    /// The last attempt's error, if it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// What kind of resource a [`Residue`] is. Serialised as the lowercase
+/// word (`source_dir`, `image`, …) that the CLI's and daemon's JSON show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResidueKind {
+    /// A fetched source tree (and key file) on disk.
+    SourceDir,
+    /// An image tag: a release tag, a live or kept mark.
+    Image,
+    /// A host port held in the agent's pool.
+    Port,
+    /// A container.
+    Container,
+    /// An app's Caddy route, not put back as it was.
+    Route,
+    /// The app's live mark, not put back as it was.
+    State,
+    /// A named volume of an app (`undeploy --volumes`).
+    Volume,
+}
+
+impl ResidueKind {
+    /// The word used in JSON and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            ResidueKind::SourceDir => "source_dir",
+            ResidueKind::Image => "image",
+            ResidueKind::Port => "port",
+            ResidueKind::Container => "container",
+            ResidueKind::Route => "route",
+            ResidueKind::State => "state",
+            ResidueKind::Volume => "volume",
+        }
+    }
+}
+
+impl fmt::Display for ResidueKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// Something an undo (or a post-commit retire) could not release: it still
 /// exists and `reconcile` will clear it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Residue {
-    /// `container`, `image`, `port`, `route` or `source_dir`.
-    pub kind: String,
+    /// What kind of resource is left.
+    pub kind: ResidueKind,
     /// What is left, e.g. `remove container otturnaut-shop-01h…`.
     pub what: String,
+    /// Why it could not be released (the last attempt's error).
     pub error: String,
     /// The step that would have created it failed, so it may never have
     /// existed: the undo was attempted to be safe and could not confirm.
@@ -170,11 +239,14 @@ impl fmt::Display for Residue {
 /// Every undo a rollback ran, in order, and what is left.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UndoReport {
+    /// Every undo run, in order.
     pub outcomes: Vec<UndoOutcome>,
+    /// What the undos could not release.
     pub residue: Vec<Residue>,
 }
 
 impl UndoReport {
+    /// True when everything was released.
     pub fn is_clean(&self) -> bool {
         self.residue.is_empty()
     }
@@ -244,12 +316,7 @@ pub(crate) async fn run_in_order(
             });
         }
         if let Some(e) = &error {
-            report.residue.push(Residue {
-                kind: action.kind().into(),
-                what: action.to_string(),
-                error: e.clone(),
-                in_doubt,
-            });
+            report.residue.push(Residue { kind: action.kind(), what: action.to_string(), error: e.clone(), in_doubt });
         }
         report.outcomes.push(UndoOutcome {
             app: owner.app.clone(),
@@ -261,4 +328,27 @@ pub(crate) async fn run_in_order(
         });
     }
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn residue_kinds_serialise_as_the_words_the_json_always_had() {
+        let all = [
+            (ResidueKind::SourceDir, "source_dir"),
+            (ResidueKind::Image, "image"),
+            (ResidueKind::Port, "port"),
+            (ResidueKind::Container, "container"),
+            (ResidueKind::Route, "route"),
+            (ResidueKind::State, "state"),
+            (ResidueKind::Volume, "volume"),
+        ];
+        for (kind, word) in all {
+            assert_eq!(serde_json::to_value(kind).ok(), Some(serde_json::Value::from(word)));
+            assert_eq!(kind.to_string(), word);
+            assert_eq!(serde_json::from_value::<ResidueKind>(word.into()).ok(), Some(kind));
+        }
+    }
 }

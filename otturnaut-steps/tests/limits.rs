@@ -9,6 +9,8 @@ use otturnaut_core::testing::Fake;
 use otturnaut_core::{AppId, DeploySpec, Error, EventSink, Source, Step};
 use otturnaut_steps::{BlueGreen, RetryPolicy, Strategy as _};
 
+mod common;
+
 fn image_spec(app: &str) -> DeploySpec {
     let app: AppId = app.parse().expect("app");
     DeploySpec::new(app, Source::Image { reference: "redis:7".parse().expect("image") }, "80".parse().expect("port"))
@@ -21,7 +23,7 @@ async fn a_pull_that_never_ends_fails_after_the_pull_timeout() {
     let mut spec = image_spec("pull");
     spec.timeouts.pull = Duration::from_millis(300);
     let started = Instant::now();
-    let err = BlueGreen::with_retry(fake.adapters(), RetryPolicy::immediate(3))
+    let err = BlueGreen::with_retry(common::adapters(&fake), RetryPolicy::immediate(3))
         .execute(spec, &EventSink::discard())
         .await
         .expect_err("the pull never ends");
@@ -45,7 +47,7 @@ async fn durations_at_their_maximum_never_overflow() {
     spec.timeouts.fetch = Duration::MAX;
     spec.health.deadline = Duration::MAX;
     assert!(spec.check_limits().is_err(), "the CLI refuses these; the pipeline must still survive them");
-    let deployed = BlueGreen::with_retry(fake.adapters(), RetryPolicy::immediate(3))
+    let deployed = BlueGreen::with_retry(common::adapters(&fake), RetryPolicy::immediate(3))
         .execute(spec, &EventSink::discard())
         .await
         .expect("deploys on the fakes without a panic");

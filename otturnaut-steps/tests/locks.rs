@@ -5,6 +5,8 @@ use otturnaut_core::testing::Fake;
 use otturnaut_core::{AppId, ContainerPort, DeploySpec, EventSink, Source};
 use otturnaut_steps::{BlueGreen, RetryPolicy, Strategy};
 
+mod common;
+
 fn spec(app: &str) -> DeploySpec {
     let app: AppId = app.parse().expect("app id");
     let source = Source::Image { reference: "prebuilt:1".parse().expect("image") };
@@ -21,7 +23,7 @@ fn spans(calls: &[Call]) -> Vec<(usize, usize)> {
 #[tokio::test]
 async fn same_app_deploys_run_one_after_the_other() {
     let fake = Fake::new();
-    let bg = BlueGreen::with_retry(fake.adapters(), RetryPolicy::immediate(1));
+    let bg = BlueGreen::with_retry(common::adapters(&fake), RetryPolicy::immediate(1));
     let events = EventSink::discard();
     let (a, b) = tokio::join!(bg.execute(spec("shop"), &events), bg.execute(spec("shop"), &events));
     let (a, b) = (a.expect("first"), b.expect("second"));
@@ -36,7 +38,7 @@ async fn same_app_deploys_run_one_after_the_other() {
 #[tokio::test]
 async fn different_apps_deploy_concurrently() {
     let fake = Fake::new();
-    let bg = BlueGreen::with_retry(fake.adapters(), RetryPolicy::immediate(1));
+    let bg = BlueGreen::with_retry(common::adapters(&fake), RetryPolicy::immediate(1));
     let events = EventSink::discard();
     let (a, b) = tokio::join!(bg.execute(spec("shop"), &events), bg.execute(spec("blog"), &events));
     a.expect("shop");

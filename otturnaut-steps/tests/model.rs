@@ -1,4 +1,7 @@
-//! Model test of the blue-green pipeline on recording fakes.
+//! Model test of the blue-green pipeline on recording fakes, with the
+//! production state store ([`LabelState`]) over them: what is recorded as
+//! live is read back from the fake world's live marks, exactly as the agent
+//! reads Docker's.
 //!
 //! Random spec × random prior state × random fault plan (a step failing before
 //! or after its side effect, undos failing for good, a panic, a hang, or the
@@ -15,9 +18,13 @@ use std::time::Duration;
 
 use otturnaut_core::faults::{Call, Fault, FaultMode, Phase};
 use otturnaut_core::testing::{Fake, Op, Resource, World};
-use otturnaut_core::{AppId, ContainerPort, DeploySpec, Domain, EventSink, ImageRef, Source, Step};
-use otturnaut_steps::{BlueGreen, DeployError, Deployed, RetryPolicy, Strategy as _};
+use otturnaut_core::{
+    AppId, ContainerPort, DeploySpec, Domain, EventSink, ImageRef, Release, ReleaseState, Source, Step,
+};
+use otturnaut_steps::{BlueGreen, DeployError, Deployed, ResidueKind, RetryPolicy, Strategy as _, list_releases};
 use proptest::prelude::*;
+
+mod common;
 
 /// Forward calls a step fault can hit, and the step that must be named.
 const FORWARD: &[(Call, Step)] = &[
@@ -141,19 +148,17 @@ async fn poll_then_drop<F: Future>(fut: F, polls: usize) -> Option<F::Output> {
     None
 }
 
-fn kinds_of_diff(before: &World, after: &World, app: &AppId) -> Vec<String> {
+fn kinds_of_diff(before: &World, after: &World, app: &AppId) -> Vec<ResidueKind> {
     let mut kinds = Vec::new();
-    kinds.extend(after.sources.difference(&before.sources).map(|_| "source_dir".to_string()));
-    kinds.extend(after.images.difference(&before.images).map(|_| "image".to_string()));
-    kinds.extend(after.ports.keys().filter(|k| !before.ports.contains_key(*k)).map(|_| "port".to_string()));
+    kinds.extend(after.sources.difference(&before.sources).map(|_| ResidueKind::SourceDir));
+    kinds.extend(after.images.difference(&before.images).map(|_| ResidueKind::Image));
+    kinds.extend(after.ports.keys().filter(|k| !before.ports.contains_key(*k)).map(|_| ResidueKind::Port));
     kinds.extend(
-        after.containers.keys().filter(|k| !before.containers.contains_key(*k)).map(|_| "container".to_string()),
+        after.containers.keys().filter(|k| !before.containers.contains_key(*k)).map(|_| ResidueKind::Container),
     );
+    // A live mark is an image tag: a mark left behind shows as an image.
     if after.routes.get(app) != before.routes.get(app) {
-        kinds.push("route".into());
-    }
-    if after.recorded.get(app) != before.recorded.get(app) {
-        kinds.push("state".into());
+        kinds.push(ResidueKind::Route);
     }
     kinds.sort();
     kinds
@@ -180,13 +185,13 @@ fn assert_reverse_order(log: &[Op], prior_route: Option<&Resource>) -> Result<()
     Ok(())
 }
 
-fn sorted(it: impl Iterator<Item = String>) -> Vec<String> {
-    let mut v: Vec<String> = it.collect();
+fn sorted(it: impl Iterator<Item = ResidueKind>) -> Vec<ResidueKind> {
+    let mut v: Vec<ResidueKind> = it.collect();
     v.sort();
     v
 }
 
-fn is_sub_multiset(small: &[String], big: &[String]) -> bool {
+fn is_sub_multiset(small: &[ResidueKind], big: &[ResidueKind]) -> bool {
     let mut big = big.to_vec();
     small.iter().all(|x| match big.iter().position(|y| y == x) {
         Some(i) => {
@@ -213,11 +218,16 @@ fn silence_injected_panics() {
 async fn run_case(case: Case) -> Result<(), TestCaseError> {
     let fake = Fake::new();
     let app: AppId = "shop".parse().expect("app");
-    let prior = case.prior.as_ref().map(|d| fake.seed_release(&app, d.clone()));
+    let prior = case.prior.as_ref().map(|d| fake.seed_release(&app, d.clone()).expect("seeded"));
+    // What is live, read by the production store from the live marks (no faults).
+    let unfaulted = common::adapters(&fake.unfaulted());
+    let recorded = || async { unfaulted.state.load(&app).await.map_err(|e| TestCaseError::fail(e.to_string())) };
+    let recorded_before = recorded().await?;
+    prop_assert_eq!(&recorded_before, &prior, "the seeded release is live");
     let before = fake.world();
     fake.clear_log();
     let spec = spec(&case, &app);
-    let bg = BlueGreen::with_retry(fake.adapters(), RetryPolicy::immediate(3));
+    let bg = BlueGreen::with_retry(common::adapters(&fake), RetryPolicy::immediate(3));
     let (events, mut rx) = EventSink::channel();
 
     let mut undo_faults: Vec<Call> = Vec::new();
@@ -272,6 +282,7 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
     };
     let reaped = bg.reaper().flush().await;
     let after = fake.world();
+    let recorded_after = recorded().await?;
     let log = fake.log();
     drop(events);
     let mut seen = Vec::new();
@@ -281,7 +292,7 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
 
     let prior_route =
         prior.as_ref().filter(|p| !p.domains.is_empty()).map(|p| Resource::Route(app.clone(), p.host_port));
-    let committed = after.recorded.get(&app).map(|r| &r.deployment) != before.recorded.get(&app).map(|r| &r.deployment);
+    let committed = recorded_after.as_ref().map(|r| &r.deployment) != recorded_before.as_ref().map(|r| &r.deployment);
 
     match end {
         End::Done(done) => match *done {
@@ -290,8 +301,8 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
                 if let Some((call, _)) = step_fault {
                     prop_assert!(!fake.calls().contains(&call), "{call} failed but the deploy succeeded");
                 }
-                check_success(&before, &after, &app, &spec, prior.as_ref(), &deployed)?;
-                let mut residue_kinds: Vec<String> = deployed.residue.iter().map(|r| r.kind.clone()).collect();
+                check_success(&after, recorded_after.as_ref(), &app, &spec, prior.as_ref(), &deployed)?;
+                let mut residue_kinds: Vec<ResidueKind> = deployed.residue.iter().map(|r| r.kind).collect();
                 residue_kinds.sort();
                 let ideal = ideal_success_world(&before, &deployed, prior.as_ref(), &spec);
                 prop_assert_eq!(
@@ -302,6 +313,13 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
                 if undo_faults.is_empty() {
                     prop_assert!(residue_kinds.is_empty());
                     prop_assert_eq!(&after, &ideal);
+                    // The retired release is kept for a rollback (its kept mark), the new one live.
+                    let listed =
+                        list_releases(&unfaulted, &app).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    let states: Vec<_> = listed.iter().map(|r| (r.deployment.clone(), r.state)).collect();
+                    let mut expected = vec![(deployed.release.deployment.clone(), ReleaseState::Live)];
+                    expected.extend(prior.iter().map(|p| (p.deployment.clone(), ReleaseState::Retained)));
+                    prop_assert_eq!(states, expected);
                 }
             }
             Err(err) => {
@@ -319,13 +337,14 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
                 prop_assert_eq!(Some(err.step()), expected_step, "error must name the failed step: {}", err);
                 prop_assert!(err.to_string().contains(err.step().name()));
                 prop_assert!(!committed, "a failed deploy must not change recorded state");
-                let route_left = err.undo().residue.iter().any(|r| r.kind == "route");
+                let route_left = err.undo().residue.iter().any(|r| r.kind == ResidueKind::Route);
                 prior_untouched(&before, &after, prior.as_ref(), route_left)?;
+                prop_assert_eq!(&recorded_after, &recorded_before, "the previous release is still the live one");
                 // What is left is exactly the residue that is certain, plus any of
                 // the in-doubt residue (the failed step's own) that really exists.
                 let residue = &err.undo().residue;
-                let certain = sorted(residue.iter().filter(|r| !r.in_doubt).map(|r| r.kind.clone()));
-                let possible = sorted(residue.iter().map(|r| r.kind.clone()));
+                let certain = sorted(residue.iter().filter(|r| !r.in_doubt).map(|r| r.kind));
+                let possible = sorted(residue.iter().map(|r| r.kind));
                 let left = kinds_of_diff(&before, &after, &app);
                 prop_assert!(is_sub_multiset(&certain, &left), "certain residue {certain:?} not all left: {left:?}");
                 prop_assert!(is_sub_multiset(&left, &possible), "left {left:?} but residue says only {possible:?}");
@@ -341,7 +360,7 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
             if committed {
                 // Dropped after the commit point: the new release is live;
                 // retiring the old one is reconcile's job now.
-                let new = after.recorded.get(&app).ok_or_else(|| TestCaseError::fail("no recorded release"))?;
+                let new = recorded_after.as_ref().ok_or_else(|| TestCaseError::fail("no recorded release"))?;
                 prop_assert!(after.containers.contains_key(&new.container.0));
                 if !spec.domains.is_empty() {
                     prop_assert_eq!(after.routes.get(&app).map(|r| r.port), Some(new.host_port));
@@ -349,6 +368,7 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
             } else {
                 prop_assert_eq!(&after, &before, "after the reaper ran, a dropped deploy leaves nothing");
                 prior_untouched(&before, &after, prior.as_ref(), false)?;
+                prop_assert_eq!(&recorded_after, &recorded_before);
                 assert_reverse_order(&log, prior_route.as_ref())?;
             }
         }
@@ -360,12 +380,12 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// The previous release keeps running, recorded and (unless restoring its
+/// The previous release keeps running, marked live and (unless restoring its
 /// route is what failed, which the residue then says) routed.
 fn prior_untouched(
     before: &World,
     after: &World,
-    prior: Option<&otturnaut_core::Release>,
+    prior: Option<&Release>,
     route_may_differ: bool,
 ) -> Result<(), TestCaseError> {
     if let Some(p) = prior {
@@ -373,7 +393,7 @@ fn prior_untouched(
         if !route_may_differ {
             prop_assert_eq!(before.routes.get(&p.app), after.routes.get(&p.app));
         }
-        prop_assert_eq!(before.recorded.get(&p.app), after.recorded.get(&p.app));
+        prop_assert!(after.images.contains(&otturnaut_core::traits::live_tag(&p.app, &p.deployment)));
         prop_assert!(after.images.contains(&p.image));
         prop_assert_eq!(before.ports.get(&p.deployment), after.ports.get(&p.deployment));
     }
@@ -381,15 +401,15 @@ fn prior_untouched(
 }
 
 fn check_success(
-    before: &World,
     after: &World,
+    recorded: Option<&Release>,
     app: &AppId,
     spec: &DeploySpec,
-    prior: Option<&otturnaut_core::Release>,
+    prior: Option<&Release>,
     deployed: &Deployed,
 ) -> Result<(), TestCaseError> {
     let new = &deployed.release;
-    prop_assert_eq!(after.recorded.get(app), Some(new));
+    prop_assert_eq!(recorded, Some(new), "the store reads back the release the deploy committed");
     prop_assert!(after.containers.get(&new.container.0).is_some_and(|c| c.running && c.port == new.host_port));
     if spec.domains.is_empty() {
         prop_assert!(!after.routes.contains_key(app));
@@ -397,17 +417,11 @@ fn check_success(
         prop_assert_eq!(after.routes.get(app).map(|r| (&r.domains, r.port)), Some((&spec.domains, new.host_port)));
     }
     prop_assert_eq!(deployed.previous.as_ref(), prior);
-    let _ = before;
     Ok(())
 }
 
 /// The world a successful deploy must leave: the new release in, the old one kept.
-fn ideal_success_world(
-    before: &World,
-    deployed: &Deployed,
-    prior: Option<&otturnaut_core::Release>,
-    spec: &DeploySpec,
-) -> World {
+fn ideal_success_world(before: &World, deployed: &Deployed, prior: Option<&Release>, spec: &DeploySpec) -> World {
     let mut w = before.clone();
     let new = &deployed.release;
     if let Some(p) = prior {
@@ -431,6 +445,7 @@ fn ideal_success_world(
             app: new.app.clone(),
             deployment: new.deployment.clone(),
             image: tag,
+            reference: new.image.clone(),
             port: new.host_port,
             running: true,
             domains: spec.domains.clone(),
@@ -444,7 +459,6 @@ fn ideal_success_world(
             otturnaut_core::RouteTarget { domains: spec.domains.clone(), port: new.host_port },
         );
     }
-    w.recorded.insert(new.app.clone(), new.clone());
     w
 }
 

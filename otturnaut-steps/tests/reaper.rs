@@ -9,6 +9,8 @@ use otturnaut_core::testing::Fake;
 use otturnaut_core::{AppId, ContainerPort, DeploySpec, DeploymentId, EventSink, Source};
 use otturnaut_steps::{Context, Fetched, Reaper, RetryPolicy};
 
+mod common;
+
 fn spec(app: &AppId) -> DeploySpec {
     let source = Source::Git {
         url: "https://example.com/app.git".parse().expect("url"),
@@ -23,7 +25,7 @@ fn spec(app: &AppId) -> DeploySpec {
 
 fn context(fake: &Fake, reaper: &Reaper, retry: RetryPolicy, app: &str) -> Arc<Context> {
     Arc::new(Context {
-        adapters: fake.adapters(),
+        adapters: common::adapters(fake),
         events: EventSink::discard(),
         reaper: reaper.clone(),
         retry,
@@ -40,7 +42,7 @@ async fn a_hung_undo_holds_up_only_its_own_deployment() {
     let fake = Fake::new();
     fake.fail(Fault::new(Call::ReleasePort, Phase::Before, FaultMode::Hang));
     let retry = RetryPolicy { attempt_timeout: Duration::from_secs(60), ..RetryPolicy::immediate(2) };
-    let reaper = Reaper::spawn(fake.adapters(), EventSink::discard(), retry);
+    let reaper = Reaper::spawn(common::adapters(&fake), EventSink::discard(), retry);
 
     let slow = context(&fake, &reaper, retry, "slow");
     let held = Fetched::fetch(slow.clone()).await.expect("fetch").build().await.expect("build");

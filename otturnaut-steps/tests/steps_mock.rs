@@ -26,7 +26,9 @@ use otturnaut_core::{
     Domain, EnvName, Error, EventSink, HealthCheck, HostPort, ImageRef, ManagedContainer, ManagedImage, Release,
     Result, RouteTarget, Secret, Source, Step,
 };
-use otturnaut_steps::{BlueGreen, Context, DeployError, Deployed, Fetched, Reaper, RetryPolicy, Strategy as _};
+use otturnaut_steps::{
+    BlueGreen, Context, DeployError, Deployed, Fetched, Reaper, ResidueKind, RetryPolicy, Strategy as _,
+};
 
 mock! {
     pub Fetcher {}
@@ -45,25 +47,25 @@ mock! {
 // methods for the rest and the trait impls below forward to them.
 mock! {
     pub Builder {
-        fn build(&self, req: &BuildRequest, events: &EventSink) -> Result<String>;
-        fn ensure_image(&self, reference: &ImageRef, tag: &str, events: &EventSink) -> Result<()>;
-        fn tag_image(&self, image: &str, tag: &str) -> Result<()>;
-        fn remove_image(&self, image: &str) -> Result<()>;
+        fn build(&self, req: &BuildRequest, events: &EventSink) -> Result<ImageRef>;
+        fn ensure_image(&self, reference: &ImageRef, tag: &ImageRef, events: &EventSink) -> Result<()>;
+        fn tag_image(&self, image: &str, tag: &ImageRef) -> Result<()>;
+        fn remove_image(&self, image: &ImageRef) -> Result<()>;
     }
 }
 
 #[async_trait]
 impl ImageBuilder for MockBuilder {
-    async fn build(&self, req: &BuildRequest, events: &EventSink) -> Result<String> {
+    async fn build(&self, req: &BuildRequest, events: &EventSink) -> Result<ImageRef> {
         MockBuilder::build(self, req, events)
     }
-    async fn ensure_image(&self, reference: &ImageRef, tag: &str, events: &EventSink) -> Result<()> {
+    async fn ensure_image(&self, reference: &ImageRef, tag: &ImageRef, events: &EventSink) -> Result<()> {
         MockBuilder::ensure_image(self, reference, tag, events)
     }
-    async fn tag_image(&self, image: &str, tag: &str) -> Result<()> {
+    async fn tag_image(&self, image: &str, tag: &ImageRef) -> Result<()> {
         MockBuilder::tag_image(self, image, tag)
     }
-    async fn remove_image(&self, image: &str) -> Result<()> {
+    async fn remove_image(&self, image: &ImageRef) -> Result<()> {
         MockBuilder::remove_image(self, image)
     }
     async fn list_images(&self, _app: Option<&AppId>) -> Result<Vec<ManagedImage>> {
@@ -304,7 +306,7 @@ fn old_release(app: &AppId, host_port: HostPort, names: &[&str], owned: bool) ->
     Release {
         app: app.clone(),
         container: ContainerId(container_name(app, &deployment)),
-        image: if owned { image_tag(app, &deployment) } else { "prebuilt:0".into() },
+        image: if owned { image_tag(app, &deployment) } else { "prebuilt:0".parse().expect("image") },
         deployment,
         host_port,
         domains: domains(names),
@@ -424,7 +426,7 @@ fn git_rollback_in_sequence(m: &mut Mocks, seq: &mut Sequence, seen: &Seen, app:
         .expect_remove_image()
         .times(1)
         .in_sequence(seq)
-        .withf(move |image| image == image_tag(&a, &s.get()))
+        .withf(move |image| *image == image_tag(&a, &s.get()))
         .returning(|_| Ok(()));
     let (s, a) = (seen.clone(), app.clone());
     m.fetcher.expect_remove().times(1).in_sequence(seq).withf(move |x, d| *x == a && s.is(d)).returning(|_, _| Ok(()));
@@ -690,13 +692,13 @@ async fn undo_is_retried_until_it_succeeds() {
             .expect_remove_image()
             .times(2)
             .in_sequence(seq)
-            .withf(move |i| i == image_tag(&a, &s.get()))
+            .withf(move |i| *i == image_tag(&a, &s.get()))
             .returning(|_| Err(boom("remove image")));
         builder
             .expect_remove_image()
             .times(1)
             .in_sequence(seq)
-            .withf(move |i| i == image_tag(&a2, &s2.get()))
+            .withf(move |i| *i == image_tag(&a2, &s2.get()))
             .returning(|_| Ok(()));
     });
 
@@ -727,8 +729,8 @@ async fn undo_failing_for_good_becomes_residue_and_the_rest_still_run() {
     let err = result.expect_err("unhealthy");
     let undo = err.undo();
     assert_eq!(undo.residue.len(), 1, "{:?}", undo.residue);
-    assert_eq!(undo.residue[0].kind, "image");
-    assert!(undo.residue[0].what.contains(&image_tag(&app, &seen.get())), "{:?}", undo.residue[0]);
+    assert_eq!(undo.residue[0].kind, ResidueKind::Image);
+    assert!(undo.residue[0].what.contains(image_tag(&app, &seen.get()).as_str()), "{:?}", undo.residue[0]);
     assert!(!undo.residue[0].in_doubt, "the image was built: not in doubt");
     let summary: Vec<(bool, u32)> = undo.outcomes.iter().map(|o| (o.ok, o.attempts)).collect();
     assert_eq!(summary, vec![(true, 1), (true, 1), (false, attempts as u32), (true, 1)]);
@@ -752,7 +754,7 @@ async fn prebuilt_image_is_not_fetched_or_built_and_only_its_release_tag_is_remo
     m.builder
         .expect_ensure_image()
         .times(1)
-        .withf(move |r, tag, _| r.as_str() == "registry.test/team/web:1.2" && tag.starts_with(&prefix))
+        .withf(move |r, tag, _| r.as_str() == "registry.test/team/web:1.2" && tag.as_str().starts_with(&prefix))
         .returning(|_, _, _| Ok(()));
     m.state.expect_load().times(1).returning(|_| Ok(None));
     let s = seen.clone();
@@ -763,7 +765,9 @@ async fn prebuilt_image_is_not_fetched_or_built_and_only_its_release_tag_is_remo
     m.runtime
         .expect_start()
         .times(1)
-        .withf(|req| req.reference == "registry.test/team/web:1.2" && req.image == image_tag(&req.app, &req.deployment))
+        .withf(|req| {
+            req.reference.as_str() == "registry.test/team/web:1.2" && req.image == image_tag(&req.app, &req.deployment)
+        })
         .returning(|_| Ok(ContainerId(NEW_CONTAINER_ID.into())));
     m.health.expect_check().times(1).returning(|_, _, _| Err(boom("health")));
     let (s, a) = (seen.clone(), app.clone());
@@ -781,7 +785,7 @@ async fn prebuilt_image_is_not_fetched_or_built_and_only_its_release_tag_is_remo
         .expect_remove_image()
         .times(1)
         .in_sequence(&mut seq)
-        .withf(move |image| image == image_tag(&a, &s.get()))
+        .withf(move |image| *image == image_tag(&a, &s.get()))
         .returning(|_| Ok(()));
 
     let (adapters, live) = m.into_live();
@@ -805,8 +809,8 @@ async fn prebuilt_release_is_kept_by_its_own_tags() {
     m.builder.expect_build().never();
     let (mark, tag, kept) =
         (live_tag(&app, &old.deployment), image_tag(&app, &old.deployment), kept_tag(&app, &old.deployment));
-    m.builder.expect_tag_image().times(1).withf(move |i, t| i == tag && t == kept).returning(|_, _| Ok(()));
-    m.builder.expect_remove_image().times(1).withf(move |i| i == mark).returning(|_| Ok(()));
+    m.builder.expect_tag_image().times(1).withf(move |i, t| i == tag.as_str() && *t == kept).returning(|_, _| Ok(()));
+    m.builder.expect_remove_image().times(1).withf(move |i| *i == mark).returning(|_| Ok(()));
     m.builder.expect_ensure_image().times(1).returning(|_, _, _| Ok(()));
     let prev = old.clone();
     m.state.expect_load().times(1).returning(move |_| Ok(Some(prev.clone())));
@@ -814,7 +818,11 @@ async fn prebuilt_release_is_kept_by_its_own_tags() {
     m.runtime.expect_start().times(1).returning(|_| Ok(ContainerId(NEW_CONTAINER_ID.into())));
     m.health.expect_check().times(1).returning(|_, _, _| Ok(()));
     m.router.expect_route().times(1).returning(|_| Ok(None));
-    m.state.expect_record().times(1).withf(|r| r.image == "prebuilt:1" && r.commit.is_none()).returning(|_| Ok(()));
+    m.state
+        .expect_record()
+        .times(1)
+        .withf(|r| r.image.as_str() == "prebuilt:1" && r.commit.is_none())
+        .returning(|_| Ok(()));
     m.router.expect_in_flight().times(1).withf(move |p| *p == a_port).returning(|_| Ok(0));
     let c = old.container.clone();
     m.runtime.expect_stop().times(1).withf(move |id, _| *id == c).returning(|_, _| Ok(()));
@@ -889,10 +897,10 @@ async fn commit_then_retire_drains_stops_and_keeps_the_old_release_in_order() {
         .expect_tag_image()
         .times(1)
         .in_sequence(&mut seq)
-        .withf(move |i, t| *i == tag && *t == kept)
+        .withf(move |i, t| i == tag.as_str() && *t == kept)
         .returning(|_, _| Ok(()));
     let mark = live_tag(&app, &old.deployment);
-    m.builder.expect_remove_image().times(1).in_sequence(&mut seq).withf(move |i| i == mark).returning(|_| Ok(()));
+    m.builder.expect_remove_image().times(1).in_sequence(&mut seq).withf(move |i| *i == mark).returning(|_| Ok(()));
     let d = old.deployment.clone();
     m.ports.expect_release().times(1).in_sequence(&mut seq).withf(move |x| *x == d).returning(|_| Ok(()));
     m.runtime.expect_remove().never();
@@ -920,7 +928,7 @@ fn retire_with(
     let c = old.container.clone();
     m.runtime.expect_stop().times(1).withf(move |id, _| *id == c).returning(move |_, _| stop());
     let (tag, kept) = (image_tag(&old.app, &old.deployment), kept_tag(&old.app, &old.deployment));
-    m.builder.expect_tag_image().times(1).withf(move |i, t| *i == tag && *t == kept).returning(|_, _| Ok(()));
+    m.builder.expect_tag_image().times(1).withf(move |i, t| i == tag.as_str() && *t == kept).returning(|_, _| Ok(()));
     let mark = live_tag(&old.app, &old.deployment);
     m.builder.expect_remove_image().times(unmark_times).withf(move |i| *i == mark).returning(move |_| unmark());
     let d = old.deployment.clone();
@@ -942,7 +950,7 @@ async fn retire_failing_stop_warns_and_still_keeps() {
     let (result, events) = deploy(adapters, spec_with_grace(&app)).await;
     let deployed = result.expect("a failed stop does not fail the deploy");
     assert_eq!(deployed.residue.len(), 1, "the running kept release is residue: {:?}", deployed.residue);
-    assert_eq!(deployed.residue[0].kind, "container");
+    assert_eq!(deployed.residue[0].kind, ResidueKind::Container);
     assert!(deployed.residue[0].what.contains(old.deployment.as_str()), "{:?}", deployed.residue);
     assert!(
         events.iter().any(|e| matches!(e, DeployEvent::Warning { message } if message.contains("stop_old"))),
@@ -967,8 +975,8 @@ async fn retire_failing_unmark_is_residue_of_a_successful_deploy() {
     let (result, _) = deploy(adapters, spec_with_grace(&app)).await;
     let deployed = result.expect("a failed retire does not fail the deploy");
     assert_eq!(deployed.residue.len(), 1, "{:?}", deployed.residue);
-    assert_eq!(deployed.residue[0].kind, "image");
-    assert!(deployed.residue[0].what.contains(&live_tag(&app, &old.deployment)), "{:?}", deployed.residue[0]);
+    assert_eq!(deployed.residue[0].kind, ResidueKind::Image);
+    assert!(deployed.residue[0].what.contains(live_tag(&app, &old.deployment).as_str()), "{:?}", deployed.residue[0]);
     live.verify().await;
 }
 
@@ -1156,7 +1164,7 @@ fn held_then_undone(m: &mut Mocks, app: &AppId, deployment: &DeploymentId) {
     let d = deployment.clone();
     m.ports.expect_release().times(1).in_sequence(&mut seq).withf(move |x| *x == d).returning(|_| Ok(()));
     let tag = image_tag(app, deployment);
-    m.builder.expect_remove_image().times(1).in_sequence(&mut seq).withf(move |i| i == tag).returning(|_| Ok(()));
+    m.builder.expect_remove_image().times(1).in_sequence(&mut seq).withf(move |i| *i == tag).returning(|_| Ok(()));
     let (a, d) = (app.clone(), deployment.clone());
     m.fetcher
         .expect_remove()

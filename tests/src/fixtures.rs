@@ -169,7 +169,7 @@ pub async fn build_image(docker: &Docker, app: &AppId, behaviour: &Behaviour) ->
         }
     }
     let tag = built.with_context(|| format!("building fixture {behaviour:?} for {app}"))?;
-    Ok(BuiltImage { tag, deployment })
+    Ok(BuiltImage { tag: tag.to_string(), deployment })
 }
 
 /// A host port that was free a moment ago (the kernel picked it).
@@ -191,8 +191,8 @@ pub fn run_request(
     RunRequest {
         app: app.clone(),
         deployment: deployment.clone(),
-        image: image.to_owned(),
-        reference: image.to_owned(),
+        image: image.parse().unwrap_or_else(|e| panic!("image {image}: {e}")),
+        reference: image.parse().unwrap_or_else(|e| panic!("image {image}: {e}")),
         host_port,
         container_port: ContainerPort::try_from(container_port)
             .unwrap_or_else(|e| panic!("container port {container_port}: {e}")),

@@ -20,7 +20,7 @@ const SECRET: &str = "s3cr3t-build-token-5f2a9";
 async fn build_logged(
     docker: &otturnaut_adapters::docker::Docker,
     req: &otturnaut_core::traits::BuildRequest,
-) -> (Result<String, Error>, Vec<String>) {
+) -> (Result<otturnaut_core::ImageRef, Error>, Vec<String>) {
     let (events, mut rx) = EventSink::channel();
     let result = docker.build(req, &events).await;
     let mut lines = Vec::new();
@@ -90,13 +90,13 @@ RUN --mount=type=secret,id=token ["/bin/busybox","sh","-c","/bin/busybox grep -q
     let tag = built.unwrap_or_else(|e| panic!("build with a secret: {e}\n{lines:#?}"));
     assert!(lines.iter().any(|l| l.contains("serving build secrets")), "{lines:#?}");
 
-    let history = docker_cli(&["history", "--no-trunc", &tag]);
+    let history = docker_cli(&["history", "--no-trunc", tag.as_str()]);
     assert!(!contains(&history, SECRET), "the secret is in the history");
     assert!(contains(&history, "mount=type=secret") || contains(&history, "/run/secrets/token"), "the step is there");
-    let inspect = docker_cli(&["image", "inspect", &tag]);
+    let inspect = docker_cli(&["image", "inspect", tag.as_str()]);
     assert!(!contains(&inspect, SECRET), "the secret is in the image config");
     let saved = tempfile::NamedTempFile::new().expect("temp file");
-    docker_cli(&["save", "-o", &saved.path().display().to_string(), &tag]);
+    docker_cli(&["save", "-o", &saved.path().display().to_string(), tag.as_str()]);
     let layers = fs::read(saved.path()).expect("read saved image");
     assert!(!contains(&layers, SECRET), "the secret is in a layer");
     assert!(contains(&layers, &format!("{}\n", SECRET.len())), "the step saw the secret: its length is in the image");

@@ -34,12 +34,19 @@ async fn get(port: u16, path: &str) -> (u16, String) {
     }
 }
 
-async fn image_labels(docker: &Docker, image: &str) -> std::collections::HashMap<String, String> {
-    docker.client().inspect_image(image).await.expect("inspect image").config.and_then(|c| c.labels).unwrap_or_default()
+async fn image_labels(docker: &Docker, image: impl AsRef<str>) -> std::collections::HashMap<String, String> {
+    docker
+        .client()
+        .inspect_image(image.as_ref())
+        .await
+        .expect("inspect image")
+        .config
+        .and_then(|c| c.labels)
+        .unwrap_or_default()
 }
 
-async fn image_exists(docker: &Docker, image: &str) -> bool {
-    docker.client().inspect_image(image).await.is_ok()
+async fn image_exists(docker: &Docker, image: impl AsRef<str>) -> bool {
+    docker.client().inspect_image(image.as_ref()).await.is_ok()
 }
 
 async fn container_exists(docker: &Docker, name: &str) -> bool {
@@ -89,7 +96,7 @@ async fn build_labels_the_image_and_streams_its_log() {
     let tag = docker.build(&req, &events).await.expect("build");
     eprintln!("timing: build of a busybox image took {:?}", started.elapsed());
 
-    assert_eq!(tag, format!("otturnaut-{app}:{deployment}"));
+    assert_eq!(tag.as_str(), format!("otturnaut-{app}:{deployment}"));
     let labels = image_labels(&docker, &tag).await;
     assert_eq!(labels.get(labels::MANAGED).map(String::as_str), Some("true"));
     assert_eq!(labels.get(labels::APP), Some(&app.to_string()));
@@ -148,7 +155,7 @@ async fn build_args_reach_the_build_and_never_the_log() {
     }
 
     let port = free_port();
-    docker.start(&run_request(&app, &deployment, &tag, port, 8080)).await.expect("start");
+    docker.start(&run_request(&app, &deployment, tag.as_str(), port, 8080)).await.expect("start");
     assert_eq!(get(port.get(), "/greeting").await, (200, "s3cr3t-value\n".to_owned()));
 }
 
@@ -234,7 +241,7 @@ async fn dockerignore_is_honoured_and_git_is_never_sent() {
     let deployment = DeploymentId::generate();
     let tag = docker.build(&build_request(&app, &deployment, root), &EventSink::discard()).await.expect("build");
     let port = free_port();
-    docker.start(&run_request(&app, &deployment, &tag, port, 8080)).await.expect("start");
+    docker.start(&run_request(&app, &deployment, tag.as_str(), port, 8080)).await.expect("start");
 
     let p = port.get();
     assert_eq!(get(p, "/kept.txt").await, (200, "kept".to_owned()));
@@ -413,9 +420,9 @@ async fn remove_image_is_idempotent() {
     let app = unique_app("rmi");
     let _cleanup = DockerCleanup::new(&app);
     let image = build_image(&docker, &app, &Behaviour::NeverListen).await.expect("image");
-    docker.remove_image(&image.tag).await.expect("remove");
+    docker.remove_image(&image.tag.parse().expect("tag")).await.expect("remove");
     assert!(!image_exists(&docker, &image.tag).await);
-    docker.remove_image(&image.tag).await.expect("removing again is fine");
+    docker.remove_image(&image.tag.parse().expect("tag")).await.expect("removing again is fine");
 }
 
 #[tokio::test]

@@ -294,10 +294,10 @@ async fn a_token_in_a_repository_url_appears_in_no_output_and_no_label() {
     let mut req = build_request(&h.app, &DeploymentId::generate(), dir.path());
     req.repo = "https://TOKENEEE555@example.com/o/r.git".parse().expect("url");
     let tag = docker.build(&req, &EventSink::discard()).await.expect("build");
-    let inspect = docker.client().inspect_image(&tag).await.expect("inspect");
+    let inspect = docker.client().inspect_image(tag.as_str()).await.expect("inspect");
     let labels = inspect.config.and_then(|c| c.labels).unwrap_or_default();
     assert_eq!(labels.get(otturnaut_core::labels::REPO).map(String::as_str), Some("https://***@example.com/o/r.git"));
-    let everything = format!("{labels:?} {:?}", docker.client().image_history(&tag).await.expect("history"));
+    let everything = format!("{labels:?} {:?}", docker.client().image_history(tag.as_str()).await.expect("history"));
     assert!(!everything.contains("TOKENEEE555"), "{everything}");
 }
 

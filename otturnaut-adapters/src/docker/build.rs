@@ -25,13 +25,13 @@ use super::{Docker, TAIL_LINES, Tail, context, is_not_found};
 
 #[async_trait]
 impl ImageBuilder for Docker {
-    async fn build(&self, req: &BuildRequest, events: &EventSink) -> Result<String> {
+    async fn build(&self, req: &BuildRequest, events: &EventSink) -> Result<ImageRef> {
         let tag = req.tag();
         let attempts = async {
-            match self.build_tagged(req, &tag, events).await {
+            match self.build_tagged(req, tag.as_str(), events).await {
                 Err(Error::BuildFailed { detail, .. }) if is_cache_race(&detail) => {
                     events.warn(format!("a cached layer was removed while {tag} was being built; building it again"));
-                    self.build_tagged(req, &tag, events).await
+                    self.build_tagged(req, tag.as_str(), events).await
                 }
                 other => other,
             }
@@ -51,7 +51,7 @@ impl ImageBuilder for Docker {
         outcome.map(|()| tag)
     }
 
-    async fn ensure_image(&self, reference: &ImageRef, tag: &str, events: &EventSink) -> Result<()> {
+    async fn ensure_image(&self, reference: &ImageRef, tag: &ImageRef, events: &EventSink) -> Result<()> {
         match self.client.inspect_image(reference.as_str()).await {
             Ok(_) => {}
             Err(e) if is_not_found(&e) => self.pull(reference, events).await?,
@@ -60,7 +60,8 @@ impl ImageBuilder for Docker {
         self.tag_image(reference.as_str(), tag).await
     }
 
-    async fn tag_image(&self, image: &str, tag: &str) -> Result<()> {
+    async fn tag_image(&self, image: &str, tag: &ImageRef) -> Result<()> {
+        let tag = tag.as_str();
         let (repo, name) = tag.rsplit_once(':').unwrap_or((tag, "latest"));
         let options = TagImageOptionsBuilder::default().repo(repo).tag(name).build();
         self.client
@@ -69,9 +70,9 @@ impl ImageBuilder for Docker {
             .map_err(|e| self.error(format!("tagging {image} as {tag}"), e))
     }
 
-    async fn remove_image(&self, image: &str) -> Result<()> {
+    async fn remove_image(&self, image: &ImageRef) -> Result<()> {
         let options = RemoveImageOptionsBuilder::default().force(false).build();
-        match self.client.remove_image(image, Some(options), None).await {
+        match self.client.remove_image(image.as_str(), Some(options), None).await {
             Ok(_) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(self.error(format!("removing image {image}"), e)),
@@ -90,7 +91,7 @@ impl ImageBuilder for Docker {
         let mut found: BTreeMap<(AppId, DeploymentId), ManagedImage> = BTreeMap::new();
         for image in images {
             for tag in &image.repo_tags {
-                let Some((app, deployment, kind)) = parse_our_tag(tag) else {
+                let (Some((app, deployment, kind)), Ok(tag)) = (parse_our_tag(tag), tag.parse::<ImageRef>()) else {
                     continue;
                 };
                 let label = |key: &str| image.labels.get(key).map(String::as_str);

@@ -34,9 +34,11 @@ use super::build::{BuildLog, image_labels};
 /// Which builder a daemon offers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Builder {
+    /// BuildKit, through `/build?version=2` (and `/grpc` for build secrets).
     BuildKit,
     /// The legacy builder, and why BuildKit is not used.
     Legacy {
+        /// What the probe found instead (for the warning shown).
         why: String,
     },
 }

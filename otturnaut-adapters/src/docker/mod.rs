@@ -101,6 +101,7 @@ impl Docker {
         self
     }
 
+    /// The host address container ports are published on.
     pub fn bind_address(&self) -> IpAddr {
         self.bind_address
     }

@@ -162,7 +162,7 @@ impl ContainerRuntime for Docker {
             env.insert(name.clone(), Secret::new((*value).to_owned()));
         }
         Ok(RecordedRelease {
-            image: label(labels::IMAGE).map(str::to_owned).ok_or_else(|| missing("image"))?,
+            image: label(labels::IMAGE).ok_or_else(|| missing("image"))?.parse()?,
             container_port,
             domains,
             env,
@@ -254,7 +254,7 @@ impl Docker {
         let o = &req.options;
         let first_network = o.networks.first();
         ContainerCreateBody {
-            image: Some(req.image.clone()),
+            image: Some(req.image.to_string()),
             env: Some(req.env.iter().map(|(k, v)| format!("{k}={}", v.expose())).collect()),
             labels: Some(container_labels(req)),
             exposed_ports: Some(vec![port.clone()]),
@@ -320,7 +320,7 @@ fn container_labels(req: &RunRequest) -> HashMap<String, String> {
         (labels::HOST_PORT, req.host_port.to_string()),
         (labels::CONTAINER_PORT, req.container_port.to_string()),
         (labels::DOMAINS, domains.join(",")),
-        (labels::IMAGE, req.reference.clone()),
+        (labels::IMAGE, req.reference.to_string()),
         (labels::MARKED, "true".to_owned()),
         // Names and non-secret settings only: env values are in the container's config.
         (labels::RELEASE, serde_json::to_string(&req.record()).unwrap_or_default()),

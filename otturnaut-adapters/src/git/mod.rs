@@ -53,14 +53,18 @@ pub struct GitFetcher {
 /// A checkout found on disk, as named by [`GitFetcher`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchedDir {
+    /// The app it was fetched for.
     pub app: AppId,
+    /// The deployment it was fetched for.
     pub deployment: DeploymentId,
+    /// Where it is.
     pub dir: PathBuf,
     /// A clone that never completed (its process died mid-fetch).
     pub partial: bool,
 }
 
 impl GitFetcher {
+    /// A fetcher keeping its checkouts (and key files) under `work_dir`.
     pub fn new(work_dir: impl Into<PathBuf>) -> Self {
         GitFetcher { work_dir: work_dir.into(), known_hosts: None }
     }

@@ -158,16 +158,16 @@ impl SourceFetcher for Timed<dyn SourceFetcher> {
 
 #[async_trait]
 impl ImageBuilder for Timed<dyn ImageBuilder> {
-    async fn build(&self, req: &BuildRequest, events: &EventSink) -> Result<String> {
+    async fn build(&self, req: &BuildRequest, events: &EventSink) -> Result<ImageRef> {
         self.clock.time(Service::Docker, self.inner.build(req, events)).await
     }
-    async fn ensure_image(&self, reference: &ImageRef, tag: &str, events: &EventSink) -> Result<()> {
+    async fn ensure_image(&self, reference: &ImageRef, tag: &ImageRef, events: &EventSink) -> Result<()> {
         self.clock.time(Service::Docker, self.inner.ensure_image(reference, tag, events)).await
     }
-    async fn tag_image(&self, image: &str, tag: &str) -> Result<()> {
+    async fn tag_image(&self, image: &str, tag: &ImageRef) -> Result<()> {
         self.clock.time(Service::Docker, self.inner.tag_image(image, tag)).await
     }
-    async fn remove_image(&self, image: &str) -> Result<()> {
+    async fn remove_image(&self, image: &ImageRef) -> Result<()> {
         self.clock.time(Service::Docker, self.inner.remove_image(image)).await
     }
     async fn list_images(&self, app: Option<&AppId>) -> Result<Vec<ManagedImage>> {

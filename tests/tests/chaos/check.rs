@@ -3,6 +3,7 @@
 //! succeeded (only the new release, or reported residue reconcile clears).
 
 use otturnaut_core::AppId;
+use otturnaut_steps::ResidueKind;
 
 use super::cli::{Outcome, Residue};
 use super::prober::Probes;
@@ -70,10 +71,10 @@ impl Verdict {
 /// Does a residue entry account for this leftover?
 fn covers(r: &Residue, item: &Item) -> bool {
     let kind_ok = match item.kind {
-        "container" => r.kind == "container",
-        "image" => r.kind == "image",
-        "route" => r.kind == "route",
-        "file" => r.kind == "source_dir" && item.text.starts_with("src/"),
+        "container" => r.kind == Some(ResidueKind::Container),
+        "image" => r.kind == Some(ResidueKind::Image),
+        "route" => r.kind == Some(ResidueKind::Route),
+        "file" => r.kind == Some(ResidueKind::SourceDir) && item.text.starts_with("src/"),
         _ => false,
     };
     // Residue names its resource by container name, image tag, deployment
@@ -89,7 +90,7 @@ fn covers(r: &Residue, item: &Item) -> bool {
 /// The residue kinds a harness can see in the outside world after the CLI
 /// exited (a port reservation lives in the CLI process and dies with it).
 fn observable(r: &Residue) -> bool {
-    matches!(r.kind.as_str(), "container" | "image" | "route" | "source_dir")
+    matches!(r.kind, Some(ResidueKind::Container | ResidueKind::Image | ResidueKind::Route | ResidueKind::SourceDir))
 }
 
 /// Leftovers must be exactly what the CLI said it left (in-doubt residue may
@@ -102,7 +103,7 @@ fn compare_with_residue(v: &mut Verdict, leftovers: &[Item], residue: &[Residue]
     }
     for r in residue.iter().filter(|r| observable(r) && !r.in_doubt) {
         if !leftovers.iter().any(|i| covers(r, i)) {
-            v.problem(format!("reported as left behind but not found: {} ({})", r.kind, r.what));
+            v.problem(format!("reported as left behind but not found: {:?} ({})", r.kind, r.what));
         }
     }
 }
@@ -169,7 +170,7 @@ pub async fn failed(
     v.left = leftovers.len();
     compare_with_residue(&mut v, &leftovers, &residue);
     if !residue.is_empty() {
-        let kinds: Vec<&str> = residue.iter().map(|r| r.kind.as_str()).collect();
+        let kinds: Vec<&str> = residue.iter().map(|r| r.kind.map_or("unknown", ResidueKind::name)).collect();
         v.notes.push(format!("residue: {}", kinds.join(", ")));
     }
     if let Some(live) = live {
@@ -241,7 +242,7 @@ pub async fn deployed(
     v.left = orphans.len();
     compare_with_residue(v, &orphans, &residue);
     if !residue.is_empty() {
-        let kinds: Vec<&str> = residue.iter().map(|r| r.kind.as_str()).collect();
+        let kinds: Vec<&str> = residue.iter().map(|r| r.kind.map_or("unknown", ResidueKind::name)).collect();
         v.notes.push(format!("residue: {}", kinds.join(", ")));
     }
     let warnings = out.warnings();

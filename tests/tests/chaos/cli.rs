@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use otturnaut_steps::ResidueKind;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader};
 use tokio::process::{Child, Command};
@@ -169,7 +170,8 @@ impl Running {
 /// A residue entry as the CLI reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Residue {
-    pub kind: String,
+    /// `None` for a kind this harness does not know (it then covers nothing).
+    pub kind: Option<ResidueKind>,
     pub what: String,
     pub in_doubt: bool,
 }
@@ -248,7 +250,7 @@ impl Outcome {
             .map(|list| {
                 list.iter()
                     .map(|r| Residue {
-                        kind: r.get("kind").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                        kind: r.get("kind").and_then(|k| serde_json::from_value(k.clone()).ok()),
                         what: r.get("what").and_then(Value::as_str).unwrap_or_default().to_owned(),
                         in_doubt: r.get("in_doubt").and_then(Value::as_bool).unwrap_or(false),
                     })

@@ -201,7 +201,7 @@ impl Observer {
         let mut images: Vec<ImageFact> = images
             .into_iter()
             .map(|i| {
-                let mut tags = i.tags;
+                let mut tags: Vec<String> = i.tags.iter().map(ToString::to_string).collect();
                 tags.sort();
                 ImageFact { id: i.id, tags, deployment: i.deployment.to_string() }
             })

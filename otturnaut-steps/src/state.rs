@@ -8,6 +8,12 @@
 //! outside world already routes to it and that it runs, then writes the mark
 //! in one atomic tag call. The previous release's live mark is replaced by
 //! its kept mark when it is retired; until then the newer mark wins.
+//!
+//! Architecture invariant: [`LabelState`] is pure logic over the
+//! `ContainerRuntime`, `ImageBuilder` and `Router` ports, so the model test
+//! (`tests/model.rs`) runs this very store on the fakes: the commit semantics
+//! it proves are the production ones. Undoing a `record` removes only live
+//! marks newer than the previous release's, never an older one.
 
 use std::sync::Arc;
 
@@ -15,6 +21,8 @@ use async_trait::async_trait;
 use otturnaut_core::traits::{ContainerRuntime, ImageBuilder, Router, StateStore, image_tag, live_tag};
 use otturnaut_core::{AppId, Error, ManagedContainer, ManagedImage, Release, Result, live_container};
 
+/// The production [`StateStore`]: reads and writes the live mark through the
+/// ports, and checks the route and the container before committing.
 #[derive(Clone)]
 pub struct LabelState {
     runtime: Arc<dyn ContainerRuntime>,
@@ -29,18 +37,22 @@ impl std::fmt::Debug for LabelState {
 }
 
 impl LabelState {
+    /// A store over the agent's ports (in tests, the fakes without their
+    /// fault plan: fault injection wraps the store itself).
     pub fn new(runtime: Arc<dyn ContainerRuntime>, images: Arc<dyn ImageBuilder>, router: Arc<dyn Router>) -> Self {
         LabelState { runtime, images, router }
     }
 }
 
 /// The release a live container is, as the pipeline and `status` see it.
+/// An image label that is no valid reference (a container made by hand) is
+/// read as the release tag the container runs.
 pub fn release_of(app: &AppId, c: &ManagedContainer, images: &[ManagedImage]) -> Option<Release> {
     Some(Release {
         app: app.clone(),
         deployment: c.deployment.clone(),
         container: c.id.clone(),
-        image: c.image.clone(),
+        image: c.image.parse().unwrap_or_else(|_| image_tag(app, &c.deployment)),
         host_port: c.host_port?,
         domains: c.domains.clone(),
         commit: images.iter().find(|i| i.deployment == c.deployment).and_then(|i| i.commit.clone()),
@@ -80,7 +92,10 @@ impl StateStore for LabelState {
         }
         // The commit point: one atomic tag call.
         self.images
-            .tag_image(&image_tag(&release.app, &release.deployment), &live_tag(&release.app, &release.deployment))
+            .tag_image(
+                image_tag(&release.app, &release.deployment).as_str(),
+                &live_tag(&release.app, &release.deployment),
+            )
             .await
     }
 
