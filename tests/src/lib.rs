@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod caddy_proc;
+pub mod command;
 pub mod fixtures;
 pub mod gitfix;
 pub mod services;

@@ -12,9 +12,10 @@ use otturnaut_adapters::caddy::Caddy;
 use otturnaut_core::AppId;
 use otturnaut_core::traits::{ContainerRuntime, ImageBuilder, Router};
 use otturnaut_tests::caddy_proc::{free_port, get_via, shared_caddy, shared_listen};
+use otturnaut_tests::command::otturnaut_command;
 use otturnaut_tests::fixtures::{Behaviour, DockerCleanup, docker, write_context};
 use otturnaut_tests::gitfix::GitRepo;
-use otturnaut_tests::services::{otturnaut_command, require_caddy, require_docker, unique_app};
+use otturnaut_tests::services::{require_caddy, require_docker, unique_app};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 

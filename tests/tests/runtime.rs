@@ -8,9 +8,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use otturnaut_core::AppId;
+use otturnaut_tests::command::otturnaut_command;
 use otturnaut_tests::fixtures::{Behaviour, DockerCleanup, write_context};
 use otturnaut_tests::gitfix::GitRepo;
-use otturnaut_tests::services::{otturnaut_command, require_caddy, require_docker, unique_app};
+use otturnaut_tests::services::{require_caddy, require_docker, unique_app};
 use serde_json::Value;
 use tempfile::TempDir;
 
