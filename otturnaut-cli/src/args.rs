@@ -167,8 +167,9 @@ pub struct DeployArgs {
     /// The app's name: lowercase letters, digits and '-' (it names containers, images and the route)
     pub app: String,
 
-    /// Read every setting from a TOML file (keys: the flags' names with '_', e.g. container_port,
-    /// volumes, [env]); flags given as well override it. See examples/shop.toml
+    /// Read every setting from a TOML file: the API's deploy body as TOML (keys: the flags' names
+    /// with '_', e.g. container_port, volumes, [env]; ssh_key_file and build_secret_files for
+    /// --ssh-key and --build-secret); flags given as well override it. See examples/shop.toml
     #[arg(long, value_name = "FILE")]
     pub spec: Option<PathBuf>,
 
@@ -285,6 +286,23 @@ pub struct RuntimeArgs {
     /// switch [default: 30s]
     #[arg(long, value_name = "DURATION")]
     pub drain_timeout: Option<String>,
+}
+
+/// The `deploy` flag that sets a [`otturnaut_core::DeployRequest`] field
+/// (`volumes` → `--volume`), as messages name it: read from the flags'
+/// definitions, so it cannot drift from them.
+pub fn deploy_flag(field: &str) -> String {
+    let id = match field {
+        "app" => return "APP".to_owned(),
+        "ref" => "git_ref",
+        "build_secret_files" => "build_secrets",
+        "ssh_key_file" => "ssh_key",
+        "repo_credentials" => "repo_credentials_file",
+        other => other,
+    };
+    let command = DeployArgs::augment_args(clap::Command::new("deploy"));
+    let long = command.get_arguments().find(|a| a.get_id() == id).and_then(|a| a.get_long());
+    long.map_or_else(|| field.to_owned(), |l| format!("--{l}"))
 }
 
 const ABOUT: &str = "\
