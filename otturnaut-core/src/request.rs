@@ -189,96 +189,111 @@ pub fn app_id(raw: &str) -> Result<AppId, InvalidField> {
     raw.parse().map_err(invalid("app"))
 }
 
-/// `Some` values of `over` win; lists given in `over` replace; map entries
-/// of `over` win key by key.
-fn pick<T>(base: &mut Option<T>, over: Option<T>) {
-    if over.is_some() {
-        *base = over;
+/// A field's value as one layer of a request: given or not, and laid over
+/// another layer's. A value given on top wins; a list given on top
+/// replaces the list; a map's entries on top win key by key.
+trait Layer {
+    fn is_given(&self) -> bool;
+    fn lay(&mut self, over: Self);
+}
+
+impl<T> Layer for Option<T> {
+    fn is_given(&self) -> bool {
+        self.is_some()
+    }
+    fn lay(&mut self, over: Self) {
+        if over.is_some() {
+            *self = over;
+        }
     }
 }
 
-fn pick_list<T>(base: &mut Vec<T>, over: Vec<T>) {
-    if !over.is_empty() {
-        *base = over;
+impl<T> Layer for Vec<T> {
+    fn is_given(&self) -> bool {
+        !self.is_empty()
+    }
+    fn lay(&mut self, over: Self) {
+        if !over.is_empty() {
+            *self = over;
+        }
     }
 }
+
+impl<K: Ord, V> Layer for BTreeMap<K, V> {
+    fn is_given(&self) -> bool {
+        !self.is_empty()
+    }
+    fn lay(&mut self, over: Self) {
+        self.extend(over);
+    }
+}
+
+impl Layer for bool {
+    fn is_given(&self) -> bool {
+        *self
+    }
+    fn lay(&mut self, over: Self) {
+        *self |= over;
+    }
+}
+
+/// [`DeployRequest::merged`] and [`DeployRequest::given`] from one list of
+/// the fields with their serde names (a unit test checks it is complete).
+macro_rules! layered_fields {
+    ($($field:ident = $name:literal),* $(,)?) => {
+        impl DeployRequest {
+            /// `self` with `over`'s values on top: a spec file's request
+            /// with the command line's over it (see [`Layer`]).
+            pub fn merged(mut self, over: DeployRequest) -> DeployRequest {
+                $( self.$field.lay(over.$field); )*
+                self
+            }
+
+            /// The fields given (by their serde names), for a front end
+            /// that says where a value came from.
+            pub fn given(&self) -> BTreeSet<&'static str> {
+                let mut given = BTreeSet::new();
+                $( if self.$field.is_given() { given.insert($name); } )*
+                given
+            }
+        }
+    };
+}
+
+layered_fields!(
+    repo = "repo",
+    git_ref = "ref",
+    dockerfile = "dockerfile",
+    build_args = "build_args",
+    build_secrets = "build_secrets",
+    repo_credentials = "repo_credentials",
+    ssh_key = "ssh_key",
+    allow_insecure_git = "allow_insecure_git",
+    image = "image",
+    pull_timeout = "pull_timeout",
+    container_port = "container_port",
+    domains = "domains",
+    env = "env",
+    health = "health",
+    health_timeout = "health_timeout",
+    volumes = "volumes",
+    memory = "memory",
+    cpus = "cpus",
+    pids_limit = "pids_limit",
+    networks = "networks",
+    command = "command",
+    entrypoint = "entrypoint",
+    log_opts = "log_opts",
+    stop_timeout = "stop_timeout",
+    drain_timeout = "drain_timeout",
+    env_file = "env_file",
+    build_arg_file = "build_arg_file",
+    build_secret_files = "build_secret_files",
+    repo_credentials_file = "repo_credentials_file",
+    ssh_key_file = "ssh_key_file",
+);
 
 impl DeployRequest {
-    /// `self` with `over`'s values on top: a spec file's request with the
-    /// command line's over it. A value `over` gives wins; a list it gives
-    /// replaces the list; its map entries win key by key.
-    pub fn merged(mut self, over: DeployRequest) -> DeployRequest {
-        pick(&mut self.repo, over.repo);
-        pick(&mut self.git_ref, over.git_ref);
-        pick(&mut self.dockerfile, over.dockerfile);
-        self.build_args.extend(over.build_args);
-        self.build_secrets.extend(over.build_secrets);
-        pick(&mut self.repo_credentials, over.repo_credentials);
-        pick(&mut self.ssh_key, over.ssh_key);
-        self.allow_insecure_git |= over.allow_insecure_git;
-        pick(&mut self.image, over.image);
-        pick(&mut self.pull_timeout, over.pull_timeout);
-        pick(&mut self.container_port, over.container_port);
-        pick_list(&mut self.domains, over.domains);
-        self.env.extend(over.env);
-        pick(&mut self.health, over.health);
-        pick(&mut self.health_timeout, over.health_timeout);
-        pick_list(&mut self.volumes, over.volumes);
-        pick(&mut self.memory, over.memory);
-        pick(&mut self.cpus, over.cpus);
-        pick(&mut self.pids_limit, over.pids_limit);
-        pick_list(&mut self.networks, over.networks);
-        pick(&mut self.command, over.command);
-        pick(&mut self.entrypoint, over.entrypoint);
-        pick_list(&mut self.log_opts, over.log_opts);
-        pick(&mut self.stop_timeout, over.stop_timeout);
-        pick(&mut self.drain_timeout, over.drain_timeout);
-        pick(&mut self.env_file, over.env_file);
-        pick(&mut self.build_arg_file, over.build_arg_file);
-        self.build_secret_files.extend(over.build_secret_files);
-        pick(&mut self.repo_credentials_file, over.repo_credentials_file);
-        pick(&mut self.ssh_key_file, over.ssh_key_file);
-        self
-    }
-
-    /// The fields given (by their serde names), for a front end that says
-    /// where a value came from.
-    pub fn given(&self) -> BTreeSet<&'static str> {
-        let fields = [
-            ("repo", self.repo.is_some()),
-            ("ref", self.git_ref.is_some()),
-            ("dockerfile", self.dockerfile.is_some()),
-            ("build_args", !self.build_args.is_empty()),
-            ("build_secrets", !self.build_secrets.is_empty()),
-            ("repo_credentials", self.repo_credentials.is_some()),
-            ("ssh_key", self.ssh_key.is_some()),
-            ("allow_insecure_git", self.allow_insecure_git),
-            ("image", self.image.is_some()),
-            ("pull_timeout", self.pull_timeout.is_some()),
-            ("container_port", self.container_port.is_some()),
-            ("domains", !self.domains.is_empty()),
-            ("env", !self.env.is_empty()),
-            ("health", self.health.is_some()),
-            ("health_timeout", self.health_timeout.is_some()),
-            ("volumes", !self.volumes.is_empty()),
-            ("memory", self.memory.is_some()),
-            ("cpus", self.cpus.is_some()),
-            ("pids_limit", self.pids_limit.is_some()),
-            ("networks", !self.networks.is_empty()),
-            ("command", self.command.is_some()),
-            ("entrypoint", self.entrypoint.is_some()),
-            ("log_opts", !self.log_opts.is_empty()),
-            ("stop_timeout", self.stop_timeout.is_some()),
-            ("drain_timeout", self.drain_timeout.is_some()),
-            ("env_file", self.env_file.is_some()),
-            ("build_arg_file", self.build_arg_file.is_some()),
-            ("build_secret_files", !self.build_secret_files.is_empty()),
-            ("repo_credentials_file", self.repo_credentials_file.is_some()),
-            ("ssh_key_file", self.ssh_key_file.is_some()),
-        ];
-        fields.into_iter().filter(|(_, given)| *given).map(|(name, _)| name).collect()
-    }
-
     /// Checks every value and builds the spec for `app`; nothing is touched
     /// and nothing is read (a bind mount's host path is checked by the
     /// caller, on the machine that runs the containers).

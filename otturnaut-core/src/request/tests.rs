@@ -1,3 +1,4 @@
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::*;
@@ -80,6 +81,27 @@ fn flags_on_top_of_a_file_win_field_by_field() {
     assert_eq!(merged.container_port, Some(80));
     assert_eq!(merged.env_file.as_deref(), Some(std::path::Path::new("/etc/app.env")));
     assert_eq!(flags.given().into_iter().collect::<Vec<_>>(), ["env", "memory", "networks"]);
+}
+
+#[test]
+fn every_field_is_layered() {
+    // serde lists every field in its message about an unknown one.
+    let e = request(r#"{"no_such_field": 1}"#).expect_err("unknown").to_string();
+    let all: BTreeSet<&str> = e.split('`').skip(3).step_by(2).collect();
+    let full = request(
+        r#"{"repo": "r", "ref": "r", "dockerfile": "d", "build_args": {"A": "1"}, "build_secrets": {"a": "1"},
+            "repo_credentials": "c", "ssh_key": "k", "allow_insecure_git": true, "image": "i",
+            "pull_timeout": "1s", "container_port": 1, "domains": ["d"], "env": {"A": "1"}, "health": "tcp",
+            "health_timeout": "1s", "volumes": ["v"], "memory": 1, "cpus": 1, "pids_limit": 1,
+            "networks": ["n"], "command": "c", "entrypoint": "e", "log_opts": ["l"], "stop_timeout": "1s",
+            "drain_timeout": "1s", "env_file": "f", "build_arg_file": "f", "build_secret_files": {"a": "f"},
+            "repo_credentials_file": "f", "ssh_key_file": "f"}"#,
+    )
+    .expect("parses");
+    assert_eq!(all.len(), 30, "{e}");
+    assert_eq!(full.given(), all, "a field is missing from layered_fields!");
+    let merged = DeployRequest::default().merged(full);
+    assert_eq!(merged.given(), all);
 }
 
 #[test]
