@@ -202,6 +202,7 @@ pub fn run_request(
         commit: None,
         rollback_of: None,
         options: Default::default(),
+        stop_timeout: otturnaut_core::Timeouts::default().stop,
     }
 }
 

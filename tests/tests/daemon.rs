@@ -648,3 +648,83 @@ async fn a_non_loopback_address_is_served_over_tls() {
     let plain = curl("http");
     assert_ne!(String::from_utf8_lossy(&plain.stdout), "200", "plain HTTP is not answered on the TLS port");
 }
+
+/// `docker …` for what the adapters do not expose; panics if it cannot run.
+fn docker_cli(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run docker {args:?}: {e}"));
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Removes a test's volume and network even when it fails (after the
+/// containers, which the daemon's cleanup drops first).
+struct VolumeAndNetwork(String, String);
+
+impl Drop for VolumeAndNetwork {
+    fn drop(&mut self) {
+        let _ = docker_cli(&["volume", "rm", "-f", &self.0]);
+        let _ = docker_cli(&["network", "rm", &self.1]);
+    }
+}
+
+#[tokio::test]
+async fn a_json_deploy_with_a_volume_limits_and_a_network_gets_them() {
+    let d = Daemon::start("api-runtime", 1, 22600).await;
+    let app = d.apps[0].clone();
+    let (volume, network) = (format!("{app}-data"), format!("{app}-net"));
+    let _left = VolumeAndNetwork(volume.clone(), network.clone());
+    let repo = serving_repo("v1");
+    let body = d.deploy_body(
+        0,
+        &repo,
+        json!({
+            "volumes": [format!("{volume}:/data")],
+            "memory": "64m",
+            "cpus": 0.5,
+            "pids_limit": 100,
+            "networks": [network],
+            "stop_timeout": "7s",
+            "log_opts": ["max-file=2"],
+        }),
+    );
+    let events = d.deploy(0, &body).await;
+    let result = events.last().expect("a result line");
+    assert_eq!(result["result"], "deployed", "{events:?}");
+    assert_eq!(served(&app).await, (200, "v1\n".to_owned()));
+
+    // On the container, as Docker sees it.
+    let (_, id) = docker_cli(&["ps", "-q", "--filter", &format!("label=otturnaut.app={app}")]);
+    assert_eq!(id.lines().count(), 1, "one live container: {id}");
+    let (ok, inspect) = docker_cli(&["inspect", id.trim()]);
+    assert!(ok, "docker inspect {id}");
+    let c: Value = serde_json::from_str::<Value>(&inspect).expect("inspect JSON")[0].clone();
+    let host = &c["HostConfig"];
+    assert_eq!(host["Memory"], 64 << 20, "{host}");
+    assert_eq!(host["NanoCpus"], 500_000_000_i64);
+    assert_eq!(host["PidsLimit"], 100);
+    assert_eq!(host["LogConfig"]["Config"]["max-file"], "2");
+    assert_eq!(c["Config"]["StopTimeout"], 7, "an operator's docker stop honours --stop-timeout");
+    let mounts = c["Mounts"].as_array().expect("mounts");
+    assert!(
+        mounts.iter().any(|m| m["Type"] == "volume" && m["Name"] == volume.as_str() && m["Destination"] == "/data")
+    );
+    assert!(c["NetworkSettings"]["Networks"][&network].is_object(), "{}", c["NetworkSettings"]["Networks"]);
+    assert!(docker_cli(&["volume", "inspect", &volume]).0 && docker_cli(&["network", "inspect", &network]).0);
+
+    // And in the API's view of the app.
+    let (code, status) = d.status(0).await;
+    assert_eq!(code, 200);
+    let runtime = &status["runtime"];
+    assert_eq!(runtime["volumes"], json!([format!("{volume}:/data")]), "{status}");
+    assert_eq!(runtime["memory"], "64m");
+    assert_eq!(runtime["cpus"], "0.5");
+    assert_eq!(runtime["networks"], json!([network]));
+
+    // Undeploy keeps the volume (its data), as the CLI's does without --volumes.
+    let r = d.http.delete(d.url(&format!("/v1/apps/{app}"))).bearer_auth(TOKEN).send().await.expect("DELETE");
+    assert_eq!(r.status(), 200);
+    assert!(docker_cli(&["volume", "inspect", &volume]).0, "the volume outlives the app");
+}
