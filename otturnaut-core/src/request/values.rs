@@ -16,7 +16,6 @@ fn invalid(field: &'static str) -> impl Fn(crate::Error) -> InvalidField {
 /// A number or its text: `cpus = 1.5` and `"cpus": "1.5"` read alike, as do
 /// `memory = 536870912` and `memory = "512m"`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(untagged)]
 pub enum Scalar {
     Int(i64),
@@ -34,6 +33,22 @@ impl Scalar {
         }
     }
 }
+
+/// `type: [number, string]`: a derived `oneOf` of integer, number and
+/// string would call every integer invalid (it matches two of them).
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Scalar {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+        ObjectBuilder::new()
+            .schema_type(SchemaType::from_iter([Type::Number, Type::String]))
+            .description(Some("A number, or its text with a unit where one applies (`512m`)"))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Scalar {}
 
 impl From<String> for Scalar {
     fn from(s: String) -> Self {
