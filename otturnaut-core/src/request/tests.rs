@@ -152,3 +152,69 @@ fn bad_values_name_their_field_and_never_a_secret() {
     let e = request(r#"{"image": "x", "container_port": 80}"#).expect("parses").validate("Bad_App");
     assert_eq!(e.expect_err("bad app").field, "app");
 }
+
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Strings an attacker would send: separators, traversal, units, huge
+    /// numbers, control characters.
+    fn hostile() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("-".to_owned()),
+            Just("..".to_owned()),
+            Just("/".to_owned()),
+            Just(":".to_owned()),
+            Just("=".to_owned()),
+            Just("'".to_owned()),
+            Just("\0".to_owned()),
+            Just("\n".to_owned()),
+            Just("ro".to_owned()),
+            Just("m".to_owned()),
+            Just("g".to_owned()),
+            Just("s".to_owned()),
+            Just("http:".to_owned()),
+            Just("18446744073709551615".to_owned()),
+            "[a-z0-9_.-]{0,12}",
+            "\\PC{0,8}",
+        ];
+        prop::collection::vec(piece, 0..6).prop_map(|parts| parts.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Every field of a JSON body, hostile: never a panic, and a refusal
+        /// never quotes a secret value.
+        #[test]
+        fn json_bodies_never_panic_nor_leak(s in hostile(), n in any::<i64>(), f in any::<f64>(), which in 0usize..16) {
+            let secret = format!("{s}S3CRET");
+            let mut body = serde_json::json!({"image": "x", "container_port": 80});
+            let field = match which {
+                0 => ("volumes", serde_json::json!([s])),
+                1 => ("memory", serde_json::json!(s)),
+                2 => ("memory", serde_json::json!(n)),
+                3 => ("cpus", serde_json::json!(f)),
+                4 => ("pids_limit", serde_json::json!(n)),
+                5 => ("networks", serde_json::json!([s])),
+                6 => ("command", serde_json::json!(s)),
+                7 => ("entrypoint", serde_json::json!([s])),
+                8 => ("log_opts", serde_json::json!([s])),
+                9 => ("stop_timeout", serde_json::json!(s)),
+                10 => ("drain_timeout", serde_json::json!(s)),
+                11 => ("env", serde_json::json!({ s.clone(): secret })),
+                12 => ("env", serde_json::json!({ "OK": secret })),
+                13 => ("health", serde_json::json!(s)),
+                14 => ("domains", serde_json::json!([s])),
+                _ => ("container_port", serde_json::json!(n)),
+            };
+            body[field.0] = field.1;
+            if let Ok(request) = serde_json::from_value::<DeployRequest>(body) {
+                if let Err(e) = request.validate("app") {
+                    prop_assert!(!e.message.contains("S3CRET"), "{}", e);
+                }
+            }
+        }
+    }
+}
