@@ -89,7 +89,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Remove kept releases beyond --keep, and dangling images of Otturnaut's builds
+    /// Remove kept releases beyond --keep, dangling images of Otturnaut's builds and (for every
+    /// app) build cache beyond 2 GiB
     #[command(long_about = PRUNE_ABOUT)]
     Prune {
         /// Only this app (default: every app)
@@ -402,7 +403,8 @@ Examples:
 
 const PRUNE_ABOUT: &str = "\
 Remove the kept releases of APP (or of every app) beyond --keep, as every deploy does, and the
-dangling images Otturnaut's own builds left behind (untagged, used by no container). Prints what
+dangling images Otturnaut's own builds left behind (untagged, used by no container). Without APP,
+also prune the Docker daemon's build cache down to 2 GiB, least recently used first. Prints what
 it removed and the disk space freed. The live release is never removed.
 
 Examples:
