@@ -499,36 +499,13 @@ async fn containers_with_our_labels_but_not_our_name_are_not_listed() {
 
 /// `otturnaut prune`'s build-cache step against the real daemon (API 1.41
 /// here: `keep-storage`). The budget is far above any cache, so nothing of
-/// the shared daemon's cache is removed; a request the daemon refused, or
-/// one it read as "prune everything", would show.
+/// the shared daemon's cache is removed: the daemon's own count of what it
+/// reclaimed says so (a request it read as "prune everything" would count
+/// the unused cache). The cache's size is not compared: BuildKit's own
+/// garbage collection and other sessions' builds change it meanwhile.
 #[tokio::test]
 async fn the_build_cache_prune_is_understood_and_keeps_its_budget() {
     let d = fixtures::docker().await;
-    let before = build_cache_bytes();
     let freed = d.prune_build_cache(1 << 40).await.expect("the daemon takes the prune");
     assert_eq!(freed, 0, "a 1 TiB budget frees nothing");
-    let after = build_cache_bytes();
-    assert!(after + (64 << 20) >= before, "the cache was kept: {before} -> {after} bytes");
-}
-
-/// The build cache's size as `docker system df` reports it, in bytes.
-fn build_cache_bytes() -> u64 {
-    let out = std::process::Command::new("docker")
-        .args(["system", "df", "--format", "{{.Type}}\t{{.Size}}"])
-        .output()
-        .expect("docker system df");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let size = text.lines().find_map(|l| l.strip_prefix("Build Cache\t")).expect("a build cache line").trim();
-    let digits = size.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let unit = &size[digits.len()..];
-    let value: f64 = digits.parse().unwrap_or_else(|e| panic!("{size}: {e}"));
-    let scale = match unit {
-        "B" => 1.0,
-        "kB" => 1e3,
-        "MB" => 1e6,
-        "GB" => 1e9,
-        "TB" => 1e12,
-        other => panic!("unit {other} in {size}"),
-    };
-    (value * scale) as u64
 }
