@@ -12,7 +12,7 @@ use otturnaut_adapters::caddy::Caddy;
 use otturnaut_core::AppId;
 use otturnaut_core::traits::{ContainerRuntime, ImageBuilder, Router};
 use otturnaut_tests::caddy_proc::{free_port, get_via, shared_caddy, shared_listen};
-use otturnaut_tests::fixtures::{Behaviour, DockerCleanup, docker, write_context};
+use otturnaut_tests::fixtures::{Behaviour, DockerCleanup, docker, docker_cli, write_context};
 use otturnaut_tests::gitfix::GitRepo;
 use otturnaut_tests::services::{otturnaut_command, require_caddy, require_docker, unique_app};
 use serde_json::{Value, json};
@@ -634,16 +634,6 @@ async fn a_non_loopback_address_is_served_over_tls() {
     }
     let plain = curl("http");
     assert_ne!(String::from_utf8_lossy(&plain.stdout), "200", "plain HTTP is not answered on the TLS port");
-}
-
-/// `docker …` for what the adapters do not expose; panics if it cannot run.
-fn docker_cli(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run docker {args:?}: {e}"));
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// Removes a test's volume and network even when it fails (after the
