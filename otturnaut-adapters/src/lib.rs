@@ -3,7 +3,7 @@
 //! host ports through the kernel, health through TCP/HTTP probes.
 //!
 //! It is also where a program that deploys starts: connect an [`Agent`],
-//! validate a [`DeployRequest`](otturnaut_core::DeployRequest), and
+//! [`validate`] a [`DeployRequest`](otturnaut_core::DeployRequest), and
 //! [`Agent::deploy`] it. The run yields its events, then an [`Outcome`]:
 //! deployed, failed and rolled back, failed with residue, or interrupted
 //! before or after the commit. Dropping the run before its end rolls the
@@ -18,11 +18,11 @@
 //! let agent = Agent::connect(&AgentConfig { work_dir: "/tmp/otturnaut".into(), ..AgentConfig::default() }).await?;
 //! let request = DeployRequest {
 //!     image: Some("nginx:1.27-alpine".into()),
-//!     container_port: 80,
+//!     container_port: Some(80),
 //!     domains: vec!["web.localhost".into()],
 //!     ..DeployRequest::default()
 //! };
-//! let mut run = agent.deploy(request.validate("web")?).await?;
+//! let mut run = agent.deploy(otturnaut_adapters::validate(&request, "web")?).await?;
 //! while let Some(event) = run.next_event().await {
 //!     println!("{}", serde_json::to_string(&event)?);
 //! }
@@ -45,11 +45,13 @@ pub mod lock;
 pub mod maintenance;
 pub mod outcome;
 pub mod ports;
+mod request;
 mod run;
 pub mod status;
 
 pub use agent::{Agent, AgentConfig};
 pub use outcome::{Ending, ExitStatus, Outcome};
+pub use request::validate;
 pub use run::{Canceller, DeployRun, LOCK_TIMEOUT, StartError};
 
 /// An error with its causes joined: bollard's and reqwest's own messages

@@ -89,7 +89,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Remove kept releases beyond --keep, and dangling images of Otturnaut's builds
+    /// Remove kept releases beyond --keep, dangling images of Otturnaut's builds and (for every
+    /// app) build cache beyond 2 GiB
     #[command(long_about = PRUNE_ABOUT)]
     Prune {
         /// Only this app (default: every app)
@@ -167,8 +168,9 @@ pub struct DeployArgs {
     /// The app's name: lowercase letters, digits and '-' (it names containers, images and the route)
     pub app: String,
 
-    /// Read every setting from a TOML file (keys: the flags' names with '_', e.g. container_port,
-    /// volumes, [env]); flags given as well override it. See examples/shop.toml
+    /// Read every setting from a TOML file: the API's deploy body as TOML (keys: the flags' names
+    /// with '_', e.g. container_port, volumes, [env]; ssh_key_file and build_secret_files for
+    /// --ssh-key and --build-secret); flags given as well override it. See examples/shop.toml
     #[arg(long, value_name = "FILE")]
     pub spec: Option<PathBuf>,
 
@@ -287,6 +289,23 @@ pub struct RuntimeArgs {
     pub drain_timeout: Option<String>,
 }
 
+/// The `deploy` flag that sets a [`otturnaut_core::DeployRequest`] field
+/// (`volumes` → `--volume`), as messages name it: read from the flags'
+/// definitions, so it cannot drift from them.
+pub fn deploy_flag(field: &str) -> String {
+    let id = match field {
+        "app" => return "APP".to_owned(),
+        "ref" => "git_ref",
+        "build_secret_files" => "build_secrets",
+        "ssh_key_file" => "ssh_key",
+        "repo_credentials" => "repo_credentials_file",
+        other => other,
+    };
+    let command = DeployArgs::augment_args(clap::Command::new("deploy"));
+    let long = command.get_arguments().find(|a| a.get_id() == id).and_then(|a| a.get_long());
+    long.map_or_else(|| field.to_owned(), |l| format!("--{l}"))
+}
+
 const ABOUT: &str = "\
 Otturnaut turns a git repository or a prebuilt image into a live container routed by Caddy.
 Deploys are blue-green: the new release starts next to the old one and gets the traffic only
@@ -384,7 +403,8 @@ Examples:
 
 const PRUNE_ABOUT: &str = "\
 Remove the kept releases of APP (or of every app) beyond --keep, as every deploy does, and the
-dangling images Otturnaut's own builds left behind (untagged, used by no container). Prints what
+dangling images Otturnaut's own builds left behind (untagged, used by no container). Without APP,
+also prune the Docker daemon's build cache down to 2 GiB, least recently used first. Prints what
 it removed and the disk space freed. The live release is never removed.
 
 Examples:

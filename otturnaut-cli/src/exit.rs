@@ -20,6 +20,13 @@ impl Invalid {
     }
 }
 
+/// A refused request field, named as the `deploy` flag that sets it.
+impl From<otturnaut_core::InvalidField> for Invalid {
+    fn from(e: otturnaut_core::InvalidField) -> Self {
+        Invalid::new(crate::args::deploy_flag(e.field), e.message)
+    }
+}
+
 impl fmt::Display for Invalid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.what, self.message)

@@ -117,9 +117,9 @@ proptest! {
         let file = dir.path().join("app.env");
         let text: String = lines.iter().map(|l| format!("{l}S3CRET\n")).collect();
         std::fs::write(&file, text).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        if let Err(e) = input::key_value_file("--env-file", &file) {
+        if let Err(e) = crate::files::key_value_file("env_file", &file) {
             prop_assert!(!e.message.contains("S3CRET"), "{}", e);
-            prop_assert_eq!(Fatal::from(e).exit, Exit::Usage);
+            prop_assert_eq!(Fatal::from(crate::exit::Invalid::from(e)).exit, Exit::Usage);
         }
     }
 

@@ -1,22 +1,21 @@
-// Long file: every deploy flag's check (source, env, health, runtime options, build secrets) in one place.
-//! `deploy`'s arguments turned into a [`DeploySpec`]. Every value is checked
-//! here, before anything connects or creates a file; a bad one is reported
-//! with its flag. Values of `--env`, `--env-file` and `--build-arg` are
-//! secrets: messages name only their keys. Architecture invariant: all input
-//! is validated into core types before any resource is created.
+//! `deploy`'s arguments turned into a [`DeploySpec`]: the flags become a
+//! [`DeployRequest`] (the schema the daemon's JSON body and the spec file
+//! share), laid over `--spec FILE`'s, the files it names are read, and
+//! [`otturnaut_adapters::validate`] checks it, before anything connects or
+//! creates a file. A bad value is reported with its flag, or with the spec
+//! file's key and line. Values of `--env`, `--env-file`, `--build-arg` and
+//! build secrets are secrets: messages name only their keys. Architecture
+//! invariant: all input is validated into core types before any resource is
+//! created.
 
-use std::collections::BTreeMap;
-use std::path::Path;
-use std::time::Duration;
+use std::collections::BTreeSet;
 
-use otturnaut_core::{
-    AppId, ContainerPort, DeploySpec, DockerfilePath, Domain, EnvName, GitRef, HealthCheck, HealthKind, HttpPath,
-    ImageRef, MAX_DURATION, MAX_RUNTIME_ITEMS, RepoUrl, RuntimeOptions, Secret, Source, Transport, VolumeSource,
-};
+use otturnaut_core::request::{CommandInput, MAX_BUILD_SECRETS, Scalar, build_secret_id, env_entry};
+use otturnaut_core::{AppId, ContainerPort, DeployRequest, DeploySpec, EnvName, InvalidField, Secret};
 
-use crate::args::{DeployArgs, RuntimeArgs};
+use crate::args::DeployArgs;
 use crate::exit::Invalid;
-use crate::files;
+use crate::{files, specfile};
 
 fn invalid(flag: &str) -> impl Fn(otturnaut_core::Error) -> Invalid + '_ {
     move |e| Invalid::new(flag, e.to_string())
@@ -30,342 +29,118 @@ pub fn deployment_id(flag: &str, raw: &str) -> Result<otturnaut_core::Deployment
     raw.parse().map_err(invalid(flag))
 }
 
-/// The most `--domain`s a deploy takes: each one is a matcher in Caddy.
-pub const MAX_DOMAINS: usize = 100;
-
-/// The most env variables (from `--env` and `--env-file` together) and,
-/// separately, the most build args.
-pub const MAX_ENV: usize = 1000;
-
 pub fn deploy_spec(args: &DeployArgs) -> Result<DeploySpec, Invalid> {
-    let Some(path) = &args.spec else {
-        return flags_spec(args);
+    let flags = request(args)?;
+    let by_flags = flags.given();
+    let (mut request, file) = match &args.spec {
+        Some(path) => {
+            let (from_file, file) = specfile::read(path)?;
+            (from_file.merged(flags), Some(file))
+        }
+        None => (flags, None),
     };
-    let mut merged = args.clone();
-    let origin = crate::specfile::merge(path, &mut merged)?;
-    flags_spec(&merged).map_err(|e| origin.locate(e))
+    let locate = |e: InvalidField| match file.as_ref().and_then(|f| f.locate(&e, &by_flags)) {
+        Some(located) => located,
+        None => Invalid::from(e),
+    };
+    files::read_into(&mut request).map_err(locate)?;
+    otturnaut_adapters::validate(&request, &args.app).map_err(locate)
 }
 
-fn flags_spec(args: &DeployArgs) -> Result<DeploySpec, Invalid> {
-    let app = app_id(&args.app)?;
-    let source = source(args)?;
-    let container_port: ContainerPort = args
-        .container_port
-        .as_deref()
-        .ok_or_else(|| Invalid::new("--container-port", "required (as a flag or container_port in --spec)"))?
-        .parse()
-        .map_err(invalid("--container-port"))?;
-    let mut spec = DeploySpec::new(app, source, container_port);
-
-    if args.domains.len() > MAX_DOMAINS {
-        return Err(Invalid::new("--domain", format!("{} domains given; at most {MAX_DOMAINS}", args.domains.len())));
-    }
-    for raw in &args.domains {
-        let domain: Domain = raw.parse().map_err(invalid("--domain"))?;
-        if !spec.domains.contains(&domain) {
-            spec.domains.push(domain);
-        }
-    }
-
-    if let Some(file) = &args.env_file {
-        spec.env = key_value_file("--env-file", file)?;
-    }
-    for raw in &args.env {
-        let (name, value) = key_value("--env", raw)?;
-        spec.env.insert(name, value);
-    }
-    if spec.env.len() > MAX_ENV {
-        return Err(Invalid::new("--env/--env-file", format!("{} variables; at most {MAX_ENV}", spec.env.len())));
-    }
-
-    spec.health = HealthCheck::new(health_kind(args.health.as_deref().unwrap_or("tcp"))?);
-    if let Some(raw) = &args.health_timeout {
-        spec.health.deadline = duration("--health-timeout", raw)?;
-    }
-    if let Some(raw) = &args.pull_timeout {
-        spec.timeouts.pull = duration("--pull-timeout", raw)?;
-    }
+/// The flags as a request. Only what the request cannot hold is checked
+/// here: `K=V` and `ID=FILE` pairs, a build secret's id given twice, and
+/// each `--env`/`--build-arg` name (so that a bad one is blamed on its
+/// flag, not on the spec file's entries it joins).
+fn request(args: &DeployArgs) -> Result<DeployRequest, Invalid> {
     let r = &args.runtime;
-    if let Some(raw) = &r.stop_timeout {
-        spec.timeouts.stop = duration("--stop-timeout", raw)?;
-    }
-    if let Some(raw) = &r.drain_timeout {
-        spec.timeouts.drain = duration("--drain-timeout", raw)?;
-    }
-    spec.runtime = runtime_options(r)?;
-    spec.check_limits().map_err(invalid("deploy"))?;
-    Ok(spec)
-}
-
-/// The `Runtime` flags; a bind mount's host path must exist now.
-pub fn runtime_options(r: &RuntimeArgs) -> Result<RuntimeOptions, Invalid> {
-    fn each<T: std::str::FromStr<Err = otturnaut_core::Error>>(flag: &str, raw: &[String]) -> Result<Vec<T>, Invalid> {
-        if raw.len() > MAX_RUNTIME_ITEMS {
-            return Err(Invalid::new(flag, format!("given {} times; at most {MAX_RUNTIME_ITEMS}", raw.len())));
-        }
-        raw.iter().map(|v| v.parse().map_err(invalid(flag))).collect()
-    }
-    fn one<T: std::str::FromStr<Err = otturnaut_core::Error>>(
-        flag: &str,
-        raw: &Option<String>,
-    ) -> Result<Option<T>, Invalid> {
-        raw.as_deref().map(|v| v.parse().map_err(invalid(flag))).transpose()
-    }
-    let options = RuntimeOptions {
-        volumes: each("--volume", &r.volumes)?,
-        memory: one("--memory", &r.memory)?,
-        cpus: one("--cpus", &r.cpus)?,
-        pids_limit: one("--pids-limit", &r.pids_limit)?,
-        networks: each("--network", &r.networks)?,
-        command: one("--command", &r.command)?,
-        entrypoint: one("--entrypoint", &r.entrypoint)?,
-        log_opts: each("--log-opt", &r.log_opts)?,
+    let container_port = match &args.container_port {
+        Some(raw) => Some(u64::from(raw.parse::<ContainerPort>().map_err(invalid("--container-port"))?.get())),
+        None => None,
     };
-    for v in &options.volumes {
-        if let VolumeSource::Bind(path) = &v.source
-            && let Err(e) = std::fs::metadata(path)
-        {
-            return Err(Invalid::new("--volume", format!("{v}: the host path {path} cannot be used: {e}")));
-        }
-    }
-    options.check().map_err(|e| {
-        let flag = match &e {
-            otturnaut_core::Error::Invalid { what: "network name", .. } => "--network",
-            otturnaut_core::Error::Invalid { what: "log option", .. } => "--log-opt",
-            _ => "--volume",
-        };
-        Invalid::new(flag, e.to_string())
-    })?;
-    Ok(options)
+    let text = |raw: &Option<String>| raw.clone().map(Scalar::from);
+    let command = |raw: &Option<String>| raw.clone().map(CommandInput::Line);
+    Ok(DeployRequest {
+        repo: args.repo.clone(),
+        git_ref: args.git_ref.clone(),
+        dockerfile: args.dockerfile.clone(),
+        build_args: key_values("--build-arg", &args.build_args)?,
+        build_secrets: Default::default(),
+        repo_credentials: None,
+        ssh_key: None,
+        allow_insecure_git: args.allow_insecure_git,
+        image: args.image.clone(),
+        pull_timeout: args.pull_timeout.clone(),
+        container_port,
+        domains: args.domains.clone(),
+        env: key_values("--env", &args.env)?,
+        health: args.health.clone(),
+        health_timeout: args.health_timeout.clone(),
+        volumes: r.volumes.clone(),
+        memory: text(&r.memory),
+        cpus: text(&r.cpus),
+        pids_limit: text(&r.pids_limit),
+        networks: r.networks.clone(),
+        command: command(&r.command),
+        entrypoint: command(&r.entrypoint),
+        log_opts: r.log_opts.clone(),
+        stop_timeout: r.stop_timeout.clone(),
+        drain_timeout: r.drain_timeout.clone(),
+        env_file: args.env_file.clone(),
+        build_arg_file: args.build_arg_file.clone(),
+        build_secret_files: build_secret_files(&args.build_secrets)?,
+        repo_credentials_file: args.repo_credentials_file.clone(),
+        ssh_key_file: args.ssh_key.clone(),
+    })
 }
 
-fn source(args: &DeployArgs) -> Result<Source, Invalid> {
-    match (&args.repo, &args.image) {
-        (Some(repo), None) => {
-            if args.pull_timeout.is_some() {
-                return Err(Invalid::new("--pull-timeout", "only applies to an --image deploy"));
-            }
-            let mut url = RepoUrl::parse_allowing_file(repo).map_err(invalid("--repo"))?;
-            if url.transport() == Transport::Git && !args.allow_insecure_git && !url.host().is_some_and(is_loopback) {
-                return Err(Invalid::new(
-                    "--repo",
-                    format!(
-                        "{url}: git:// is neither authenticated nor encrypted, so anyone on the path can change \
-                         what gets deployed; use https:// or ssh://, or pass --allow-insecure-git"
-                    ),
-                ));
-            }
-            if let Some(path) = &args.repo_credentials_file {
-                let flag = "--repo-credentials-file";
-                let text = files::read_capped(path, files::MAX_KEY_FILE).map_err(|m| Invalid::new(flag, m))?;
-                let credentials = Secret::new(text.trim_end_matches(['\n', '\r']));
-                url = url.with_credentials(&credentials).map_err(invalid(flag))?;
-            }
-            let git_ref: GitRef = match &args.git_ref {
-                Some(r) => r.parse().map_err(invalid("--ref"))?,
-                None => GitRef::default(),
-            };
-            let dockerfile: DockerfilePath = match &args.dockerfile {
-                Some(d) => d.parse().map_err(invalid("--dockerfile"))?,
-                None => DockerfilePath::default(),
-            };
-            // Docker takes any ARG name; holding them to env-name rules
-            // keeps odd characters out of the build request.
-            let mut build_args = BTreeMap::new();
-            if let Some(file) = &args.build_arg_file {
-                build_args = key_value_file("--build-arg-file", file)?;
-            }
-            for raw in &args.build_args {
-                let (name, value) = key_value("--build-arg", raw)?;
-                build_args.insert(name, value);
-            }
-            if build_args.len() > MAX_ENV {
-                return Err(Invalid::new("--build-arg", format!("{} build args; at most {MAX_ENV}", build_args.len())));
-            }
-            let build_args = build_args.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-            let ssh_key = match &args.ssh_key {
-                Some(path) => Some(Secret::new(
-                    files::read_capped(path, files::MAX_KEY_FILE).map_err(|m| Invalid::new("--ssh-key", m))?,
-                )),
-                None => None,
-            };
-            let build_secrets = build_secrets(&args.build_secrets)?;
-            Ok(Source::Git { url, git_ref, dockerfile, build_args, build_secrets, ssh_key })
-        }
-        (None, Some(image)) => {
-            let git_only = [
-                ("--ref", args.git_ref.is_some()),
-                ("--dockerfile", args.dockerfile.is_some()),
-                ("--build-arg", !args.build_args.is_empty()),
-                ("--build-arg-file", args.build_arg_file.is_some()),
-                ("--build-secret", !args.build_secrets.is_empty()),
-                ("--repo-credentials-file", args.repo_credentials_file.is_some()),
-                ("--ssh-key", args.ssh_key.is_some()),
-            ];
-            if let Some((flag, _)) = git_only.iter().find(|(_, given)| *given) {
-                return Err(Invalid::new(*flag, "only applies to a --repo deploy, not to an --image one"));
-            }
-            Ok(Source::Image { reference: image.parse::<ImageRef>().map_err(invalid("--image"))? })
-        }
-        // clap's argument group already refuses these; kept for a clear message anyway.
-        (Some(_), Some(_)) => Err(Invalid::new("--repo/--image", "give either --repo or --image, not both")),
-        (None, None) => Err(Invalid::new(
-            "--repo/--image",
-            "a source is required: give --repo URL or --image IMAGE (or repo or image in --spec)",
-        )),
-    }
-}
-
-/// The most `--build-secret`s, and the largest file one takes (BuildKit's
-/// session refuses bigger secrets).
-pub const MAX_BUILD_SECRETS: usize = 100;
-pub const MAX_BUILD_SECRET_FILE: u64 = 500 * 1024;
-
-/// `ID=FILE` pairs: the id as `RUN --mount=type=secret,id=ID` names it
-/// (letters, digits, `_`, `.`, `-`; at most 64), the file's contents secret.
-fn build_secrets(raw: &[String]) -> Result<BTreeMap<String, Secret>, Invalid> {
-    let flag = "--build-secret";
-    if raw.len() > MAX_BUILD_SECRETS {
-        return Err(Invalid::new(flag, format!("given {} times; at most {MAX_BUILD_SECRETS}", raw.len())));
-    }
-    let mut secrets = BTreeMap::new();
-    for pair in raw {
-        let Some((id, file)) = pair.split_once('=') else {
-            return Err(Invalid::new(flag, format!("{pair:?}: expected ID=FILE")));
-        };
-        let id_ok = (1..=64).contains(&id.len())
-            && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-        if !id_ok {
-            return Err(Invalid::new(
-                flag,
-                format!("{:?}: the id must be 1 to 64 letters, digits, '_', '.' or '-'", name_like_prefix(id)),
-            ));
-        }
-        let text = files::read_capped(Path::new(file), MAX_BUILD_SECRET_FILE).map_err(|m| Invalid::new(flag, m))?;
-        if secrets.insert(id.to_owned(), Secret::new(text)).is_some() {
-            return Err(Invalid::new(flag, format!("the id {id} is given twice")));
-        }
-    }
-    Ok(secrets)
-}
-
-/// `localhost`, `127.x.y.z` or `::1`: a git:// server on this machine, which
-/// nobody can tamper with on the way.
-fn is_loopback(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+/// Repeated `KEY=VALUE` flags; a later one wins.
+fn key_values(flag: &str, raw: &[String]) -> Result<std::collections::BTreeMap<String, Secret>, Invalid> {
+    raw.iter().map(|r| key_value(flag, r).map(|(k, v)| (k.to_string(), v))).collect()
 }
 
 /// `KEY=VALUE` with the value kept secret. Without `=` the whole argument
-/// may be a value typed in the wrong place: not shown. With one, the "key"
-/// may still hold a value behind another separator (`DB:postgres://u:p@h/db?x=1`),
-/// so a message shows at most its name-like start: letters, digits and `_`
-/// up to the first other character.
+/// may be a value typed in the wrong place: not shown.
 fn key_value(flag: &str, raw: &str) -> Result<(EnvName, Secret), Invalid> {
     let (key, value) = raw.split_once('=').ok_or_else(|| {
         Invalid::new(flag, "expected KEY=VALUE, got an argument without '=' (not shown: it may hold a secret)")
     })?;
-    let name = env_name(key).map_err(|m| Invalid::new(flag, m))?;
-    let value = Secret::new(value);
-    check_value(&name, &value).map_err(|m| Invalid::new(flag, m))?;
-    Ok((name, value))
+    env_entry(key, &Secret::new(value)).map_err(|m| Invalid::new(flag, m))
 }
 
-/// The letters, digits and `_` an argument starts with: all of it that is
-/// safe to repeat in a message.
-fn name_like_prefix(raw: &str) -> String {
-    raw.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect()
-}
-
-fn env_name(key: &str) -> Result<EnvName, String> {
-    key.parse::<EnvName>().map_err(|e| {
-        let shown = name_like_prefix(key);
-        if shown.len() == key.len() {
-            // Only letters, digits and '_': nothing in it can be a value.
-            e.to_string()
-        } else {
-            format!(
-                "the name starting {shown:?} holds a character other than letters, digits and '_' \
-                 (the rest is not shown: it may hold a secret)"
-            )
-        }
-    })
-}
-
-fn check_value(name: &EnvName, value: &Secret) -> Result<(), String> {
-    if value.expose().contains('\0') {
-        return Err(format!("the value of {name} contains a NUL byte, which cannot be passed on"));
+/// `--build-secret ID=FILE` pairs: the id as `RUN --mount=type=secret,id=ID`
+/// names it, the file read later (its contents are the secret).
+fn build_secret_files(raw: &[String]) -> Result<std::collections::BTreeMap<String, std::path::PathBuf>, Invalid> {
+    let flag = "--build-secret";
+    if raw.len() > MAX_BUILD_SECRETS {
+        return Err(Invalid::new(flag, format!("given {} times; at most {MAX_BUILD_SECRETS}", raw.len())));
     }
-    Ok(())
-}
-
-/// A file of `KEY=VALUE` lines, as `docker run --env-file` reads them: the
-/// value is everything after the first `=`, verbatim; blank lines and lines
-/// starting with `#` are skipped; an `export ` prefix is allowed. At most
-/// 1 MiB and [`MAX_ENV`] entries.
-pub fn key_value_file(flag: &str, path: &Path) -> Result<BTreeMap<EnvName, Secret>, Invalid> {
-    let text = files::read_capped(path, files::MAX_SETTINGS_FILE).map_err(|m| Invalid::new(flag, m))?;
-    let mut env = BTreeMap::new();
-    for (i, line) in text.lines().enumerate() {
-        let at = || format!("{} line {}", path.display(), i + 1);
-        let line = line.trim_start();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let line = line.strip_prefix("export ").unwrap_or(line);
-        let Some((key, value)) = line.split_once('=') else {
-            return Err(Invalid::new(
-                flag,
-                format!("{}: expected KEY=VALUE (line not shown: it may hold a secret)", at()),
-            ));
+    let mut files = std::collections::BTreeMap::new();
+    let mut ids = BTreeSet::new();
+    for pair in raw {
+        let Some((id, file)) = pair.split_once('=') else {
+            return Err(Invalid::new(flag, format!("{pair:?}: expected ID=FILE")));
         };
-        let name = env_name(key.trim_end()).map_err(|m| Invalid::new(flag, format!("{}: {m}", at())))?;
-        let value = Secret::new(value);
-        check_value(&name, &value).map_err(|m| Invalid::new(flag, format!("{}: {m}", at())))?;
-        env.insert(name, value);
-        if env.len() > MAX_ENV {
-            return Err(Invalid::new(flag, format!("{} has more than {MAX_ENV} entries", path.display())));
+        build_secret_id(id).map_err(|m| Invalid::new(flag, m))?;
+        if !ids.insert(id) {
+            return Err(Invalid::new(flag, format!("the id {id} is given twice")));
         }
+        files.insert(id.to_owned(), file.into());
     }
-    Ok(env)
-}
-
-/// `running`, `tcp`, `http` (GET /) or `http:/PATH`.
-pub fn health_kind(raw: &str) -> Result<HealthKind, Invalid> {
-    let flag = "--health";
-    match raw {
-        "running" => Ok(HealthKind::Running),
-        "tcp" => Ok(HealthKind::Tcp),
-        "http" => Ok(HealthKind::Http { path: HttpPath::try_from("/").map_err(invalid(flag))?, expected_status: 200 }),
-        _ => match raw.strip_prefix("http:") {
-            Some(path) => Ok(HealthKind::Http { path: path.parse().map_err(invalid(flag))?, expected_status: 200 }),
-            None => Err(Invalid::new(flag, format!("{raw:?} is not a health check; use running, tcp or http:/PATH"))),
-        },
-    }
-}
-
-/// `30s`, `2m`, `1m30s`, `500ms`; above zero and at most 24 hours.
-pub fn duration(flag: &str, raw: &str) -> Result<Duration, Invalid> {
-    let shown: String = raw.chars().take(64).collect();
-    let d = humantime::parse_duration(raw)
-        .map_err(|e| Invalid::new(flag, format!("{shown:?} is not a duration ({e}); use e.g. 30s, 2m or 1m30s")))?;
-    if d.is_zero() {
-        return Err(Invalid::new(flag, format!("{shown:?} must be longer than zero")));
-    }
-    if d > MAX_DURATION {
-        return Err(Invalid::new(
-            flag,
-            format!("{shown:?} is longer than the maximum, {}", humantime::format_duration(MAX_DURATION)),
-        ));
-    }
-    Ok(d)
+    Ok(files)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use clap::Parser;
+    use otturnaut_core::request::{MAX_BUILD_SECRET_SIZE, MAX_DOMAINS, MAX_ENV};
+    use otturnaut_core::{Domain, HealthCheck, HealthKind, MAX_DURATION, RuntimeOptions, Source};
 
     use super::*;
     use crate::args::{Cli, Command};
+
+    const MAX_BUILD_SECRET_FILE: u64 = MAX_BUILD_SECRET_SIZE as u64;
 
     fn args(extra: &[&str]) -> DeployArgs {
         let mut argv = vec!["otturnaut", "deploy"];

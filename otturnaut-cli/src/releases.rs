@@ -106,10 +106,24 @@ async fn run_prune(global: &GlobalArgs, only: Option<&str>, out: &Out) -> Result
         .await
         .map_err(|e| Fatal::service("pruning", &e))?;
     drop(locks);
+    // The build cache is the daemon's, not an app's: pruned with every app.
+    let cache = match only {
+        Some(_) => None,
+        None => Some(agent.docker.prune_build_cache(otturnaut_adapters::docker::BUILD_CACHE_KEEP).await),
+    };
+    let cache_freed = match &cache {
+        Some(Ok(bytes)) => Some(*bytes),
+        _ => None,
+    };
+    let cache_error = match &cache {
+        Some(Err(e)) => Some(e.to_string()),
+        _ => None,
+    };
+    let freed_bytes = report.freed_bytes + cache_freed.unwrap_or(0);
     let done: Vec<&String> = report.apps.iter().flat_map(|r| &r.done).collect();
     let residue: Vec<_> = report.apps.iter().flat_map(|r| r.residue.iter().cloned()).collect();
     let exit = if residue.is_empty() { Exit::Ok } else { Exit::Residue };
-    let freed = humansize(report.freed_bytes);
+    let freed = humansize(freed_bytes);
     if out.is_json() {
         out.json_line(&json!({
             "result": if exit == Exit::Ok { "pruned" } else { "failed" },
@@ -117,14 +131,16 @@ async fn run_prune(global: &GlobalArgs, only: Option<&str>, out: &Out) -> Result
             "keep": settings.keep,
             "done": done,
             "dangling_images": report.dangling,
-            "freed_bytes": report.freed_bytes,
+            "freed_bytes": freed_bytes,
+            "build_cache_freed_bytes": cache_freed,
+            "build_cache_error": cache_error,
             "residue": residue,
             "exit_code": exit.code(),
         }));
         return Ok(exit);
     }
     let p = out.paint;
-    if done.is_empty() && report.dangling.is_empty() {
+    if done.is_empty() && report.dangling.is_empty() && cache_freed.unwrap_or(0) == 0 {
         out.say(format!("{} nothing to prune (keep = {})", p.green("✓"), settings.keep));
     } else {
         out.say(format!("{} pruned (keep = {}), {freed} freed", p.green("✓"), settings.keep));
@@ -138,6 +154,13 @@ async fn run_prune(global: &GlobalArgs, only: Option<&str>, out: &Out) -> Result
                 report.dangling.len()
             ));
         }
+    }
+    if let Some(bytes) = cache_freed.filter(|b| *b > 0) {
+        let keep = humansize(otturnaut_adapters::docker::BUILD_CACHE_KEEP);
+        out.say(format!("  {} build cache pruned to {keep}: {} freed", p.dim("·"), humansize(bytes)));
+    }
+    if let Some(e) = &cache_error {
+        out.say(format!("  {} could not prune the build cache: {e}", p.yellow("!")));
     }
     for r in &residue {
         out.say(format!("  {} could not remove {r}; run `otturnaut prune` again", p.red("✗")));

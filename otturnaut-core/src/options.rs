@@ -279,6 +279,10 @@ impl FromStr for VolumeSpec {
         };
         let source = if source.starts_with('/') {
             check_mount_path("volume host path", source)?;
+            if Path::new(source).components().count() < 2 {
+                // The whole host's file system in a container is root on the host.
+                return Err(Error::invalid("volume host path", source, "must not be '/'"));
+            }
             VolumeSource::Bind(source.to_owned())
         } else {
             VolumeSource::Named(source.parse()?)
@@ -500,6 +504,8 @@ mod tests {
             "/a/../etc:/y",
             "data:/x:ro:ro",
             "da ta:/x",
+            "/:/host",
+            "//:/host",
             "",
         ] {
             assert!(bad.parse::<VolumeSpec>().is_err(), "{bad}");

@@ -1,20 +1,30 @@
-//! A deploy as a front end receives it: raw values, one per CLI flag or JSON
-//! field, turned into a validated [`DeploySpec`] by [`DeployRequest::validate`].
-//! The CLI and the HTTP API share this code, so a value is accepted or refused
-//! the same way by both, and the error names the field it came from.
+//! The one schema of a deploy: [`DeployRequest`]. The daemon's JSON body, the
+//! CLI's spec file (TOML) and the CLI's flags all become one, and
+//! [`DeployRequest::validate`] alone turns it into the library's
+//! [`DeploySpec`], so a value is accepted or refused the same way by every
+//! front end, and the error names the field it came from.
 //!
-//! Values of `env`, `build_args`, `ssh_key` and `repo_credentials` are
-//! secrets: messages name only their keys.
+//! Values of `env`, `build_args`, `build_secrets`, `ssh_key` and
+//! `repo_credentials` are secrets: messages name only their keys.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::time::Duration;
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
 use crate::{
-    AppId, ContainerPort, DeploySpec, DockerfilePath, Domain, EnvName, GitRef, HealthCheck, HealthKind, HttpPath,
-    ImageRef, MAX_DURATION, RepoUrl, Secret, Source, Transport,
+    AppId, ContainerPort, DeploySpec, DockerfilePath, Domain, GitRef, HealthCheck, ImageRef, MAX_RUNTIME_ITEMS,
+    RepoUrl, RuntimeOptions, Secret, Source, Transport,
+};
+
+#[cfg(test)]
+mod tests;
+mod values;
+
+pub use values::{
+    CommandInput, MAX_BUILD_SECRET_SIZE, MAX_BUILD_SECRETS, Scalar, build_secret_id, duration, env_entry, health_kind,
+    name_like_prefix,
 };
 
 /// The most `domains` a deploy takes: each one is a matcher in Caddy.
@@ -23,8 +33,15 @@ pub const MAX_DOMAINS: usize = 100;
 /// The most env variables and, separately, the most build args.
 pub const MAX_ENV: usize = 1000;
 
-/// The deploy of one app, field by field as the CLI flags name them. New
-/// fields go here (with `#[serde(default)]`) and into [`DeployRequest::validate`].
+/// A deploy of one app, field by field: the JSON body of
+/// `POST /v1/apps/{app}/deployments`, the keys of `otturnaut deploy --spec
+/// FILE` and, with `-` for `_`, the flags of `otturnaut deploy`. Every field
+/// is optional here; [`DeployRequest::validate`] says what a deploy needs.
+///
+/// The `*_file` fields name files on the machine that runs the CLI, which
+/// reads them into the fields they stand for (`env_file` into `env`…) before
+/// validating; [`DeployRequest::validate`] refuses them, so the HTTP API
+/// takes the values themselves.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
@@ -42,6 +59,11 @@ pub struct DeployRequest {
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, String>))]
     pub build_args: BTreeMap<String, Secret>,
+    /// Secrets for `RUN --mount=type=secret,id=ID` steps (BuildKit), by id: never in the
+    /// image, its history or any output. At most 100, each at most 500 KiB.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, String>))]
+    pub build_secrets: BTreeMap<String, Secret>,
     /// Credentials for an https:// repo: a token, or USER:PASSWORD.
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
@@ -59,9 +81,11 @@ pub struct DeployRequest {
     /// How long pulling `image` may take, e.g. `10m` (at most 24h).
     #[serde(default)]
     pub pull_timeout: Option<String>,
-    /// The port the app listens on inside its container.
-    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 65535))]
-    pub container_port: u64,
+
+    /// The port the app listens on inside its container (required).
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true, minimum = 1, maximum = 65535))]
+    pub container_port: Option<u64>,
     /// Domains Caddy routes to the app (at most 100).
     #[serde(default)]
     pub domains: Vec<String>,
@@ -75,6 +99,63 @@ pub struct DeployRequest {
     /// How long the new container may take to become healthy, e.g. `30s` (at most 24h).
     #[serde(default)]
     pub health_timeout: Option<String>,
+
+    /// `NAME:/path[:ro]` (a named volume, created if missing, kept across releases) or
+    /// `/host/path:/path[:ro]` (an existing host path); at most 64.
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    /// Memory limit, e.g. `512m` or `2g` (at least 6m), or bytes.
+    #[serde(default)]
+    pub memory: Option<Scalar>,
+    /// CPU limit in CPUs, e.g. `0.5` or `2`.
+    #[serde(default)]
+    pub cpus: Option<Scalar>,
+    /// The most processes and threads the container may run (1 to 4194304).
+    #[serde(default)]
+    pub pids_limit: Option<Scalar>,
+    /// User-defined Docker networks to join (created if missing); the app answers to
+    /// its name on each. At most 64.
+    #[serde(default)]
+    pub networks: Vec<String>,
+    /// Replaces the image's CMD: one string split like a shell would (never run by one),
+    /// or the list of words.
+    #[serde(default)]
+    pub command: Option<CommandInput>,
+    /// Replaces the image's ENTRYPOINT, like `command`.
+    #[serde(default)]
+    pub entrypoint: Option<CommandInput>,
+    /// json-file log options `KEY=VALUE` (max-size, max-file, compress, labels, env, tag…)
+    /// on top of the defaults max-size=10m, max-file=3.
+    #[serde(default)]
+    pub log_opts: Vec<String>,
+    /// Grace between SIGTERM and SIGKILL when a release is stopped, e.g. `20s` (default 10s).
+    #[serde(default)]
+    pub stop_timeout: Option<String>,
+    /// How long requests in flight to the previous release may take after the switch
+    /// (default 30s).
+    #[serde(default)]
+    pub drain_timeout: Option<String>,
+
+    /// A file of `KEY=VALUE` lines, read into `env` (whose entries win). CLI only.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
+    pub env_file: Option<PathBuf>,
+    /// A file of `KEY=VALUE` lines, read into `build_args` (whose entries win). CLI only.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
+    pub build_arg_file: Option<PathBuf>,
+    /// Build secrets by id, each read from a file into `build_secrets`. CLI only.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
+    pub build_secret_files: BTreeMap<String, PathBuf>,
+    /// A file holding `repo_credentials`. CLI only.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
+    pub repo_credentials_file: Option<PathBuf>,
+    /// A file holding `ssh_key`. CLI only.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
+    pub ssh_key_file: Option<PathBuf>,
 }
 
 /// A refused value: `field` names it as [`DeployRequest`] does (`"app"` for
@@ -108,13 +189,122 @@ pub fn app_id(raw: &str) -> Result<AppId, InvalidField> {
     raw.parse().map_err(invalid("app"))
 }
 
+/// A field's value as one layer of a request: given or not, and laid over
+/// another layer's. A value given on top wins; a list given on top
+/// replaces the list; a map's entries on top win key by key.
+trait Layer {
+    fn is_given(&self) -> bool;
+    fn lay(&mut self, over: Self);
+}
+
+impl<T> Layer for Option<T> {
+    fn is_given(&self) -> bool {
+        self.is_some()
+    }
+    fn lay(&mut self, over: Self) {
+        if over.is_some() {
+            *self = over;
+        }
+    }
+}
+
+impl<T> Layer for Vec<T> {
+    fn is_given(&self) -> bool {
+        !self.is_empty()
+    }
+    fn lay(&mut self, over: Self) {
+        if !over.is_empty() {
+            *self = over;
+        }
+    }
+}
+
+impl<K: Ord, V> Layer for BTreeMap<K, V> {
+    fn is_given(&self) -> bool {
+        !self.is_empty()
+    }
+    fn lay(&mut self, over: Self) {
+        self.extend(over);
+    }
+}
+
+impl Layer for bool {
+    fn is_given(&self) -> bool {
+        *self
+    }
+    fn lay(&mut self, over: Self) {
+        *self |= over;
+    }
+}
+
+/// [`DeployRequest::merged`] and [`DeployRequest::given`] from one list of
+/// the fields with their serde names (a unit test checks it is complete).
+macro_rules! layered_fields {
+    ($($field:ident = $name:literal),* $(,)?) => {
+        impl DeployRequest {
+            /// `self` with `over`'s values on top: a spec file's request
+            /// with the command line's over it (see [`Layer`]).
+            pub fn merged(mut self, over: DeployRequest) -> DeployRequest {
+                $( self.$field.lay(over.$field); )*
+                self
+            }
+
+            /// The fields given (by their serde names), for a front end
+            /// that says where a value came from.
+            pub fn given(&self) -> BTreeSet<&'static str> {
+                let mut given = BTreeSet::new();
+                $( if self.$field.is_given() { given.insert($name); } )*
+                given
+            }
+        }
+    };
+}
+
+layered_fields!(
+    repo = "repo",
+    git_ref = "ref",
+    dockerfile = "dockerfile",
+    build_args = "build_args",
+    build_secrets = "build_secrets",
+    repo_credentials = "repo_credentials",
+    ssh_key = "ssh_key",
+    allow_insecure_git = "allow_insecure_git",
+    image = "image",
+    pull_timeout = "pull_timeout",
+    container_port = "container_port",
+    domains = "domains",
+    env = "env",
+    health = "health",
+    health_timeout = "health_timeout",
+    volumes = "volumes",
+    memory = "memory",
+    cpus = "cpus",
+    pids_limit = "pids_limit",
+    networks = "networks",
+    command = "command",
+    entrypoint = "entrypoint",
+    log_opts = "log_opts",
+    stop_timeout = "stop_timeout",
+    drain_timeout = "drain_timeout",
+    env_file = "env_file",
+    build_arg_file = "build_arg_file",
+    build_secret_files = "build_secret_files",
+    repo_credentials_file = "repo_credentials_file",
+    ssh_key_file = "ssh_key_file",
+);
+
 impl DeployRequest {
-    /// Checks every value and builds the spec for `app`; nothing is touched.
+    /// Checks every value and builds the spec for `app`; nothing is touched
+    /// and nothing is read (a bind mount's host path is checked by the
+    /// caller, on the machine that runs the containers).
     pub fn validate(&self, app: &str) -> Result<DeploySpec, InvalidField> {
         let app = app_id(app)?;
+        self.refuse_files()?;
         let source = self.source()?;
-        let container_port: ContainerPort =
-            self.container_port.to_string().parse().map_err(invalid("container_port"))?;
+        let container_port: ContainerPort = match self.container_port {
+            Some(port) => port.to_string().parse().map_err(invalid("container_port"))?,
+            None => return Err(InvalidField::new("container_port", "required")),
+        };
         let mut spec = DeploySpec::new(app, source, container_port);
 
         if self.domains.len() > MAX_DOMAINS {
@@ -137,27 +327,55 @@ impl DeployRequest {
         }
 
         spec.health = HealthCheck::new(health_kind(self.health.as_deref().unwrap_or("tcp"))?);
-        if let Some(raw) = &self.health_timeout {
-            spec.health.deadline = duration("health_timeout", raw)?;
-        }
-        if let Some(raw) = &self.pull_timeout {
-            if self.image.is_none() {
-                return Err(InvalidField::new("pull_timeout", "only applies to an image deploy"));
+        let durations = [
+            ("health_timeout", &self.health_timeout, &mut spec.health.deadline),
+            ("pull_timeout", &self.pull_timeout, &mut spec.timeouts.pull),
+            ("stop_timeout", &self.stop_timeout, &mut spec.timeouts.stop),
+            ("drain_timeout", &self.drain_timeout, &mut spec.timeouts.drain),
+        ];
+        for (field, raw, into) in durations {
+            if let Some(raw) = raw {
+                *into = duration(field, raw)?;
             }
-            spec.timeouts.pull = duration("pull_timeout", raw)?;
         }
+        spec.runtime = self.runtime()?;
         spec.check_limits().map_err(invalid("health_timeout"))?;
         Ok(spec)
     }
 
+    /// The `*_file` fields are for the CLI to read; a request that still
+    /// names a file came from somewhere that cannot read it.
+    fn refuse_files(&self) -> Result<(), InvalidField> {
+        let files = [
+            ("env_file", self.env_file.is_some(), "env"),
+            ("build_arg_file", self.build_arg_file.is_some(), "build_args"),
+            ("build_secret_files", !self.build_secret_files.is_empty(), "build_secrets"),
+            ("repo_credentials_file", self.repo_credentials_file.is_some(), "repo_credentials"),
+            ("ssh_key_file", self.ssh_key_file.is_some(), "ssh_key"),
+        ];
+        match files.into_iter().find(|(_, given, _)| *given) {
+            Some((field, _, instead)) => Err(InvalidField::new(
+                field,
+                format!("names a file on the machine that runs the CLI, which reads it; give {instead} instead"),
+            )),
+            None => Ok(()),
+        }
+    }
+
     fn source(&self) -> Result<Source, InvalidField> {
         match (&self.repo, &self.image) {
-            (Some(repo), None) => self.git_source(repo),
+            (Some(repo), None) => {
+                if self.pull_timeout.is_some() {
+                    return Err(InvalidField::new("pull_timeout", "only applies to an image deploy"));
+                }
+                self.git_source(repo)
+            }
             (None, Some(image)) => {
                 let git_only = [
                     ("ref", self.git_ref.is_some()),
                     ("dockerfile", self.dockerfile.is_some()),
                     ("build_args", !self.build_args.is_empty()),
+                    ("build_secrets", !self.build_secrets.is_empty()),
                     ("repo_credentials", self.repo_credentials.is_some()),
                     ("ssh_key", self.ssh_key.is_some()),
                 ];
@@ -167,7 +385,7 @@ impl DeployRequest {
                 Ok(Source::Image { reference: image.parse::<ImageRef>().map_err(invalid("image"))? })
             }
             (Some(_), Some(_)) => Err(InvalidField::new("repo", "give either a repo or an image, not both")),
-            (None, None) => Err(InvalidField::new("repo", "give a repo URL or an image")),
+            (None, None) => Err(InvalidField::new("repo", "a source is required: give a repo URL or an image")),
         }
     }
 
@@ -179,7 +397,7 @@ impl DeployRequest {
                 format!(
                     "{url}: git:// is neither authenticated nor encrypted, so anyone on the path can change \
                      what gets deployed; use https:// or ssh://, or allow it with --allow-insecure-git \
-                     (allow_insecure_git in the API)"
+                     (allow_insecure_git = true)"
                 ),
             ));
         }
@@ -206,14 +424,77 @@ impl DeployRequest {
             let (name, value) = env_entry(key, value).map_err(|m| InvalidField::new("build_args", m))?;
             build_args.insert(name.to_string(), value);
         }
+        if let Some(key) = &self.ssh_key
+            && !key.expose().trim_start().starts_with("-----BEGIN")
+        {
+            return Err(InvalidField::new(
+                "ssh_key",
+                "is not a private key (its text starts with -----BEGIN); a key in a file is ssh_key_file",
+            ));
+        }
         Ok(Source::Git {
             url,
             git_ref,
             dockerfile,
             build_args,
-            build_secrets: Default::default(),
+            build_secrets: self.build_secrets()?,
             ssh_key: self.ssh_key.clone(),
         })
+    }
+
+    fn build_secrets(&self) -> Result<BTreeMap<String, Secret>, InvalidField> {
+        let field = "build_secrets";
+        if self.build_secrets.len() > MAX_BUILD_SECRETS {
+            let n = self.build_secrets.len();
+            return Err(InvalidField::new(field, format!("{n} given; at most {MAX_BUILD_SECRETS}")));
+        }
+        for (id, value) in &self.build_secrets {
+            build_secret_id(id).map_err(|m| InvalidField::new(field, m))?;
+            if value.expose().len() > MAX_BUILD_SECRET_SIZE {
+                return Err(InvalidField::new(field, format!("{id} is larger than {MAX_BUILD_SECRET_SIZE} bytes")));
+            }
+        }
+        Ok(self.build_secrets.clone())
+    }
+
+    fn runtime(&self) -> Result<RuntimeOptions, InvalidField> {
+        fn each<T>(field: &'static str, raw: &[String]) -> Result<Vec<T>, InvalidField>
+        where
+            T: std::str::FromStr<Err = crate::Error>,
+        {
+            if raw.len() > MAX_RUNTIME_ITEMS {
+                return Err(InvalidField::new(
+                    field,
+                    format!("given {} times; at most {MAX_RUNTIME_ITEMS}", raw.len()),
+                ));
+            }
+            raw.iter().map(|v| v.parse().map_err(invalid(field))).collect()
+        }
+        fn one<T>(field: &'static str, raw: &Option<Scalar>) -> Result<Option<T>, InvalidField>
+        where
+            T: std::str::FromStr<Err = crate::Error>,
+        {
+            raw.as_ref().map(|v| v.text().parse().map_err(invalid(field))).transpose()
+        }
+        let options = RuntimeOptions {
+            volumes: each("volumes", &self.volumes)?,
+            memory: one("memory", &self.memory)?,
+            cpus: one("cpus", &self.cpus)?,
+            pids_limit: one("pids_limit", &self.pids_limit)?,
+            networks: each("networks", &self.networks)?,
+            command: self.command.as_ref().map(|c| c.parse("command")).transpose()?,
+            entrypoint: self.entrypoint.as_ref().map(|c| c.parse("entrypoint")).transpose()?,
+            log_opts: each("log_opts", &self.log_opts)?,
+        };
+        options.check().map_err(|e| {
+            let field = match &e {
+                crate::Error::Invalid { what: "network name", .. } => "networks",
+                crate::Error::Invalid { what: "log option", .. } => "log_opts",
+                _ => "volumes",
+            };
+            InvalidField::new(field, e.to_string())
+        })?;
+        Ok(options)
     }
 }
 
@@ -221,130 +502,4 @@ impl DeployRequest {
 /// nobody can tamper with on the way.
 fn is_loopback(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-/// An env variable or build arg: its name checked, its value kept secret.
-/// The message shows at most the name-like start of a bad name: the "name"
-/// may hold a value behind another separator (`DB:postgres://u:p@h/db`).
-pub fn env_entry(key: &str, value: &Secret) -> Result<(EnvName, Secret), String> {
-    let name = env_name(key)?;
-    if value.expose().contains('\0') {
-        return Err(format!("the value of {name} contains a NUL byte, which cannot be passed on"));
-    }
-    Ok((name, value.clone()))
-}
-
-/// The letters, digits and `_` an argument starts with: all of it that is
-/// safe to repeat in a message.
-pub fn name_like_prefix(raw: &str) -> String {
-    raw.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect()
-}
-
-fn env_name(key: &str) -> Result<EnvName, String> {
-    key.parse::<EnvName>().map_err(|e| {
-        let shown = name_like_prefix(key);
-        if shown.len() == key.len() {
-            // Only letters, digits and '_': nothing in it can be a value.
-            e.to_string()
-        } else {
-            format!(
-                "the name starting {shown:?} holds a character other than letters, digits and '_' \
-                 (the rest is not shown: it may hold a secret)"
-            )
-        }
-    })
-}
-
-/// `running`, `tcp`, `http` (GET /) or `http:/PATH`.
-pub fn health_kind(raw: &str) -> Result<HealthKind, InvalidField> {
-    let field = "health";
-    match raw {
-        "running" => Ok(HealthKind::Running),
-        "tcp" => Ok(HealthKind::Tcp),
-        "http" => Ok(HealthKind::Http { path: HttpPath::try_from("/").map_err(invalid(field))?, expected_status: 200 }),
-        _ => match raw.strip_prefix("http:") {
-            Some(path) => Ok(HealthKind::Http { path: path.parse().map_err(invalid(field))?, expected_status: 200 }),
-            None => {
-                let shown: String = raw.chars().take(64).collect();
-                Err(InvalidField::new(
-                    field,
-                    format!("{shown:?} is not a health check; use running, tcp or http:/PATH"),
-                ))
-            }
-        },
-    }
-}
-
-/// `30s`, `2m`, `1m30s`, `500ms`; above zero and at most 24 hours.
-pub fn duration(field: &'static str, raw: &str) -> Result<Duration, InvalidField> {
-    let shown: String = raw.chars().take(64).collect();
-    let d = humantime::parse_duration(raw).map_err(|e| {
-        InvalidField::new(field, format!("{shown:?} is not a duration ({e}); use e.g. 30s, 2m or 1m30s"))
-    })?;
-    if d.is_zero() {
-        return Err(InvalidField::new(field, format!("{shown:?} must be longer than zero")));
-    }
-    if d > MAX_DURATION {
-        return Err(InvalidField::new(
-            field,
-            format!("{shown:?} is longer than the maximum, {}", humantime::format_duration(MAX_DURATION)),
-        ));
-    }
-    Ok(d)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn request(json: &str) -> Result<DeployRequest, serde_json::Error> {
-        serde_json::from_str(json)
-    }
-
-    #[test]
-    fn a_json_body_becomes_the_same_spec_as_the_flags() {
-        let r = request(
-            r#"{"repo": "file:///srv/shop", "ref": "v1.2", "build_args": {"TOKEN": "s3cret"},
-                "container_port": 8080, "domains": ["Shop.Example.com", "shop.example.com"],
-                "env": {"A": "1"}, "health": "http:/healthz", "health_timeout": "1m30s"}"#,
-        )
-        .expect("parses");
-        let spec = r.validate("shop").expect("valid");
-        assert_eq!(spec.domains.len(), 1);
-        assert_eq!(spec.health.deadline, Duration::from_secs(90));
-        assert_eq!(spec.env.values().map(Secret::expose).collect::<Vec<_>>(), ["1"]);
-        assert!(matches!(&spec.source, Source::Git { git_ref, build_args, .. }
-            if git_ref.as_str() == "v1.2" && build_args.get("TOKEN").map(Secret::expose) == Some("s3cret")));
-    }
-
-    #[test]
-    fn unknown_fields_are_refused() {
-        let e = request(r#"{"image": "x", "container_port": 80, "volumes": []}"#).expect_err("unknown field");
-        assert!(e.to_string().contains("volumes"), "{e}");
-    }
-
-    #[test]
-    fn bad_values_name_their_field_and_never_a_secret() {
-        for (json, field) in [
-            (r#"{"image": "x", "container_port": 0}"#, "container_port"),
-            (r#"{"image": "x", "container_port": 70000}"#, "container_port"),
-            (r#"{"container_port": 80}"#, "repo"),
-            (r#"{"image": "x", "repo": "https://h/r", "container_port": 80}"#, "repo"),
-            (r#"{"image": "x", "ref": "v1", "container_port": 80}"#, "ref"),
-            (r#"{"repo": "https://h/r", "pull_timeout": "1m", "container_port": 80}"#, "pull_timeout"),
-            (r#"{"repo": "git://example.com/r", "container_port": 80}"#, "repo"),
-            (r#"{"image": "x", "container_port": 80, "domains": ["a_b.com"]}"#, "domains"),
-            (r#"{"image": "x", "container_port": 80, "env": {"1BAD": "hunter2"}}"#, "env"),
-            (r#"{"image": "x", "container_port": 80, "env": {"OK": "hun\u0000ter2"}}"#, "env"),
-            (r#"{"repo": "https://h/r", "container_port": 80, "build_args": {"a-b": "hunter2"}}"#, "build_args"),
-            (r#"{"image": "x", "container_port": 80, "health": "ping"}"#, "health"),
-            (r#"{"image": "x", "container_port": 80, "health_timeout": "25h"}"#, "health_timeout"),
-        ] {
-            let e = request(json).expect("parses").validate("a").expect_err(json);
-            assert_eq!(e.field, field, "{json}: {e}");
-            assert!(!e.message.contains("hunter2") && !e.message.contains("ter2"), "{json}: {e}");
-        }
-        let e = request(r#"{"image": "x", "container_port": 80}"#).expect("parses").validate("Bad_App");
-        assert_eq!(e.expect_err("bad app").field, "app");
-    }
 }

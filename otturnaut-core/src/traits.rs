@@ -181,6 +181,9 @@ pub struct RunRequest {
     /// Volumes, limits, networks, command and logging; recorded with the
     /// release too.
     pub options: RuntimeOptions,
+    /// Grace between SIGTERM and SIGKILL, set as the container's own stop
+    /// timeout too, so that an operator's `docker stop` honours it.
+    pub stop_timeout: std::time::Duration,
 }
 
 impl RunRequest {

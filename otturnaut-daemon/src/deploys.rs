@@ -64,7 +64,7 @@ pub async fn deploy(
     let Query(query) = query.map_err(|e| ApiError::field("wait", e.body_text()))?;
     let body = body.map_err(body_rejection)?;
     let request: DeployRequest = parse_json(&body)?;
-    let spec = request.validate(&app)?;
+    let spec = otturnaut_adapters::validate(&request, &app)?;
     run_streamed(&state, spec, query.wait, &headers).await
 }
 

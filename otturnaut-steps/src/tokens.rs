@@ -323,6 +323,7 @@ impl PortHeld {
                     commit: self.prev.commit.clone(),
                     rollback_of: spec.rollback_of().cloned(),
                     options: spec.runtime.clone(),
+                    stop_timeout: spec.timeouts.stop,
                 };
                 match adapters.runtime.start(&req).await {
                     Err(Error::PortTaken(p)) if taken.len() < PORT_RETRIES => {

@@ -202,6 +202,7 @@ pub fn run_request(
         commit: None,
         rollback_of: None,
         options: Default::default(),
+        stop_timeout: otturnaut_core::Timeouts::default().stop,
     }
 }
 
@@ -296,4 +297,14 @@ pub fn git_spec(app: &AppId, url: &str, git_ref: &str, domain: Domain, health_de
     spec.health = health;
     spec.timeouts.drain = Duration::from_secs(5);
     spec
+}
+
+/// `docker …`, for what the adapter does not expose; panics if it cannot run.
+pub fn docker_cli(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run docker {args:?}: {e}"));
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }

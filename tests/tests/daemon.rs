@@ -13,7 +13,7 @@ use otturnaut_core::AppId;
 use otturnaut_core::traits::{ContainerRuntime, ImageBuilder, Router};
 use otturnaut_tests::caddy_proc::{free_port, get_via, shared_caddy, shared_listen};
 use otturnaut_tests::command::otturnaut_command;
-use otturnaut_tests::fixtures::{Behaviour, DockerCleanup, docker, write_context};
+use otturnaut_tests::fixtures::{Behaviour, DockerCleanup, docker, docker_cli, write_context};
 use otturnaut_tests::gitfix::GitRepo;
 use otturnaut_tests::services::{require_caddy, require_docker, unique_app};
 use serde_json::{Value, json};
@@ -916,4 +916,74 @@ async fn sigterm_rolls_back_a_deploy_still_running_after_the_60s_grace_then_exit
     assert_eq!(status.code(), Some(0));
     assert_eq!(served(&app).await, (200, "kept\n".to_owned()));
     assert_eq!(d.snapshot(0).await, before, "nothing of the rolled-back deploy is left");
+}
+
+/// Removes a test's volume and network even when it fails (after the
+/// containers, which the daemon's cleanup drops first).
+struct VolumeAndNetwork(String, String);
+
+impl Drop for VolumeAndNetwork {
+    fn drop(&mut self) {
+        let _ = docker_cli(&["volume", "rm", "-f", &self.0]);
+        let _ = docker_cli(&["network", "rm", &self.1]);
+    }
+}
+
+#[tokio::test]
+async fn a_json_deploy_with_a_volume_limits_and_a_network_gets_them() {
+    let d = Daemon::start("api-runtime", 1, 22600).await;
+    let app = d.apps[0].clone();
+    let (volume, network) = (format!("{app}-data"), format!("{app}-net"));
+    let _left = VolumeAndNetwork(volume.clone(), network.clone());
+    let repo = serving_repo("v1");
+    let body = d.deploy_body(
+        0,
+        &repo,
+        json!({
+            "volumes": [format!("{volume}:/data")],
+            "memory": "64m",
+            "cpus": 0.5,
+            "pids_limit": 100,
+            "networks": [network],
+            "stop_timeout": "7s",
+            "log_opts": ["max-file=2"],
+        }),
+    );
+    let events = d.deploy(0, &body).await;
+    let result = events.last().expect("a result line");
+    assert_eq!(result["result"], "deployed", "{events:?}");
+    assert_eq!(served(&app).await, (200, "v1\n".to_owned()));
+
+    // On the container, as Docker sees it.
+    let (_, id) = docker_cli(&["ps", "-q", "--filter", &format!("label=otturnaut.app={app}")]);
+    assert_eq!(id.lines().count(), 1, "one live container: {id}");
+    let (ok, inspect) = docker_cli(&["inspect", id.trim()]);
+    assert!(ok, "docker inspect {id}");
+    let c: Value = serde_json::from_str::<Value>(&inspect).expect("inspect JSON")[0].clone();
+    let host = &c["HostConfig"];
+    assert_eq!(host["Memory"], 64 << 20, "{host}");
+    assert_eq!(host["NanoCpus"], 500_000_000_i64);
+    assert_eq!(host["PidsLimit"], 100);
+    assert_eq!(host["LogConfig"]["Config"]["max-file"], "2");
+    assert_eq!(c["Config"]["StopTimeout"], 7, "an operator's docker stop honours --stop-timeout");
+    let mounts = c["Mounts"].as_array().expect("mounts");
+    assert!(
+        mounts.iter().any(|m| m["Type"] == "volume" && m["Name"] == volume.as_str() && m["Destination"] == "/data")
+    );
+    assert!(c["NetworkSettings"]["Networks"][&network].is_object(), "{}", c["NetworkSettings"]["Networks"]);
+    assert!(docker_cli(&["volume", "inspect", &volume]).0 && docker_cli(&["network", "inspect", &network]).0);
+
+    // And in the API's view of the app.
+    let (code, status) = d.status(0).await;
+    assert_eq!(code, 200);
+    let runtime = &status["runtime"];
+    assert_eq!(runtime["volumes"], json!([format!("{volume}:/data")]), "{status}");
+    assert_eq!(runtime["memory"], "64m");
+    assert_eq!(runtime["cpus"], "0.5");
+    assert_eq!(runtime["networks"], json!([network]));
+
+    // Undeploy keeps the volume (its data), as the CLI's does without --volumes.
+    let r = d.http.delete(d.url(&format!("/v1/apps/{app}"))).bearer_auth(TOKEN).send().await.expect("DELETE");
+    assert_eq!(r.status(), 200);
+    assert!(docker_cli(&["volume", "inspect", &volume]).0, "the volume outlives the app");
 }

@@ -503,3 +503,16 @@ async fn containers_with_our_labels_but_not_our_name_are_not_listed() {
     assert!(listed.is_empty(), "{listed:?}");
     assert!(everything.iter().all(|c| c.name != name), "{everything:?}");
 }
+
+/// `otturnaut prune`'s build-cache step against the real daemon (API 1.41
+/// here: `keep-storage`). The budget is far above any cache, so nothing of
+/// the shared daemon's cache is removed: the daemon's own count of what it
+/// reclaimed says so (a request it read as "prune everything" would count
+/// the unused cache). The cache's size is not compared: BuildKit's own
+/// garbage collection and other sessions' builds change it meanwhile.
+#[tokio::test]
+async fn the_build_cache_prune_is_understood_and_keeps_its_budget() {
+    let d = fixtures::docker().await;
+    let freed = d.prune_build_cache(1 << 40).await.expect("the daemon takes the prune");
+    assert_eq!(freed, 0, "a 1 TiB budget frees nothing");
+}

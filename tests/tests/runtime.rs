@@ -4,12 +4,11 @@
 //! Each test has its own app ids, volume and network names, work dir and
 //! host-port range (25400-25499), and removes what it made.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use otturnaut_core::AppId;
 use otturnaut_tests::command::otturnaut_command;
-use otturnaut_tests::fixtures::{Behaviour, DockerCleanup, write_context};
+use otturnaut_tests::fixtures::{Behaviour, DockerCleanup, docker_cli, write_context};
 use otturnaut_tests::gitfix::GitRepo;
 use otturnaut_tests::services::{require_caddy, require_docker, unique_app};
 use serde_json::Value;
@@ -37,16 +36,6 @@ impl Run {
         let last = self.stdout.lines().rfind(|l| !l.trim().is_empty()).unwrap_or_else(|| panic!("no output: {self:?}"));
         serde_json::from_str(last).unwrap_or_else(|e| panic!("not JSON ({e}): {last}"))
     }
-}
-
-/// `docker …`, for what the adapter does not expose; panics if it cannot run.
-fn docker_cli(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run docker {args:?}: {e}"));
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 fn exists(kind: &str, name: &str) -> bool {

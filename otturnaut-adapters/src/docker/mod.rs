@@ -15,6 +15,7 @@
 
 mod build;
 mod buildkit;
+mod cache;
 mod context;
 mod dockerignore;
 mod resources;
@@ -28,6 +29,7 @@ use bollard::errors::Error as BollardError;
 use otturnaut_core::{Error, Result, Service};
 
 pub use buildkit::{Builder, MAX_SOLVE_CONTEXT};
+pub use cache::BUILD_CACHE_KEEP;
 pub use run::LogStream;
 
 /// Where the daemon listens when `DOCKER_HOST` is not set.

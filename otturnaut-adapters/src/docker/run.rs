@@ -69,7 +69,7 @@ impl ContainerRuntime for Docker {
     }
 
     async fn stop(&self, id: &ContainerId, grace: Duration) -> Result<()> {
-        let seconds = i32::try_from(grace.as_secs() + u64::from(grace.subsec_nanos() > 0)).unwrap_or(i32::MAX);
+        let seconds = i32::try_from(whole_seconds(grace)).unwrap_or(i32::MAX);
         let options = StopContainerOptionsBuilder::default().t(seconds).build();
         let client = self.client.clone().with_timeout(grace + STOP_SLACK);
         match client.stop_container(&id.0, Some(options)).await {
@@ -259,6 +259,7 @@ impl Docker {
             labels: Some(container_labels(req)),
             exposed_ports: Some(vec![port.clone()]),
             cmd: o.command.as_ref().map(|c| c.words().to_vec()),
+            stop_timeout: Some(whole_seconds(req.stop_timeout)),
             entrypoint: o.entrypoint.as_ref().map(|c| c.words().to_vec()),
             host_config: Some(HostConfig {
                 port_bindings: Some(HashMap::from([(port, Some(vec![binding]))])),
@@ -289,6 +290,11 @@ impl Docker {
             ..Default::default()
         }
     }
+}
+
+/// Docker counts stop timeouts in whole seconds: a part of one rounds up.
+fn whole_seconds(d: Duration) -> i64 {
+    i64::try_from(d.as_secs() + u64::from(d.subsec_nanos() > 0)).unwrap_or(i64::MAX)
 }
 
 /// On every network the container answers to the app's name, so other
