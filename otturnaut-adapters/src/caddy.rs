@@ -48,8 +48,9 @@
 //! On Caddy 2.8+ a route is written once per app and dials the app's upstream
 //! file; a switch renames a new file over it and changes no config (see
 //! `files`: every reload loses requests on Caddy 2.11). A redeploy then makes
-//! no config write; on 2.6 and 2.7 it makes one. The drain then counts
-//! connections instead of asking Caddy (see `conns`).
+//! no config write; on 2.6 and 2.7 it makes one. The drain then also counts
+//! connections to the old port, as Caddy's count may not tell releases apart
+//! (see `conns`).
 
 mod admin;
 mod conns;
@@ -681,6 +682,12 @@ impl Router for Caddy {
         self.write_routes(&op, &[], std::slice::from_ref(app)).await
     }
 
+    /// Caddy's count of requests in flight to the port's address. Where
+    /// routes dial upstream files, Caddy's per-upstream count covers every
+    /// release at once (it is keyed by the `{file.…}` string); 2.11.2+ also
+    /// reports each dialed address (caddyserver/caddy#7517), older 2.8+ do
+    /// not. So there the count is the larger of Caddy's and the connections
+    /// open to the port (see `conns`).
     async fn in_flight(&self, port: HostPort) -> Result<u64> {
         #[derive(Deserialize)]
         struct Upstream {
@@ -688,15 +695,6 @@ impl Router for Caddy {
             num_requests: i64,
         }
         let addr = self.upstream(port);
-        if self.live_files().await?.is_some() {
-            let op = format!("counting connections to {addr}");
-            let host = self.config.upstream_host.trim_start_matches('[').trim_end_matches(']');
-            let ip = host.parse::<IpAddr>().ok().filter(|ip| !ip.is_unspecified());
-            let counted = tokio::task::spawn_blocking(move || conns::count_to(ip, port.get()))
-                .await
-                .map_err(|e| Error::failed(&op, e))?;
-            return counted.map_err(|e| Error::failed(&op, e));
-        }
         let op = format!("counting requests in flight to {addr} in Caddy");
         let reply = self.admin.get(&op, "/reverse_proxy/upstreams").await?;
         if !reply.is_success() {
@@ -704,7 +702,18 @@ impl Router for Caddy {
         }
         let upstreams: Vec<Upstream> = serde_json::from_value(reply.json(&op)?)
             .map_err(|e| Error::failed(&op, format!("unexpected /reverse_proxy/upstreams answer: {e}")))?;
-        Ok(upstreams.iter().filter(|u| u.address == addr).map(|u| u64::try_from(u.num_requests).unwrap_or(0)).sum())
+        let caddy: u64 =
+            upstreams.iter().filter(|u| u.address == addr).map(|u| u64::try_from(u.num_requests).unwrap_or(0)).sum();
+        if self.live_files().await?.is_none() {
+            return Ok(caddy);
+        }
+        let op = format!("counting connections to {addr}");
+        let host = self.config.upstream_host.trim_start_matches('[').trim_end_matches(']');
+        let ip = host.parse::<IpAddr>().ok().filter(|ip| !ip.is_unspecified());
+        let counted = tokio::task::spawn_blocking(move || conns::count_to(ip, port.get()))
+            .await
+            .map_err(|e| Error::failed(&op, e))?;
+        Ok(caddy.max(counted.map_err(|e| Error::failed(&op, e))?))
     }
 }
 

@@ -700,6 +700,49 @@ async fn in_flight_still_counts_the_old_upstream_after_a_switch() {
     assert_eq!(caddy.route(&app).await.expect("route"), Some(target(&app, new.port)));
 }
 
+/// The drain as `retire` runs it (poll `in_flight` of the old port until 0)
+/// after a switch ends only once a slow request to the old release has been
+/// answered: on Caddy 2.6 Caddy's count keeps the old upstream (its draining
+/// handler), on 2.8+ (one `{file.*}` upstream for every release) the adapter
+/// counts connections to the old port. Against an app that closes after each
+/// response and one that keeps connections alive (Caddy's idle connection to
+/// it counts until its 2 s idle timeout).
+#[tokio::test]
+async fn the_drain_waits_for_a_slow_request_to_the_old_release() {
+    let caddy = shared().await;
+    for keep_alive in [false, true] {
+        let app = unique_app("drainslow");
+        let _guard = RouteGuard { caddy: caddy.clone(), app: app.clone() };
+        let delay = Duration::from_secs(3);
+        let old =
+            if keep_alive { Upstream::keep_alive("old", delay).await } else { Upstream::start("old", delay).await };
+        let new = Upstream::start("new", Duration::ZERO).await;
+        caddy.set_route(&app, &target(&app, old.port)).await.expect("route to old");
+        let host = domain_of(&app);
+        let mut request = {
+            let host = host.clone();
+            tokio::spawn(async move { ask(&shared_listen(), host.as_str()).await })
+        };
+        wait_for("the slow request to reach the old release", async || old.hits() == 1).await;
+        caddy.set_route(&app, &target(&app, new.port)).await.expect("switch to new");
+        assert_eq!(ask(&shared_listen(), host.as_str()).await, (200, "new".to_owned()));
+
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while caddy.in_flight(port(old.port)).await.expect("in_flight") > 0 {
+            assert!(Instant::now() < deadline, "the old release never drained (keep-alive: {keep_alive})");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Had the drain ended before the old release answered, the request
+        // would still be waiting out most of its 3 s.
+        let answered = tokio::time::timeout(Duration::from_secs(1), &mut request).await;
+        assert!(
+            matches!(&answered, Ok(Ok((200, body))) if body == "old"),
+            "the drain ended before the slow request was answered (keep-alive: {keep_alive}): {answered:?}"
+        );
+        assert_eq!(old.hits(), 1, "the old release got no new traffic");
+    }
+}
+
 #[tokio::test]
 async fn replaced_configs_close_their_upstream_connections_within_seconds() {
     let caddy = shared().await;

@@ -23,7 +23,11 @@
 //! again, so it reaches the new release.
 //!
 //! The agent must run in Caddy's network namespace, which upstream files
-//! require anyway (same host, `upstream_host` reachable by both).
+//! require anyway (same host, `upstream_host` reachable by both). Caddy
+//! 2.11.2+ also reports in-flight requests per dialed address
+//! (caddyserver/caddy#7517, checked on 2.11.7): the adapter takes the larger
+//! of both counts, so the drain holds on 2.8 to 2.11.1 and wherever this
+//! count sees nothing.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
