@@ -745,9 +745,13 @@ async fn the_drain_waits_for_a_slow_request_to_the_old_release() {
 
 #[tokio::test]
 async fn replaced_configs_close_their_upstream_connections_within_seconds() {
-    let caddy = shared().await;
+    // A private Caddy: another test's reload of the shared one would close
+    // the half-sent requests below on 2.11.
+    let caddy_proc = CaddyProc::start(Value::Null).await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let caddy = test_caddy(&caddy_proc.admin_url(), &listen);
+    caddy.ensure_server().await.expect("ensure_server");
     let app = unique_app("idle");
-    let _guard = RouteGuard { caddy: caddy.clone(), app: app.clone() };
     let host = domain_of(&app);
     let old = Upstream::keep_alive("old", Duration::ZERO).await;
     let new = Upstream::keep_alive("new", Duration::ZERO).await;
@@ -756,7 +760,7 @@ async fn replaced_configs_close_their_upstream_connections_within_seconds() {
     // config serves them, through its transport, after it was cleaned up.
     let mut clients = Vec::new();
     for _ in 0..4 {
-        let mut stream = tokio::net::TcpStream::connect(shared_listen()).await.expect("connect to Caddy");
+        let mut stream = tokio::net::TcpStream::connect(&listen).await.expect("connect to Caddy");
         stream.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n").as_bytes()).await.expect("send");
         clients.push(stream);
     }
@@ -799,7 +803,7 @@ async fn replaced_configs_close_their_upstream_connections_within_seconds() {
         assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("old"), "{answer}");
     }
     assert!(old.open_connections() >= 1, "the old config pooled its upstream connection after its cleanup");
-    assert_eq!(ask(&shared_listen(), host.as_str()).await, (200, "new".to_owned()));
+    assert_eq!(ask(&listen, host.as_str()).await, (200, "new".to_owned()));
     // Nothing will ever use or close that connection but its idle timeout:
     // 2 min by default, 2 s as the adapter configures it.
     let deadline = Instant::now() + Duration::from_secs(10);
