@@ -101,7 +101,14 @@ impl BlueGreen {
         &self.adapters
     }
 
-    async fn run(&self, spec: DeploySpec, events: &EventSink) -> Result<Deployed, DeployError> {
+    /// `live`: the live release, when the caller has read it already (a
+    /// rollback reads it while it looks up the retained release).
+    async fn run(
+        &self,
+        spec: DeploySpec,
+        live: Option<otturnaut_core::Result<Option<Release>>>,
+        events: &EventSink,
+    ) -> Result<Deployed, DeployError> {
         let started = Instant::now();
         let deployment = DeploymentId::generate();
         events.emit(DeployEvent::Started { app: spec.app.clone(), deployment: deployment.clone() });
@@ -119,7 +126,10 @@ impl BlueGreen {
         let load = async {
             ctx.events.emit(DeployEvent::StepStarted { step: Step::LoadState });
             let t = Instant::now();
-            let r = ctx.adapters.state.load(&ctx.spec.app).await;
+            let r = match live {
+                Some(r) => r,
+                None => ctx.adapters.state.load(&ctx.spec.app).await,
+            };
             match &r {
                 Ok(prev) => ctx.events.emit(DeployEvent::step_finished(
                     Step::LoadState,
@@ -168,7 +178,7 @@ impl BlueGreen {
 impl Strategy for BlueGreen {
     async fn execute(&self, spec: DeploySpec, events: &EventSink) -> Result<Deployed, DeployError> {
         let _lock = self.locks.lock(&spec.app).await;
-        self.run(spec, events).await
+        self.run(spec, None, events).await
     }
 
     async fn rollback(
@@ -179,7 +189,10 @@ impl Strategy for BlueGreen {
         events: &EventSink,
     ) -> Result<Result<Deployed, DeployError>, otturnaut_core::Error> {
         let _lock = self.locks.lock(app).await;
-        let spec = rollback_spec(&self.adapters, app, to, timeouts).await?;
-        Ok(self.run(spec, events).await)
+        // The live release is read while the retained one is looked up, so
+        // a rollback waits for Docker no more often than a deploy does.
+        let (spec, live) =
+            tokio::join!(rollback_spec(&self.adapters, app, to, timeouts), self.adapters.state.load(app));
+        Ok(self.run(spec?, Some(live), events).await)
     }
 }

@@ -16,7 +16,7 @@ use otturnaut_core::{AppId, RouteTarget};
 use otturnaut_tests::caddy_proc::{free_port, get_path_via, get_via, shared_caddy, shared_listen};
 use otturnaut_tests::fixtures::{Behaviour, DockerCleanup, docker, write_context};
 use otturnaut_tests::gitfix::{GitDaemon, GitRepo};
-use otturnaut_tests::services::{caddy_admin, require_caddy, require_docker, unique_app};
+use otturnaut_tests::services::{otturnaut_command, require_caddy, require_docker, unique_app};
 use serde_json::Value;
 use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
@@ -128,27 +128,7 @@ impl Harness {
     /// The CLI with this test's settings, some as flags and some from the
     /// environment (both paths are exercised), and nothing inherited.
     fn command(&self, args: &[&str]) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(BIN);
-        for var in [
-            "OTTURNAUT_CADDY_ADMIN",
-            "OTTURNAUT_LISTEN",
-            "OTTURNAUT_NO_AUTO_HTTPS",
-            "OTTURNAUT_PORT_RANGE",
-            "OTTURNAUT_WORK_DIR",
-            "OTTURNAUT_CONFIG",
-        ] {
-            cmd.env_remove(var);
-        }
-        cmd.env("NO_COLOR", "1")
-            .env("OTTURNAUT_LISTEN", shared_listen())
-            .env("OTTURNAUT_CADDY_ADMIN", caddy_admin())
-            .env("OTTURNAUT_NO_AUTO_HTTPS", "1")
-            .args(["--port-range", &self.port_range, "--work-dir"])
-            .arg(self.work.path())
-            .args(args)
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        cmd
+        otturnaut_command(BIN, self.work.path(), &self.port_range, args)
     }
 
     async fn run(&self, args: &[&str]) -> Run {

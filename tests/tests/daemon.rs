@@ -14,7 +14,7 @@ use otturnaut_core::traits::{ContainerRuntime, ImageBuilder, Router};
 use otturnaut_tests::caddy_proc::{free_port, get_via, shared_caddy, shared_listen};
 use otturnaut_tests::fixtures::{Behaviour, DockerCleanup, docker, write_context};
 use otturnaut_tests::gitfix::GitRepo;
-use otturnaut_tests::services::{caddy_admin, require_caddy, require_docker, unique_app};
+use otturnaut_tests::services::{otturnaut_command, require_caddy, require_docker, unique_app};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -77,20 +77,7 @@ struct Daemon {
 }
 
 fn command(work: &Path, port_range: &str, args: &[&str]) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(BIN);
-    for var in ["OTTURNAUT_API_LISTEN", "OTTURNAUT_TOKEN_FILE", "OTTURNAUT_CONFIG", "OTTURNAUT_WORK_DIR"] {
-        cmd.env_remove(var);
-    }
-    cmd.env("NO_COLOR", "1")
-        .env("OTTURNAUT_LISTEN", shared_listen())
-        .env("OTTURNAUT_CADDY_ADMIN", caddy_admin())
-        .env("OTTURNAUT_NO_AUTO_HTTPS", "1")
-        .args(["--port-range", port_range, "--work-dir"])
-        .arg(work)
-        .args(args)
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    cmd
+    otturnaut_command(BIN, work, port_range, args)
 }
 
 impl Daemon {

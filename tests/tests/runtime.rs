@@ -8,10 +8,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use otturnaut_core::AppId;
-use otturnaut_tests::caddy_proc::shared_listen;
 use otturnaut_tests::fixtures::{Behaviour, DockerCleanup, write_context};
 use otturnaut_tests::gitfix::GitRepo;
-use otturnaut_tests::services::{caddy_admin, require_caddy, require_docker, unique_app};
+use otturnaut_tests::services::{otturnaut_command, require_caddy, require_docker, unique_app};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -85,25 +84,7 @@ impl Harness {
     }
 
     async fn run(&self, args: &[&str]) -> Run {
-        let mut cmd = tokio::process::Command::new(BIN);
-        for var in [
-            "OTTURNAUT_CADDY_ADMIN",
-            "OTTURNAUT_LISTEN",
-            "OTTURNAUT_PORT_RANGE",
-            "OTTURNAUT_WORK_DIR",
-            "OTTURNAUT_CONFIG",
-        ] {
-            cmd.env_remove(var);
-        }
-        cmd.env("NO_COLOR", "1")
-            .env("OTTURNAUT_LISTEN", shared_listen())
-            .env("OTTURNAUT_CADDY_ADMIN", caddy_admin())
-            .env("OTTURNAUT_NO_AUTO_HTTPS", "1")
-            .args(["--port-range", &self.port_range, "--work-dir"])
-            .arg(self.work.path())
-            .args(args)
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
+        let mut cmd = otturnaut_command(BIN, self.work.path(), &self.port_range, args);
         let output = tokio::time::timeout(RUN_LIMIT, cmd.output())
             .await
             .unwrap_or_else(|_| panic!("{args:?} did not finish within {RUN_LIMIT:?}"))

@@ -74,6 +74,32 @@ pub struct Config {
     pub max_duration: Duration,
 }
 
+impl Config {
+    /// The zero-downtime load on `app` through the rig's Caddy: short
+    /// requests with a long one every `long_every`, for at most as long as
+    /// `switches` deploys or rollbacks could take.
+    pub fn through_caddy(
+        rig: &super::app::Rig,
+        app: &otturnaut_core::AppId,
+        (mode, concurrency): (Mode, usize),
+        (short_ms, long_every): (u64, u64),
+        switches: u32,
+    ) -> Self {
+        Config {
+            addr: rig.caddy.listen,
+            host: super::app::domain(app).to_string(),
+            concurrency,
+            mode,
+            timeout: Duration::from_secs(10),
+            short_ms,
+            long_ms: super::zero_downtime::LONG_MS,
+            long_every,
+            // Far more than the switches should take: a bound, not a schedule.
+            max_duration: Duration::from_secs(120) + Duration::from_secs(60) * switches,
+        }
+    }
+}
+
 /// What a load run saw.
 #[derive(Clone, Debug, Default)]
 pub struct Report {

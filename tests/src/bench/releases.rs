@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result, bail};
 use otturnaut_core::{EventSink, Timeouts};
 use otturnaut_steps::Strategy as _;
 
-use super::app::{Rig, app_id, domain, image_spec};
+use super::app::{Rig, app_id, image_spec};
 use super::load::{self, Mode};
 use super::zero_downtime::{LONG_EVERY, LONG_MS, SHORT_MS};
 
@@ -70,17 +70,7 @@ pub async fn under_load(rig: &Rig, mode: Mode, rollbacks: u32, concurrency: usiz
     for v in ["r0", "r1"] {
         rig.strategy.execute(image_spec(&app, v), &EventSink::discard()).await.with_context(|| format!("{app} {v}"))?;
     }
-    let config = load::Config {
-        addr: rig.caddy.listen,
-        host: domain(&app).to_string(),
-        concurrency,
-        mode,
-        timeout: Duration::from_secs(10),
-        short_ms: SHORT_MS,
-        long_ms: LONG_MS,
-        long_every: LONG_EVERY,
-        max_duration: Duration::from_secs(120) + Duration::from_secs(60) * rollbacks,
-    };
+    let config = load::Config::through_caddy(rig, &app, (mode, concurrency), (SHORT_MS, LONG_EVERY), rollbacks);
     let running = load::start(config);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut failed_rollbacks = 0;

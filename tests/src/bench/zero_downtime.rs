@@ -97,18 +97,7 @@ pub async fn run_one(rig: &Rig, index: usize, plan: Plan, concurrency: usize) ->
     };
     let _ = rig.undeploy(&app).await;
     rig.strategy.execute(spec("r0"), &EventSink::discard()).await.with_context(|| format!("first deploy of {app}"))?;
-    let config = load::Config {
-        addr: rig.caddy.listen,
-        host: domain(&app).to_string(),
-        concurrency,
-        mode,
-        timeout: Duration::from_secs(10),
-        short_ms,
-        long_ms: LONG_MS,
-        long_every,
-        // Far more than the redeploys should take: a bound, not a schedule.
-        max_duration: Duration::from_secs(120) + Duration::from_secs(60) * redeploys,
-    };
+    let config = load::Config::through_caddy(rig, &app, (mode, concurrency), (short_ms, long_every), redeploys);
     let running = load::start(config);
     tokio::time::sleep(Duration::from_secs(1)).await;
 
