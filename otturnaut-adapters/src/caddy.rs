@@ -44,12 +44,23 @@
 //! before every CLI deploy, and reading the whole server anyway) refuses to
 //! go on when it finds one, naming both; read-only commands still work, and
 //! `remove_route` removes every copy.
+//!
+//! On Caddy 2.8+ a route is written once per app and dials the app's upstream
+//! file; a switch renames a new file over it and changes no config (see
+//! `files`: every reload loses requests on Caddy 2.11). A redeploy then makes
+//! no config write; on 2.6 and 2.7 it makes one. The drain then also counts
+//! connections to the old port, as Caddy's count may not tell releases apart
+//! (see `conns`).
 
 mod admin;
+mod conns;
 mod features;
+mod files;
 mod json;
 
 use std::hash::BuildHasher;
+use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +73,7 @@ use serde_json::{Value, json};
 
 use self::admin::{Admin, Reply};
 pub use self::features::Features;
+use self::files::UpstreamFiles;
 use self::json::{HTTP_APP_PATH, ROUTES_PATH, SERVER_PATH};
 pub use self::json::{ROUTE_ID_PREFIX, SERVER_NAME, route_id};
 
@@ -90,6 +102,10 @@ pub struct CaddyConfig {
     /// config they were opened under (Caddy 2.7+; see `features::apply`).
     /// Keep it below the drain timeout. Zero: closed at each reload.
     pub stream_close_delay: Duration,
+    /// Where the apps' upstream files go on Caddy 2.8+, one per app, readable
+    /// by Caddy (see `files`). `None`, or an admin API that is not on this
+    /// host: every switch is a config change, as on Caddy 2.6.
+    pub upstream_files: Option<PathBuf>,
 }
 
 impl Default for CaddyConfig {
@@ -102,6 +118,7 @@ impl Default for CaddyConfig {
             request_timeout: Duration::from_secs(10),
             grace_period: Duration::from_secs(10),
             stream_close_delay: Duration::from_secs(10),
+            upstream_files: Some(PathBuf::from("/run/otturnaut/upstreams")),
         }
     }
 }
@@ -113,6 +130,8 @@ pub struct Caddy {
     config: CaddyConfig,
     /// Probed once per adapter, on the first route write.
     features: Arc<tokio::sync::OnceCell<Features>>,
+    /// Where upstream files go, if Caddy can read them here.
+    files: Option<UpstreamFiles>,
 }
 
 /// Our server's route list as read, with the ETag that guards a write to it.
@@ -141,7 +160,9 @@ impl Caddy {
             return Err(Error::invalid("Caddy listen addresses", "", "need at least one address"));
         }
         let admin = Admin::new(&config.admin_url, config.request_timeout)?;
-        Ok(Caddy { admin, config, features: Arc::default() })
+        let files =
+            config.upstream_files.clone().filter(|_| is_loopback_url(&config.admin_url)).map(UpstreamFiles::new);
+        Ok(Caddy { admin, config, features: Arc::default(), files })
     }
 
     /// What it was made with.
@@ -166,9 +187,58 @@ impl Caddy {
         draining: Option<HostPort>,
         excluded: &[Domain],
     ) -> Result<Value> {
+        let through = match (self.live_files().await?, json::app_of_route_id(id)) {
+            (Some(files), Some(app)) => Some(files.dial(&app)),
+            _ => None,
+        };
+        // Through a file, the old release needs no draining handler: the
+        // drain counts connections (see `conns`).
+        let draining = draining.filter(|_| through.is_none());
         let mut route = json::route(id, domains, &self.config.upstream_host, port, draining, excluded);
+        if let Some(dial) = through {
+            json::set_live_dial(&mut route, &dial);
+        }
         features::apply(&mut route, self.features().await?, self.config.stream_close_delay);
         Ok(route)
+    }
+
+    /// The upstream files, when switches go through them: configured, and
+    /// this Caddy reads `{file.*}` (2.8+).
+    async fn live_files(&self) -> Result<Option<&UpstreamFiles>> {
+        match &self.files {
+            Some(files) if self.features().await?.file_placeholder => Ok(Some(files)),
+            _ => Ok(None),
+        }
+    }
+
+    /// True when `route` (app's) dials the app's upstream file.
+    fn dials_file(&self, app: &AppId, route: &Value) -> bool {
+        self.files.as_ref().is_some_and(|f| json::live_dial(route) == Some(f.dial(app).as_str()))
+    }
+
+    /// `route` as Caddy serves it: with the address read from the app's
+    /// upstream file in place of the placeholder, if it dials one. `None` if
+    /// that file is missing (Caddy answers 502; reconcile writes it again).
+    async fn resolve(&self, app: &AppId, route: &Value) -> Result<Option<Value>> {
+        let Some(files) = self.files.as_ref().filter(|_| self.dials_file(app, route)) else {
+            return Ok(Some(route.clone()));
+        };
+        let Some(addr) = files.read(app).await? else {
+            tracing::warn!(%app, "the app's Caddy route dials an upstream file that is missing; Caddy answers 502");
+            return Ok(None);
+        };
+        let mut resolved = route.clone();
+        json::set_live_dial(&mut resolved, &addr);
+        Ok(Some(resolved))
+    }
+
+    /// Points `app`'s upstream file at `port`, unless it already does.
+    async fn point(&self, files: &UpstreamFiles, app: &AppId, port: HostPort) -> Result<()> {
+        let addr = self.upstream(port);
+        if files.read(app).await?.as_deref() == Some(addr.as_str()) {
+            return Ok(());
+        }
+        files.write(app, &addr).await
     }
 
     /// Creates our server under `apps.http.servers` if it is missing, from any
@@ -212,7 +282,10 @@ impl Caddy {
                 tracing::warn!(id, "skipping a Caddy route whose @id names no valid app");
                 continue;
             };
-            match json::parse_route(route) {
+            let Some(route) = self.resolve(&app, route).await? else {
+                continue;
+            };
+            match json::parse_route(&route) {
                 Ok(target) => out.push((app, target)),
                 Err(why) => tracing::warn!(id, %why, "skipping a Caddy route we cannot read"),
             }
@@ -395,6 +468,11 @@ impl Caddy {
                     list.push(self.route_json(&route_id(app), &t.domains, t.port, None, &[]).await?);
                 }
                 owners_and_exclusions(op, set, &mut list)?;
+                if let Some(files) = self.live_files().await? {
+                    for (app, t) in set {
+                        self.point(files, app, t.port).await?;
+                    }
+                }
                 let reply = self.create_server(op, list).await?;
                 if reply.is_success() {
                     return Ok(());
@@ -433,21 +511,57 @@ impl Caddy {
                 list.push(self.route_json(&route_id(app), &target.domains, target.port, None, &[]).await?);
             }
             owners_and_exclusions(op, set, &mut list)?;
-            if routes.list.is_some() && list == old {
-                return Ok(());
+            // A route that does not dial its file yet goes live with this
+            // write, so its file must be there first; one that does switches
+            // when its file changes, so only once the write went through.
+            let files = self.live_files().await?;
+            let mut after = Vec::new();
+            for (app, target) in set.iter().filter(|_| files.is_some()) {
+                let id = route_id(app);
+                match old.iter().any(|r| json::id_of(r) == Some(id.as_str()) && self.dials_file(app, r)) {
+                    true => after.push((app, target.port)),
+                    false => self.point_if(files, app, target.port).await?,
+                }
             }
-            // PATCH replaces the list; POST sets a missing `routes` key.
-            let method = if routes.list.is_some() { Method::PATCH } else { Method::POST };
-            let reply = self.write(op, method, ROUTES_PATH, &Value::Array(list), routes.etag.as_deref()).await?;
-            if reply.is_success() {
+            let written = if routes.list.is_some() && list == old {
+                true
+            } else {
+                // PATCH replaces the list; POST sets a missing `routes` key.
+                let method = if routes.list.is_some() { Method::PATCH } else { Method::POST };
+                let reply = self.write(op, method, ROUTES_PATH, &Value::Array(list), routes.etag.as_deref()).await?;
+                if !reply.is_success() && !stale(&reply) {
+                    return Err(reply.failure(op));
+                }
+                reply.is_success()
+            };
+            if written {
+                for (app, port) in after {
+                    self.point_if(files, app, port).await?;
+                }
+                self.remove_files(remove).await;
                 return Ok(());
-            }
-            if !stale(&reply) {
-                return Err(reply.failure(op));
             }
             backoff(op, attempt).await;
         }
         Err(gave_up(op))
+    }
+
+    async fn point_if(&self, files: Option<&UpstreamFiles>, app: &AppId, port: HostPort) -> Result<()> {
+        match files {
+            Some(files) => self.point(files, app, port).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Removes removed apps' upstream files; one left behind is harmless
+    /// (nothing dials it), so a failure is only logged.
+    async fn remove_files(&self, apps: &[AppId]) {
+        let Some(files) = &self.files else { return };
+        for app in apps {
+            if let Err(e) = files.remove(app).await {
+                tracing::warn!(%app, error = %e, "could not remove the app's upstream file");
+            }
+        }
     }
 
     /// Creates our server holding `routes`: with the whole HTTP app (and our
@@ -500,6 +614,9 @@ impl Router for Caddy {
                     continue;
                 }
             };
+            let Some(route) = self.resolve(app, &route).await? else {
+                return Ok(None);
+            };
             return json::parse_route(&route)
                 .map(Some)
                 .map_err(|why| Error::failed(&op, format!("route {id} is not one Otturnaut wrote: {why}: {route}")));
@@ -522,20 +639,34 @@ impl Router for Caddy {
                 // owners and rewritten (see the module docs).
                 Lookup::Missing => return self.write_routes(&op, &[(app.clone(), target.clone())], &[]).await,
             };
-            if json::parse_route(&route).map(|t| t.domains).as_ref() != Ok(&target.domains) {
+            // The domains are the same whichever address the file holds.
+            let domains = self.resolve(app, &route).await?.map(|r| json::parse_route(&r).map(|t| t.domains));
+            if domains.as_ref().and_then(|d| d.as_ref().ok()) != Some(&target.domains) {
                 return self.write_routes(&op, &[(app.clone(), target.clone())], &[]).await;
             }
             let draining = json::draining_after(&route, target.port);
             let new = self.route_json(&id, &target.domains, target.port, draining, &json::excluded(&route)).await?;
-            if route == new {
-                return Ok(());
+            // Through a file, the switch is the file's change: before the
+            // route write when that write makes the route dial the file,
+            // else after it (see `write_routes`).
+            let files = self.live_files().await?;
+            let switch_after = self.dials_file(app, &route);
+            if !switch_after {
+                self.point_if(files, app, target.port).await?;
             }
-            let reply = self.write(&op, Method::PATCH, &format!("{ROUTES_PATH}/{index}"), &new, Some(&etag)).await?;
-            if reply.is_success() {
+            let written = route == new || {
+                let path = format!("{ROUTES_PATH}/{index}");
+                let reply = self.write(&op, Method::PATCH, &path, &new, Some(&etag)).await?;
+                if !reply.is_success() && !stale(&reply) {
+                    return Err(reply.failure(&op));
+                }
+                reply.is_success()
+            };
+            if written {
+                if switch_after {
+                    self.point_if(files, app, target.port).await?;
+                }
                 return Ok(());
-            }
-            if !stale(&reply) {
-                return Err(reply.failure(&op));
             }
             backoff(&op, attempt).await;
         }
@@ -555,6 +686,12 @@ impl Router for Caddy {
         self.write_routes(&op, &[], std::slice::from_ref(app)).await
     }
 
+    /// Caddy's count of requests in flight to the port's address. Where
+    /// routes dial upstream files, Caddy's per-upstream count covers every
+    /// release at once (it is keyed by the `{file.…}` string); 2.11.2+ also
+    /// reports each dialed address (caddyserver/caddy#7517), older 2.8+ do
+    /// not. So there the count is the larger of Caddy's and the connections
+    /// open to the port (see `conns`).
     async fn in_flight(&self, port: HostPort) -> Result<u64> {
         #[derive(Deserialize)]
         struct Upstream {
@@ -569,7 +706,18 @@ impl Router for Caddy {
         }
         let upstreams: Vec<Upstream> = serde_json::from_value(reply.json(&op)?)
             .map_err(|e| Error::failed(&op, format!("unexpected /reverse_proxy/upstreams answer: {e}")))?;
-        Ok(upstreams.iter().filter(|u| u.address == addr).map(|u| u64::try_from(u.num_requests).unwrap_or(0)).sum())
+        let caddy: u64 =
+            upstreams.iter().filter(|u| u.address == addr).map(|u| u64::try_from(u.num_requests).unwrap_or(0)).sum();
+        if self.live_files().await?.is_none() {
+            return Ok(caddy);
+        }
+        let op = format!("counting connections to {addr}");
+        let host = self.config.upstream_host.trim_start_matches('[').trim_end_matches(']');
+        let ip = host.parse::<IpAddr>().ok().filter(|ip| !ip.is_unspecified());
+        let counted = tokio::task::spawn_blocking(move || conns::count_to(ip, port.get()))
+            .await
+            .map_err(|e| Error::failed(&op, e))?;
+        Ok(caddy.max(counted.map_err(|e| Error::failed(&op, e))?))
     }
 }
 
@@ -663,6 +811,13 @@ async fn backoff(op: &str, attempt: u32) {
     tokio::time::sleep(wait).await;
 }
 
+/// True when `url`'s host is this machine (only then can Caddy read files we write).
+fn is_loopback_url(url: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(url) else { return false };
+    let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// A duration as Go's `time.ParseDuration` reads it (humantime's "1m 30s"
 /// has a space Go rejects).
 fn go_duration(d: Duration) -> String {
@@ -690,5 +845,19 @@ mod tests {
         assert!(with(|c| c.admin_url = "not a url".into()).is_err());
         assert!(with(|c| c.admin_url = "ftp://127.0.0.1:2019".into()).is_err());
         assert!(with(|c| c.listen.clear()).is_err());
+    }
+
+    #[test]
+    fn upstream_files_only_for_a_caddy_on_this_host() {
+        for (url, local) in [
+            ("http://127.0.0.1:2019", true),
+            ("http://localhost:2019", true),
+            ("http://[::1]:2019", true),
+            ("http://10.0.0.5:2019", false),
+            ("https://caddy.example.com", false),
+        ] {
+            let caddy = Caddy::new(CaddyConfig { admin_url: url.into(), ..CaddyConfig::default() }).expect("valid");
+            assert_eq!(caddy.files.is_some(), local, "{url}");
+        }
     }
 }

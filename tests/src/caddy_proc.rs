@@ -54,6 +54,9 @@ pub fn test_caddy(admin_url: &str, listen: &str) -> Caddy {
         listen: vec![listen.to_owned()],
         automatic_https: false,
         request_timeout: Duration::from_secs(10),
+        // One directory for every test adapter, so that two adapters on one
+        // Caddy agree on where an app's upstream file is.
+        upstream_files: Some(std::env::temp_dir().join("otturnaut-test-upstreams")),
         ..CaddyConfig::default()
     })
     .expect("valid Caddy adapter config")

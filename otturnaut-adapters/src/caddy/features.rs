@@ -20,6 +20,11 @@ pub struct Features {
     /// every reload closes every proxied WebSocket and other upgraded stream
     /// of the previous config at once.
     pub stream_close_delay: bool,
+    /// The global `{file.PATH}` placeholder (Caddy 2.8+, caddyserver/caddy#5463),
+    /// which `reverse_proxy` evaluates in an upstream's `dial` on every request
+    /// and retry: a route can then switch upstreams without a reload (see
+    /// `files`).
+    pub file_placeholder: bool,
 }
 
 /// A Caddyfile only Caddy 2.7+ adapts (2.6 answers 400 "unrecognized
@@ -27,19 +32,32 @@ pub struct Features {
 const STREAM_CLOSE_DELAY_PROBE: &str =
     "http://:1 {\n\treverse_proxy 127.0.0.1:1 {\n\t\tstream_close_delay 1s\n\t}\n}\n";
 
+/// A Caddyfile only Caddy 2.8+ adapts: `log_append` arrived in 2.8.0, the
+/// release that added `{file.*}` to Caddy's core replacer (not a module, so no
+/// build lacks it). The placeholder itself cannot be probed without a reload:
+/// nothing evaluates it before a request.
+const FILE_PLACEHOLDER_PROBE: &str = "http://:1 {\n\tlog_append probe 1\n}\n";
+
 impl Features {
     /// Probes the Caddy behind `admin`. A Caddy that cannot adapt Caddyfiles
     /// at all (a custom build without the adapter) is taken for 2.6: the
     /// routes then carry nothing it could reject.
     pub(crate) async fn detect(admin: &Admin) -> Result<Features> {
         let op = "finding out which Caddy features are available";
-        let reply = admin.adapt_caddyfile(op, STREAM_CLOSE_DELAY_PROBE).await?;
-        let stream_close_delay = reply.status == StatusCode::OK;
-        if !stream_close_delay && reply.status != StatusCode::BAD_REQUEST {
-            return Err(reply.failure(op));
-        }
-        tracing::debug!(stream_close_delay, "Caddy features");
-        Ok(Features { stream_close_delay })
+        let stream_close_delay = adapts(admin, op, STREAM_CLOSE_DELAY_PROBE).await?;
+        let file_placeholder = stream_close_delay && adapts(admin, op, FILE_PLACEHOLDER_PROBE).await?;
+        tracing::debug!(stream_close_delay, file_placeholder, "Caddy features");
+        Ok(Features { stream_close_delay, file_placeholder })
+    }
+}
+
+/// Whether Caddy adapts `caddyfile` (200) or refuses it (400).
+async fn adapts(admin: &Admin, op: &str, caddyfile: &str) -> Result<bool> {
+    let reply = admin.adapt_caddyfile(op, caddyfile).await?;
+    match reply.status {
+        StatusCode::OK => Ok(true),
+        StatusCode::BAD_REQUEST => Ok(false),
+        _ => Err(reply.failure(op)),
     }
 }
 
@@ -82,7 +100,7 @@ mod tests {
     #[test]
     fn only_the_live_handler_gets_the_settings() {
         let mut r = route();
-        apply(&mut r, Features { stream_close_delay: true }, Duration::from_secs(10));
+        apply(&mut r, Features { stream_close_delay: true, file_placeholder: true }, Duration::from_secs(10));
         assert_eq!(r["handle"][0]["stream_close_delay"], json!("10s"));
         assert_eq!(r["handle"][0]["load_balancing"]["try_duration"], json!("1s"));
         assert!(r["handle"][1].get("stream_close_delay").is_none());

@@ -173,6 +173,24 @@ fn handler_port(route: &Value, index: usize) -> Option<HostPort> {
     dial.rsplit_once(':')?.1.parse().ok()
 }
 
+/// The `dial` of a route's live (first) handler.
+pub(crate) fn live_dial(route: &Value) -> Option<&str> {
+    route.get("handle")?.get(0)?.get("upstreams")?.get(0)?.get("dial")?.as_str()
+}
+
+/// Makes a route's live handler dial `dial` (an upstream file's placeholder,
+/// or the address read from that file).
+pub(crate) fn set_live_dial(route: &mut Value, dial: &str) {
+    if let Some(upstream) = route
+        .get_mut("handle")
+        .and_then(|h| h.get_mut(0))
+        .and_then(|h| h.get_mut("upstreams"))
+        .and_then(|u| u.get_mut(0))
+    {
+        upstream["dial"] = json!(dial);
+    }
+}
+
 /// Which port the replacement of `old` should keep draining when it proxies
 /// to `new_port`: the old target if it changes, else whatever `old` was
 /// already draining.
@@ -286,6 +304,16 @@ mod tests {
         assert_eq!(app_of_route_id("otturnaut-app-"), None);
         assert_eq!(app_of_route_id("otturnaut-app-Bad_Id"), None);
         assert_eq!(app_of_route_id("someone-else"), None);
+    }
+
+    #[test]
+    fn the_live_dial_can_be_read_and_replaced() {
+        let mut r = route("x", &domains(&["a.b"]), "127.0.0.1", port(10001), Some(port(10000)), &[]);
+        assert_eq!(live_dial(&r), Some("127.0.0.1:10001"));
+        set_live_dial(&mut r, "{file./run/x}");
+        assert_eq!(live_dial(&r), Some("{file./run/x}"));
+        assert_eq!(r["handle"][1]["upstreams"][0]["dial"], json!("127.0.0.1:10000"), "only the live handler");
+        assert!(parse_route(&r).is_err(), "a placeholder is no port");
     }
 
     #[test]
