@@ -1,3 +1,4 @@
+// Long file: the whole command line as clap sees it, one struct per command, so --help and parsing stay in one place.
 //! The command line as clap sees it: raw strings only. Turning them into
 //! validated core types happens in [`crate::input`] and [`crate::settings`],
 //! so every bad value gets one message format naming its flag.

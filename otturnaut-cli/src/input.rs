@@ -1,3 +1,4 @@
+// Long file: every deploy flag mapped onto the schema, with the files they name read, in one place.
 //! `deploy`'s arguments turned into a [`DeploySpec`]: the flags become a
 //! [`DeployRequest`] (the schema the daemon's JSON body and the spec file
 //! share), laid over `--spec FILE`'s, the files it names are read, and

@@ -1,3 +1,4 @@
+// Long file: every field of the one deploy schema, its layering and its single validation belong together.
 //! The one schema of a deploy: [`DeployRequest`]. The daemon's JSON body, the
 //! CLI's spec file (TOML) and the CLI's flags all become one, and
 //! [`DeployRequest::validate`] alone turns it into the library's
