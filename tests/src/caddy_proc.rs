@@ -54,9 +54,8 @@ pub fn test_caddy(admin_url: &str, listen: &str) -> Caddy {
         listen: vec![listen.to_owned()],
         automatic_https: false,
         request_timeout: Duration::from_secs(10),
-        // One directory for every test adapter, so that two adapters on one
-        // Caddy agree on where an app's upstream file is.
-        upstream_files: Some(std::env::temp_dir().join("otturnaut-test-upstreams")),
+        // The agent's own directory of upstream files (the default), so that
+        // a test's adapter reads the routes the CLI under test writes.
         ..CaddyConfig::default()
     })
     .expect("valid Caddy adapter config")
