@@ -130,6 +130,13 @@ pub struct ReleaseRecord {
     /// Volumes, limits, networks, command and logging.
     #[serde(default, skip_serializing_if = "RuntimeOptions::is_default")]
     pub runtime: RuntimeOptions,
+    /// Grace between SIGTERM and SIGKILL it was deployed with (absent on
+    /// releases recorded before it was).
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub stop_timeout: Option<std::time::Duration>,
+    /// How long its drain could wait for in-flight requests.
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub drain_timeout: Option<std::time::Duration>,
 }
 
 /// Everything needed to run a release again, read back from its container

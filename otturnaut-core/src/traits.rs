@@ -184,6 +184,8 @@ pub struct RunRequest {
     /// Grace between SIGTERM and SIGKILL, set as the container's own stop
     /// timeout too, so that an operator's `docker stop` honours it.
     pub stop_timeout: std::time::Duration,
+    /// How long the drain of this release may wait; recorded for a rollback.
+    pub drain_timeout: std::time::Duration,
 }
 
 impl RunRequest {
@@ -195,6 +197,8 @@ impl RunRequest {
             commit: self.commit.clone(),
             rollback_of: self.rollback_of.clone(),
             runtime: self.options.clone(),
+            stop_timeout: Some(self.stop_timeout),
+            drain_timeout: Some(self.drain_timeout),
         }
     }
 

@@ -68,6 +68,13 @@ pub async fn rollback_spec(
         })?,
     };
     let recorded = a.runtime.recorded(&target.container).await?;
+    // The release comes back with the stop and drain timeouts it was
+    // deployed with; the caller's apply to releases that recorded none.
+    let timeouts = Timeouts {
+        stop: recorded.record.stop_timeout.unwrap_or(timeouts.stop),
+        drain: recorded.record.drain_timeout.unwrap_or(timeouts.drain),
+        ..timeouts
+    };
     Ok(DeploySpec {
         app: app.clone(),
         source: Source::Release {

@@ -324,6 +324,7 @@ impl PortHeld {
                     rollback_of: spec.rollback_of().cloned(),
                     options: spec.runtime.clone(),
                     stop_timeout: spec.timeouts.stop,
+                    drain_timeout: spec.timeouts.drain,
                 };
                 match adapters.runtime.start(&req).await {
                     Err(Error::PortTaken(p)) if taken.len() < PORT_RETRIES => {

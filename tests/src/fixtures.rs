@@ -203,6 +203,7 @@ pub fn run_request(
         rollback_of: None,
         options: Default::default(),
         stop_timeout: otturnaut_core::Timeouts::default().stop,
+        drain_timeout: otturnaut_core::Timeouts::default().drain,
     }
 }
 

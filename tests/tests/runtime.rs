@@ -186,6 +186,8 @@ async fn limits_logging_and_hardening_show_in_docker_inspect_and_status_and_come
                 "max-size=1m",
                 "--stop-timeout",
                 "3s",
+                "--drain-timeout",
+                "4s",
             ],
         )
         .await;
@@ -214,6 +216,18 @@ async fn limits_logging_and_hardening_show_in_docker_inspect_and_status_and_come
     assert_eq!(host["LogConfig"]["Config"], serde_json::json!({"max-size": "1m", "max-file": "3"}));
     assert_eq!(host["SecurityOpt"], serde_json::json!(["no-new-privileges"]));
     assert_eq!(host["Init"], true);
+    // Its stop and drain timeouts come back too: Docker's own StopTimeout,
+    // and both in the release record the next rollback reads.
+    let (_, config) = docker_cli(&["inspect", "--format", "{{json .Config}}", &container]);
+    let config: Value = serde_json::from_str(&config).expect("container config");
+    assert_eq!(config["StopTimeout"], 3, "{config}");
+    let record: Value =
+        serde_json::from_str(config["Labels"]["otturnaut.release"].as_str().expect("release label")).expect("record");
+    assert_eq!(
+        (record["stop_timeout"].as_str(), record["drain_timeout"].as_str()),
+        (Some("3s"), Some("4s")),
+        "{record}"
+    );
 
     let status = h.run(&["status", app.as_str(), "--json"]).await;
     status.expect_code(0);
