@@ -9,6 +9,8 @@
 //! Architecture invariant: no I/O here, and no dependency on bollard, reqwest
 //! or gix (`tests/tests/tidy.rs` checks the dependencies).
 
+#![warn(missing_docs)]
+
 mod error;
 mod event;
 pub mod faults;

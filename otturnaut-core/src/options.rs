@@ -46,10 +46,12 @@ pub struct MemorySize(u64);
 via_string!(MemorySize);
 
 impl MemorySize {
+    /// 6 MiB, Docker's minimum.
     pub const MIN: u64 = 6 * 1024 * 1024;
     /// 1 TiB: more is a typo.
     pub const MAX: u64 = 1 << 40;
 
+    /// The limit in bytes.
     pub fn bytes(self) -> u64 {
         self.0
     }
@@ -155,6 +157,7 @@ pub struct PidsLimit(i64);
 via_string!(PidsLimit);
 
 impl PidsLimit {
+    /// The limit, as Docker's `PidsLimit` takes it.
     pub fn get(self) -> i64 {
         self.0
     }
@@ -253,9 +256,11 @@ pub enum VolumeSource {
 /// `NAME:/path[:ro]` or `/host/path:/path[:ro]`.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct VolumeSpec {
+    /// The volume or host path mounted.
     pub source: VolumeSource,
     /// Where it appears in the container (absolute, not `/`).
     pub target: String,
+    /// Mounted read-only (`:ro`); default read-write.
     pub read_only: bool,
 }
 via_string!(VolumeSpec);
@@ -314,6 +319,7 @@ impl fmt::Display for VolumeSpec {
 pub struct CommandLine(Vec<String>);
 
 impl CommandLine {
+    /// The program and its arguments, as Docker's `Cmd`/`Entrypoint` take them.
     pub fn words(&self) -> &[String] {
         &self.0
     }
@@ -392,10 +398,12 @@ impl LogOpt {
     /// at 10 MiB, three files kept, so a chatty app cannot fill the disk.
     pub const DEFAULTS: [(&'static str, &'static str); 2] = [("max-size", "10m"), ("max-file", "3")];
 
+    /// The option's name, e.g. `max-size`.
     pub fn key(&self) -> &str {
         &self.key
     }
 
+    /// The option's value as Docker takes it, e.g. `10m`.
     pub fn value(&self) -> &str {
         &self.value
     }

@@ -163,11 +163,14 @@ pub struct DeployRequest {
 /// the app's name). The message never carries a secret value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvalidField {
+    /// The refused field, as [`DeployRequest`] names it.
     pub field: &'static str,
+    /// What is wrong with it, and what is accepted.
     pub message: String,
 }
 
 impl InvalidField {
+    /// A refusal of `field` with `message`, which must not hold a secret value.
     pub fn new(field: &'static str, message: impl Into<String>) -> Self {
         InvalidField { field, message: message.into() }
     }
@@ -244,7 +247,9 @@ macro_rules! layered_fields {
     ($($field:ident = $name:literal),* $(,)?) => {
         impl DeployRequest {
             /// `self` with `over`'s values on top: a spec file's request
-            /// with the command line's over it (see [`Layer`]).
+            /// with the command line's over it. A value given in `over`
+            /// wins, a list given there replaces the list, and a map's
+            /// entries there win key by key.
             pub fn merged(mut self, over: DeployRequest) -> DeployRequest {
                 $( self.$field.lay(over.$field); )*
                 self

@@ -17,17 +17,30 @@ use crate::{
 /// exists can be deployed without further input checks.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DeploySpec {
+    /// The app deployed: it names the containers, images, labels and the Caddy
+    /// route of every release.
     pub app: AppId,
+    /// Where the release's image comes from.
     pub source: Source,
+    /// The port the app listens on inside the container; it is published on a
+    /// loopback host port taken from the pool.
     pub container_port: ContainerPort,
+    /// The container's environment. Values are secrets: serialised and shown
+    /// as [`crate::REDACTED`], passed only to the container (a rollback reads
+    /// them back from it).
     #[serde(default)]
     pub env: BTreeMap<EnvName, Secret>,
+    /// Hosts Caddy routes to the release, each served by one app only. Empty:
+    /// the release is not routed and is reached by its host port.
     #[serde(default)]
     pub domains: Vec<Domain>,
+    /// When the new release is ready for traffic (default: TCP connect).
     #[serde(default)]
     pub health: HealthCheck,
+    /// Limits of the steps that wait on the outside world.
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// Volumes, resource limits, networks, command and logging of the container.
     #[serde(default)]
     pub runtime: RuntimeOptions,
 }
@@ -71,10 +84,13 @@ pub struct RuntimeOptions {
     /// removed but by `undeploy --volumes`) and bind mounts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<VolumeSpec>,
+    /// Memory limit of the container; none: unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemorySize>,
+    /// CPU limit of the container; none: unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<Cpus>,
+    /// Process limit of the container; none: the Docker daemon's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids_limit: Option<PidsLimit>,
     /// User-defined networks to join (created if missing); on each the
@@ -96,6 +112,8 @@ pub struct RuntimeOptions {
 pub const MAX_RUNTIME_ITEMS: usize = 64;
 
 impl RuntimeOptions {
+    /// True if no runtime option is set: the container gets only the
+    /// always-applied settings.
     pub fn is_default(&self) -> bool {
         *self == RuntimeOptions::default()
     }
@@ -148,16 +166,22 @@ impl RuntimeOptions {
     }
 }
 
+/// Where a release's image comes from.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Source {
     /// Clone `url` at `git_ref` and build the Dockerfile found there.
     Git {
+        /// The repository; credentials in it are secret (shown as `***`).
         url: RepoUrl,
+        /// The branch, tag or full commit SHA to check out (default `main`).
         #[serde(rename = "ref", default)]
         git_ref: GitRef,
+        /// The Dockerfile, relative to the repository root (default `Dockerfile`).
         #[serde(default)]
         dockerfile: DockerfilePath,
+        /// `--build-arg`s by name; values are secrets, masked as `***` in
+        /// events and errors (in the build log, those of 4 characters or more).
         #[serde(default)]
         build_args: BTreeMap<String, Secret>,
         /// Files for `RUN --mount=type=secret,id=ID` (BuildKit), by id:
@@ -169,14 +193,19 @@ pub enum Source {
         ssh_key: Option<Secret>,
     },
     /// Run an image that already exists (locally or in a registry).
-    Image { reference: ImageRef },
+    Image {
+        /// The image to run, pulled if not present (within [`Timeouts::pull`]).
+        reference: ImageRef,
+    },
     /// Run a retained release's image again: a rollback. Made by
     /// `otturnaut_steps::rollback_spec` from what the release recorded, so
     /// the rest of the spec is that release's too.
     Release {
+        /// The kept release to make live again.
         deployment: DeploymentId,
         /// The image as the user knows it (the release's [`crate::Release::image`]).
         image: ImageRef,
+        /// The commit the release was built from, if it came from git.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         commit: Option<CommitSha>,
     },
@@ -185,12 +214,17 @@ pub enum Source {
 /// How to tell that the new container is ready for traffic.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthCheck {
+    /// What is probed (default [`HealthKind::Tcp`]).
     #[serde(flatten)]
     pub kind: HealthKind,
+    /// Pause between two probes (default 1s).
     #[serde(with = "humantime_serde", default = "defaults::interval")]
     pub interval: Duration,
+    /// How long one probe may take (default 5s).
     #[serde(with = "humantime_serde", default = "defaults::attempt_timeout")]
     pub attempt_timeout: Duration,
+    /// How long all probes together may take (default 30s): past it the
+    /// deploy fails and is undone.
     #[serde(with = "humantime_serde", default = "defaults::deadline")]
     pub deadline: Duration,
 }
@@ -202,6 +236,8 @@ impl Default for HealthCheck {
 }
 
 impl HealthCheck {
+    /// A check of `kind` with the default interval (1s), probe timeout (5s)
+    /// and deadline (30s).
     pub fn new(kind: HealthKind) -> Self {
         HealthCheck {
             kind,
@@ -212,6 +248,8 @@ impl HealthCheck {
     }
 }
 
+/// What a health probe asks of the new container. Every kind also fails
+/// at once if the container exits.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "check", rename_all = "lowercase")]
 pub enum HealthKind {
@@ -221,7 +259,10 @@ pub enum HealthKind {
     Tcp,
     /// `GET path` answers with `expected_status`.
     Http {
+        /// The path requested on the container's host port.
         path: HttpPath,
+        /// The status that counts as healthy (default 200); any other fails the
+        /// probe.
         #[serde(default = "defaults::status")]
         expected_status: u16,
     },
@@ -251,8 +292,10 @@ impl FromStr for HttpPath {
 /// Time limits of the steps that wait on the outside world.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timeouts {
+    /// How long cloning the repository may take (default 5m).
     #[serde(with = "humantime_serde", default = "defaults::fetch")]
     pub fetch: Duration,
+    /// How long building the image may take (default 10m).
     #[serde(with = "humantime_serde", default = "defaults::build")]
     pub build: Duration,
     /// How long to wait for in-flight requests to the old release to finish.

@@ -32,6 +32,7 @@ pub struct FetchedSource {
     pub commit: CommitSha,
 }
 
+/// What [`SourceFetcher::fetch`] needs to check out one deployment's source.
 #[derive(Clone, Debug)]
 pub struct FetchRequest {
     /// The app fetched for.
@@ -62,6 +63,7 @@ pub trait SourceFetcher: Send + Sync {
     async fn leftovers(&self) -> Result<Vec<(AppId, DeploymentId)>>;
 }
 
+/// What [`ImageBuilder::build`] needs to build one deployment's image.
 #[derive(Clone, Debug)]
 pub struct BuildRequest {
     /// The app built for.
@@ -154,6 +156,8 @@ pub struct Pruned {
     pub freed_bytes: u64,
 }
 
+/// What [`ContainerRuntime::start`] needs to create and start one
+/// release's container.
 #[derive(Clone, Debug)]
 pub struct RunRequest {
     /// The app.

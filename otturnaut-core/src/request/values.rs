@@ -18,8 +18,11 @@ fn invalid(field: &'static str) -> impl Fn(crate::Error) -> InvalidField {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub enum Scalar {
+    /// A whole number: `8080`, `536870912`.
     Int(i64),
+    /// A number with a fraction: `1.5`.
     Float(f64),
+    /// Text, with a unit where one applies: `512m`.
     Text(String),
 }
 
@@ -62,7 +65,9 @@ impl From<String> for Scalar {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(untagged)]
 pub enum CommandInput {
+    /// One string, split into words like a shell would: `"puma -p 8080"`.
     Line(String),
+    /// The words as they are: `["puma", "-p", "8080"]`.
     Words(Vec<String>),
 }
 
@@ -107,9 +112,9 @@ fn env_name(key: &str) -> Result<EnvName, String> {
     })
 }
 
-/// The most build secrets a deploy takes, and the largest one (BuildKit's
-/// session refuses bigger secrets).
+/// The most build secrets a deploy takes.
 pub const MAX_BUILD_SECRETS: usize = 100;
+/// The largest build secret in bytes: BuildKit's session refuses bigger ones.
 pub const MAX_BUILD_SECRET_SIZE: usize = 500 * 1024;
 
 /// A build secret's id as `RUN --mount=type=secret,id=ID` names it: 1 to 64
