@@ -317,3 +317,84 @@ async fn bad_runtime_values_exit_2_naming_the_flag_and_create_nothing() {
             || std::fs::read_dir(h.work.path().join("src")).expect("src").next().is_none()
     );
 }
+
+#[tokio::test]
+async fn a_spec_file_deploy_equals_the_same_flags() {
+    let h = Harness::new(25480).await;
+    let (by_flags, by_file) = (unique_app("rt-flags"), unique_app("rt-file"));
+    let (_d1, _d2) = (DockerCleanup::new(&by_flags), DockerCleanup::new(&by_file));
+    let volumes = vec![format!("{by_flags}-data"), format!("{by_file}-data")];
+    let _left = Leftovers { volumes: volumes.clone(), networks: vec![] };
+    let repo = serving_repo("same");
+    let mount = |volume: &str| format!("{volume}:/data");
+
+    let flags = [
+        "--env",
+        "GREETING=hi",
+        "--memory",
+        "64m",
+        "--pids-limit",
+        "50",
+        "--log-opt",
+        "max-size=2m",
+        "--stop-timeout",
+        "5s",
+        "--drain-timeout",
+        "6s",
+        "--volume",
+        &mount(&volumes[0]),
+    ];
+    let from_flags = h.deploy(&by_flags, &repo.file_url(), &flags).await;
+    from_flags.expect_code(0);
+
+    let spec = h.work.path().join("app.toml");
+    let text = format!(
+        "repo = \"{}\"\ncontainer_port = 8080\nmemory = \"64m\"\npids_limit = 50\nlog_opts = [\"max-size=2m\"]\n\
+         stop_timeout = \"5s\"\ndrain_timeout = \"6s\"\nvolumes = [\"{}\"]\n[env]\nGREETING = \"hi\"\n",
+        repo.file_url(),
+        mount(&volumes[1])
+    );
+    std::fs::write(&spec, text).expect("spec file");
+    let spec = spec.to_str().expect("utf-8 path");
+    let from_file = h.run(&["deploy", by_file.as_str(), "--spec", spec, "--json"]).await;
+    from_file.expect_code(0);
+
+    // What Docker runs, with the names that must differ taken out.
+    let inspect = |run: &Run| {
+        let (ok, out) = docker_cli(&["inspect", &container_of(&run.result())]);
+        assert!(ok, "{out}");
+        let doc: Value = serde_json::from_str(&out).expect("inspect JSON");
+        let (host, config) = (&doc[0]["HostConfig"], &doc[0]["Config"]);
+        let env: Vec<&str> = config["Env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|e| e.starts_with("GREETING="))
+            .collect();
+        let mounts: Vec<&str> =
+            doc[0]["Mounts"].as_array().expect("mounts").iter().filter_map(|m| m["Destination"].as_str()).collect();
+        serde_json::json!({
+            "memory": host["Memory"], "pids": host["PidsLimit"], "log": host["LogConfig"],
+            "security": host["SecurityOpt"], "stop": config["StopTimeout"], "env": env, "mounts": mounts,
+        })
+    };
+    let (a, b) = (inspect(&from_flags), inspect(&from_file));
+    assert_eq!(a, b, "the same settings by flags and by file");
+    assert_eq!(a["memory"], 64 * 1024 * 1024, "{a}");
+    assert_eq!(a["env"], serde_json::json!(["GREETING=hi"]), "{a}");
+
+    // And `status --json` records the same runtime options for both.
+    async fn runtime(h: &Harness, app: &AppId) -> Value {
+        let status = h.run(&["status", app.as_str(), "--json"]).await;
+        status.expect_code(0);
+        let doc: Value = serde_json::from_str(&status.stdout).expect("status JSON");
+        let mut runtime = doc[0]["runtime"].clone();
+        runtime["volumes"] = Value::Null;
+        runtime
+    }
+    assert_eq!(runtime(&h, &by_flags).await, runtime(&h, &by_file).await);
+    for app in [&by_flags, &by_file] {
+        h.run(&["undeploy", app.as_str(), "--volumes"]).await.expect_code(0);
+    }
+}
