@@ -740,7 +740,7 @@ fn owners_and_exclusions(op: &str, set: &[(AppId, RouteTarget)], list: &mut [Val
         .enumerate()
         .filter_map(|(i, r)| {
             let app = json::id_of(r).and_then(json::app_of_route_id)?;
-            Some((i, app, json::parse_route(r).ok()?.domains))
+            Some((i, app, json::parse_domains(r).ok()?))
         })
         .collect();
     for (app, target) in set {

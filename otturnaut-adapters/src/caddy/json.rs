@@ -203,6 +203,15 @@ pub(crate) fn draining_after(old: &Value, new_port: HostPort) -> Option<HostPort
 
 /// Reads a route we wrote back into a [`RouteTarget`].
 pub(crate) fn parse_route(route: &Value) -> Result<RouteTarget, String> {
+    let domains = parse_domains(route)?;
+    let port = handler_port(route, 0).ok_or("its first handler is not a reverse_proxy to a port")?;
+    Ok(RouteTarget { domains, port })
+}
+
+/// The domains a route matches, whatever it dials: a route that dials its
+/// app's upstream file has no port in Caddy's config, yet owns its domains
+/// and gets its exclusions like any other.
+pub(crate) fn parse_domains(route: &Value) -> Result<Vec<Domain>, String> {
     let hosts = route
         .get("match")
         .and_then(|m| m.get(0))
@@ -215,8 +224,7 @@ pub(crate) fn parse_route(route: &Value) -> Result<RouteTarget, String> {
             h.as_str().ok_or_else(|| format!("host {h} is not a string"))?.parse::<Domain>().map_err(|e| e.to_string())
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let port = handler_port(route, 0).ok_or("its first handler is not a reverse_proxy to a port")?;
-    Ok(RouteTarget { domains, port })
+    Ok(domains)
 }
 
 /// Our server, as first created.
