@@ -48,6 +48,11 @@ pub struct AppStatus {
     /// options, as deployed (empty: none).
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub runtime: RuntimeOptions,
+    /// Grace between SIGTERM and SIGKILL the live release was deployed with
+    /// (`10s`); null for releases recorded before it was.
+    pub stop_timeout: Option<String>,
+    /// How long a drain of the live release may wait (`30s`); null likewise.
+    pub drain_timeout: Option<String>,
     /// When the live container last started (RFC 3339, from Docker).
     pub started: Option<String>,
     /// Managed containers of the app: live, kept for a rollback, or left
@@ -138,6 +143,8 @@ async fn app_status(
         route_missing: false,
         container: None,
         runtime: RuntimeOptions::default(),
+        stop_timeout: None,
+        drain_timeout: None,
         started: None,
         containers: containers.len(),
         images: images.len(),
@@ -162,7 +169,11 @@ async fn app_status(
     s.domains = r.domains.iter().map(ToString::to_string).collect();
     s.container =
         container.map(|c| ContainerStatus { id: c.id.0.clone(), name: c.name.clone(), state: c.state.clone() });
-    s.runtime = container.and_then(|c| c.record.as_ref()).map(|r| r.runtime.clone()).unwrap_or_default();
+    let record = container.and_then(|c| c.record.as_ref());
+    s.runtime = record.map(|r| r.runtime.clone()).unwrap_or_default();
+    let shown = |d: Option<Duration>| d.map(|d| humantime::format_duration(d).to_string());
+    s.stop_timeout = shown(record.and_then(|r| r.stop_timeout));
+    s.drain_timeout = shown(record.and_then(|r| r.drain_timeout));
     s.started = agent.adapters.runtime.status(&r.container).await.ok().and_then(|status| status.started);
     s
 }

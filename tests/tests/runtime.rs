@@ -237,6 +237,7 @@ async fn limits_logging_and_hardening_show_in_docker_inspect_and_status_and_come
         serde_json::json!({"memory": "64m", "cpus": "0.5", "pids_limit": "100", "log_opts": ["max-size=1m"]}),
         "{doc}"
     );
+    assert_eq!((doc[0]["stop_timeout"].as_str(), doc[0]["drain_timeout"].as_str()), (Some("3s"), Some("4s")), "{doc}");
     h.run(&["undeploy", app.as_str()]).await.expect_code(0);
 }
 

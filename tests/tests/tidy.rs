@@ -6,10 +6,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// The library crates: what users of the agent build on.
-const LIBRARIES: [&str; 4] = ["otturnaut-core", "otturnaut-steps", "otturnaut-adapters", "otturnaut-cli"];
+const LIBRARIES: [&str; 5] =
+    ["otturnaut-core", "otturnaut-steps", "otturnaut-adapters", "otturnaut-daemon", "otturnaut-cli"];
 /// Every crate of the workspace.
-const CRATES: [&str; 6] =
-    ["otturnaut-core", "otturnaut-steps", "otturnaut-adapters", "otturnaut-cli", "xtask", "tests"];
+const CRATES: [&str; 7] =
+    ["otturnaut-core", "otturnaut-steps", "otturnaut-adapters", "otturnaut-daemon", "otturnaut-cli", "xtask", "tests"];
 /// Longer files start with a line saying why.
 const MAX_LINES: usize = 500;
 const LONG_FILE_MARK: &str = "// Long file: ";
