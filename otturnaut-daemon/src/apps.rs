@@ -306,3 +306,12 @@ pub async fn prune(Extract(state): Extract<Arc<State>>, Path(app): Path<String>)
     }))
     .into_response())
 }
+
+#[utoipa::path(get, path = "/metrics", tag = "agent",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
+              (status = 401, description = "No or wrong bearer token", body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+/// `GET /metrics`: the counters in Prometheus text format.
+pub async fn metrics(Extract(state): Extract<Arc<State>>) -> impl IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.text())
+}

@@ -101,7 +101,7 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/v1/apps/{app}/prune", post(apps::prune))
         .route("/v1/reconcile", post(apps::reconcile))
         .route("/v1/openapi.json", get(openapi::document))
-        .route("/metrics", get(metrics::render))
+        .route("/metrics", get(apps::metrics))
         .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT));
     let streams = Router::new()
         .route("/v1/apps/{app}/deployments", post(deploys::deploy))

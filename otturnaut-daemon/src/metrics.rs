@@ -2,15 +2,8 @@
 //! here rather than through a metrics crate).
 
 use std::fmt::Write;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
-
-use axum::extract::State as Extract;
-use axum::http::header;
-use axum::response::IntoResponse;
-
-use crate::state::State;
 
 /// Upper bounds of the deploy duration histogram, in seconds.
 const BUCKETS: [f64; 9] = [1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0];
@@ -95,12 +88,4 @@ impl Metrics {
         let _ = writeln!(t, "otturnaut_service_up{{service=\"caddy\"}} {}", up(&self.caddy_up));
         t
     }
-}
-
-#[utoipa::path(get, path = "/metrics", tag = "agent",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
-              (status = 401, description = "No or wrong bearer token", body = crate::error::ErrorBody)),
-    security(("bearer" = [])))]
-pub async fn render(Extract(state): Extract<Arc<State>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.text())
 }

@@ -20,7 +20,7 @@ use utoipa::{Modify, OpenApi};
         crate::deploys::rollback,
         crate::apps::releases,
         crate::apps::prune,
-        crate::metrics::render,
+        crate::apps::metrics,
         document,
     ),
     modifiers(&Bearer)
