@@ -193,7 +193,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 swarm::down(&env)?;
                 services::down(&env).map(|()| ExitCode::SUCCESS)
             }
-            ServicesCmd::Status => Ok(if services::status(&env) { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
+            ServicesCmd::Status => {
+                let up = services::status(&env);
+                if let Some(line) = swarm::status(&env) {
+                    println!("{line}");
+                }
+                Ok(if up { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            }
         },
         Cmd::Bench(args) => bench::run(&env, &args),
         Cmd::Chaos(args) => chaos::run(&env, &args),

@@ -538,8 +538,5 @@ pub fn status(env: &Env) -> bool {
             svc.owner(env),
         );
     }
-    if let Some(line) = crate::swarm::status(env) {
-        println!("{line}");
-    }
     all_up
 }

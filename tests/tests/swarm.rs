@@ -1,0 +1,214 @@
+//! The Swarm runtime on a real cluster (`cargo xtask services up --swarm 3`),
+//! through the shared Caddy: deploy, redeploy, a failed health check,
+//! rollback, undeploy. Every release runs one task per node, and each node
+//! answers on the release's port.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use otturnaut_adapters::{Agent, AgentConfig, RuntimeKind};
+use otturnaut_core::{AppId, DeploySpec, Domain, Error, EventSink, HostPort, Step, Timeouts};
+use otturnaut_steps::{BlueGreen, RetryPolicy, Strategy, rollback_spec, undeploy_app};
+use otturnaut_tests::caddy_proc::{admin_get, get_via, shared_listen};
+use otturnaut_tests::cluster::{Cluster, require_swarm};
+use otturnaut_tests::fixtures::{Behaviour, git_spec, write_context};
+use otturnaut_tests::gitfix::{GitDaemon, GitRepo};
+use otturnaut_tests::services::{caddy_admin, require_caddy, unique_app};
+
+/// One task on every node of the 3-node cluster.
+const REPLICAS: u32 = 3;
+
+async fn agent(cluster: &Cluster, work_dir: &Path) -> Agent {
+    require_caddy().await;
+    let config = AgentConfig {
+        caddy_admin: caddy_admin(),
+        listen: vec![shared_listen()],
+        auto_https: false,
+        work_dir: work_dir.to_path_buf(),
+        docker_host: Some(cluster.manager.clone()),
+        runtime: RuntimeKind::Swarm(cluster.config(REPLICAS)),
+        ..AgentConfig::default()
+    };
+    let agent = Agent::connect(&config).await.unwrap_or_else(|e| panic!("connecting the agent to the Swarm: {e}"));
+    agent.prepare().await.unwrap_or_else(|e| panic!("setting up our Caddy server: {e}"));
+    agent
+}
+
+struct Fixture {
+    _work: tempfile::TempDir,
+    cluster: Cluster,
+    agent: Agent,
+    app: AppId,
+    domain: Domain,
+    repo: GitRepo,
+    _daemon: GitDaemon,
+    url: String,
+    bg: BlueGreen,
+}
+
+impl Fixture {
+    async fn new(prefix: &str) -> Fixture {
+        let cluster = require_swarm().await;
+        assert_eq!(cluster.nodes.len(), REPLICAS as usize, "these tests want a {REPLICAS}-node cluster");
+        let work = tempfile::tempdir().expect("work dir");
+        let agent = agent(&cluster, work.path()).await;
+        let app = unique_app(prefix);
+        let domain: Domain = format!("{app}.test").parse().expect("domain");
+        let repo = GitRepo::new();
+        repo.commit_with("v1", |d| write_context(d, &Behaviour::serve("v1")));
+        let daemon = GitDaemon::for_repo(&repo);
+        let url = daemon.url(&repo);
+        let bg = BlueGreen::new(agent.adapters.clone());
+        Fixture { _work: work, cluster, agent, app, domain, repo, _daemon: daemon, url, bg }
+    }
+
+    fn spec(&self, health_deadline: Duration) -> DeploySpec {
+        git_spec(&self.app, &self.url, "main", self.domain.clone(), health_deadline)
+    }
+
+    async fn via_caddy(&self) -> (u16, String) {
+        get_via(&shared_listen(), self.domain.as_str()).await.expect("request through Caddy")
+    }
+
+    /// What each node answers on `port`, in node order.
+    async fn answers_of_every_node(&self, port: HostPort) -> Vec<String> {
+        let mut bodies = Vec::new();
+        for node in &self.cluster.nodes {
+            let addr = format!("{}:{port}", node.address);
+            let answer = match get_via(&addr, "x").await {
+                Ok((200, body)) => body,
+                Ok((status, body)) => format!("{status} {body}"),
+                Err(e) => format!("no answer: {e}"),
+            };
+            bodies.push(answer);
+        }
+        bodies
+    }
+
+    /// The addresses the app's Caddy route dials, sorted.
+    async fn dials(&self) -> Vec<String> {
+        let route = admin_get(&caddy_admin(), &format!("/id/otturnaut-app-{}", self.app)).await;
+        let mut dials: Vec<String> = route["handle"][0]["upstreams"]
+            .as_array()
+            .unwrap_or_else(|| panic!("the route has no upstream list: {route}"))
+            .iter()
+            .filter_map(|u| u["dial"].as_str().map(str::to_owned))
+            .collect();
+        dials.sort();
+        dials
+    }
+
+    fn every_node_on(&self, port: HostPort) -> Vec<String> {
+        let mut all: Vec<String> = self.cluster.nodes.iter().map(|n| format!("{}:{port}", n.address)).collect();
+        all.sort();
+        all
+    }
+
+    /// The names and running states of the app's services.
+    async fn services(&self) -> Vec<(String, bool)> {
+        let mut list: Vec<(String, bool)> = self
+            .agent
+            .adapters
+            .runtime
+            .list(Some(&self.app))
+            .await
+            .expect("listing services")
+            .into_iter()
+            .map(|c| (c.name, c.running))
+            .collect();
+        list.sort();
+        list
+    }
+
+    async fn undeploy(&self) {
+        let report = undeploy_app(&self.agent.adapters, &self.app, Duration::from_secs(5), RetryPolicy::default())
+            .await
+            .expect("undeploy");
+        assert!(report.residue.is_empty(), "{report:?}");
+    }
+}
+
+#[tokio::test]
+async fn deploy_redeploy_rollback_and_undeploy_on_the_cluster() {
+    let f = Fixture::new("swarm").await;
+
+    let first = f.bg.execute(f.spec(Duration::from_secs(30)), &EventSink::discard()).await.expect("first deploy");
+    assert_eq!(f.via_caddy().await, (200, "v1\n".into()));
+    let port = first.release.host_port;
+    assert_eq!(f.dials().await, f.every_node_on(port), "one upstream per task, one task per node");
+    assert_eq!(f.answers_of_every_node(port).await, vec!["v1\n"; REPLICAS as usize], "every node answers");
+
+    f.repo.commit_with("v2", |d| write_context(d, &Behaviour::serve("v2")));
+    let second = f.bg.execute(f.spec(Duration::from_secs(30)), &EventSink::discard()).await.expect("redeploy");
+    assert_eq!(f.via_caddy().await, (200, "v2\n".into()));
+    let new_port = second.release.host_port;
+    assert_eq!(f.dials().await, f.every_node_on(new_port));
+    assert_eq!(f.answers_of_every_node(new_port).await, vec!["v2\n"; REPLICAS as usize]);
+    assert_eq!(second.previous.as_ref().map(|p| &p.deployment), Some(&first.release.deployment));
+    // v1 is kept for a rollback: its service scaled to zero, its port free on every node.
+    let name = |d: &otturnaut_core::DeploymentId| format!("otturnaut-{}-{d}", f.app);
+    assert_eq!(
+        f.services().await,
+        {
+            let mut want = vec![(name(&first.release.deployment), false), (name(&second.release.deployment), true)];
+            want.sort();
+            want
+        },
+        "the new service runs, the old one is kept stopped"
+    );
+    for answer in f.answers_of_every_node(port).await {
+        assert!(answer.starts_with("no answer"), "v1's port is closed on every node: {answer}");
+    }
+
+    let spec = rollback_spec(&f.agent.adapters, &f.app, None, Timeouts::default()).await.expect("rollback spec");
+    let third = f.bg.execute(spec, &EventSink::discard()).await.expect("rollback");
+    assert_eq!(f.via_caddy().await, (200, "v1\n".into()), "rolled back to v1");
+    assert_eq!(f.answers_of_every_node(third.release.host_port).await, vec!["v1\n"; REPLICAS as usize]);
+    let live = otturnaut_steps::live_release(&f.agent.adapters, &f.app).await.expect("live release");
+    assert_eq!(live.map(|r| r.deployment), Some(third.release.deployment.clone()), "the live record says so");
+
+    f.undeploy().await;
+    assert!(f.services().await.is_empty(), "no service left");
+    assert_eq!(f.agent.adapters.router.route(&f.app).await.expect("route"), None);
+    assert_eq!(f.via_caddy().await.1, "", "the undeployed app is no longer served");
+}
+
+#[tokio::test]
+async fn a_failed_health_check_removes_the_new_service_while_the_old_one_serves() {
+    let f = Arc::new(Fixture::new("swarmfail").await);
+    let first = f.bg.execute(f.spec(Duration::from_secs(30)), &EventSink::discard()).await.expect("first deploy");
+    let before = f.services().await;
+
+    // Requests through Caddy all along: every one must get v1.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn({
+        let (f, stop) = (f.clone(), stop.clone());
+        async move {
+            let (mut ok, mut bad) = (0u32, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match get_via(&shared_listen(), f.domain.as_str()).await {
+                    Ok((200, body)) if body == "v1\n" => ok += 1,
+                    other => bad.push(format!("{other:?}")),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (ok, bad)
+        }
+    });
+
+    f.repo.commit_with("deaf", |d| write_context(d, &Behaviour::NeverListen));
+    let err = f.bg.execute(f.spec(Duration::from_secs(5)), &EventSink::discard()).await.expect_err("never healthy");
+    stop.store(true, Ordering::Relaxed);
+    let (ok, bad) = load.await.expect("load task");
+    assert_eq!(err.step(), Step::HealthCheck, "{err}");
+    assert!(matches!(err.cause(), Error::Unhealthy { .. }), "{err}");
+    assert!(err.undo().is_clean(), "{err}");
+    assert!(bad.is_empty() && ok > 0, "{ok} requests got v1, these did not: {bad:?}");
+    assert_eq!(f.services().await, before, "the new service is removed, the old one untouched");
+    assert_eq!(f.dials().await, f.every_node_on(first.release.host_port), "the route is v1's");
+    assert_eq!(f.via_caddy().await, (200, "v1\n".into()));
+
+    f.undeploy().await;
+}
