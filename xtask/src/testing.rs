@@ -17,6 +17,9 @@ pub struct Options {
     pub cargo_test_args: Vec<String>,
 }
 
+/// The cluster `tests/tests/swarm.rs` deploys to: one task on each of 3 nodes.
+const SWARM_NODES: u8 = 3;
+
 /// The test binaries that talk to Caddy, run again on the other supported version.
 const CADDY_TESTS: &[&str] = &["caddy", "e2e", "cli", "chaos"];
 
@@ -42,7 +45,7 @@ pub fn run(env: &Env, opts: &Options) -> Result<ExitCode> {
     let mut steps = Vec::new();
 
     let began = Instant::now();
-    let services = services::up(env);
+    let services = services::up(env).and_then(|()| crate::swarm::up(env, SWARM_NODES));
     let services_ok = services.is_ok();
     steps.push(Step {
         name: "services up",
