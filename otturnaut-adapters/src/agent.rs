@@ -12,7 +12,7 @@ use crate::docker::Docker;
 use crate::git::GitFetcher;
 use crate::health::Probe;
 use crate::ports::PortPool;
-use crate::swarm::{Swarm, SwarmConfig, SwarmProbe};
+use crate::swarm::{Swarm, SwarmConfig, SwarmImages, SwarmProbe};
 
 /// Everything the agent needs to know about its host.
 #[derive(Clone, Debug)]
@@ -139,7 +139,7 @@ impl Agent {
 
     /// The same ports with the Swarm runtime: services instead of
     /// containers, health per task, one upstream per task. Images are built
-    /// and marked on the manager's daemon, as on one host.
+    /// on the manager's daemon; the live and kept marks are service labels.
     async fn on_swarm(
         config: &AgentConfig,
         docker: Docker,
@@ -150,7 +150,7 @@ impl Agent {
         let swarm = Swarm::connect(docker.clone(), swarm).await?;
         let caddy = caddy.with_upstream_hosts(Arc::new(swarm.clone()));
         let runtime: Arc<Swarm> = Arc::new(swarm.clone());
-        let images: Arc<Docker> = Arc::new(docker.clone());
+        let images: Arc<SwarmImages> = Arc::new(SwarmImages::new(swarm.clone()));
         let router: Arc<Caddy> = Arc::new(caddy.clone());
         let adapters = Adapters {
             fetcher: Arc::new(git.clone()),

@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use otturnaut_adapters::swarm::{KEPT_LABEL, LIVE_LABEL};
 use otturnaut_adapters::{Agent, AgentConfig, RuntimeKind};
 use otturnaut_core::{AppId, DeploySpec, Domain, Error, EventSink, HostPort, Step, Timeouts};
 use otturnaut_steps::{BlueGreen, RetryPolicy, Strategy, rollback_spec, undeploy_app};
 use otturnaut_tests::caddy_proc::{admin_get, get_via, shared_listen};
-use otturnaut_tests::cluster::{Cluster, require_swarm};
+use otturnaut_tests::cluster::{Cluster, docker_cli, require_swarm};
 use otturnaut_tests::fixtures::{Behaviour, git_spec, write_context};
 use otturnaut_tests::gitfix::{GitDaemon, GitRepo};
 use otturnaut_tests::services::{caddy_admin, require_caddy, unique_app};
@@ -122,6 +123,16 @@ impl Fixture {
         list
     }
 
+    /// The marks on a release's service: (live, kept), read from the Swarm.
+    fn marks(&self, deployment: &otturnaut_core::DeploymentId) -> (bool, bool) {
+        let name = format!("otturnaut-{}-{deployment}", self.app);
+        let (ok, labels) =
+            docker_cli(&self.cluster.manager, &["service", "inspect", "--format", "{{json .Spec.Labels}}", &name]);
+        assert!(ok, "inspecting service {name}");
+        let labels: serde_json::Value = serde_json::from_str(&labels).expect("labels are JSON");
+        (labels.get(LIVE_LABEL).is_some(), labels.get(KEPT_LABEL).is_some())
+    }
+
     async fn undeploy(&self) {
         let report = undeploy_app(&self.agent.adapters, &self.app, Duration::from_secs(5), RetryPolicy::default())
             .await
@@ -139,6 +150,10 @@ async fn deploy_redeploy_rollback_and_undeploy_on_the_cluster() {
     let port = first.release.host_port;
     assert_eq!(f.dials().await, f.every_node_on(port), "one upstream per task, one task per node");
     assert_eq!(f.answers_of_every_node(port).await, vec!["v1\n"; REPLICAS as usize], "every node answers");
+    assert_eq!(f.marks(&first.release.deployment), (true, false), "the live record is a label of the service");
+    let (_, tags) =
+        docker_cli(&f.cluster.manager, &["images", "--format", "{{.Tag}}", &format!("otturnaut-{}", f.app)]);
+    assert!(!tags.contains("live-"), "no live tag on the manager's images: {tags}");
 
     f.repo.commit_with("v2", |d| write_context(d, &Behaviour::serve("v2")));
     let second = f.bg.execute(f.spec(Duration::from_secs(30)), &EventSink::discard()).await.expect("redeploy");
@@ -147,6 +162,8 @@ async fn deploy_redeploy_rollback_and_undeploy_on_the_cluster() {
     assert_eq!(f.dials().await, f.every_node_on(new_port));
     assert_eq!(f.answers_of_every_node(new_port).await, vec!["v2\n"; REPLICAS as usize]);
     assert_eq!(second.previous.as_ref().map(|p| &p.deployment), Some(&first.release.deployment));
+    assert_eq!(f.marks(&second.release.deployment), (true, false));
+    assert_eq!(f.marks(&first.release.deployment), (false, true), "v1's service is marked kept");
     // v1 is kept for a rollback: its service scaled to zero, its port free on every node.
     let name = |d: &otturnaut_core::DeploymentId| format!("otturnaut-{}-{d}", f.app);
     assert_eq!(

@@ -15,13 +15,15 @@
 //! states, never on the service's update status, which says "completed"
 //! before the last old task has exited.
 //!
-//! Images are built, tagged and marked on the manager's daemon (the
-//! [`Docker`] this adapter wraps), so the live and kept marks are where the
-//! single-host runtime keeps them.
+//! Images are built and tagged on the manager's daemon (the [`Docker`] this
+//! adapter wraps); the live and kept marks, the durable record of which
+//! release is live, are labels of the services ([`SwarmImages`]), kept in
+//! the Swarm's replicated store.
 //!
 //! [`ContainerRuntime`]: otturnaut_core::traits::ContainerRuntime
 
 mod health;
+mod marks;
 mod runtime;
 mod spec;
 
@@ -39,6 +41,7 @@ use otturnaut_core::{AppId, Error, HostPort, Result, labels};
 use crate::docker::Docker;
 
 pub use health::SwarmProbe;
+pub use marks::{KEPT_LABEL, LIVE_LABEL, SwarmImages};
 
 /// How many tasks a release runs when not told otherwise.
 pub const DEFAULT_REPLICAS: u32 = 2;
