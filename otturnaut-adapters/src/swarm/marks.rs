@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
-use bollard::query_parameters::{ListServicesOptionsBuilder, UpdateServiceOptionsBuilder};
+use bollard::query_parameters::{ListServicesOptionsBuilder, RemoveImageOptionsBuilder, UpdateServiceOptionsBuilder};
 use otturnaut_core::traits::{
     BuildRequest, ImageBuilder, KEPT_PREFIX, LIVE_PREFIX, Pruned, container_name, kept_tag, live_tag,
 };
@@ -29,6 +29,10 @@ pub const KEPT_LABEL: &str = "otturnaut.kept";
 
 /// How often a label update is retried when the spec changed under it.
 const ATTEMPTS: u32 = 10;
+/// How often, and how far apart, the registry copy's removal is tried while
+/// Swarm is still removing a task container made from it.
+const UNTAG_ATTEMPTS: u32 = 20;
+const UNTAG_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The image port on a cluster: images on the manager, marks on services.
 #[derive(Clone, Debug)]
@@ -80,6 +84,28 @@ impl SwarmImages {
             }
         }
         Err(otturnaut_core::Error::failed(op, "the service's spec kept changing"))
+    }
+
+    /// Removes `REGISTRY/IMAGE` from the manager. Best effort: Docker refuses
+    /// while a container made from that name exists, and Swarm removes the
+    /// containers of a removed service on its own time.
+    async fn untag_registry_copy(&self, image: &ImageRef) {
+        let copy = format!("{}/{image}", self.swarm.config.registry);
+        let options = RemoveImageOptionsBuilder::default().force(false).build();
+        for _ in 0..UNTAG_ATTEMPTS {
+            match self.docker().client().remove_image(&copy, Some(options.clone()), None).await {
+                Ok(_) => return,
+                Err(e) if is_not_found(&e) => return,
+                Err(BollardError::DockerResponseServerError { status_code: 409, .. }) => {
+                    tokio::time::sleep(UNTAG_PAUSE).await;
+                }
+                Err(e) => {
+                    tracing::warn!(image = %copy, error = %e, "could not remove the manager's registry copy of a release");
+                    return;
+                }
+            }
+        }
+        tracing::warn!(image = %copy, "the manager's registry copy of a release is still in use; left in place");
     }
 
     /// Our services of `app` (or every app) and their mark labels.
@@ -186,11 +212,16 @@ impl ImageBuilder for SwarmImages {
         }
     }
 
+    /// A mark's label, or the release tag and the manager's copy of it
+    /// under the registry's name (pushed from there, or pulled for the
+    /// manager's own task).
     async fn remove_image(&self, image: &ImageRef) -> Result<()> {
-        match Mark::of(image.as_str()) {
-            Some(mark) => self.set_mark(&mark, false).await,
-            None => self.docker().remove_image(image).await,
+        if let Some(mark) = Mark::of(image.as_str()) {
+            return self.set_mark(&mark, false).await;
         }
+        self.docker().remove_image(image).await?;
+        self.untag_registry_copy(image).await;
+        Ok(())
     }
 
     /// The manager's release images, with the marks their services carry

@@ -98,12 +98,6 @@ impl ContainerRuntime for Swarm {
     }
 
     async fn remove(&self, id: &ContainerId) -> Result<()> {
-        // Swarm pins the image by digest (`…:tag@sha256:…`): the tag is before it.
-        let image = self
-            .inspect(id)
-            .await?
-            .and_then(|s| s.spec?.task_template?.container_spec?.image)
-            .map(|i| i.split('@').next().unwrap_or_default().to_owned());
         match self.docker.client().delete_service(&id.0).await {
             Ok(()) => {}
             Err(e) if is_not_found(&e) => {}
@@ -113,16 +107,7 @@ impl ContainerRuntime for Swarm {
         // release image until then (its removal would fail): kill it now, as
         // the single-host runtime kills a container it removes. Tasks on the
         // other nodes stop by themselves; they hold no image of the manager.
-        self.kill_local_tasks(id).await?;
-        // The manager's copy of the registry tag (pushed from, or pulled for
-        // its own task); the release tag keeps the image while it is kept.
-        if let Some(image) = image.filter(|i| i.starts_with(&format!("{}/", self.config.registry))) {
-            let options = bollard::query_parameters::RemoveImageOptionsBuilder::default().force(false).build();
-            if let Err(e) = self.docker.client().remove_image(&image, Some(options), None).await {
-                tracing::debug!(%image, error = %e, "the registry tag of a removed service stays on the manager");
-            }
-        }
-        Ok(())
+        self.kill_local_tasks(id).await
     }
 
     /// Running when every task the service asks for runs; otherwise the exit
