@@ -12,7 +12,7 @@ use otturnaut_adapters::swarm::{KEPT_LABEL, LIVE_LABEL};
 use otturnaut_adapters::{Agent, AgentConfig, RuntimeKind};
 use otturnaut_core::{AppId, DeploySpec, Domain, Error, EventSink, HostPort, Step, Timeouts};
 use otturnaut_steps::{BlueGreen, RetryPolicy, Strategy, rollback_spec, undeploy_app};
-use otturnaut_tests::caddy_proc::{admin_get, get_via, shared_listen};
+use otturnaut_tests::caddy_proc::{admin_get, get_path_via, get_via, shared_listen};
 use otturnaut_tests::cluster::{Cluster, docker_cli, require_swarm};
 use otturnaut_tests::fixtures::{Behaviour, git_spec, write_context};
 use otturnaut_tests::gitfix::{GitDaemon, GitRepo};
@@ -226,6 +226,75 @@ async fn a_failed_health_check_removes_the_new_service_while_the_old_one_serves(
     assert_eq!(f.services().await, before, "the new service is removed, the old one untouched");
     assert_eq!(f.dials().await, f.every_node_on(first.release.host_port), "the route is v1's");
     assert_eq!(f.via_caddy().await, (200, "v1\n".into()));
+
+    f.undeploy().await;
+}
+
+/// A server of `version` that also answers `/host` with its task's container
+/// hostname (one per task), to see which task served a request.
+fn write_host_context(dir: &Path, version: &str) -> std::io::Result<()> {
+    write_context(dir, &Behaviour::serve(version))?;
+    let dockerfile =
+        Behaviour::serve(version).dockerfile().replace("echo started", "cat /etc/hostname > /www/host; echo started");
+    std::fs::write(dir.join("Dockerfile"), dockerfile)
+}
+
+#[tokio::test]
+async fn ten_redeploys_under_load_fail_no_request_and_every_task_serves() {
+    let f = Arc::new(Fixture::new("swarmload").await);
+    f.repo.commit_with("v1", |d| write_host_context(d, "v1"));
+    f.bg.execute(f.spec(Duration::from_secs(30)), &EventSink::discard()).await.expect("first deploy");
+
+    // Four clients through Caddy for as long as the redeploys take.
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (f, stop) = (f.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut bad) = (0u32, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    match get_path_via(&shared_listen(), f.domain.as_str(), "/version").await {
+                        Ok((200, body)) if body.starts_with('v') => ok += 1,
+                        other => bad.push(format!("{other:?}")),
+                    }
+                }
+                (ok, bad)
+            })
+        })
+        .collect();
+    for n in 2..=11 {
+        let version = format!("v{n}");
+        f.repo.commit_with(&version, |d| write_host_context(d, &version));
+        let deployed = f.bg.execute(f.spec(Duration::from_secs(30)), &EventSink::discard()).await;
+        let deployed = deployed.unwrap_or_else(|e| panic!("redeploy {n}: {e}"));
+        assert!(deployed.residue.is_empty(), "redeploy {n}: {:?}", deployed.residue);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut bad) = (0, Vec::new());
+    for client in clients {
+        let (o, b) = client.await.expect("client task");
+        ok += o;
+        bad.extend(b);
+    }
+    assert!(
+        bad.is_empty(),
+        "{} of {} requests failed during 10 redeploys: {:?}",
+        bad.len(),
+        ok as usize + bad.len(),
+        &bad[..bad.len().min(10)]
+    );
+    assert!(ok > 100, "the clients kept asking ({ok} requests)");
+    assert_eq!(f.via_caddy().await, (200, "v11\n".into()));
+
+    // Caddy spreads requests over every task, one per node.
+    let mut hosts = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        let (status, host) = get_path_via(&shared_listen(), f.domain.as_str(), "/host").await.expect("GET /host");
+        assert_eq!(status, 200);
+        hosts.insert(host);
+    }
+    assert_eq!(hosts.len(), REPLICAS as usize, "every task answered some of 60 requests: {hosts:?}");
+    eprintln!("10 redeploys under load: {ok} requests, none failed");
 
     f.undeploy().await;
 }
