@@ -155,8 +155,8 @@ Afterwards: curl -H 'Host: hello.localhost' http://127.0.0.1:8080/";
 
 const TEST_HELP: &str = "\
 The CI gate, also what .ci/run runs. In order:
-  1. cargo xtask services up --swarm 3 (installs and starts what is missing, builds a fresh 3-node
-     Swarm cluster for tests/tests/swarm.rs; stops here if that fails)
+  1. cargo xtask services up --swarm 3 (installs and starts what is missing, stops here if that
+     fails; then builds a fresh 3-node Swarm cluster for tests/tests/swarm.rs)
   2. cargo fmt --all -- --check
   3. cargo test --workspace --all-features --locked --no-fail-fast [extra args], with private
      Caddies of the shared Caddy's version
