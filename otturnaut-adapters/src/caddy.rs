@@ -227,7 +227,11 @@ impl Caddy {
             Some(p) => self.dials(p).await.unwrap_or_default(),
             None => Vec::new(),
         };
+        let several = live.len() > 1;
         let mut route = json::route(id, domains, &live, &draining, excluded);
+        if several {
+            json::avoid_failed_upstreams(&mut route);
+        }
         if let Some(dial) = through {
             json::set_live_dial(&mut route, &dial);
         }
@@ -319,11 +323,24 @@ impl Caddy {
                 continue;
             };
             match json::parse_route(&route) {
+                Ok(target) if self.hosts.is_some() && !self.dials_current(&route, target.port).await? => {
+                    tracing::warn!(
+                        id,
+                        "the route's upstreams are not where the release runs now; reconcile rewrites it"
+                    );
+                }
                 Ok(target) => out.push((app, target)),
                 Err(why) => tracing::warn!(id, %why, "skipping a Caddy route we cannot read"),
             }
         }
         Ok(out)
+    }
+
+    /// Whether `route` dials exactly where the release on `port` runs now.
+    async fn dials_current(&self, route: &Value, port: HostPort) -> Result<bool> {
+        let mut now = self.dials(port).await?;
+        now.sort();
+        Ok(json::live_dials(route) == now)
     }
 
     async fn ensure_our_server(&self, op: &str) -> Result<()> {
@@ -642,6 +659,29 @@ impl Caddy {
 impl Router for Caddy {
     async fn routes(&self) -> Result<Vec<(AppId, RouteTarget)>> {
         self.list_routes().await
+    }
+
+    /// With upstream hosts (a cluster): true when the route's upstreams are
+    /// not where the release on its port runs now (a node left, Swarm moved
+    /// a task). On one host, never: no request is made.
+    async fn needs_rewrite(&self, app: &AppId) -> Result<bool> {
+        if self.hosts.is_none() {
+            return Ok(false);
+        }
+        let op = format!("reading the Caddy route of app {app}");
+        let route = match self.lookup(&op, &route_id(app)).await? {
+            Lookup::Found { route, .. } => route,
+            // A missing route is reconcile's to restore anyway.
+            Lookup::Missing | Lookup::Moved => return Ok(false),
+        };
+        let Ok(target) = json::parse_route(&route) else {
+            return Ok(false);
+        };
+        let current = self.dials_current(&route, target.port).await?;
+        if !current {
+            tracing::warn!(%app, "the route's upstreams are not where the release runs now");
+        }
+        Ok(!current)
     }
 
     async fn route(&self, app: &AppId) -> Result<Option<RouteTarget>> {

@@ -306,6 +306,42 @@ mod tests {
     }
 
     #[test]
+    fn the_swarm_runtime_comes_from_flag_env_or_file_and_needs_a_registry() {
+        assert_eq!(resolve(&GlobalArgs::default(), &env_of(&[])).expect("default").agent.runtime, RuntimeKind::Docker);
+        let env = env_of(&[("OTTURNAUT_RUNTIME", "swarm"), ("OTTURNAUT_REGISTRY", "10.0.0.5:5000")]);
+        let swarm = resolve(&GlobalArgs::default(), &env).expect("swarm from the environment").agent.runtime;
+        let RuntimeKind::Swarm(config) = swarm else { panic!("not the Swarm runtime: {swarm:?}") };
+        assert_eq!((config.registry.as_str(), config.replicas.get()), ("10.0.0.5:5000", DEFAULT_REPLICAS));
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("otturnaut.toml");
+        std::fs::write(&file, "runtime = \"swarm\"\nregistry = \"reg.example.com:443\"\nreplicas = 3\n")
+            .expect("write");
+        let from_file = GlobalArgs { config: Some(file), ..GlobalArgs::default() };
+        let RuntimeKind::Swarm(config) = resolve(&from_file, &env_of(&[])).expect("file").agent.runtime else {
+            panic!("the file asks for the Swarm runtime")
+        };
+        assert_eq!(config.replicas.get(), 3);
+        let flag = GlobalArgs { replicas: Some("5".into()), ..from_file };
+        let RuntimeKind::Swarm(config) = resolve(&flag, &env_of(&[])).expect("flag").agent.runtime else {
+            panic!("still the Swarm runtime")
+        };
+        assert_eq!(config.replicas.get(), 5, "the flag beats the file");
+
+        let bad =
+            |args: GlobalArgs, env: &[(&str, &str)]| resolve(&args, &env_of(env)).expect_err("refused").to_string();
+        let swarm = || GlobalArgs { runtime: Some("swarm".into()), ..GlobalArgs::default() };
+        assert!(bad(swarm(), &[]).contains("--registry"), "a registry is required");
+        assert!(
+            bad(GlobalArgs { runtime: Some("k8s".into()), ..GlobalArgs::default() }, &[]).contains("docker or swarm")
+        );
+        assert!(bad(GlobalArgs { registry: Some("r:1".into()), ..GlobalArgs::default() }, &[]).contains("--registry"));
+        assert!(bad(swarm(), &[("OTTURNAUT_REGISTRY", "no-port")]).contains("OTTURNAUT_REGISTRY"));
+        let zero = GlobalArgs { replicas: Some("0".into()), registry: Some("r:1".into()), ..swarm() };
+        assert!(bad(zero, &[]).contains("--replicas"));
+    }
+
+    #[test]
     fn keep_comes_from_flag_env_or_file_and_is_at_least_one() {
         assert_eq!(resolve(&GlobalArgs::default(), &env_of(&[])).expect("default").keep, 5);
         let dir = tempfile::tempdir().expect("tempdir");

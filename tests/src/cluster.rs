@@ -3,10 +3,19 @@
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use otturnaut_adapters::docker::Docker;
-use otturnaut_adapters::swarm::SwarmConfig;
+use otturnaut_adapters::swarm::{KEPT_LABEL, LIVE_LABEL, SwarmConfig};
+use otturnaut_adapters::{Agent, AgentConfig, RuntimeKind};
+use otturnaut_core::{AppId, DeploySpec, Domain, HostPort};
+use otturnaut_steps::{BlueGreen, RetryPolicy, undeploy_app};
+
+use crate::caddy_proc::{admin_get, get_via, shared_listen};
+use crate::fixtures::{Behaviour, git_spec, write_context};
+use crate::gitfix::{GitDaemon, GitRepo};
+use crate::services::{caddy_admin, require_caddy, unique_app};
 
 const HOW: &str = "build it with `cargo xtask services up --swarm 3`";
 
@@ -95,4 +104,139 @@ pub fn docker_cli(host: &str, args: &[&str]) -> (bool, String) {
         .output()
         .unwrap_or_else(|e| panic!("cannot run docker {args:?}: {e}"));
     (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+async fn agent(cluster: &Cluster, work_dir: &Path, replicas: u32) -> Agent {
+    require_caddy().await;
+    let config = AgentConfig {
+        caddy_admin: caddy_admin(),
+        listen: vec![shared_listen()],
+        auto_https: false,
+        work_dir: work_dir.to_path_buf(),
+        docker_host: Some(cluster.manager.clone()),
+        runtime: RuntimeKind::Swarm(cluster.config(replicas)),
+        ..AgentConfig::default()
+    };
+    let agent = Agent::connect(&config).await.unwrap_or_else(|e| panic!("connecting the agent to the Swarm: {e}"));
+    agent.prepare().await.unwrap_or_else(|e| panic!("setting up our Caddy server: {e}"));
+    agent
+}
+
+/// An app deployed to the cluster by the Swarm runtime: its agent, its
+/// repository (`main` serves v1) and git daemon, and what to look at.
+#[derive(Debug)]
+pub struct SwarmApp {
+    _work: tempfile::TempDir,
+    /// The cluster it runs on.
+    pub cluster: Cluster,
+    /// The agent, on the Swarm runtime.
+    pub agent: Agent,
+    /// The app.
+    pub app: AppId,
+    /// Its one domain, `APP.test`.
+    pub domain: Domain,
+    /// Its repository.
+    pub repo: GitRepo,
+    _daemon: GitDaemon,
+    /// The repository's `git://` URL.
+    pub url: String,
+    /// The pipeline over the agent's adapters.
+    pub bg: BlueGreen,
+}
+
+impl SwarmApp {
+    /// A fresh app whose releases run `replicas` tasks; the cluster must have 3 nodes.
+    pub async fn new(prefix: &str, replicas: u32) -> SwarmApp {
+        let cluster = require_swarm().await;
+        assert_eq!(cluster.nodes.len(), 3, "these tests want a 3-node cluster");
+        let work = tempfile::tempdir().expect("work dir");
+        let agent = agent(&cluster, work.path(), replicas).await;
+        let app = unique_app(prefix);
+        let domain: Domain = format!("{app}.test").parse().expect("domain");
+        let repo = GitRepo::new();
+        repo.commit_with("v1", |d| write_context(d, &Behaviour::serve("v1")));
+        let daemon = GitDaemon::for_repo(&repo);
+        let url = daemon.url(&repo);
+        let bg = BlueGreen::new(agent.adapters.clone());
+        SwarmApp { _work: work, cluster, agent, app, domain, repo, _daemon: daemon, url, bg }
+    }
+
+    /// A deploy of `main` with an HTTP health check of up to `health_deadline`.
+    pub fn spec(&self, health_deadline: Duration) -> DeploySpec {
+        git_spec(&self.app, &self.url, "main", self.domain.clone(), health_deadline)
+    }
+
+    /// `GET /` through the shared Caddy.
+    pub async fn via_caddy(&self) -> (u16, String) {
+        get_via(&shared_listen(), self.domain.as_str()).await.expect("request through Caddy")
+    }
+
+    /// What each node answers on `port`, in node order.
+    pub async fn answers_of_every_node(&self, port: HostPort) -> Vec<String> {
+        let mut bodies = Vec::new();
+        for node in &self.cluster.nodes {
+            let addr = format!("{}:{port}", node.address);
+            let answer = match get_via(&addr, "x").await {
+                Ok((200, body)) => body,
+                Ok((status, body)) => format!("{status} {body}"),
+                Err(e) => format!("no answer: {e}"),
+            };
+            bodies.push(answer);
+        }
+        bodies
+    }
+
+    /// The addresses the app's Caddy route dials, sorted.
+    pub async fn dials(&self) -> Vec<String> {
+        let route = admin_get(&caddy_admin(), &format!("/id/otturnaut-app-{}", self.app)).await;
+        let mut dials: Vec<String> = route["handle"][0]["upstreams"]
+            .as_array()
+            .unwrap_or_else(|| panic!("the route has no upstream list: {route}"))
+            .iter()
+            .filter_map(|u| u["dial"].as_str().map(str::to_owned))
+            .collect();
+        dials.sort();
+        dials
+    }
+
+    /// `NODE:port` of every node, sorted.
+    pub fn every_node_on(&self, port: HostPort) -> Vec<String> {
+        let mut all: Vec<String> = self.cluster.nodes.iter().map(|n| format!("{}:{port}", n.address)).collect();
+        all.sort();
+        all
+    }
+
+    /// The names and running states of the app's services.
+    pub async fn services(&self) -> Vec<(String, bool)> {
+        let mut list: Vec<(String, bool)> = self
+            .agent
+            .adapters
+            .runtime
+            .list(Some(&self.app))
+            .await
+            .expect("listing services")
+            .into_iter()
+            .map(|c| (c.name, c.running))
+            .collect();
+        list.sort();
+        list
+    }
+
+    /// The marks on a release's service: (live, kept), read from the Swarm.
+    pub fn marks(&self, deployment: &otturnaut_core::DeploymentId) -> (bool, bool) {
+        let name = format!("otturnaut-{}-{deployment}", self.app);
+        let (ok, labels) =
+            docker_cli(&self.cluster.manager, &["service", "inspect", "--format", "{{json .Spec.Labels}}", &name]);
+        assert!(ok, "inspecting service {name}");
+        let labels: serde_json::Value = serde_json::from_str(&labels).expect("labels are JSON");
+        (labels.get(LIVE_LABEL).is_some(), labels.get(KEPT_LABEL).is_some())
+    }
+
+    /// Undeploys the app, asserting nothing is left.
+    pub async fn undeploy(&self) {
+        let report = undeploy_app(&self.agent.adapters, &self.app, Duration::from_secs(5), RetryPolicy::default())
+            .await
+            .expect("undeploy");
+        assert!(report.residue.is_empty(), "{report:?}");
+    }
 }

@@ -1,149 +1,25 @@
 //! The Swarm runtime on a real cluster (`cargo xtask services up --swarm 3`),
 //! through the shared Caddy: deploy, redeploy, a failed health check,
-//! rollback, undeploy. Every release runs one task per node, and each node
-//! answers on the release's port.
+//! rollback, undeploy, redeploys under load. Every release runs one task per
+//! node, and each node answers on the release's port.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use otturnaut_adapters::swarm::{KEPT_LABEL, LIVE_LABEL};
-use otturnaut_adapters::{Agent, AgentConfig, RuntimeKind};
-use otturnaut_core::{AppId, DeploySpec, Domain, Error, EventSink, HostPort, Step, Timeouts};
-use otturnaut_steps::{BlueGreen, RetryPolicy, Strategy, rollback_spec, undeploy_app};
-use otturnaut_tests::caddy_proc::{admin_get, get_path_via, get_via, shared_listen};
-use otturnaut_tests::cluster::{Cluster, docker_cli, require_swarm};
-use otturnaut_tests::fixtures::{Behaviour, git_spec, write_context};
-use otturnaut_tests::gitfix::{GitDaemon, GitRepo};
-use otturnaut_tests::services::{caddy_admin, require_caddy, unique_app};
+use otturnaut_core::{Error, EventSink, Step, Timeouts};
+use otturnaut_steps::{Strategy, rollback_spec};
+use otturnaut_tests::caddy_proc::{get_path_via, get_via, shared_listen};
+use otturnaut_tests::cluster::{SwarmApp, docker_cli};
+use otturnaut_tests::fixtures::{Behaviour, write_context};
 
 /// One task on every node of the 3-node cluster.
 const REPLICAS: u32 = 3;
 
-async fn agent(cluster: &Cluster, work_dir: &Path) -> Agent {
-    require_caddy().await;
-    let config = AgentConfig {
-        caddy_admin: caddy_admin(),
-        listen: vec![shared_listen()],
-        auto_https: false,
-        work_dir: work_dir.to_path_buf(),
-        docker_host: Some(cluster.manager.clone()),
-        runtime: RuntimeKind::Swarm(cluster.config(REPLICAS)),
-        ..AgentConfig::default()
-    };
-    let agent = Agent::connect(&config).await.unwrap_or_else(|e| panic!("connecting the agent to the Swarm: {e}"));
-    agent.prepare().await.unwrap_or_else(|e| panic!("setting up our Caddy server: {e}"));
-    agent
-}
-
-struct Fixture {
-    _work: tempfile::TempDir,
-    cluster: Cluster,
-    agent: Agent,
-    app: AppId,
-    domain: Domain,
-    repo: GitRepo,
-    _daemon: GitDaemon,
-    url: String,
-    bg: BlueGreen,
-}
-
-impl Fixture {
-    async fn new(prefix: &str) -> Fixture {
-        let cluster = require_swarm().await;
-        assert_eq!(cluster.nodes.len(), REPLICAS as usize, "these tests want a {REPLICAS}-node cluster");
-        let work = tempfile::tempdir().expect("work dir");
-        let agent = agent(&cluster, work.path()).await;
-        let app = unique_app(prefix);
-        let domain: Domain = format!("{app}.test").parse().expect("domain");
-        let repo = GitRepo::new();
-        repo.commit_with("v1", |d| write_context(d, &Behaviour::serve("v1")));
-        let daemon = GitDaemon::for_repo(&repo);
-        let url = daemon.url(&repo);
-        let bg = BlueGreen::new(agent.adapters.clone());
-        Fixture { _work: work, cluster, agent, app, domain, repo, _daemon: daemon, url, bg }
-    }
-
-    fn spec(&self, health_deadline: Duration) -> DeploySpec {
-        git_spec(&self.app, &self.url, "main", self.domain.clone(), health_deadline)
-    }
-
-    async fn via_caddy(&self) -> (u16, String) {
-        get_via(&shared_listen(), self.domain.as_str()).await.expect("request through Caddy")
-    }
-
-    /// What each node answers on `port`, in node order.
-    async fn answers_of_every_node(&self, port: HostPort) -> Vec<String> {
-        let mut bodies = Vec::new();
-        for node in &self.cluster.nodes {
-            let addr = format!("{}:{port}", node.address);
-            let answer = match get_via(&addr, "x").await {
-                Ok((200, body)) => body,
-                Ok((status, body)) => format!("{status} {body}"),
-                Err(e) => format!("no answer: {e}"),
-            };
-            bodies.push(answer);
-        }
-        bodies
-    }
-
-    /// The addresses the app's Caddy route dials, sorted.
-    async fn dials(&self) -> Vec<String> {
-        let route = admin_get(&caddy_admin(), &format!("/id/otturnaut-app-{}", self.app)).await;
-        let mut dials: Vec<String> = route["handle"][0]["upstreams"]
-            .as_array()
-            .unwrap_or_else(|| panic!("the route has no upstream list: {route}"))
-            .iter()
-            .filter_map(|u| u["dial"].as_str().map(str::to_owned))
-            .collect();
-        dials.sort();
-        dials
-    }
-
-    fn every_node_on(&self, port: HostPort) -> Vec<String> {
-        let mut all: Vec<String> = self.cluster.nodes.iter().map(|n| format!("{}:{port}", n.address)).collect();
-        all.sort();
-        all
-    }
-
-    /// The names and running states of the app's services.
-    async fn services(&self) -> Vec<(String, bool)> {
-        let mut list: Vec<(String, bool)> = self
-            .agent
-            .adapters
-            .runtime
-            .list(Some(&self.app))
-            .await
-            .expect("listing services")
-            .into_iter()
-            .map(|c| (c.name, c.running))
-            .collect();
-        list.sort();
-        list
-    }
-
-    /// The marks on a release's service: (live, kept), read from the Swarm.
-    fn marks(&self, deployment: &otturnaut_core::DeploymentId) -> (bool, bool) {
-        let name = format!("otturnaut-{}-{deployment}", self.app);
-        let (ok, labels) =
-            docker_cli(&self.cluster.manager, &["service", "inspect", "--format", "{{json .Spec.Labels}}", &name]);
-        assert!(ok, "inspecting service {name}");
-        let labels: serde_json::Value = serde_json::from_str(&labels).expect("labels are JSON");
-        (labels.get(LIVE_LABEL).is_some(), labels.get(KEPT_LABEL).is_some())
-    }
-
-    async fn undeploy(&self) {
-        let report = undeploy_app(&self.agent.adapters, &self.app, Duration::from_secs(5), RetryPolicy::default())
-            .await
-            .expect("undeploy");
-        assert!(report.residue.is_empty(), "{report:?}");
-    }
-}
-
 #[tokio::test]
 async fn deploy_redeploy_rollback_and_undeploy_on_the_cluster() {
-    let f = Fixture::new("swarm").await;
+    let f = SwarmApp::new("swarm", REPLICAS).await;
 
     let first = f.bg.execute(f.spec(Duration::from_secs(30)), &EventSink::discard()).await.expect("first deploy");
     assert_eq!(f.via_caddy().await, (200, "v1\n".into()));
@@ -194,7 +70,7 @@ async fn deploy_redeploy_rollback_and_undeploy_on_the_cluster() {
 
 #[tokio::test]
 async fn a_failed_health_check_removes_the_new_service_while_the_old_one_serves() {
-    let f = Arc::new(Fixture::new("swarmfail").await);
+    let f = Arc::new(SwarmApp::new("swarmfail", REPLICAS).await);
     let first = f.bg.execute(f.spec(Duration::from_secs(30)), &EventSink::discard()).await.expect("first deploy");
     let before = f.services().await;
 
@@ -241,7 +117,7 @@ fn write_host_context(dir: &Path, version: &str) -> std::io::Result<()> {
 
 #[tokio::test]
 async fn ten_redeploys_under_load_fail_no_request_and_every_task_serves() {
-    let f = Arc::new(Fixture::new("swarmload").await);
+    let f = Arc::new(SwarmApp::new("swarmload", REPLICAS).await);
     f.repo.commit_with("v1", |d| write_host_context(d, "v1"));
     f.bg.execute(f.spec(Duration::from_secs(30)), &EventSink::discard()).await.expect("first deploy");
 

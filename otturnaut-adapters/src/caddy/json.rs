@@ -175,6 +175,33 @@ pub(crate) fn live_dial(route: &Value) -> Option<&str> {
     route.get("handle")?.get(0)?.get("upstreams")?.get(0)?.get("dial")?.as_str()
 }
 
+/// Passive health on the live handler of a route with several upstreams (a
+/// cluster): one failed dial takes an upstream out of the choice for
+/// [`FAIL_DURATION`], so Caddy's retries go to the other tasks instead of
+/// drawing the gone one again. A single upstream never gets it: marked down,
+/// it would leave nothing to dial.
+pub(crate) fn avoid_failed_upstreams(route: &mut Value) {
+    if let Some(live) = route.get_mut("handle").and_then(|h| h.get_mut(0)) {
+        live["health_checks"] = json!({ "passive": { "fail_duration": FAIL_DURATION, "max_fails": 1 } });
+    }
+}
+
+/// How long an upstream that failed a dial is left out (see [`avoid_failed_upstreams`]).
+const FAIL_DURATION: &str = "10s";
+
+/// Every `dial` of a route's live (first) handler, sorted.
+pub(crate) fn live_dials(route: &Value) -> Vec<String> {
+    let mut dials: Vec<String> = route
+        .get("handle")
+        .and_then(|h| h.get(0))
+        .and_then(|h| h.get("upstreams"))
+        .and_then(Value::as_array)
+        .map(|u| u.iter().filter_map(|u| u.get("dial")?.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    dials.sort();
+    dials
+}
+
 /// Makes a route's live handler dial `dial` (an upstream file's placeholder,
 /// or the address read from that file).
 pub(crate) fn set_live_dial(route: &mut Value, dial: &str) {
