@@ -57,6 +57,7 @@ mod conns;
 mod features;
 mod files;
 mod json;
+mod sight;
 
 use std::fmt;
 use std::hash::BuildHasher;
@@ -133,6 +134,9 @@ pub struct Caddy {
     features: Arc<tokio::sync::OnceCell<Features>>,
     /// Where upstream files go, if Caddy can read them here.
     files: Option<UpstreamFiles>,
+    /// Whether the Caddy serving the admin API sees `files` (see `sight`),
+    /// checked once per adapter, on the first route write.
+    sees_files: Arc<tokio::sync::OnceCell<bool>>,
     /// Where releases run when that is not `upstream_host` alone (a cluster).
     hosts: Option<Arc<dyn UpstreamHosts>>,
 }
@@ -174,7 +178,7 @@ impl Caddy {
         let admin = Admin::new(&config.admin_url, config.request_timeout)?;
         let files =
             config.upstream_files.clone().filter(|_| is_loopback_url(&config.admin_url)).map(UpstreamFiles::new);
-        Ok(Caddy { admin, config, features: Arc::default(), files, hosts: None })
+        Ok(Caddy { admin, config, features: Arc::default(), files, sees_files: Arc::default(), hosts: None })
     }
 
     /// Routes each release to every host `hosts` names for its port, instead
@@ -243,9 +247,40 @@ impl Caddy {
     /// this Caddy reads `{file.*}` (2.8+).
     async fn live_files(&self) -> Result<Option<&UpstreamFiles>> {
         match &self.files {
-            Some(files) if self.features().await?.file_placeholder => Ok(Some(files)),
+            Some(files) if self.features().await?.file_placeholder && self.sees(files).await => Ok(Some(files)),
             _ => Ok(None),
         }
+    }
+
+    /// Whether switching an app's upstream renames its upstream file (no
+    /// config change): Caddy 2.8+, on this host, reading our files.
+    pub async fn switches_through_files(&self) -> Result<bool> {
+        Ok(self.live_files().await?.is_some())
+    }
+
+    /// Whether the Caddy serving our admin URL reads `files` as we write them.
+    async fn sees(&self, files: &UpstreamFiles) -> bool {
+        let check = || async {
+            let url = reqwest::Url::parse(&self.config.admin_url).ok();
+            let host = url.as_ref().and_then(|u| u.host_str()).unwrap_or_default().to_owned();
+            let port = url.as_ref().and_then(reqwest::Url::port_or_known_default).unwrap_or(80);
+            let (addrs, dir) = (sight::loopback_addrs(&host, port), files.dir().to_owned());
+            match tokio::task::spawn_blocking(move || sight::caddy_sees(&addrs, &dir)).await {
+                Ok(Ok(pid)) => {
+                    tracing::debug!(pid, "Caddy reads the upstream files: switches change no config");
+                    true
+                }
+                Ok(Err(why)) => {
+                    tracing::info!(%why, "upstream files not used: every switch is a Caddy config change");
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not check whether Caddy reads the upstream files");
+                    false
+                }
+            }
+        };
+        *self.sees_files.get_or_init(check).await
     }
 
     /// True when `route` (app's) dials the app's upstream file.

@@ -216,11 +216,6 @@ impl Agent {
         let started = Instant::now();
         let app = spec.app.clone();
         let cleaned = self.clean_before(&app, &tx).await?;
-        // Read again under the lock: what was kept may have changed meanwhile.
-        let spec = match spec.rollback_of() {
-            Some(to) => self.rollback_spec(&app, Some(to)).await?,
-            None => spec,
-        };
         let canceller = Canceller::default();
         let driver = Driver { agent: self.clone(), tx, canceller: canceller.clone(), started, cleaned };
         tokio::spawn(driver.run(spec, lock));
@@ -255,6 +250,9 @@ struct Driver {
 
 enum End {
     Done(Box<Result<Deployed, DeployError>>),
+    /// A rollback whose release was no longer there to go back to under
+    /// the lock: nothing was touched.
+    Refused(otturnaut_core::Error),
     Interrupted(String),
 }
 
@@ -274,7 +272,14 @@ impl Driver {
         // task: its tokens still hand their undos to the reaper.
         let mut task = tokio::spawn({
             let (strategy, spec, sink) = (strategy.clone(), spec.clone(), sink.clone());
-            async move { strategy.execute(spec, &sink).await }
+            // A rollback reads its release again under the lock: what was
+            // kept may have changed since the caller looked.
+            async move {
+                match spec.rollback_of() {
+                    Some(to) => strategy.rollback(&spec.app, Some(to), spec.timeouts.clone(), &sink).await,
+                    None => Ok(strategy.execute(spec, &sink).await),
+                }
+            }
         });
         drop(sink);
         let token = self.canceller.token.clone();
@@ -294,7 +299,8 @@ impl Driver {
                     // The task is over: it must not be awaited again below.
                     finished = true;
                     break match result {
-                        Ok(result) => End::Done(Box::new(result)),
+                        Ok(Ok(result)) => End::Done(Box::new(result)),
+                        Ok(Err(refused)) => End::Refused(refused),
                         Err(e) => End::Interrupted(format!("a panic ({})", panic_message(e))),
                     };
                 }
@@ -328,6 +334,10 @@ impl Driver {
                     Ending::Failed { step, cause, undo: undo.outcomes, residue: undo.residue, live }
                 }
             },
+            End::Refused(cause) => {
+                let live = self.live(&app).await;
+                Ending::Failed { step: Step::Build, cause, undo: Vec::new(), residue: Vec::new(), live }
+            }
             End::Interrupted(cause) => self.interrupted(&strategy, &spec, cause, committed).await,
         };
         let rollback_of = match &ending {

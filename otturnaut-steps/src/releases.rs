@@ -41,13 +41,24 @@ pub async fn rollback_spec(
     to: Option<&DeploymentId>,
     timeouts: Timeouts,
 ) -> otturnaut_core::Result<DeploySpec> {
+    let target = retained_release(a, app, to).await?;
+    release_spec(a, &target, timeouts).await
+}
+
+/// The retained release a rollback of `app` goes to: `to`, or by default
+/// the newest. An [`Error::Invalid`] when there is none.
+pub(crate) async fn retained_release(
+    a: &Adapters,
+    app: &AppId,
+    to: Option<&DeploymentId>,
+) -> otturnaut_core::Result<ReleaseInfo> {
     // Caddy's route matters only to releases from before live marks, which
     // are never kept: one read fewer on the way to a rollback.
     let (containers, images) = tokio::try_join!(a.runtime.list(Some(app)), a.builder.list_images(Some(app)))?;
     let all = releases(app, &containers, &images, None);
     let retained = || all.iter().filter(|r| r.state == ReleaseState::Retained);
-    let target = match to {
-        Some(to) => retained().find(|r| r.deployment == *to).ok_or_else(|| {
+    match to {
+        Some(to) => retained().find(|r| r.deployment == *to).cloned().ok_or_else(|| {
             let why = if all.iter().any(|r| r.deployment == *to) {
                 format!("it is {app}'s live release already")
             } else {
@@ -58,15 +69,25 @@ pub async fn rollback_spec(
                 }
             };
             Error::invalid("release to roll back to", to.as_str(), why)
-        })?,
-        None => retained().next().ok_or_else(|| {
+        }),
+        None => retained().next().cloned().ok_or_else(|| {
             let why = match all.is_empty() {
                 true => format!("{app} has no releases"),
                 false => format!("{app} has no retained release to go back to"),
             };
             Error::invalid("app to roll back", app.as_str(), why)
-        })?,
-    };
+        }),
+    }
+}
+
+/// The deploy spec that makes `target` live again, read back from its
+/// retained container.
+pub(crate) async fn release_spec(
+    a: &Adapters,
+    target: &ReleaseInfo,
+    timeouts: Timeouts,
+) -> otturnaut_core::Result<DeploySpec> {
+    let app = &target.app;
     let recorded = a.runtime.recorded(&target.container).await?;
     // The release comes back with the stop and drain timeouts it was
     // deployed with; the caller's apply to releases that recorded none.

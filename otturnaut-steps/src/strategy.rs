@@ -5,16 +5,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use otturnaut_core::traits::image_tag;
 use otturnaut_core::{Adapters, AppId, DeployEvent, DeploySpec, DeploymentId, EventSink, Release, Step, Timeouts};
 use serde::{Deserialize, Serialize};
 
 use crate::DeployError;
+use crate::handover::Guard;
 use crate::locks::AppLocks;
 use crate::reaper::Reaper;
-use crate::releases::{DEFAULT_KEEP, rollback_spec};
+use crate::releases::{DEFAULT_KEEP, release_spec, retained_release};
 use crate::retire::{retain, retire};
 use crate::tokens::{Context, Fetched};
-use crate::undo::{Residue, RetryPolicy};
+use crate::undo::{Residue, RetryPolicy, UndoAction, perform_with_retry};
 
 /// A deploy that reached its commit point.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +69,18 @@ pub trait Strategy: Send + Sync {
     ) -> Result<Result<Deployed, DeployError>, otturnaut_core::Error>;
 }
 
+/// What a caller of [`BlueGreen::run`] did before the pipeline.
+struct Head {
+    /// The new release's id.
+    deployment: DeploymentId,
+    /// The live release, when the caller has read it already (a rollback
+    /// reads it while it looks up the retained release).
+    live: Option<otturnaut_core::Result<Option<Release>>>,
+    /// A rollback's tag of the retained image for the new release: the
+    /// guard holding its undo, and the tag call's outcome.
+    tagged: Option<(Guard, otturnaut_core::Result<()>)>,
+}
+
 /// Blue-green deploys over a set of adapters.
 #[derive(Debug, Clone)]
 pub struct BlueGreen {
@@ -108,16 +122,9 @@ impl BlueGreen {
         &self.adapters
     }
 
-    /// `live`: the live release, when the caller has read it already (a
-    /// rollback reads it while it looks up the retained release).
-    async fn run(
-        &self,
-        spec: DeploySpec,
-        live: Option<otturnaut_core::Result<Option<Release>>>,
-        events: &EventSink,
-    ) -> Result<Deployed, DeployError> {
+    async fn run(&self, spec: DeploySpec, head: Head, events: &EventSink) -> Result<Deployed, DeployError> {
         let started = Instant::now();
-        let deployment = DeploymentId::generate();
+        let Head { deployment, live, tagged } = head;
         events.emit(DeployEvent::Started { app: spec.app.clone(), deployment: deployment.clone() });
         let ctx = Arc::new(Context {
             adapters: self.adapters.clone(),
@@ -147,7 +154,13 @@ impl BlueGreen {
             }
             r
         };
-        let (built, previous) = tokio::join!(async { Fetched::fetch(ctx.clone()).await?.build().await }, load);
+        let fetch = async {
+            match tagged {
+                Some((guard, tagged)) => Ok(Fetched::tagged(ctx.clone(), guard, tagged)),
+                None => Fetched::fetch(ctx.clone()).await,
+            }
+        };
+        let (built, previous) = tokio::join!(async { fetch.await?.build().await }, load);
         let built = built?;
         let previous = match previous {
             Ok(previous) => previous,
@@ -185,7 +198,7 @@ impl BlueGreen {
 impl Strategy for BlueGreen {
     async fn execute(&self, spec: DeploySpec, events: &EventSink) -> Result<Deployed, DeployError> {
         let _lock = self.locks.lock(&spec.app).await;
-        self.run(spec, None, events).await
+        self.run(spec, Head { deployment: DeploymentId::generate(), live: None, tagged: None }, events).await
     }
 
     async fn rollback(
@@ -196,10 +209,38 @@ impl Strategy for BlueGreen {
         events: &EventSink,
     ) -> Result<Result<Deployed, DeployError>, otturnaut_core::Error> {
         let _lock = self.locks.lock(app).await;
-        // The live release is read while the retained one is looked up, so
-        // a rollback waits for Docker no more often than a deploy does.
-        let (spec, live) =
-            tokio::join!(rollback_spec(&self.adapters, app, to, timeouts), self.adapters.state.load(app));
-        Ok(self.run(spec?, Some(live), events).await)
+        let deployment = DeploymentId::generate();
+        // The live release is read while the retained one is looked up, and
+        // the retained image is tagged for the new release while its
+        // container is read back: a rollback waits for Docker no more often
+        // than a deploy does.
+        let ahead = async {
+            let target = retained_release(&self.adapters, app, to).await?;
+            let tag = image_tag(app, &deployment);
+            let mut guard =
+                Guard::armed(UndoAction::RemoveImage { image: tag.clone() }, self.reaper.handover(app, &deployment));
+            let source = image_tag(app, &target.deployment);
+            let (spec, tagged) = tokio::join!(
+                release_spec(&self.adapters, &target, timeouts),
+                self.adapters.builder.tag_image(source.as_str(), &tag)
+            );
+            match spec {
+                Ok(spec) => Ok((spec, guard, tagged)),
+                Err(e) => {
+                    // Nothing may be left behind when there is no rollback.
+                    if let Some(undo) = guard.disarm()
+                        && let (_, Err(left)) = perform_with_retry(&undo, &self.adapters, self.retry).await
+                    {
+                        // `reconcile` removes a release tag with no container.
+                        tracing::warn!(%app, %deployment, error = %left, "could not remove the rollback's image tag");
+                    }
+                    Err(e)
+                }
+            }
+        };
+        let (ahead, live) = tokio::join!(ahead, self.adapters.state.load(app));
+        let (spec, guard, tagged) = ahead?;
+        let head = Head { deployment, live: Some(live), tagged: Some((guard, tagged)) };
+        Ok(self.run(spec, head, events).await)
     }
 }

@@ -97,6 +97,10 @@ fn chain(own: Option<UndoAction>, older: Vec<UndoAction>) -> Vec<UndoAction> {
 pub struct Fetched {
     source: Option<FetchedSource>,
     guard: Guard,
+    /// A rollback that tagged the retained image for this release ahead of
+    /// the pipeline (beside reading the release back): that tag call's
+    /// outcome, whose undo `guard` holds.
+    tagged: Option<Result<(), Error>>,
     ctx: Arc<Context>,
 }
 
@@ -104,7 +108,7 @@ impl Fetched {
     /// First step: clone the repository, or nothing to do for an image.
     pub async fn fetch(ctx: Arc<Context>) -> Result<Fetched, DeployError> {
         let Source::Git { url, git_ref, ssh_key, .. } = &ctx.spec.source else {
-            return Ok(Fetched { source: None, guard: Guard::empty(ctx.handover()), ctx });
+            return Ok(Fetched { source: None, guard: Guard::empty(ctx.handover()), tagged: None, ctx });
         };
         let app = ctx.spec.app.clone();
         let mut guard = Guard::armed(
@@ -124,18 +128,25 @@ impl Fetched {
         })
         .await;
         match fetched {
-            Ok(source) => Ok(Fetched { source: Some(source), guard, ctx }),
+            Ok(source) => Ok(Fetched { source: Some(source), guard, tagged: None, ctx }),
             Err(e) => Err(fail(&ctx, Step::Fetch, e, guard.disarm(), Vec::new()).await),
         }
     }
 
+    /// The first step of a rollback whose retained image was tagged for this
+    /// release already (`tagged`, the tag call's outcome; `guard` holds its
+    /// undo): nothing to fetch, and [`Fetched::build`] only reports the tag.
+    pub(crate) fn tagged(ctx: Arc<Context>, guard: Guard, tagged: Result<(), Error>) -> Fetched {
+        Fetched { source: None, guard, tagged: Some(tagged), ctx }
+    }
+
     /// Builds the image from the fetched tree, or makes sure the prebuilt
     /// image is present.
-    pub async fn build(self) -> Result<Built, DeployError> {
+    pub async fn build(mut self) -> Result<Built, DeployError> {
         let ctx = self.ctx.clone();
         let spec = &ctx.spec;
-        let (work, mut guard): (_, Guard) = match (&spec.source, &self.source) {
-            (Source::Git { url, dockerfile, build_args, build_secrets, .. }, Some(source)) => {
+        let (work, mut guard): (_, Guard) = match (&spec.source, &self.source, self.tagged.take()) {
+            (Source::Git { url, dockerfile, build_args, build_secrets, .. }, Some(source), _) => {
                 let req = BuildRequest {
                     app: spec.app.clone(),
                     deployment: ctx.deployment.clone(),
@@ -154,7 +165,7 @@ impl Fetched {
                     Box::pin(async move { builder.build(&req, &events).await });
                 (work, guard)
             }
-            (Source::Image { reference }, _) => {
+            (Source::Image { reference }, _, _) => {
                 // The release's own tag on the prebuilt image: removing it
                 // only untags, never the user's image.
                 let tag = image_tag(&spec.app, &ctx.deployment);
@@ -179,7 +190,13 @@ impl Fetched {
                     });
                 (work, guard)
             }
-            (Source::Release { deployment: from, image, .. }, _) => {
+            (Source::Release { image, .. }, _, Some(tagged)) => {
+                let guard = std::mem::replace(&mut self.guard, Guard::empty(ctx.handover()));
+                let work: std::pin::Pin<Box<dyn Future<Output = Result<ImageRef, Error>> + Send>> =
+                    Box::pin(std::future::ready(tagged.map(|()| image.clone())));
+                (work, guard)
+            }
+            (Source::Release { deployment: from, image, .. }, _, _) => {
                 // A rollback: the retained release's image under this
                 // release's own tag. No build; a missing release tag fails here.
                 let tag = image_tag(&spec.app, &ctx.deployment);
@@ -193,7 +210,7 @@ impl Fetched {
                     });
                 (work, guard)
             }
-            (Source::Git { .. }, None) => {
+            (Source::Git { .. }, None, _) => {
                 let e = Error::failed("build", "no fetched source to build from");
                 return Err(fail(&ctx, Step::Build, e, None, self.unwind()).await);
             }

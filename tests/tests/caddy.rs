@@ -14,9 +14,10 @@ use otturnaut_adapters::caddy::{Caddy, route_id};
 use otturnaut_core::traits::Router;
 use otturnaut_core::{AppId, Domain, Error, HostPort, RouteTarget, Service};
 use otturnaut_tests::caddy_proc::{
-    CaddyProc, SlowAdmin, Upstream, admin_call, admin_get, free_port, get_via, shared_caddy, shared_listen, test_caddy,
+    CaddyProc, SlowAdmin, Upstream, admin_call, admin_get, client, free_port, get_via, shared_caddy, shared_listen,
+    test_caddy,
 };
-use otturnaut_tests::services::{CADDY_VERSION_VAR, caddy_admin, caddy_bin, require_caddy, unique_app};
+use otturnaut_tests::services::{CADDY_VERSION_VAR, caddy_admin, caddy_bin, require_caddy, require_docker, unique_app};
 use serde_json::{Value, json};
 
 fn port(p: u16) -> HostPort {
@@ -647,6 +648,112 @@ async fn route_serves_and_switches_upstreams() {
     let (_, body) = ask(&shared_listen(), host.as_str()).await;
     assert_ne!(body, "v2", "a removed route no longer serves");
     assert_eq!(v2.hits(), 1);
+}
+
+/// A Caddy in a container, sharing the host's network but not its files,
+/// removed when dropped.
+struct ContainerCaddy {
+    name: String,
+    admin_url: String,
+}
+
+impl ContainerCaddy {
+    /// The Caddy under test (with the host's libraries, for Debian's
+    /// dynamically linked build) in an image of nothing but its config.
+    async fn start(tag: &str) -> ContainerCaddy {
+        let bin = which(&caddy_bin());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let admin_port = free_port();
+        let config = json!({"admin": {"listen": format!("127.0.0.1:{admin_port}"), "config": {"persist": false}}});
+        std::fs::write(dir.path().join("caddy.json"), config.to_string()).expect("config");
+        std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\nCOPY caddy.json /caddy.json\n")
+            .expect("Dockerfile");
+        let image = format!("otturnaut-test-caddy:{tag}");
+        docker(&["build", "-q", "-t", &image, &dir.path().display().to_string()]);
+        let name = format!("otturnaut-test-caddy-{tag}");
+        let _ = std::process::Command::new("docker").args(["rm", "-f", &name]).output();
+        let mount = format!("{}:/caddy:ro", bin.display());
+        docker(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--network",
+            "host",
+            "-e",
+            "HOME=/tmp",
+            "--tmpfs",
+            "/tmp",
+            "-v",
+            &mount,
+            "-v",
+            "/usr/lib:/usr/lib:ro",
+            "-v",
+            "/usr/lib:/lib:ro",
+            "-v",
+            "/usr/lib64:/lib64:ro",
+            &image,
+            "/caddy",
+            "run",
+            "--config",
+            "/caddy.json",
+        ]);
+        let caddy = ContainerCaddy { name, admin_url: format!("http://127.0.0.1:{admin_port}") };
+        let admin = caddy.admin_url.clone();
+        wait_for("the Caddy in a container to answer", async || {
+            client().get(format!("{admin}/config/")).send().await.is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        caddy
+    }
+}
+
+impl Drop for ContainerCaddy {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker").args(["rm", "-f", &self.name]).output();
+    }
+}
+
+fn which(bin: &std::path::Path) -> std::path::PathBuf {
+    if bin.is_absolute() {
+        return bin.to_owned();
+    }
+    let out = std::process::Command::new("sh").arg("-c").arg(format!("command -v {}", bin.display())).output();
+    let path = out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default();
+    assert!(!path.is_empty(), "{} is not on PATH", bin.display());
+    path.into()
+}
+
+fn docker(args: &[&str]) {
+    let out = std::process::Command::new("docker").args(args).output().expect("running the docker CLI");
+    assert!(out.status.success(), "docker {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A Caddy on this host reads the agent's upstream files (on 2.8+); one in a
+/// container, even on the host's network, does not: the adapter finds that
+/// out and switches its routes by config changes instead, so they keep
+/// serving rather than answering 502.
+#[tokio::test]
+async fn a_caddy_in_a_container_gets_config_switches_not_upstream_files() {
+    require_docker().await;
+    let host = shared().await;
+    let on_host = host.features().await.expect("features").file_placeholder;
+    assert_eq!(host.switches_through_files().await.expect("check"), on_host, "the host's Caddy reads our files");
+
+    let boxed = ContainerCaddy::start(&format!("{}", std::process::id())).await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let caddy = test_caddy(&boxed.admin_url, &listen);
+    caddy.ensure_server().await.expect("our server on the Caddy in a container");
+    assert!(!caddy.switches_through_files().await.expect("check"), "it cannot read this host's /run");
+
+    let app = unique_app("boxed");
+    let v1 = Upstream::start("v1", Duration::ZERO).await;
+    let v2 = Upstream::start("v2", Duration::ZERO).await;
+    caddy.set_route(&app, &target(&app, v1.port)).await.expect("route to v1");
+    assert_eq!(ask(&listen, domain_of(&app).as_str()).await, (200, "v1".to_owned()));
+    caddy.set_route(&app, &target(&app, v2.port)).await.expect("switch to v2");
+    assert_eq!(ask(&listen, domain_of(&app).as_str()).await, (200, "v2".to_owned()), "switched, no 502");
+    caddy.remove_route(&app).await.expect("remove_route");
 }
 
 #[tokio::test]

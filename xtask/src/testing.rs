@@ -104,6 +104,8 @@ pub fn run(env: &Env, opts: &Options) -> Result<ExitCode> {
         }
     }
 
+    remove_test_upstream_files();
+
     println!("\n==> summary");
     for s in &steps {
         let verdict = if s.ok { "ok" } else { "FAILED" };
@@ -241,5 +243,22 @@ fn ensure_component(cargo: &OsString, subcommand: &str, component: &str) {
     if !present && crate::proc::which("rustup").is_some() {
         println!("+ rustup component add {component}");
         let _ = Command::new("rustup").args(["component", "add", component]).status();
+    }
+}
+
+/// The upstream files of the tests' apps (named `t-…` by `unique_app`): a test whose private
+/// Caddy dies with its routes cannot remove them, and /run keeps them until a reboot.
+fn remove_test_upstream_files() {
+    let dir = Path::new("/run/otturnaut/upstreams");
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        if entry.file_name().to_str().is_some_and(|n| n.starts_with("t-")) && std::fs::remove_file(entry.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        println!("removed {removed} test apps' upstream files from {}", dir.display());
     }
 }

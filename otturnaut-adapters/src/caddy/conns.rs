@@ -68,7 +68,7 @@ fn count_in(table: &str, ip: Option<IpAddr>, port: u16) -> u64 {
 }
 
 /// An address as the kernel prints it: 32-bit words in host byte order.
-fn parse_addr(hex: &str) -> Option<IpAddr> {
+pub(crate) fn parse_addr(hex: &str) -> Option<IpAddr> {
     let word = |i: usize| u32::from_str_radix(hex.get(i * 8..i * 8 + 8)?, 16).ok().map(u32::to_ne_bytes);
     match hex.len() {
         8 => Some(IpAddr::V4(Ipv4Addr::from(word(0)?))),

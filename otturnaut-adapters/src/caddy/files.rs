@@ -36,6 +36,11 @@ impl UpstreamFiles {
         UpstreamFiles { dir }
     }
 
+    /// Where the files go.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     fn path(&self, app: &AppId) -> PathBuf {
         self.dir.join(app.as_str())
     }

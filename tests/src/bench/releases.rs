@@ -10,14 +10,18 @@ use otturnaut_core::{EventSink, Timeouts};
 use otturnaut_steps::Strategy as _;
 
 use super::app::{Rig, app_id, image_spec};
+use super::cli::Cli;
 use super::load::{self, Mode};
 use super::zero_downtime::{LONG_EVERY, LONG_MS, SHORT_MS};
 
-/// Rollbacks and prebuilt-image deploys of one app, alternating.
+/// Rollbacks and prebuilt-image deploys of one app, alternating: through
+/// the library, and as the `otturnaut` commands a user waits for.
 #[derive(Debug, Clone, Default)]
 pub struct Timing {
     pub deploys: Vec<Duration>,
     pub rollbacks: Vec<Duration>,
+    pub cli_deploys: Vec<Duration>,
+    pub cli_rollbacks: Vec<Duration>,
 }
 
 async fn rollback(rig: &Rig, app: &otturnaut_core::AppId) -> Result<Duration> {
@@ -52,6 +56,30 @@ pub async fn timing(rig: &Rig, runs: u32) -> Result<Timing> {
     }
     rig.undeploy(&app).await?;
     Ok(t)
+}
+
+/// The same alternation through the `otturnaut` binary: each command's wall
+/// time, from its start to its exit (its checks, lock and cleanup included).
+pub async fn cli_timing(rig: &Rig, cli: &Cli, runs: u32, t: &mut Timing) -> Result<()> {
+    let app = app_id("relroll-cli");
+    let _ = rig.undeploy(&app).await;
+    let run = |args: Vec<String>| async move {
+        let started = Instant::now();
+        let out = cli.command(&args).output().await.with_context(|| format!("running otturnaut {}", args[0]))?;
+        if !out.status.success() {
+            bail!("otturnaut {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok::<_, anyhow::Error>(started.elapsed())
+    };
+    for v in ["r0", "r1"] {
+        run(Cli::deploy_args(&app, v)).await?;
+    }
+    for i in 0..runs {
+        t.cli_rollbacks.push(run(vec!["rollback".into(), app.to_string()]).await?);
+        t.cli_deploys.push(run(Cli::deploy_args(&app, &format!("d{i}"))).await?);
+    }
+    rig.undeploy(&app).await?;
+    Ok(())
 }
 
 /// Requests through Caddy during rollbacks back to back, between two kept

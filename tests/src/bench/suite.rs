@@ -206,8 +206,16 @@ async fn run_async(args: &Args) -> Result<ExitCode> {
 async fn release_rollback_section(rig: &Rig, args: &Args, results: &mut Results) -> Result<()> {
     println!("bench: rollback to a kept release vs a prebuilt-image deploy, {} runs each", args.runs());
     let limit = MINUTE * 2 * args.runs();
-    let t = bounded(limit, "rollback timing", releases::timing(rig, args.runs())).await?;
+    let mut t = bounded(limit, "rollback timing", releases::timing(rig, args.runs())).await?;
     println!("  rollback median {} ms, deploy median {} ms", ms_opt(median(&t.rollbacks)), ms_opt(median(&t.deploys)));
+    println!("bench: building the otturnaut CLI (release) for the commands' wall time");
+    let cli = Cli::new(cli::build().await?, rig);
+    bounded(limit, "rollback timing (CLI)", releases::cli_timing(rig, &cli, args.runs(), &mut t)).await?;
+    println!(
+        "  otturnaut rollback median {} ms, otturnaut deploy --image median {} ms",
+        ms_opt(median(&t.cli_rollbacks)),
+        ms_opt(median(&t.cli_deploys))
+    );
     results.release_rollback = Some(t);
     let rollbacks = if args.quick { 3 } else { 10 };
     for mode in Mode::ALL {
