@@ -240,3 +240,122 @@ impl SwarmApp {
         assert!(report.residue.is_empty(), "{report:?}");
     }
 }
+
+/// A node whose `dockerd` was killed (SIGKILL, as a crash would): its
+/// containers keep running under their shims, Swarm sees the node go down.
+/// [`KilledDaemon::restart`] (or dropping it) starts the daemon again exactly
+/// as `cargo xtask services up --swarm` did, and records its pid there, so
+/// `services down` still stops it.
+#[derive(Debug)]
+pub struct KilledDaemon {
+    node: Node,
+    manager: String,
+    args: Vec<String>,
+    restarted: bool,
+}
+
+fn state_dir() -> PathBuf {
+    std::env::var_os("OTTURNAUT_DEV_STATE").map_or_else(|| "/var/lib/otturnaut-dev".into(), PathBuf::from)
+}
+
+impl Node {
+    fn index(&self) -> String {
+        self.name.rsplit_once("-n").map(|(_, i)| i.to_owned()).unwrap_or_default()
+    }
+
+    fn record(&self) -> PathBuf {
+        state_dir().join("run").join(format!("swarm-n{}.pid", self.index()))
+    }
+
+    /// SIGKILLs the node's `dockerd` (by the pid `services up` recorded).
+    pub fn kill_daemon(&self, cluster: &Cluster) -> KilledDaemon {
+        let record = std::fs::read_to_string(self.record())
+            .unwrap_or_else(|e| panic!("no pid record of {}'s dockerd ({e})", self.name));
+        let pid = record.split_whitespace().next().unwrap_or_default().to_owned();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .unwrap_or_else(|e| panic!("{}'s dockerd (pid {pid}) does not run: {e}", self.name));
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .skip(1)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let ok = std::process::Command::new("kill").args(["-s", "KILL", &pid]).status().is_ok_and(|s| s.success());
+        assert!(ok, "kill -KILL {pid} ({}'s dockerd)", self.name);
+        KilledDaemon { node: self.clone(), manager: cluster.manager.clone(), args, restarted: false }
+    }
+}
+
+impl KilledDaemon {
+    /// Starts the node's daemon again and waits (up to 60 s) until Swarm
+    /// reports the node Ready.
+    // The daemon outlives the test process (init reaps it), as xtask's does.
+    #[allow(clippy::zombie_processes)]
+    pub fn restart(&mut self) {
+        if self.restarted {
+            return;
+        }
+        self.restarted = true;
+        let name = &self.node.name;
+        let log_path = state_dir().join("logs").join(format!("swarm-n{}.log", self.node.index()));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", log_path.display()));
+        let err = log.try_clone().unwrap_or_else(|e| panic!("duplicating a log handle: {e}"));
+        // The killed daemon's pid file names a pid that may be someone else's by now.
+        if let Some(pidfile) = self.args.iter().find_map(|a| a.strip_prefix("--pidfile=")) {
+            let _ = std::fs::remove_file(pidfile);
+        }
+        let net = format!("--net=/run/netns/{name}");
+        // As xtask starts it: setsid, unshare, nsenter and sh each exec the next, so the pid is dockerd's.
+        let child = std::process::Command::new("setsid")
+            .args([
+                "unshare",
+                "--uts",
+                "--",
+                "nsenter",
+                &net,
+                "--",
+                "sh",
+                "-c",
+                r#"hostname "$0" && exec dockerd "$@""#,
+                name,
+            ])
+            .args(&self.args)
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("restarting {name}'s dockerd: {e}"));
+        let pid = child.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let start_time = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(19)).unwrap_or("0");
+        std::fs::write(self.node.record(), format!("{pid} {start_time}\n"))
+            .unwrap_or_else(|e| panic!("recording {name}'s new dockerd: {e}"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, nodes) = docker_cli(&self.manager, &["node", "ls", "--format", "{{.Hostname}} {{.Status}}"]);
+            if nodes.lines().any(|l| l == format!("{name} Ready")) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} is not Ready 60 s after its dockerd restarted: {nodes}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for KilledDaemon {
+    fn drop(&mut self) {
+        if !self.restarted && !std::thread::panicking() {
+            self.restart();
+        } else if !self.restarted {
+            // Panicking already: restart without asserting, so the cluster outlives the failed test.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.restart()));
+        }
+    }
+}
