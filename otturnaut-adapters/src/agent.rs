@@ -12,6 +12,7 @@ use crate::docker::Docker;
 use crate::git::GitFetcher;
 use crate::health::Probe;
 use crate::ports::PortPool;
+use crate::swarm::{Swarm, SwarmConfig, SwarmImages, SwarmProbe};
 
 /// Everything the agent needs to know about its host.
 #[derive(Clone, Debug)]
@@ -33,6 +34,21 @@ pub struct AgentConfig {
     pub ssh_known_hosts: Option<PathBuf>,
     /// How many releases besides the live one are kept for a rollback.
     pub keep: usize,
+    /// Where releases run: this host's Docker, or a Swarm cluster.
+    pub runtime: RuntimeKind,
+    /// The Docker daemon (a Swarm manager for [`RuntimeKind::Swarm`]):
+    /// `None` is `DOCKER_HOST`, or the default socket.
+    pub docker_host: Option<String>,
+}
+
+/// Which implementation of the runtime port the agent drives.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum RuntimeKind {
+    /// One container per release on the Docker daemon of `DOCKER_HOST`.
+    #[default]
+    Docker,
+    /// One service per release on the Swarm whose manager is `DOCKER_HOST`.
+    Swarm(SwarmConfig),
 }
 
 impl Default for AgentConfig {
@@ -46,6 +62,8 @@ impl Default for AgentConfig {
             bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
             ssh_known_hosts: None,
             keep: otturnaut_steps::DEFAULT_KEEP,
+            runtime: RuntimeKind::Docker,
+            docker_host: None,
         }
     }
 }
@@ -93,9 +111,18 @@ impl Agent {
             upstream_host: config.bind_address.to_string(),
             ..CaddyConfig::default()
         })?;
-        let (docker, _) = tokio::try_join!(Docker::connect(), caddy.list_routes())?;
+        let connect = async {
+            match &config.docker_host {
+                Some(host) => Docker::connect_to(host).await,
+                None => Docker::connect().await,
+            }
+        };
+        let (docker, _) = tokio::try_join!(connect, caddy.list_routes())?;
         let docker = docker.with_bind_address(config.bind_address);
         let git = GitFetcher::new(&config.work_dir).with_known_hosts(config.ssh_known_hosts.clone());
+        if let RuntimeKind::Swarm(swarm) = &config.runtime {
+            return Agent::on_swarm(config, docker, caddy, git, swarm.clone()).await;
+        }
         let runtime: Arc<Docker> = Arc::new(docker.clone());
         let router: Arc<Caddy> = Arc::new(caddy.clone());
         let adapters = Adapters {
@@ -106,6 +133,33 @@ impl Agent {
             ports: Arc::new(PortPool::new(config.port_range, runtime.clone())),
             health: Arc::new(Probe::new(runtime.clone())?.with_host(config.bind_address)),
             state: Arc::new(LabelState::new(runtime.clone(), runtime, router)),
+        };
+        Ok(Agent { adapters, docker, caddy, git, config: config.clone() })
+    }
+
+    /// The same ports with the Swarm runtime: services instead of
+    /// containers, health per task, one upstream per task. Images are built
+    /// on the manager's daemon; the live and kept marks are service labels.
+    async fn on_swarm(
+        config: &AgentConfig,
+        docker: Docker,
+        caddy: Caddy,
+        git: GitFetcher,
+        swarm: SwarmConfig,
+    ) -> Result<Agent> {
+        let swarm = Swarm::connect(docker.clone(), swarm).await?;
+        let caddy = caddy.with_upstream_hosts(Arc::new(swarm.clone()));
+        let runtime: Arc<Swarm> = Arc::new(swarm.clone());
+        let images: Arc<SwarmImages> = Arc::new(SwarmImages::new(swarm.clone()));
+        let router: Arc<Caddy> = Arc::new(caddy.clone());
+        let adapters = Adapters {
+            fetcher: Arc::new(git.clone()),
+            builder: images.clone(),
+            runtime: runtime.clone(),
+            router: router.clone(),
+            ports: Arc::new(PortPool::new(config.port_range, runtime.clone())),
+            health: Arc::new(SwarmProbe::new(swarm)?),
+            state: Arc::new(LabelState::new(runtime, images, router)),
         };
         Ok(Agent { adapters, docker, caddy, git, config: config.clone() })
     }

@@ -59,6 +59,7 @@ mod files;
 mod json;
 mod sight;
 
+use std::fmt;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -136,6 +137,17 @@ pub struct Caddy {
     /// Whether the Caddy serving the admin API sees `files` (see `sight`),
     /// checked once per adapter, on the first route write.
     sees_files: Arc<tokio::sync::OnceCell<bool>>,
+    /// Where releases run when that is not `upstream_host` alone (a cluster).
+    hosts: Option<Arc<dyn UpstreamHosts>>,
+}
+
+/// Where a release's port is published when it runs on several hosts: the
+/// Swarm runtime answers with the nodes its tasks run on, so the route gets
+/// one upstream per task.
+#[async_trait]
+pub trait UpstreamHosts: Send + Sync + fmt::Debug {
+    /// The hosts (names or IP addresses) publishing `port`; none if nothing does.
+    async fn hosts(&self, port: HostPort) -> Result<Vec<String>>;
 }
 
 /// Our server's route list as read, with the ETag that guards a write to it.
@@ -166,7 +178,16 @@ impl Caddy {
         let admin = Admin::new(&config.admin_url, config.request_timeout)?;
         let files =
             config.upstream_files.clone().filter(|_| is_loopback_url(&config.admin_url)).map(UpstreamFiles::new);
-        Ok(Caddy { admin, config, features: Arc::default(), files, sees_files: Arc::default() })
+        Ok(Caddy { admin, config, features: Arc::default(), files, sees_files: Arc::default(), hosts: None })
+    }
+
+    /// Routes each release to every host `hosts` names for its port, instead
+    /// of `upstream_host`. Switches are then route writes (one reload each):
+    /// an upstream file holds one address.
+    pub fn with_upstream_hosts(mut self, hosts: Arc<dyn UpstreamHosts>) -> Self {
+        self.hosts = Some(hosts);
+        self.files = None;
+        self
     }
 
     /// What it was made with.
@@ -198,7 +219,23 @@ impl Caddy {
         // Through a file, the old release needs no draining handler: the
         // drain counts connections (see `conns`).
         let draining = draining.filter(|_| through.is_none());
-        let mut route = json::route(id, domains, &self.config.upstream_host, port, draining, excluded);
+        let live = self.dials(port).await?;
+        if live.is_empty() {
+            return Err(Error::failed(
+                format!("writing the Caddy route {id}"),
+                format!("nothing runs on port {port} to route to"),
+            ));
+        }
+        let draining = match draining {
+            // The old release may be gone already: then there is nothing to drain.
+            Some(p) => self.dials(p).await.unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let several = live.len() > 1;
+        let mut route = json::route(id, domains, &live, &draining, excluded);
+        if several {
+            json::avoid_failed_upstreams(&mut route);
+        }
         if let Some(dial) = through {
             json::set_live_dial(&mut route, &dial);
         }
@@ -321,11 +358,24 @@ impl Caddy {
                 continue;
             };
             match json::parse_route(&route) {
+                Ok(target) if self.hosts.is_some() && !self.dials_current(&route, target.port).await? => {
+                    tracing::warn!(
+                        id,
+                        "the route's upstreams are not where the release runs now; reconcile rewrites it"
+                    );
+                }
                 Ok(target) => out.push((app, target)),
                 Err(why) => tracing::warn!(id, %why, "skipping a Caddy route we cannot read"),
             }
         }
         Ok(out)
+    }
+
+    /// Whether `route` dials exactly where the release on `port` runs now.
+    async fn dials_current(&self, route: &Value, port: HostPort) -> Result<bool> {
+        let mut now = self.dials(port).await?;
+        now.sort();
+        Ok(json::live_dials(route) == now)
     }
 
     async fn ensure_our_server(&self, op: &str) -> Result<()> {
@@ -629,12 +679,44 @@ impl Caddy {
     fn upstream(&self, port: HostPort) -> String {
         json::upstream_addr(&self.config.upstream_host, port)
     }
+
+    /// Where a release on `port` is dialed: `upstream_host:port`, or with
+    /// [`Caddy::with_upstream_hosts`], one address per host it runs on.
+    async fn dials(&self, port: HostPort) -> Result<Vec<String>> {
+        match &self.hosts {
+            None => Ok(vec![self.upstream(port)]),
+            Some(hosts) => Ok(hosts.hosts(port).await?.iter().map(|h| json::upstream_addr(h, port)).collect()),
+        }
+    }
 }
 
 #[async_trait]
 impl Router for Caddy {
     async fn routes(&self) -> Result<Vec<(AppId, RouteTarget)>> {
         self.list_routes().await
+    }
+
+    /// With upstream hosts (a cluster): true when the route's upstreams are
+    /// not where the release on its port runs now (a node left, Swarm moved
+    /// a task). On one host, never: no request is made.
+    async fn needs_rewrite(&self, app: &AppId) -> Result<bool> {
+        if self.hosts.is_none() {
+            return Ok(false);
+        }
+        let op = format!("reading the Caddy route of app {app}");
+        let route = match self.lookup(&op, &route_id(app)).await? {
+            Lookup::Found { route, .. } => route,
+            // A missing route is reconcile's to restore anyway.
+            Lookup::Missing | Lookup::Moved => return Ok(false),
+        };
+        let Ok(target) = json::parse_route(&route) else {
+            return Ok(false);
+        };
+        let current = self.dials_current(&route, target.port).await?;
+        if !current {
+            tracing::warn!(%app, "the route's upstreams are not where the release runs now");
+        }
+        Ok(!current)
     }
 
     async fn route(&self, app: &AppId) -> Result<Option<RouteTarget>> {
@@ -733,7 +815,8 @@ impl Router for Caddy {
             address: String,
             num_requests: i64,
         }
-        let addr = self.upstream(port);
+        let addrs = self.dials(port).await?;
+        let addr = addrs.join(", ");
         let op = format!("counting requests in flight to {addr} in Caddy");
         let reply = self.admin.get(&op, "/reverse_proxy/upstreams").await?;
         if !reply.is_success() {
@@ -741,8 +824,11 @@ impl Router for Caddy {
         }
         let upstreams: Vec<Upstream> = serde_json::from_value(reply.json(&op)?)
             .map_err(|e| Error::failed(&op, format!("unexpected /reverse_proxy/upstreams answer: {e}")))?;
-        let caddy: u64 =
-            upstreams.iter().filter(|u| u.address == addr).map(|u| u64::try_from(u.num_requests).unwrap_or(0)).sum();
+        let caddy: u64 = upstreams
+            .iter()
+            .filter(|u| addrs.contains(&u.address))
+            .map(|u| u64::try_from(u.num_requests).unwrap_or(0))
+            .sum();
         if self.live_files().await?.is_none() {
             return Ok(caddy);
         }

@@ -146,6 +146,9 @@ impl Router for Faulty {
     async fn routes(&self) -> Result<Vec<(AppId, RouteTarget)>> {
         self.inner.router.routes().await
     }
+    async fn needs_rewrite(&self, app: &AppId) -> Result<bool> {
+        self.inner.router.needs_rewrite(app).await
+    }
 }
 
 #[async_trait]

@@ -48,8 +48,9 @@ pub mod ports;
 mod request;
 mod run;
 pub mod status;
+pub mod swarm;
 
-pub use agent::{Agent, AgentConfig};
+pub use agent::{Agent, AgentConfig, RuntimeKind};
 pub use outcome::{Ending, ExitStatus, Outcome};
 pub use request::validate;
 pub use run::{Canceller, DeployRun, LOCK_TIMEOUT, StartError};

@@ -50,7 +50,19 @@ pub struct GlobalArgs {
     /// How many releases besides the live one are kept for `rollback`, at least 1 [env: OTTURNAUT_KEEP] [default: 5]
     #[arg(long, global = true, help_heading = "Global options", value_name = "N")]
     pub keep: Option<String>,
-    /// A TOML file with any of: caddy_admin, listen, no_auto_https, port_range, work_dir, ssh_known_hosts, keep [env: OTTURNAUT_CONFIG]
+    /// Where releases run: `docker` (this host's daemon) or `swarm` (a Swarm cluster whose manager is
+    /// DOCKER_HOST) [env: OTTURNAUT_RUNTIME] [default: docker]
+    #[arg(long, global = true, help_heading = "Global options", value_name = "docker|swarm")]
+    pub runtime: Option<String>,
+    /// Swarm runtime: tasks per release, each on its own node [env: OTTURNAUT_REPLICAS] [default: 2]
+    #[arg(long, global = true, help_heading = "Global options", value_name = "N")]
+    pub replicas: Option<String>,
+    /// Swarm runtime: the registry (HOST:PORT) release images are pushed to and the nodes pull from
+    /// [env: OTTURNAUT_REGISTRY]
+    #[arg(long, global = true, help_heading = "Global options", value_name = "HOST:PORT")]
+    pub registry: Option<String>,
+    /// A TOML file with any of: caddy_admin, listen, no_auto_https, port_range, work_dir, ssh_known_hosts, keep,
+    /// runtime, replicas, registry [env: OTTURNAUT_CONFIG]
     #[arg(long, global = true, help_heading = "Global options", value_name = "FILE")]
     pub config: Option<PathBuf>,
 }

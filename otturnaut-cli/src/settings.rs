@@ -3,8 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use otturnaut_adapters::AgentConfig;
 use otturnaut_adapters::caddy::{Caddy, CaddyConfig};
+use otturnaut_adapters::swarm::{DEFAULT_REPLICAS, SwarmConfig};
+use otturnaut_adapters::{AgentConfig, RuntimeKind};
 use otturnaut_core::PortRange;
 use serde::Deserialize;
 
@@ -25,6 +26,9 @@ struct FileConfig {
     api_listen: Option<String>,
     token_file: Option<PathBuf>,
     keep: Option<u64>,
+    runtime: Option<String>,
+    replicas: Option<u64>,
+    registry: Option<String>,
 }
 
 /// `listen = ":80,:443"` or `listen = [":80", ":443"]`.
@@ -144,7 +148,14 @@ pub fn resolve(args: &GlobalArgs, env: &dyn Fn(&str) -> Option<String>) -> Resul
         None => otturnaut_steps::DEFAULT_KEEP,
     };
 
+    let runtime = pick(args.runtime.clone(), "--runtime", "OTTURNAUT_RUNTIME", file.runtime);
+    let replicas =
+        pick(args.replicas.clone(), "--replicas", "OTTURNAUT_REPLICAS", file.replicas.map(|r| r.to_string()));
+    let registry = pick(args.registry.clone(), "--registry", "OTTURNAUT_REGISTRY", file.registry);
+    let runtime = parse_runtime(runtime, replicas, registry)?;
+
     let agent = AgentConfig {
+        runtime,
         caddy_admin,
         listen,
         auto_https: !no_auto_https,
@@ -176,6 +187,49 @@ fn read_file(path: &Path) -> Result<FileConfig, Invalid> {
     let flag = "--config";
     let text = files::read_capped(path, files::MAX_SETTINGS_FILE).map_err(|m| Invalid::new(flag, m))?;
     toml::from_str(&text).map_err(|e| Invalid::new(flag, format!("{} is not a valid config file: {e}", path.display())))
+}
+
+/// The most tasks a release may ask for: each runs on a node of its own.
+const MAX_REPLICAS: u32 = 1000;
+
+/// `docker`, or `swarm` with its replicas and registry; the Swarm settings
+/// are refused with the Docker runtime rather than silently ignored.
+fn parse_runtime(
+    runtime: Option<(String, String)>,
+    replicas: Option<(String, String)>,
+    registry: Option<(String, String)>,
+) -> Result<RuntimeKind, Invalid> {
+    let swarm = match &runtime {
+        None => false,
+        Some((v, from)) => match v.trim() {
+            "docker" => false,
+            "swarm" => true,
+            _ => return Err(Invalid::new(from, format!("{v:?} is not a runtime: docker or swarm"))),
+        },
+    };
+    if !swarm {
+        if let Some((_, from)) = replicas.as_ref().or(registry.as_ref()) {
+            return Err(Invalid::new(from, "only the Swarm runtime takes it (--runtime swarm)"));
+        }
+        return Ok(RuntimeKind::Docker);
+    }
+    let replicas = match replicas {
+        None => DEFAULT_REPLICAS,
+        Some((v, from)) => v
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=MAX_REPLICAS).contains(n))
+            .ok_or_else(|| Invalid::new(from, format!("{v:?} is not a number of tasks from 1 to {MAX_REPLICAS}")))?,
+    };
+    let (registry, from) = registry.ok_or_else(|| {
+        Invalid::new("--registry", "the Swarm runtime needs the registry its nodes pull from (HOST:PORT)")
+    })?;
+    otturnaut_adapters::swarm::check_registry(&registry).map_err(|e| Invalid::new(from, e.to_string()))?;
+    Ok(RuntimeKind::Swarm(SwarmConfig {
+        registry,
+        replicas: std::num::NonZeroU32::new(replicas).unwrap_or(std::num::NonZeroU32::MIN),
+    }))
 }
 
 fn parse_keep(v: &str) -> Result<usize, String> {
@@ -249,6 +303,42 @@ mod tests {
         assert_eq!(s.agent.port_range, PortRange::default());
         assert_eq!(s.agent.work_dir, PathBuf::from("/var/lib/otturnaut"));
         assert_eq!(s.locks_dir(), PathBuf::from("/var/lib/otturnaut/locks"));
+    }
+
+    #[test]
+    fn the_swarm_runtime_comes_from_flag_env_or_file_and_needs_a_registry() {
+        assert_eq!(resolve(&GlobalArgs::default(), &env_of(&[])).expect("default").agent.runtime, RuntimeKind::Docker);
+        let env = env_of(&[("OTTURNAUT_RUNTIME", "swarm"), ("OTTURNAUT_REGISTRY", "10.0.0.5:5000")]);
+        let swarm = resolve(&GlobalArgs::default(), &env).expect("swarm from the environment").agent.runtime;
+        let RuntimeKind::Swarm(config) = swarm else { panic!("not the Swarm runtime: {swarm:?}") };
+        assert_eq!((config.registry.as_str(), config.replicas.get()), ("10.0.0.5:5000", DEFAULT_REPLICAS));
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("otturnaut.toml");
+        std::fs::write(&file, "runtime = \"swarm\"\nregistry = \"reg.example.com:443\"\nreplicas = 3\n")
+            .expect("write");
+        let from_file = GlobalArgs { config: Some(file), ..GlobalArgs::default() };
+        let RuntimeKind::Swarm(config) = resolve(&from_file, &env_of(&[])).expect("file").agent.runtime else {
+            panic!("the file asks for the Swarm runtime")
+        };
+        assert_eq!(config.replicas.get(), 3);
+        let flag = GlobalArgs { replicas: Some("5".into()), ..from_file };
+        let RuntimeKind::Swarm(config) = resolve(&flag, &env_of(&[])).expect("flag").agent.runtime else {
+            panic!("still the Swarm runtime")
+        };
+        assert_eq!(config.replicas.get(), 5, "the flag beats the file");
+
+        let bad =
+            |args: GlobalArgs, env: &[(&str, &str)]| resolve(&args, &env_of(env)).expect_err("refused").to_string();
+        let swarm = || GlobalArgs { runtime: Some("swarm".into()), ..GlobalArgs::default() };
+        assert!(bad(swarm(), &[]).contains("--registry"), "a registry is required");
+        assert!(
+            bad(GlobalArgs { runtime: Some("k8s".into()), ..GlobalArgs::default() }, &[]).contains("docker or swarm")
+        );
+        assert!(bad(GlobalArgs { registry: Some("r:1".into()), ..GlobalArgs::default() }, &[]).contains("--registry"));
+        assert!(bad(swarm(), &[("OTTURNAUT_REGISTRY", "no-port")]).contains("OTTURNAUT_REGISTRY"));
+        let zero = GlobalArgs { replicas: Some("0".into()), registry: Some("r:1".into()), ..swarm() };
+        assert!(bad(zero, &[]).contains("--replicas"));
     }
 
     #[test]

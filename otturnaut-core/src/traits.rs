@@ -259,6 +259,14 @@ pub trait Router: Send + Sync {
     async fn in_flight(&self, port: HostPort) -> Result<u64>;
     /// Every app route we own (for state rebuild and reconcile).
     async fn routes(&self) -> Result<Vec<(AppId, RouteTarget)>>;
+    /// Whether the app's route must be written again although it targets
+    /// the right port: where the release runs has changed since (a cluster
+    /// moved its tasks). `reconcile` rewrites such a route. On one host the
+    /// upstream is always `host:port`, so never.
+    async fn needs_rewrite(&self, app: &AppId) -> Result<bool> {
+        let _ = app;
+        Ok(false)
+    }
 }
 
 /// Host ports for new containers.

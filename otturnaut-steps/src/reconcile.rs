@@ -237,7 +237,7 @@ impl Plan {
             .filter(|l| !l.domains.is_empty())
             .and_then(|l| Some(RouteTarget { domains: l.domains.clone(), port: l.host_port? }));
         let restore = match (&wanted, &route) {
-            (Some(w), Some(r)) if w == r => None,
+            (Some(w), Some(r)) if w == r && !inv.stale.contains(app) => None,
             (Some(w), _) => Some(w.clone()),
             (None, Some(_)) => {
                 actions.push(UndoAction::RestoreRoute { app: app.clone(), previous: None });
@@ -350,6 +350,9 @@ struct Inventory {
     containers: Vec<ManagedContainer>,
     images: Vec<ManagedImage>,
     routes: Vec<(AppId, RouteTarget)>,
+    /// Routed apps whose route targets the right port but must be written
+    /// again ([`otturnaut_core::traits::Router::needs_rewrite`]).
+    stale: BTreeSet<AppId>,
     /// Fetched sources still in the work dir.
     sources: Vec<(AppId, DeploymentId)>,
 }
@@ -373,10 +376,18 @@ impl Inventory {
             a.fetcher.leftovers()
         )?;
         let wanted = |app: &AppId| apps.contains(app);
+        let routes: Vec<(AppId, RouteTarget)> = routes.into_iter().filter(|(app, _)| wanted(app)).collect();
+        let mut stale = BTreeSet::new();
+        for (app, _) in &routes {
+            if a.router.needs_rewrite(app).await? {
+                stale.insert(app.clone());
+            }
+        }
         Ok(Inventory {
             containers: containers.into_iter().filter(|c| wanted(&c.app)).collect(),
             images: images.into_iter().filter(|i| wanted(&i.app)).collect(),
-            routes: routes.into_iter().filter(|(app, _)| wanted(app)).collect(),
+            routes,
+            stale,
             sources: sources.into_iter().filter(|(app, _)| wanted(app)).collect(),
         })
     }

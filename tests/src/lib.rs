@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod caddy_proc;
+pub mod cluster;
 pub mod command;
 pub mod fixtures;
 pub mod gitfix;

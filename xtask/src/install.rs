@@ -17,6 +17,8 @@ const NEEDS: &[(&str, &str)] = &[
     ("sshd", "openssh-server"),
     ("ssh", "openssh-client"),
     ("curl", "curl"),
+    // The registry the nodes of `services up --swarm N` pull from.
+    ("docker-registry", "docker-registry"),
 ];
 
 /// Packages whose binary is missing, in `NEEDS` order.

@@ -8,6 +8,7 @@ mod http;
 mod install;
 mod proc;
 mod services;
+mod swarm;
 mod testing;
 
 use std::path::{Path, PathBuf};
@@ -73,9 +74,17 @@ enum ServicesCmd {
         /// a running Caddy is kept as it is, and a stopped one starts as Debian's.
         #[arg(long, value_enum)]
         caddy: Option<services::CaddyFlavor>,
+        /// Also build a Docker Swarm cluster of this many nodes on this machine (after removing
+        /// any earlier one): one network namespace and dockerd per node, a registry
+        #[arg(long, value_name = "NODES")]
+        swarm: Option<u8>,
     },
     /// Stop the services that `up` started; services started any other way are left alone
-    Down,
+    Down {
+        /// Remove only the Swarm cluster of `up --swarm N` (daemons, namespaces, registry, data)
+        #[arg(long)]
+        swarm: bool,
+    },
     /// One line per service: up/down, version, address, who started it (exit 1 if any is down)
     Status,
 }
@@ -110,12 +119,26 @@ period). Services started by hand or by init have no record and are never touche
 
 `status` prints one line per service and exits 1 if any is down.
 
+`up --swarm N` also builds a Docker Swarm cluster of N nodes on this machine, after removing any
+earlier one (`down --swarm` removes only the cluster; plain `down` removes it too):
+  - a hub network namespace with a Linux bridge, one namespace per node (ott-swarm-nI) joined to
+    it by a veth pair, addresses in 10.213.7.0/24 used only there: the host is 10.213.7.1 (veth
+    ottswarm0), node I is 10.213.7.(10+I);
+  - one dockerd per node (nsenter --net into its namespace, in its own UTS namespace), socket
+    unix:///run/otturnaut-swarm/nI.sock, data under <state>/swarm/nI, log <state>/logs/swarm-nI.log;
+  - Debian's docker-registry on 10.213.7.1:5000 (an insecure registry for the nodes);
+  - swarm init on node 1 (the manager), swarm join on the others; then a smoke service built
+    FROM scratch, pushed, run on every node (dnsrr, host-mode port: this kernel has no IPVS)
+    and removed. It prints the times and the daemons' idle memory.
+  The tests read <state>/swarm/cluster.json (manager, registry, nodes).
+
 <state> is /var/lib/otturnaut-dev, or $OTTURNAUT_DEV_STATE if set.
 
 Examples:
   cargo xtask services up        # before running tests locally
   cargo xtask services status
   tail -f /var/lib/otturnaut-dev/logs/docker.log
+  cargo xtask services up --swarm 3
   cargo xtask services down";
 
 const DEMO_HELP: &str = "\
@@ -132,7 +155,8 @@ Afterwards: curl -H 'Host: hello.localhost' http://127.0.0.1:8080/";
 
 const TEST_HELP: &str = "\
 The CI gate, also what .ci/run runs. In order:
-  1. cargo xtask services up (installs and starts what is missing; stops here if that fails)
+  1. cargo xtask services up --swarm 3 (installs and starts what is missing, stops here if that
+     fails; then builds a fresh 3-node Swarm cluster for tests/tests/swarm.rs)
   2. cargo fmt --all -- --check
   3. cargo test --workspace --all-features --locked --no-fail-fast [extra args], with private
      Caddies of the shared Caddy's version
@@ -158,9 +182,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let env = services::Env::from_env()?;
     match cli.command {
         Cmd::Services { action } => match action {
-            ServicesCmd::Up { caddy } => services::up_with(&env, caddy).map(|()| ExitCode::SUCCESS),
-            ServicesCmd::Down => services::down(&env).map(|()| ExitCode::SUCCESS),
-            ServicesCmd::Status => Ok(if services::status(&env) { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
+            ServicesCmd::Up { caddy, swarm } => {
+                services::up_with(&env, caddy)?;
+                if let Some(nodes) = swarm {
+                    swarm::up(&env, nodes)?;
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            ServicesCmd::Down { swarm: true } => swarm::down(&env).map(|()| ExitCode::SUCCESS),
+            ServicesCmd::Down { swarm: false } => {
+                swarm::down(&env)?;
+                services::down(&env).map(|()| ExitCode::SUCCESS)
+            }
+            ServicesCmd::Status => {
+                let up = services::status(&env);
+                if let Some(line) = swarm::status(&env) {
+                    println!("{line}");
+                }
+                Ok(if up { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            }
         },
         Cmd::Bench(args) => bench::run(&env, &args),
         Cmd::Chaos(args) => chaos::run(&env, &args),

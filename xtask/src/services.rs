@@ -62,7 +62,7 @@ impl Env {
         self.state.join("caddy.json")
     }
 
-    fn prepare(&self) -> Result<()> {
+    pub(crate) fn prepare(&self) -> Result<()> {
         for dir in [self.state.clone(), self.state.join("logs"), self.state.join("run"), self.git_base()] {
             fs::create_dir_all(&dir).with_context(|| {
                 format!(

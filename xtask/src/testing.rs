@@ -17,6 +17,9 @@ pub struct Options {
     pub cargo_test_args: Vec<String>,
 }
 
+/// The cluster `tests/tests/swarm.rs` deploys to: one task on each of 3 nodes.
+const SWARM_NODES: u8 = 3;
+
 /// The test binaries that talk to Caddy, run again on the other supported version.
 const CADDY_TESTS: &[&str] = &["caddy", "e2e", "cli", "chaos"];
 
@@ -50,6 +53,17 @@ pub fn run(env: &Env, opts: &Options) -> Result<ExitCode> {
         took: began.elapsed(),
         note: services.err().map(|e| format!("{e:#}")).unwrap_or_default(),
     });
+    // Its own step: without the cluster only tests/tests/swarm.rs fails (loudly), not the rest.
+    if services_ok {
+        let began = Instant::now();
+        let swarm = crate::swarm::up(env, SWARM_NODES);
+        steps.push(Step {
+            name: "swarm up",
+            ok: swarm.is_ok(),
+            took: began.elapsed(),
+            note: swarm.err().map(|e| format!("{e:#}")).unwrap_or_default(),
+        });
+    }
 
     // Without the services every integration test would fail with the same message, which
     // buries the real cause printed above.

@@ -47,9 +47,11 @@ pub(crate) fn upstream_addr(host: &str, port: HostPort) -> String {
     if host.contains(':') && !host.starts_with('[') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
 }
 
-/// An app's route, proxying its domains to `port`.
+/// An app's route, proxying its domains to the `live` dial addresses (one
+/// per host the release runs on: one on a single host, one per task on a
+/// cluster), all on the release's port.
 ///
-/// `draining` is the port the route proxied to before, if it changed. It is
+/// `draining` dials the port the route proxied to before, if it changed. It is
 /// kept referenced by a second `reverse_proxy` handler that never runs
 /// (`reverse_proxy` answers the request and does not call the next handler):
 /// Caddy counts in-flight requests per upstream address in a pool shared by
@@ -62,26 +64,21 @@ pub(crate) fn upstream_addr(host: &str, port: HostPort) -> String {
 /// `excluded` lists other apps' exact hosts that this route's wildcards would
 /// otherwise take (see [`exclusions`]): they go in a `not` matcher, so an exact
 /// host always wins over a wildcard whatever the order of the routes.
-pub(crate) fn route(
-    id: &str,
-    domains: &[Domain],
-    upstream_host: &str,
-    port: HostPort,
-    draining: Option<HostPort>,
-    excluded: &[Domain],
-) -> Value {
-    let proxy = |p: HostPort| {
+pub(crate) fn route(id: &str, domains: &[Domain], live: &[String], draining: &[String], excluded: &[Domain]) -> Value {
+    let proxy = |dials: &[String]| {
         json!({
             "handler": "reverse_proxy",
-            "upstreams": [{ "dial": upstream_addr(upstream_host, p) }],
+            "upstreams": dials.iter().map(|d| json!({ "dial": d })).collect::<Vec<_>>(),
         })
     };
-    let mut live = proxy(port);
+    let mut live = proxy(live);
     live["transport"] = transport();
     let mut handle = vec![live];
     // Never runs, so never dials: Caddy's default transport will do, and
     // each explicit one makes every reload slower (see `transport`).
-    handle.extend(draining.map(proxy));
+    if !draining.is_empty() {
+        handle.push(proxy(draining));
+    }
     let mut matcher = json!({ "host": domains });
     if !excluded.is_empty() {
         matcher["not"] = json!([{ "host": excluded }]);
@@ -178,6 +175,33 @@ pub(crate) fn live_dial(route: &Value) -> Option<&str> {
     route.get("handle")?.get(0)?.get("upstreams")?.get(0)?.get("dial")?.as_str()
 }
 
+/// Passive health on the live handler of a route with several upstreams (a
+/// cluster): one failed dial takes an upstream out of the choice for
+/// [`FAIL_DURATION`], so Caddy's retries go to the other tasks instead of
+/// drawing the gone one again. A single upstream never gets it: marked down,
+/// it would leave nothing to dial.
+pub(crate) fn avoid_failed_upstreams(route: &mut Value) {
+    if let Some(live) = route.get_mut("handle").and_then(|h| h.get_mut(0)) {
+        live["health_checks"] = json!({ "passive": { "fail_duration": FAIL_DURATION, "max_fails": 1 } });
+    }
+}
+
+/// How long an upstream that failed a dial is left out (see [`avoid_failed_upstreams`]).
+const FAIL_DURATION: &str = "10s";
+
+/// Every `dial` of a route's live (first) handler, sorted.
+pub(crate) fn live_dials(route: &Value) -> Vec<String> {
+    let mut dials: Vec<String> = route
+        .get("handle")
+        .and_then(|h| h.get(0))
+        .and_then(|h| h.get("upstreams"))
+        .and_then(Value::as_array)
+        .map(|u| u.iter().filter_map(|u| u.get("dial")?.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    dials.sort();
+    dials
+}
+
 /// Makes a route's live handler dial `dial` (an upstream file's placeholder,
 /// or the address read from that file).
 pub(crate) fn set_live_dial(route: &mut Value, dial: &str) {
@@ -244,6 +268,28 @@ pub(crate) fn https_disabled(server: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The single-host route: one upstream `host:port`, maybe one draining.
+    fn route(
+        id: &str,
+        domains: &[Domain],
+        host: &str,
+        port: HostPort,
+        draining: Option<HostPort>,
+        excluded: &[Domain],
+    ) -> Value {
+        let draining: Vec<String> = draining.map(|p| upstream_addr(host, p)).into_iter().collect();
+        super::route(id, domains, &[upstream_addr(host, port)], &draining, excluded)
+    }
+
+    #[test]
+    fn a_cluster_route_has_one_upstream_per_host() {
+        let dials = ["10.0.0.1:10001".to_owned(), "10.0.0.2:10001".to_owned()];
+        let r = super::route("x", &domains(&["a.b"]), &dials, &[], &[]);
+        assert_eq!(r["handle"][0]["upstreams"], json!([{ "dial": "10.0.0.1:10001" }, { "dial": "10.0.0.2:10001" }]));
+        assert_eq!(r["handle"].as_array().map(Vec::len), Some(1), "nothing to drain");
+        assert_eq!(parse_route(&r).map(|t| t.port), Ok(port(10001)));
+    }
 
     fn port(p: u16) -> HostPort {
         HostPort::try_from(p).expect("valid port")

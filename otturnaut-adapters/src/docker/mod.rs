@@ -21,6 +21,8 @@ mod dockerignore;
 mod resources;
 mod run;
 
+pub(crate) use run::{container_labels, mount, whole_seconds};
+
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
@@ -119,9 +121,14 @@ impl Docker {
         format!("{}.{}", v.major_version, v.minor_version)
     }
 
+    /// The bollard client (the Swarm adapter speaks to the same daemon).
+    pub(crate) fn client(&self) -> &bollard::Docker {
+        &self.client
+    }
+
     /// Turns a bollard error into ours: transport failures mean the daemon
     /// is unavailable, answers are refusals of `operation`.
-    fn error(&self, operation: impl Into<String>, e: BollardError) -> Error {
+    pub(crate) fn error(&self, operation: impl Into<String>, e: BollardError) -> Error {
         let operation = operation.into();
         match e {
             BollardError::DockerResponseServerError { status_code, message } => {
@@ -142,7 +149,7 @@ impl Docker {
     }
 }
 
-fn is_not_found(e: &BollardError) -> bool {
+pub(crate) fn is_not_found(e: &BollardError) -> bool {
     matches!(e, BollardError::DockerResponseServerError { status_code: 404, .. })
 }
 

@@ -293,7 +293,7 @@ impl Docker {
 }
 
 /// Docker counts stop timeouts in whole seconds: a part of one rounds up.
-fn whole_seconds(d: Duration) -> i64 {
+pub(crate) fn whole_seconds(d: Duration) -> i64 {
     i64::try_from(d.as_secs() + u64::from(d.subsec_nanos() > 0)).unwrap_or(i64::MAX)
 }
 
@@ -303,7 +303,7 @@ fn endpoint(req: &RunRequest) -> EndpointSettings {
     EndpointSettings { aliases: Some(vec![req.app.to_string()]), ..Default::default() }
 }
 
-fn mount(volume: &VolumeSpec) -> Mount {
+pub(crate) fn mount(volume: &VolumeSpec) -> Mount {
     let (typ, source) = match &volume.source {
         VolumeSource::Named(name) => (MountType::VOLUME, name.to_string()),
         VolumeSource::Bind(path) => (MountType::BIND, path.clone()),
@@ -317,7 +317,7 @@ fn mount(volume: &VolumeSpec) -> Mount {
     }
 }
 
-fn container_labels(req: &RunRequest) -> HashMap<String, String> {
+pub(crate) fn container_labels(req: &RunRequest) -> HashMap<String, String> {
     let domains: Vec<&str> = req.domains.iter().map(|d| d.as_str()).collect();
     [
         (labels::MANAGED, "true".to_owned()),

@@ -223,6 +223,9 @@ impl Router for Timed<dyn Router> {
     async fn routes(&self) -> Result<Vec<(AppId, RouteTarget)>> {
         self.clock.time(Service::Caddy, self.inner.routes()).await
     }
+    async fn needs_rewrite(&self, app: &AppId) -> Result<bool> {
+        self.clock.time(Service::Caddy, self.inner.needs_rewrite(app)).await
+    }
 }
 
 #[async_trait]

@@ -1,0 +1,176 @@
+//! The Swarm runtime on a real cluster (`cargo xtask services up --swarm 3`),
+//! through the shared Caddy: deploy, redeploy, a failed health check,
+//! rollback, undeploy, redeploys under load. Every release runs one task per
+//! node, and each node answers on the release's port.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use otturnaut_core::{Error, EventSink, Step, Timeouts};
+use otturnaut_steps::{Strategy, rollback_spec};
+use otturnaut_tests::caddy_proc::{get_path_via, get_via, shared_listen};
+use otturnaut_tests::cluster::{SwarmApp, docker_cli};
+use otturnaut_tests::fixtures::{Behaviour, write_context};
+
+/// One task on every node of the 3-node cluster.
+const REPLICAS: u32 = 3;
+
+#[tokio::test]
+async fn deploy_redeploy_rollback_and_undeploy_on_the_cluster() {
+    let f = SwarmApp::new("swarm", REPLICAS).await;
+
+    let first = f.bg.execute(f.spec(Duration::from_secs(30)), &EventSink::discard()).await.expect("first deploy");
+    assert_eq!(f.via_caddy().await, (200, "v1\n".into()));
+    let port = first.release.host_port;
+    assert_eq!(f.dials().await, f.every_node_on(port), "one upstream per task, one task per node");
+    assert_eq!(f.answers_of_every_node(port).await, vec!["v1\n"; REPLICAS as usize], "every node answers");
+    assert_eq!(f.marks(&first.release.deployment), (true, false), "the live record is a label of the service");
+    let (_, tags) =
+        docker_cli(&f.cluster.manager, &["images", "--format", "{{.Tag}}", &format!("otturnaut-{}", f.app)]);
+    assert!(!tags.contains("live-"), "no live tag on the manager's images: {tags}");
+
+    f.repo.commit_with("v2", |d| write_context(d, &Behaviour::serve("v2")));
+    let second = f.bg.execute(f.spec(Duration::from_secs(30)), &EventSink::discard()).await.expect("redeploy");
+    assert_eq!(f.via_caddy().await, (200, "v2\n".into()));
+    let new_port = second.release.host_port;
+    assert_eq!(f.dials().await, f.every_node_on(new_port));
+    assert_eq!(f.answers_of_every_node(new_port).await, vec!["v2\n"; REPLICAS as usize]);
+    assert_eq!(second.previous.as_ref().map(|p| &p.deployment), Some(&first.release.deployment));
+    assert_eq!(f.marks(&second.release.deployment), (true, false));
+    assert_eq!(f.marks(&first.release.deployment), (false, true), "v1's service is marked kept");
+    // v1 is kept for a rollback: its service scaled to zero, its port free on every node.
+    let name = |d: &otturnaut_core::DeploymentId| format!("otturnaut-{}-{d}", f.app);
+    assert_eq!(
+        f.services().await,
+        {
+            let mut want = vec![(name(&first.release.deployment), false), (name(&second.release.deployment), true)];
+            want.sort();
+            want
+        },
+        "the new service runs, the old one is kept stopped"
+    );
+    for answer in f.answers_of_every_node(port).await {
+        assert!(answer.starts_with("no answer"), "v1's port is closed on every node: {answer}");
+    }
+
+    let spec = rollback_spec(&f.agent.adapters, &f.app, None, Timeouts::default()).await.expect("rollback spec");
+    let third = f.bg.execute(spec, &EventSink::discard()).await.expect("rollback");
+    assert_eq!(f.via_caddy().await, (200, "v1\n".into()), "rolled back to v1");
+    assert_eq!(f.answers_of_every_node(third.release.host_port).await, vec!["v1\n"; REPLICAS as usize]);
+    let live = otturnaut_steps::live_release(&f.agent.adapters, &f.app).await.expect("live release");
+    assert_eq!(live.map(|r| r.deployment), Some(third.release.deployment.clone()), "the live record says so");
+
+    f.undeploy().await;
+    assert!(f.services().await.is_empty(), "no service left");
+    assert_eq!(f.agent.adapters.router.route(&f.app).await.expect("route"), None);
+    assert_eq!(f.via_caddy().await.1, "", "the undeployed app is no longer served");
+}
+
+#[tokio::test]
+async fn a_failed_health_check_removes_the_new_service_while_the_old_one_serves() {
+    let f = Arc::new(SwarmApp::new("swarmfail", REPLICAS).await);
+    let first = f.bg.execute(f.spec(Duration::from_secs(30)), &EventSink::discard()).await.expect("first deploy");
+    let before = f.services().await;
+
+    // Requests through Caddy all along: every one must get v1.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn({
+        let (f, stop) = (f.clone(), stop.clone());
+        async move {
+            let (mut ok, mut bad) = (0u32, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match get_via(&shared_listen(), f.domain.as_str()).await {
+                    Ok((200, body)) if body == "v1\n" => ok += 1,
+                    other => bad.push(format!("{other:?}")),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (ok, bad)
+        }
+    });
+
+    f.repo.commit_with("deaf", |d| write_context(d, &Behaviour::NeverListen));
+    let err = f.bg.execute(f.spec(Duration::from_secs(5)), &EventSink::discard()).await.expect_err("never healthy");
+    stop.store(true, Ordering::Relaxed);
+    let (ok, bad) = load.await.expect("load task");
+    assert_eq!(err.step(), Step::HealthCheck, "{err}");
+    assert!(matches!(err.cause(), Error::Unhealthy { .. }), "{err}");
+    assert!(err.undo().is_clean(), "{err}");
+    assert!(bad.is_empty() && ok > 0, "{ok} requests got v1, these did not: {bad:?}");
+    assert_eq!(f.services().await, before, "the new service is removed, the old one untouched");
+    assert_eq!(f.dials().await, f.every_node_on(first.release.host_port), "the route is v1's");
+    assert_eq!(f.via_caddy().await, (200, "v1\n".into()));
+
+    f.undeploy().await;
+}
+
+/// A server of `version` that also answers `/host` with its task's container
+/// hostname (one per task), to see which task served a request.
+fn write_host_context(dir: &Path, version: &str) -> std::io::Result<()> {
+    write_context(dir, &Behaviour::serve(version))?;
+    let dockerfile =
+        Behaviour::serve(version).dockerfile().replace("echo started", "cat /etc/hostname > /www/host; echo started");
+    std::fs::write(dir.join("Dockerfile"), dockerfile)
+}
+
+#[tokio::test]
+async fn ten_redeploys_under_load_fail_no_request_and_every_task_serves() {
+    let f = Arc::new(SwarmApp::new("swarmload", REPLICAS).await);
+    f.repo.commit_with("v1", |d| write_host_context(d, "v1"));
+    f.bg.execute(f.spec(Duration::from_secs(30)), &EventSink::discard()).await.expect("first deploy");
+
+    // Four clients through Caddy for as long as the redeploys take.
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (f, stop) = (f.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut bad) = (0u32, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    match get_path_via(&shared_listen(), f.domain.as_str(), "/version").await {
+                        Ok((200, body)) if body.starts_with('v') => ok += 1,
+                        other => bad.push(format!("{other:?}")),
+                    }
+                }
+                (ok, bad)
+            })
+        })
+        .collect();
+    for n in 2..=11 {
+        let version = format!("v{n}");
+        f.repo.commit_with(&version, |d| write_host_context(d, &version));
+        let deployed = f.bg.execute(f.spec(Duration::from_secs(30)), &EventSink::discard()).await;
+        let deployed = deployed.unwrap_or_else(|e| panic!("redeploy {n}: {e}"));
+        assert!(deployed.residue.is_empty(), "redeploy {n}: {:?}", deployed.residue);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut bad) = (0, Vec::new());
+    for client in clients {
+        let (o, b) = client.await.expect("client task");
+        ok += o;
+        bad.extend(b);
+    }
+    assert!(
+        bad.is_empty(),
+        "{} of {} requests failed during 10 redeploys: {:?}",
+        bad.len(),
+        ok as usize + bad.len(),
+        &bad[..bad.len().min(10)]
+    );
+    assert!(ok > 100, "the clients kept asking ({ok} requests)");
+    assert_eq!(f.via_caddy().await, (200, "v11\n".into()));
+
+    // Caddy spreads requests over every task, one per node.
+    let mut hosts = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        let (status, host) = get_path_via(&shared_listen(), f.domain.as_str(), "/host").await.expect("GET /host");
+        assert_eq!(status, 200);
+        hosts.insert(host);
+    }
+    assert_eq!(hosts.len(), REPLICAS as usize, "every task answered some of 60 requests: {hosts:?}");
+    eprintln!("10 redeploys under load: {ok} requests, none failed");
+
+    f.undeploy().await;
+}

@@ -1,0 +1,204 @@
+//! Nodes leaving the cluster: drained (maintenance) or lost (its `dockerd`
+//! killed after a deploy). Swarm moves the tasks to other
+//! nodes, Caddy keeps answering through the other upstreams, and `reconcile`
+//! brings the route in line with where the tasks now run.
+//!
+//! A binary of its own: a node out of service would starve the 3-task
+//! releases of `swarm.rs` if both ran at once (cargo runs test binaries one
+//! at a time); the tests here take turns ([`NODES`]).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use otturnaut_core::{DeploymentId, EventSink, HostPort};
+use otturnaut_steps::{RetryPolicy, Strategy, reconcile_app};
+use otturnaut_tests::caddy_proc::{get_via, shared_listen};
+use otturnaut_tests::cluster::{Node, SwarmApp, docker_cli};
+
+/// One test at a time takes a node out.
+static NODES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Requests through Caddy until stopped: (answers of `want`, everything else).
+fn load(f: &Arc<SwarmApp>, want: &'static str, stop: &Arc<AtomicBool>) -> tokio::task::JoinHandle<(u32, Vec<String>)> {
+    let (f, stop) = (f.clone(), stop.clone());
+    tokio::spawn(async move {
+        let (mut ok, mut bad) = (0u32, Vec::new());
+        while !stop.load(Ordering::Relaxed) {
+            match get_via(&shared_listen(), f.domain.as_str()).await {
+                Ok((200, body)) if body == want => ok += 1,
+                other => bad.push(format!("{other:?}")),
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        (ok, bad)
+    })
+}
+
+/// Waits (up to 90 s) until Swarm runs `n` tasks of the release, none on `away`.
+async fn wait_tasks_moved(f: &SwarmApp, deployment: &DeploymentId, n: usize, away: &Node) {
+    let service = format!("otturnaut-{}-{deployment}", f.app);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (_, tasks) = docker_cli(
+            &f.cluster.manager,
+            &[
+                "service",
+                "ps",
+                "--filter",
+                "desired-state=running",
+                "--format",
+                "{{.Node}} {{.CurrentState}}",
+                &service,
+            ],
+        );
+        let running: Vec<&str> = tasks.lines().filter(|l| l.contains("Running")).collect();
+        if running.len() == n && !running.iter().any(|l| l.starts_with(&format!("{} ", away.name))) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "Swarm did not move the tasks off {} within 90 s: {tasks}", away.name);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A worker (not the manager: a single manager is the whole control plane)
+/// running a task of the release on `port`.
+fn worker_with_a_task(f: &SwarmApp, dials: &[String], port: HostPort) -> Node {
+    f.cluster.nodes[1..]
+        .iter()
+        .find(|n| dials.contains(&format!("{}:{port}", n.address)))
+        .unwrap_or_else(|| panic!("no worker runs a task: {dials:?}"))
+        .clone()
+}
+
+/// After reconcile: one live service, and the route dials exactly its
+/// running tasks, each answering `want`, none on `away` unless it runs a task again.
+async fn assert_one_live_service_with_healthy_upstreams(f: &SwarmApp, want: &str) {
+    let report = reconcile_app(&f.agent.adapters, &f.app, RetryPolicy::default()).await.expect("reconcile");
+    assert!(report.residue.is_empty(), "{report:?}");
+    let running: Vec<String> = f.services().await.into_iter().filter(|(_, r)| *r).map(|(n, _)| n).collect();
+    assert_eq!(running.len(), 1, "one live service: {:?}", f.services().await);
+    let dials = f.dials().await;
+    assert_eq!(dials.len(), 2, "one upstream per task: {dials:?}");
+    for dial in &dials {
+        assert_eq!(get_via(dial, "x").await.expect("GET a task"), (200, want.to_owned()), "the task on {dial} serves");
+    }
+}
+
+/// Puts a drained node back to work, even when the test fails.
+struct Undrain {
+    manager: String,
+    node: String,
+}
+
+impl Drop for Undrain {
+    fn drop(&mut self) {
+        let (ok, _) = docker_cli(&self.manager, &["node", "update", "--availability", "active", &self.node]);
+        if !ok {
+            eprintln!("could not set node {} active again: `docker node update --availability active` it", self.node);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_drained_node_leaves_the_route_on_reconcile_and_no_request_fails() {
+    let _turn = NODES.lock().await;
+    // Two tasks on three nodes: Swarm has a node to move one to.
+    let f = Arc::new(SwarmApp::new("swarmdrain", 2).await);
+    let first = f.bg.execute(f.spec(Duration::from_secs(30)), &EventSink::discard()).await.expect("deploy");
+    let port = first.release.host_port;
+    let before = f.dials().await;
+    assert_eq!(before.len(), 2, "one upstream per task: {before:?}");
+    // A worker that runs a task (the manager stays: a single manager is the whole control plane).
+    let node = f.cluster.nodes[1..]
+        .iter()
+        .find(|n| before.contains(&format!("{}:{port}", n.address)))
+        .unwrap_or_else(|| panic!("no worker runs a task: {before:?}"))
+        .clone();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn({
+        let (f, stop) = (f.clone(), stop.clone());
+        async move {
+            let (mut ok, mut bad) = (0u32, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match get_via(&shared_listen(), f.domain.as_str()).await {
+                    Ok((200, body)) if body == "v1\n" => ok += 1,
+                    other => bad.push(format!("{other:?}")),
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (ok, bad)
+        }
+    });
+
+    let undrain = Undrain { manager: f.cluster.manager.clone(), node: node.name.clone() };
+    let (ok, _) = docker_cli(&f.cluster.manager, &["node", "update", "--availability", "drain", &node.name]);
+    assert!(ok, "draining {}", node.name);
+    // Wait until Swarm runs both tasks elsewhere.
+    let service = format!("otturnaut-{}-{}", f.app, first.release.deployment);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, tasks) = docker_cli(
+            &f.cluster.manager,
+            &[
+                "service",
+                "ps",
+                "--filter",
+                "desired-state=running",
+                "--format",
+                "{{.Node}} {{.CurrentState}}",
+                &service,
+            ],
+        );
+        let running: Vec<&str> = tasks.lines().filter(|l| l.contains("Running")).collect();
+        if running.len() == 2 && !running.iter().any(|l| l.starts_with(&format!("{} ", node.name))) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Swarm did not move the task off {} within 60 s: {tasks}", node.name);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let report = reconcile_app(&f.agent.adapters, &f.app, RetryPolicy::default()).await.expect("reconcile");
+    assert!(report.residue.is_empty(), "{report:?}");
+    let after = f.dials().await;
+    assert_eq!(after.len(), 2, "one upstream per running task: {after:?}");
+    assert!(!after.contains(&format!("{}:{port}", node.address)), "the drained node left the route: {after:?}");
+    for dial in &after {
+        assert_eq!(get_via(dial, "x").await.expect("GET a task"), (200, "v1\n".into()), "the task on {dial} serves");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (ok, bad) = load.await.expect("load task");
+    assert!(bad.is_empty() && ok > 0, "{ok} requests got v1 while the node left, these did not: {bad:?}");
+
+    drop(undrain);
+    f.undeploy().await;
+}
+
+#[tokio::test]
+async fn a_node_whose_daemon_dies_after_a_deploy_leaves_the_route_and_comes_back() {
+    let _turn = NODES.lock().await;
+    let f = Arc::new(SwarmApp::new("swarmkill", 2).await);
+    let first = f.bg.execute(f.spec(Duration::from_secs(30)), &EventSink::discard()).await.expect("deploy");
+    let port = first.release.host_port;
+    let node = worker_with_a_task(&f, &f.dials().await, port);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let requests = load(&f, "v1\n", &stop);
+    let mut killed = node.kill_daemon(&f.cluster);
+    // Swarm sees the node down (no heartbeat) and starts its task elsewhere.
+    wait_tasks_moved(&f, &first.release.deployment, 2, &node).await;
+    let report = reconcile_app(&f.agent.adapters, &f.app, RetryPolicy::default()).await.expect("reconcile");
+    assert!(report.residue.is_empty(), "{report:?}");
+    let dials = f.dials().await;
+    assert!(!dials.contains(&format!("{}:{port}", node.address)), "the lost node left the route: {dials:?}");
+
+    killed.restart();
+    assert_one_live_service_with_healthy_upstreams(&f, "v1\n").await;
+    stop.store(true, Ordering::Relaxed);
+    let (ok, bad) = requests.await.expect("load task");
+    assert!(bad.is_empty() && ok > 0, "{ok} requests got v1 while the node was lost, these did not: {bad:?}");
+
+    f.undeploy().await;
+}
