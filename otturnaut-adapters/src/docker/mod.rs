@@ -21,7 +21,7 @@ mod dockerignore;
 mod resources;
 mod run;
 
-pub(crate) use run::{container_labels, mount, whole_seconds};
+pub(crate) use run::{container_labels, mount, recorded_from, whole_seconds};
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};

@@ -140,34 +140,7 @@ impl ContainerRuntime for Docker {
         let operation = format!("reading what container {id} was started with");
         let inspect = self.client.inspect_container(&id.0, None).await.map_err(|e| self.error(operation.clone(), e))?;
         let config = inspect.config.unwrap_or_default();
-        let labels = config.labels.unwrap_or_default();
-        let label = |key: &str| labels.get(key).map(String::as_str);
-        let missing = |what: &str| Error::failed(operation.clone(), format!("its {what} was not recorded"));
-        let record: ReleaseRecord = label(labels::RELEASE)
-            .and_then(|v| serde_json::from_str(v).ok())
-            .ok_or_else(|| missing("release settings (deployed by an older agent)"))?;
-        let container_port =
-            label(labels::CONTAINER_PORT).and_then(|v| v.parse().ok()).ok_or_else(|| missing("container port"))?;
-        let domains = label(labels::DOMAINS)
-            .unwrap_or_default()
-            .split(',')
-            .filter(|d| !d.is_empty())
-            .map(str::parse)
-            .collect::<Result<Vec<Domain>>>()?;
-        // The image's own ENV is in the list too: only the recorded names are the release's.
-        let all: BTreeMap<&str, &str> = config.env.iter().flatten().filter_map(|kv| kv.split_once('=')).collect();
-        let mut env = BTreeMap::new();
-        for name in &record.env {
-            let value = all.get(name.as_str()).ok_or_else(|| missing(&format!("env variable {name}")))?;
-            env.insert(name.clone(), Secret::new((*value).to_owned()));
-        }
-        Ok(RecordedRelease {
-            image: label(labels::IMAGE).ok_or_else(|| missing("image"))?.parse()?,
-            container_port,
-            domains,
-            env,
-            record,
-        })
+        recorded_from(&config.labels.unwrap_or_default(), &config.env.unwrap_or_default(), &operation)
     }
 }
 
@@ -416,6 +389,42 @@ fn split_lines(bytes: &[u8]) -> Vec<String> {
         .into_iter()
         .rev()
         .collect()
+}
+
+/// What a release was started with, from its labels and its env list
+/// (`NAME=value`, the image's own ENV included: only the recorded names are
+/// the release's): what a rollback brings back, for a container or a service.
+pub(crate) fn recorded_from(
+    labels: &HashMap<String, String>,
+    env: &[String],
+    operation: &str,
+) -> Result<RecordedRelease> {
+    let label = |key: &str| labels.get(key).map(String::as_str);
+    let missing = |what: &str| Error::failed(operation, format!("its {what} was not recorded"));
+    let record: ReleaseRecord = label(labels::RELEASE)
+        .and_then(|v| serde_json::from_str(v).ok())
+        .ok_or_else(|| missing("release settings (deployed by an older agent)"))?;
+    let container_port =
+        label(labels::CONTAINER_PORT).and_then(|v| v.parse().ok()).ok_or_else(|| missing("container port"))?;
+    let domains = label(labels::DOMAINS)
+        .unwrap_or_default()
+        .split(',')
+        .filter(|d| !d.is_empty())
+        .map(str::parse)
+        .collect::<Result<Vec<Domain>>>()?;
+    let all: BTreeMap<&str, &str> = env.iter().filter_map(|kv| kv.split_once('=')).collect();
+    let mut values = BTreeMap::new();
+    for name in &record.env {
+        let value = all.get(name.as_str()).ok_or_else(|| missing(&format!("env variable {name}")))?;
+        values.insert(name.clone(), Secret::new((*value).to_owned()));
+    }
+    Ok(RecordedRelease {
+        image: label(labels::IMAGE).ok_or_else(|| missing("image"))?.parse()?,
+        container_port,
+        domains,
+        env: values,
+        record,
+    })
 }
 
 #[cfg(test)]

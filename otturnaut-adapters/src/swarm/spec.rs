@@ -1,16 +1,12 @@
 //! A release as a Swarm service spec, and back.
 
-use std::collections::{BTreeMap, HashMap};
-
 use bollard::models::{
     EndpointPortConfig, EndpointPortConfigPublishModeEnum, EndpointSpec, EndpointSpecModeEnum, Limit, Service,
     ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, TaskSpec, TaskSpecContainerSpec, TaskSpecLogDriver,
     TaskSpecPlacement, TaskSpecResources, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum,
 };
 use otturnaut_core::traits::{RunRequest, container_name};
-use otturnaut_core::{
-    ContainerId, Domain, Error, ManagedContainer, RecordedRelease, ReleaseRecord, Result, Secret, labels,
-};
+use otturnaut_core::{ContainerId, Domain, Error, ManagedContainer, RecordedRelease, Result, labels};
 
 use crate::docker::{container_labels, mount, whole_seconds};
 
@@ -154,25 +150,6 @@ fn domains(label: Option<&str>) -> Result<Vec<Domain>> {
 
 /// What the service was created with, env values included (for a rollback).
 pub(super) fn recorded(spec: ServiceSpec, operation: &str) -> Result<RecordedRelease> {
-    let labels: HashMap<String, String> = spec.labels.unwrap_or_default();
-    let label = |key: &str| labels.get(key).map(String::as_str);
-    let missing = |what: &str| Error::failed(operation, format!("its {what} was not recorded"));
-    let record: ReleaseRecord =
-        label(labels::RELEASE).and_then(|v| serde_json::from_str(v).ok()).ok_or_else(|| missing("release settings"))?;
-    let container_port =
-        label(labels::CONTAINER_PORT).and_then(|v| v.parse().ok()).ok_or_else(|| missing("container port"))?;
-    let env_list = spec.task_template.and_then(|t| t.container_spec).and_then(|c| c.env).unwrap_or_default();
-    let all: BTreeMap<&str, &str> = env_list.iter().filter_map(|kv| kv.split_once('=')).collect();
-    let mut env = BTreeMap::new();
-    for name in &record.env {
-        let value = all.get(name.as_str()).ok_or_else(|| missing(&format!("env variable {name}")))?;
-        env.insert(name.clone(), Secret::new((*value).to_owned()));
-    }
-    Ok(RecordedRelease {
-        image: label(labels::IMAGE).ok_or_else(|| missing("image"))?.parse()?,
-        container_port,
-        domains: domains(label(labels::DOMAINS))?,
-        env,
-        record,
-    })
+    let env = spec.task_template.and_then(|t| t.container_spec).and_then(|c| c.env).unwrap_or_default();
+    crate::docker::recorded_from(&spec.labels.unwrap_or_default(), &env, operation)
 }
