@@ -84,7 +84,7 @@ pub(crate) fn parse_addr(hex: &str) -> Option<IpAddr> {
 }
 
 /// Equal, counting an IPv4-mapped IPv6 address as its IPv4 address.
-fn same(a: IpAddr, b: IpAddr) -> bool {
+pub(crate) fn same(a: IpAddr, b: IpAddr) -> bool {
     let canon = |ip: IpAddr| match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,

@@ -72,18 +72,10 @@ fn listening_in(table: &str, addrs: &[SocketAddr]) -> Vec<u64> {
         }
         let (ip, port) = local.split_once(':')?;
         let (ip, port) = (super::conns::parse_addr(ip)?, u16::from_str_radix(port, 16).ok()?);
-        let hit = addrs.iter().any(|a| a.port() == port && (ip.is_unspecified() || same_ip(ip, a.ip())));
+        let hit = addrs.iter().any(|a| a.port() == port && (ip.is_unspecified() || super::conns::same(ip, a.ip())));
         hit.then(|| inode.parse().ok()).flatten()
     };
     table.lines().skip(1).filter_map(row).collect()
-}
-
-fn same_ip(a: IpAddr, b: IpAddr) -> bool {
-    let canon = |ip: IpAddr| match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    };
-    canon(a) == canon(b)
 }
 
 /// The process holding one of the socket `inodes`, and its name.

@@ -13,13 +13,13 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
-use bollard::query_parameters::{ListServicesOptionsBuilder, RemoveImageOptionsBuilder, UpdateServiceOptionsBuilder};
+use bollard::query_parameters::{RemoveImageOptionsBuilder, UpdateServiceOptionsBuilder};
 use otturnaut_core::traits::{
     BuildRequest, ImageBuilder, KEPT_PREFIX, LIVE_PREFIX, Pruned, container_name, kept_tag, live_tag,
 };
 use otturnaut_core::{AppId, ContainerId, DeploymentId, EventSink, ImageRef, ManagedImage, Result, labels};
 
-use super::{Swarm, spec};
+use super::{Swarm, app_filter, our_services, spec};
 use crate::docker::{Docker, is_not_found};
 
 /// The service label of a live mark.
@@ -110,18 +110,7 @@ impl SwarmImages {
 
     /// Our services of `app` (or every app) and their mark labels.
     async fn marked_services(&self, app: Option<&AppId>) -> Result<Vec<MarkedService>> {
-        let mut wanted = vec![format!("{}=true", labels::MANAGED)];
-        if let Some(app) = app {
-            wanted.push(format!("{}={app}", labels::APP));
-        }
-        let filters = HashMap::from([("label", wanted)]);
-        let options = ListServicesOptionsBuilder::default().filters(&filters).build();
-        let services = self
-            .docker()
-            .client()
-            .list_services(Some(options))
-            .await
-            .map_err(|e| self.docker().error("listing the marks on services", e))?;
+        let services = our_services(self.docker(), app_filter(app), "listing the marks on services").await?;
         Ok(services
             .into_iter()
             .filter_map(|s| {

@@ -147,19 +147,25 @@ impl Swarm {
 
     /// The name of our service publishing `port`, if any.
     async fn service_on(&self, port: HostPort) -> Result<Option<String>> {
-        let filters = HashMap::from([(
-            "label",
-            vec![format!("{}=true", labels::MANAGED), format!("{}={port}", labels::HOST_PORT)],
-        )]);
-        let options = ListServicesOptionsBuilder::default().filters(&filters).build();
-        let services = self
-            .docker
-            .client()
-            .list_services(Some(options))
-            .await
-            .map_err(|e| self.docker.error(format!("finding the service on port {port}"), e))?;
+        let also = vec![format!("{}={port}", labels::HOST_PORT)];
+        let services = our_services(&self.docker, also, &format!("finding the service on port {port}")).await?;
         Ok(services.into_iter().filter_map(|s| s.spec?.name).find(|n| spec::is_ours(n)))
     }
+}
+
+/// Our services (label `managed=true`) that also carry every label of
+/// `also` (`KEY=VALUE`), in one listing; `doing` names it in an error.
+async fn our_services(docker: &Docker, also: Vec<String>, doing: &str) -> Result<Vec<bollard::models::Service>> {
+    let mut wanted = vec![format!("{}=true", labels::MANAGED)];
+    wanted.extend(also);
+    let filters = HashMap::from([("label", wanted)]);
+    let options = ListServicesOptionsBuilder::default().filters(&filters).build();
+    docker.client().list_services(Some(options)).await.map_err(|e| docker.error(doing, e))
+}
+
+/// The label filter for `app`'s services; none for every app.
+fn app_filter(app: Option<&AppId>) -> Vec<String> {
+    app.map(|app| format!("{}={app}", labels::APP)).into_iter().collect()
 }
 
 #[async_trait]

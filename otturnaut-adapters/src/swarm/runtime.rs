@@ -7,15 +7,15 @@ use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
 use bollard::models::{Task, TaskState};
 use bollard::query_parameters::{
-    InspectServiceOptions, ListServicesOptionsBuilder, ListTasksOptionsBuilder, PushImageOptionsBuilder,
-    TagImageOptionsBuilder, UpdateServiceOptionsBuilder,
+    InspectServiceOptions, ListTasksOptionsBuilder, PushImageOptionsBuilder, TagImageOptionsBuilder,
+    UpdateServiceOptionsBuilder,
 };
 use futures_util::StreamExt;
 use otturnaut_core::traits::{ContainerRuntime, RunRequest};
-use otturnaut_core::{AppId, ContainerId, ContainerStatus, Error, ManagedContainer, RecordedRelease, Result, labels};
+use otturnaut_core::{AppId, ContainerId, ContainerStatus, Error, ManagedContainer, RecordedRelease, Result};
 use tokio::time::{Instant, sleep};
 
-use super::{Swarm, is_running, spec};
+use super::{Swarm, app_filter, is_running, our_services, spec};
 use crate::docker::is_not_found;
 
 /// How often task states are polled while waiting.
@@ -141,18 +141,7 @@ impl ContainerRuntime for Swarm {
     }
 
     async fn list(&self, app: Option<&AppId>) -> Result<Vec<ManagedContainer>> {
-        let mut wanted = vec![format!("{}=true", labels::MANAGED)];
-        if let Some(app) = app {
-            wanted.push(format!("{}={app}", labels::APP));
-        }
-        let filters = HashMap::from([("label", wanted)]);
-        let options = ListServicesOptionsBuilder::default().filters(&filters).build();
-        let services = self
-            .docker
-            .client()
-            .list_services(Some(options))
-            .await
-            .map_err(|e| self.docker.error("listing managed services", e))?;
+        let services = our_services(&self.docker, app_filter(app), "listing managed services").await?;
         let mut out = Vec::new();
         for service in services {
             let Some(name) = service.spec.as_ref().and_then(|s| s.name.clone()).filter(|n| spec::is_ours(n)) else {
