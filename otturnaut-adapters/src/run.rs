@@ -197,17 +197,29 @@ impl Agent {
     /// What must hold before a deploy takes the app's lock: no domain of
     /// `spec` belongs to another app, and our Caddy server exists.
     pub async fn check_deploy(&self, spec: &DeploySpec) -> Result<(), StartError> {
-        let service = |doing: &str| {
-            let doing = doing.to_owned();
-            move |error| StartError::Service { doing, error }
-        };
+        self.check_domains(spec).await?;
+        self.prepare().await.map_err(service("setting up our Caddy server"))
+    }
+
+    /// [`Agent::rollback_spec`] checked as [`Agent::check_deploy`] checks a
+    /// deploy, with our Caddy server set up while the kept release is read:
+    /// a rollback waits for no more round trips than a deploy.
+    pub async fn check_rollback(&self, app: &AppId, to: Option<&DeploymentId>) -> Result<DeploySpec, StartError> {
+        let (spec, prepared) = tokio::join!(self.rollback_spec(app, to), self.prepare());
+        let spec = spec?;
+        prepared.map_err(service("setting up our Caddy server"))?;
+        self.check_domains(&spec).await?;
+        Ok(spec)
+    }
+
+    async fn check_domains(&self, spec: &DeploySpec) -> Result<(), StartError> {
         let owner = domain_owner(&self.adapters, &spec.app, &spec.domains)
             .await
             .map_err(service("checking which apps serve the domains"))?;
-        if let Some((domain, owner)) = owner {
-            return Err(StartError::DomainTaken { domain, owner });
+        match owner {
+            Some((domain, owner)) => Err(StartError::DomainTaken { domain, owner }),
+            None => Ok(()),
         }
-        self.prepare().await.map_err(service("setting up our Caddy server"))
     }
 
     /// Starts deploying `spec` under its app's `lock`, which the run holds
@@ -239,6 +251,12 @@ impl Agent {
         }
         Ok(report.done)
     }
+}
+
+/// A failed call to Docker or Caddy while `doing` something before a deploy.
+fn service(doing: &str) -> impl FnOnce(otturnaut_core::Error) -> StartError {
+    let doing = doing.to_owned();
+    move |error| StartError::Service { doing, error }
 }
 
 /// The task behind a [`DeployRun`].

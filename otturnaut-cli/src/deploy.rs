@@ -99,10 +99,12 @@ async fn deploy(global: &GlobalArgs, request: Request<'_>, out: &mut Out) -> Res
     crate::workdir::check_existing(&settings.agent.work_dir)?;
     let agent = connect(&settings.agent).await?;
     let spec = match spec {
-        Some(spec) => spec,
-        None => agent.rollback_spec(&app, to.as_ref()).await.map_err(start_fatal)?,
+        Some(spec) => {
+            agent.check_deploy(&spec).await.map_err(start_fatal)?;
+            spec
+        }
+        None => agent.check_rollback(&app, to.as_ref()).await.map_err(start_fatal)?,
     };
-    agent.check_deploy(&spec).await.map_err(start_fatal)?;
     if let Some(message) = crate::host::migrate_req_warning(&settings.agent.caddy_admin) {
         out.event(&otturnaut_core::DeployEvent::Warning { message });
     }
