@@ -15,7 +15,7 @@ use otturnaut_core::traits::{ContainerRuntime, RunRequest};
 use otturnaut_core::{AppId, ContainerId, ContainerStatus, Error, ManagedContainer, RecordedRelease, Result};
 use tokio::time::{Instant, sleep};
 
-use super::{Swarm, app_filter, is_running, our_services, spec};
+use super::{Swarm, app_filter, our_services, spec};
 use crate::docker::is_not_found;
 
 /// How often task states are polled while waiting.
@@ -68,7 +68,9 @@ impl ContainerRuntime for Swarm {
     }
 
     /// Scales the service to zero and waits until no task of it runs: a
-    /// stopped release holds no port on any node.
+    /// stopped release holds no port on any node. A task on a lost node
+    /// counts as stopped: it can report nothing before its node returns,
+    /// and the returning node stops it (the service asks for none).
     async fn stop(&self, id: &ContainerId, grace: Duration) -> Result<()> {
         let op = format!("stopping service {id}");
         let Some(service) = self.inspect(id).await? else {
@@ -86,8 +88,8 @@ impl ContainerRuntime for Swarm {
         }
         let deadline = Instant::now() + grace + STOP_SLACK;
         loop {
-            let tasks = self.all_tasks(&id.0).await?;
-            if tasks.iter().all(is_down) {
+            let (tasks, nodes) = tokio::try_join!(self.all_tasks(&id.0), self.nodes())?;
+            if tasks.iter().all(|t| is_down(t) || nodes.lost(t)) {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -118,9 +120,8 @@ impl ContainerRuntime for Swarm {
             .await?
             .ok_or_else(|| Error::failed(format!("inspecting service {id}"), "no such service"))?;
         let wanted = service.spec.as_ref().map(spec::replicas).unwrap_or(0);
-        let tasks = self.all_tasks(&id.0).await?;
-        let current: Vec<&Task> = tasks.iter().filter(|t| wants_running(t)).collect();
-        let running = wanted > 0 && count(current.iter().copied().filter(|t| is_running(t))) >= wanted;
+        let (tasks, nodes) = tokio::try_join!(self.all_tasks(&id.0), self.nodes())?;
+        let running = wanted > 0 && count(tasks.iter().filter(|t| wants_running(t) && nodes.runs(t))) >= wanted;
         let ended = newest_ended(&tasks);
         Ok(ContainerStatus {
             running,
@@ -141,7 +142,8 @@ impl ContainerRuntime for Swarm {
     }
 
     async fn list(&self, app: Option<&AppId>) -> Result<Vec<ManagedContainer>> {
-        let services = our_services(&self.docker, app_filter(app), "listing managed services").await?;
+        let (services, nodes) =
+            tokio::try_join!(our_services(&self.docker, app_filter(app), "listing managed services"), self.nodes())?;
         let mut out = Vec::new();
         for service in services {
             let Some(name) = service.spec.as_ref().and_then(|s| s.name.clone()).filter(|n| spec::is_ours(n)) else {
@@ -150,7 +152,7 @@ impl ContainerRuntime for Swarm {
             let running = match &service.spec {
                 Some(s) if spec::replicas(s) > 0 => {
                     let tasks = self.all_tasks(&name).await?;
-                    count(tasks.iter().filter(|t| wants_running(t) && is_running(t))) >= spec::replicas(s)
+                    count(tasks.iter().filter(|t| wants_running(t) && nodes.runs(t))) >= spec::replicas(s)
                 }
                 _ => false,
             };
@@ -244,7 +246,7 @@ impl Swarm {
         let deadline = Instant::now() + self.start_timeout;
         let mut last = String::from("no task yet");
         loop {
-            let tasks = self.all_tasks(name).await?;
+            let (tasks, nodes) = tokio::try_join!(self.all_tasks(name), self.nodes())?;
             if let Some(failed) = tasks.iter().find(|t| ended_badly(t)) {
                 return Err(Error::ContainerExited {
                     container: ContainerId(name.to_owned()),
@@ -253,13 +255,13 @@ impl Swarm {
                 });
             }
             let current: Vec<&Task> = tasks.iter().filter(|t| wants_running(t)).collect();
-            if count(current.iter().copied().filter(|t| is_running(t))) >= wanted {
+            if count(current.iter().copied().filter(|t| nodes.runs(t))) >= wanted {
                 return Ok(());
             }
             if current.iter().any(|t| message(t).contains("port already in use")) {
                 return Err(Error::PortTaken(req.host_port));
             }
-            if let Some(t) = current.iter().find(|t| !is_running(t)) {
+            if let Some(t) = current.iter().find(|t| !nodes.runs(t)) {
                 last = describe(t);
             }
             if Instant::now() >= deadline {
