@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use otturnaut_core::{DeploymentId, EventSink, HostPort};
 use otturnaut_steps::{RetryPolicy, Strategy, reconcile_app};
 use otturnaut_tests::caddy_proc::{get_via, shared_listen};
-use otturnaut_tests::cluster::{Node, SwarmApp, docker_cli};
+use otturnaut_tests::cluster::{Node, SwarmApp, assert_no_failed_request, docker_cli};
 use otturnaut_tests::fixtures::{Behaviour, write_context};
 
 /// One test at a time takes a node out.
@@ -175,7 +175,7 @@ async fn a_drained_node_leaves_the_route_on_reconcile_and_no_request_fails() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     let (ok, bad) = load.await.expect("load task");
-    assert!(bad.is_empty() && ok > 0, "{ok} requests got v1 while the node left, these did not: {bad:?}");
+    assert_no_failed_request(&bad, ok, 5, "while a node was drained (every answer v1)");
 
     drop(undrain);
     f.undeploy().await;
@@ -203,7 +203,7 @@ async fn a_node_whose_daemon_dies_after_a_deploy_leaves_the_route_and_comes_back
     assert_one_live_service_with_healthy_upstreams(&f, "v1\n").await;
     stop.store(true, Ordering::Relaxed);
     let (ok, bad) = requests.await.expect("load task");
-    assert!(bad.is_empty() && ok > 0, "{ok} requests got v1 while the node was lost, these did not: {bad:?}");
+    assert_no_failed_request(&bad, ok, 5, "while a node was lost (every answer v1)");
 
     f.undeploy().await;
 }
@@ -284,10 +284,7 @@ async fn a_node_whose_daemon_dies_during_a_deploy_leaves_one_live_release() {
     assert_eq!(f.via_caddy().await, (200, want.to_owned()));
     stop.store(true, Ordering::Relaxed);
     let (ok, bad) = requests.await.expect("load task");
-    assert!(
-        bad.is_empty() && ok > 0,
-        "{ok} requests were answered while a node died mid-deploy, these were not: {bad:?}"
-    );
+    assert_no_failed_request(&bad, ok, 5, "while a node died mid-deploy (every answer v1 or v2)");
 
     f.undeploy().await;
 }
