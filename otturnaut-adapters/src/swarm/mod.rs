@@ -36,9 +36,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bollard::models::{NodeState, Task, TaskState};
 use bollard::query_parameters::{ListNodesOptions, ListServicesOptionsBuilder, ListTasksOptionsBuilder};
-use otturnaut_core::{AppId, Error, HostPort, Result, labels};
+use otturnaut_core::{AppId, ContainerId, Error, HostPort, Result, labels};
 
-use crate::docker::Docker;
+use crate::docker::{Docker, LogStream};
 
 pub use health::SwarmProbe;
 pub use marks::{KEPT_LABEL, LIVE_LABEL, SwarmImages};
@@ -115,6 +115,16 @@ impl Swarm {
             }
         }
         Ok(hosts.into_iter().collect())
+    }
+
+    /// Streams a service's output (stdout and stderr of its tasks, as the
+    /// manager gathers it from the nodes), the last `tail` lines of each task
+    /// and, with `follow`, what comes after (`otturnaut logs` on a cluster).
+    /// The tasks' lines interleave as they arrive; a node that is down
+    /// contributes nothing.
+    pub fn stream_logs(&self, id: &ContainerId, tail: usize, follow: bool) -> LogStream {
+        let stream = self.docker.client().service_logs(&id.0, Some(crate::docker::log_options(tail, follow)));
+        self.docker.lines_of(format!("service {id}"), stream)
     }
 
     /// The tasks of `service` that Swarm wants running (the current ones).

@@ -20,6 +20,10 @@ use crate::docker::is_not_found;
 
 /// How often task states are polled while waiting.
 const POLL: Duration = Duration::from_millis(200);
+/// How many task states [`ContainerRuntime::logs`] starts with.
+const STATE_LINES: usize = 3;
+/// How long [`ContainerRuntime::logs`] reads the tasks' output.
+const LOG_WAIT: Duration = Duration::from_secs(5);
 /// Extra time a scale-down may take beyond the stop grace period.
 const STOP_SLACK: Duration = Duration::from_secs(30);
 
@@ -132,13 +136,37 @@ impl ContainerRuntime for Swarm {
         })
     }
 
-    /// Swarm has no task log API we use: the states of the recent tasks
-    /// explain a failure (`task: non-zero exit (1)`, a pull error).
+    /// The states of the newest tasks, which explain a failure the output
+    /// may not (`task: non-zero exit (1)`, a pull error), then the last
+    /// lines of the tasks' output: `tail` lines in all. The output is read
+    /// for at most [`LOG_WAIT`]: this explains an error, it must not delay it.
     async fn logs(&self, id: &ContainerId, tail: usize) -> Result<Vec<String>> {
         let tasks = self.all_tasks(&id.0).await?;
         let mut lines: Vec<String> = tasks.iter().map(describe).collect();
-        let skip = lines.len().saturating_sub(tail);
-        Ok(lines.split_off(skip))
+        lines.drain(..lines.len().saturating_sub(STATE_LINES.min(tail)));
+        let budget = tail - lines.len();
+        if budget == 0 {
+            return Ok(lines);
+        }
+        let mut output = std::collections::VecDeque::with_capacity(budget);
+        let mut stream = self.stream_logs(id, budget, false);
+        let read = tokio::time::timeout(LOG_WAIT, async {
+            while let Some(line) = stream.next().await {
+                if output.len() == budget {
+                    output.pop_front();
+                }
+                output.push_back(line?);
+            }
+            Ok::<(), Error>(())
+        })
+        .await;
+        match read {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => lines.push(format!("(the service's output could not be read: {e})")),
+            Err(_) => lines.push(format!("(the service's output was not all read within {LOG_WAIT:?})")),
+        }
+        lines.extend(output);
+        Ok(lines)
     }
 
     async fn list(&self, app: Option<&AppId>) -> Result<Vec<ManagedContainer>> {
