@@ -59,39 +59,44 @@ fn cluster_file() -> PathBuf {
 /// Reads the cluster's description and checks that its manager answers as a
 /// Swarm manager with every node ready; panics saying how to build it if not.
 pub async fn require_swarm() -> Cluster {
+    read_swarm().await.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`require_swarm`], saying what is wrong instead of panicking (for the bench).
+pub async fn read_swarm() -> Result<Cluster, String> {
     let path = cluster_file();
     let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("no Swarm cluster ({} cannot be read: {e}): {HOW}", path.display()));
+        .map_err(|e| format!("no Swarm cluster ({} cannot be read: {e}): {HOW}", path.display()))?;
     let json: serde_json::Value =
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON ({e}): {HOW}", path.display()));
-    let field = |v: &serde_json::Value, key: &str| -> String {
+        serde_json::from_str(&text).map_err(|e| format!("{} is not JSON ({e}): {HOW}", path.display()))?;
+    let field = |v: &serde_json::Value, key: &str| -> Result<String, String> {
         v.get(key)
             .and_then(|x| x.as_str())
-            .unwrap_or_else(|| panic!("{} has no {key}: {HOW}", path.display()))
-            .to_owned()
+            .map(str::to_owned)
+            .ok_or_else(|| format!("{} has no {key}: {HOW}", path.display()))
     };
-    let nodes: Vec<Node> = json
+    let mut nodes = Vec::new();
+    for n in json
         .get("nodes")
         .and_then(|n| n.as_array())
-        .unwrap_or_else(|| panic!("{} lists no nodes: {HOW}", path.display()))
-        .iter()
-        .map(|n| Node {
-            name: field(n, "name"),
-            address: field(n, "address")
-                .parse()
-                .unwrap_or_else(|e| panic!("a node address in {}: {e}", path.display())),
-            docker_host: field(n, "docker_host"),
-        })
-        .collect();
-    let cluster = Cluster { manager: field(&json, "manager"), registry: field(&json, "registry"), nodes };
-    let docker = Docker::connect_to(&cluster.manager)
+        .ok_or_else(|| format!("{} lists no nodes: {HOW}", path.display()))?
+    {
+        nodes.push(Node {
+            name: field(n, "name")?,
+            address: field(n, "address")?.parse().map_err(|e| format!("a node address in {}: {e}", path.display()))?,
+            docker_host: field(n, "docker_host")?,
+        });
+    }
+    let cluster = Cluster { manager: field(&json, "manager")?, registry: field(&json, "registry")?, nodes };
+    Docker::connect_to(&cluster.manager)
         .await
-        .unwrap_or_else(|e| panic!("the Swarm manager at {} does not answer ({e}): {HOW}", cluster.manager));
+        .map_err(|e| format!("the Swarm manager at {} does not answer ({e}): {HOW}", cluster.manager))?;
     let (ok, ready) = docker_cli(&cluster.manager, &["node", "ls", "--format", "{{.Status}}"]);
     let ready = ready.lines().filter(|l| l.trim() == "Ready").count();
-    assert!(ok && ready == cluster.nodes.len(), "{ready} of {} Swarm nodes are ready: {HOW}", cluster.nodes.len());
-    drop(docker);
-    cluster
+    if !ok || ready != cluster.nodes.len() {
+        return Err(format!("{ready} of {} Swarm nodes are ready: {HOW}", cluster.nodes.len()));
+    }
+    Ok(cluster)
 }
 
 /// `docker --host HOST …`, for what the adapter does not expose; panics if it cannot run.
