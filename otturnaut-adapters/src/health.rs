@@ -40,10 +40,15 @@ impl Probe {
     pub fn new(runtime: Arc<dyn ContainerRuntime>) -> Result<Self> {
         // The probe talks to our own containers on this host: a proxy from
         // the environment must not get in the way, and a redirect is an
-        // answer, not something to follow.
+        // answer, not something to follow. No connection outlives its probe:
+        // a long-lived agent (the daemon, a library consumer) would keep one
+        // open to the release, and on Caddy 2.8+ the drain counts every
+        // connection to the old release, so each redeploy of a keep-alive
+        // app waited out the drain timeout for it.
         let http = reqwest::Client::builder()
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(0)
             .build()
             .map_err(|e| Error::failed("setting up the HTTP health probe client", crate::error_chain(&e)))?;
         Ok(Probe { runtime, host: IpAddr::V4(Ipv4Addr::LOCALHOST), http })
@@ -256,6 +261,39 @@ mod tests {
         let probe = Probe::new(runtime.clone()).expect("probe");
         probe.check(&ContainerId("c".into()), port(), &running_check(Duration::from_secs(10))).await.expect("up");
         assert_eq!(*runtime.calls.lock().expect("lock"), 2);
+    }
+
+    /// The drain counts connections to the old release (Caddy 2.8+): a
+    /// probe's connection must not stay open in a long-lived agent.
+    #[tokio::test]
+    async fn an_http_probe_leaves_no_connection_open_to_a_keep_alive_server() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("bind");
+        let port = HostPort::try_from(listener.local_addr().expect("addr").port()).expect("port");
+        // Answers every request with keep-alive and reports when its client
+        // closed the connection.
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.expect("accept");
+            let mut buf = [0u8; 4096];
+            loop {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => return "closed",
+                    Ok(_) => {
+                        let reply = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok";
+                        if conn.write_all(reply.as_bytes()).await.is_err() {
+                            return "closed";
+                        }
+                    }
+                }
+            }
+        });
+        let probe = Probe::new(Scripted::new(vec![UP])).expect("probe");
+        let kind = HealthKind::Http { path: "/healthz".parse().expect("path"), expected_status: 200 };
+        let check = HealthCheck { kind, ..running_check(Duration::from_secs(10)) };
+        probe.check(&ContainerId("c".into()), port, &check).await.expect("healthy");
+        let closed = timeout(Duration::from_secs(5), server).await;
+        assert!(matches!(closed, Ok(Ok("closed"))), "the probe's connection is still open: {closed:?}");
+        drop(probe);
     }
 
     #[tokio::test]

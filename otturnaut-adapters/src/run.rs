@@ -183,8 +183,10 @@ impl Agent {
     }
 
     /// The spec of a rollback of `app` to its retained release `to` (by
-    /// default the newest): read-only; [`Agent::start_deploy`] reads it again
-    /// under the lock.
+    /// default the newest): read-only, so it can be refused before anything
+    /// is created. [`Agent::start_deploy`] runs it as read: a retained
+    /// release never changes, and one removed meanwhile fails at the build
+    /// step with nothing touched.
     pub async fn rollback_spec(&self, app: &AppId, to: Option<&DeploymentId>) -> Result<DeploySpec, StartError> {
         rollback_spec(&self.adapters, app, to, Timeouts::default()).await.map_err(|error| match error {
             otturnaut_core::Error::Invalid { .. } => StartError::NoRelease(error.to_string()),
@@ -250,9 +252,6 @@ struct Driver {
 
 enum End {
     Done(Box<Result<Deployed, DeployError>>),
-    /// A rollback whose release was no longer there to go back to under
-    /// the lock: nothing was touched.
-    Refused(otturnaut_core::Error),
     Interrupted(String),
 }
 
@@ -272,14 +271,11 @@ impl Driver {
         // task: its tokens still hand their undos to the reaper.
         let mut task = tokio::spawn({
             let (strategy, spec, sink) = (strategy.clone(), spec.clone(), sink.clone());
-            // A rollback reads its release again under the lock: what was
-            // kept may have changed since the caller looked.
-            async move {
-                match spec.rollback_of() {
-                    Some(to) => strategy.rollback(&spec.app, Some(to), spec.timeouts.clone(), &sink).await,
-                    None => Ok(strategy.execute(spec, &sink).await),
-                }
-            }
+            // A rollback's spec was read before the lock and is not read
+            // again: a retained release never changes, and one removed
+            // meanwhile fails the build step, where its tag is copied, with
+            // nothing touched.
+            async move { strategy.execute(spec, &sink).await }
         });
         drop(sink);
         let token = self.canceller.token.clone();
@@ -299,8 +295,7 @@ impl Driver {
                     // The task is over: it must not be awaited again below.
                     finished = true;
                     break match result {
-                        Ok(Ok(result)) => End::Done(Box::new(result)),
-                        Ok(Err(refused)) => End::Refused(refused),
+                        Ok(result) => End::Done(Box::new(result)),
                         Err(e) => End::Interrupted(format!("a panic ({})", panic_message(e))),
                     };
                 }
@@ -334,10 +329,6 @@ impl Driver {
                     Ending::Failed { step, cause, undo: undo.outcomes, residue: undo.residue, live }
                 }
             },
-            End::Refused(cause) => {
-                let live = self.live(&app).await;
-                Ending::Failed { step: Step::Build, cause, undo: Vec::new(), residue: Vec::new(), live }
-            }
             End::Interrupted(cause) => self.interrupted(&strategy, &spec, cause, committed).await,
         };
         let rollback_of = match &ending {

@@ -654,6 +654,7 @@ async fn route_serves_and_switches_upstreams() {
 /// removed when dropped.
 struct ContainerCaddy {
     name: String,
+    image: String,
     admin_url: String,
 }
 
@@ -698,7 +699,7 @@ impl ContainerCaddy {
             "--config",
             "/caddy.json",
         ]);
-        let caddy = ContainerCaddy { name, admin_url: format!("http://127.0.0.1:{admin_port}") };
+        let caddy = ContainerCaddy { name, image, admin_url: format!("http://127.0.0.1:{admin_port}") };
         let admin = caddy.admin_url.clone();
         wait_for("the Caddy in a container to answer", async || {
             client().get(format!("{admin}/config/")).send().await.is_ok_and(|r| r.status().is_success())
@@ -711,6 +712,7 @@ impl ContainerCaddy {
 impl Drop for ContainerCaddy {
     fn drop(&mut self) {
         let _ = std::process::Command::new("docker").args(["rm", "-f", &self.name]).output();
+        let _ = std::process::Command::new("docker").args(["rmi", &self.image]).output();
     }
 }
 

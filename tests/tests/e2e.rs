@@ -178,3 +178,44 @@ async fn failed_redeploy_keeps_the_old_release_and_leaves_nothing() {
 
     undeploy_app(&agent.adapters, &app, Duration::from_secs(5), RetryPolicy::default()).await.expect("undeploy");
 }
+
+/// A rollback's spec is read before the app's lock and run as read: a
+/// retained release removed in between (by retention, `prune`, another
+/// agent) fails the rollback at the build step, where its image tag is
+/// copied, and nothing is touched.
+#[tokio::test]
+async fn a_rollback_whose_release_went_away_after_it_was_read_fails_and_touches_nothing() {
+    let Fixture { work, agent, app, domain, repo, _daemon, url, bg } = Fixture::new("e2egone").await;
+    let first = bg.execute(spec(&app, &url, &domain), &EventSink::discard()).await.expect("first deploy");
+    repo.commit_with("v2", |d| write_context(d, &Behaviour::serve("v2")));
+    bg.execute(spec(&app, &url, &domain), &EventSink::discard()).await.expect("redeploy");
+
+    let rollback = agent.rollback_spec(&app, None).await.expect("v1 is retained");
+    assert_eq!(rollback.rollback_of(), Some(&first.release.deployment));
+    // v1 goes away between the read and the rollback.
+    let a = &agent.adapters;
+    let name = otturnaut_core::traits::container_name(&app, &first.release.deployment);
+    a.runtime.remove(&otturnaut_core::ContainerId(name)).await.expect("removing v1");
+    for image in a.builder.list_images(Some(&app)).await.expect("images") {
+        if image.deployment == first.release.deployment {
+            for tag in &image.tags {
+                a.builder.remove_image(tag).await.expect("removing v1's tags");
+            }
+        }
+    }
+    let before = snapshot(&agent, &app, work.path()).await;
+
+    let outcome = agent.deploy(rollback).await.expect("the rollback starts").outcome().await;
+    match &outcome.ending {
+        otturnaut_adapters::Ending::Failed { step, residue, .. } => {
+            assert_eq!(*step, Step::Build, "{outcome:?}");
+            assert!(residue.is_empty(), "{outcome:?}");
+        }
+        other => panic!("the rollback to a removed release must fail: {other:?}"),
+    }
+    assert_eq!(outcome.rollback_of.as_ref(), Some(&first.release.deployment));
+    assert_eq!(body_via_caddy(&domain).await, (200, "v2\n".into()), "v2 still served");
+    assert_eq!(snapshot(&agent, &app, work.path()).await, before, "nothing left behind");
+
+    undeploy_app(&agent.adapters, &app, Duration::from_secs(5), RetryPolicy::default()).await.expect("undeploy");
+}
