@@ -141,7 +141,8 @@ impl ContainerRuntime for Swarm {
     /// lines of the tasks' output: `tail` lines in all. The output is read
     /// for at most [`LOG_WAIT`]: this explains an error, it must not delay it.
     async fn logs(&self, id: &ContainerId, tail: usize) -> Result<Vec<String>> {
-        let tasks = self.all_tasks(&id.0).await?;
+        let mut tasks = self.all_tasks(&id.0).await?;
+        tasks.sort_by_key(|t| t.updated_at.map(|d| d.unix_timestamp_nanos()).unwrap_or_default());
         let mut lines: Vec<String> = tasks.iter().map(describe).collect();
         lines.drain(..lines.len().saturating_sub(STATE_LINES.min(tail)));
         let budget = tail - lines.len();
@@ -165,6 +166,7 @@ impl ContainerRuntime for Swarm {
             Ok(Err(e)) => lines.push(format!("(the service's output could not be read: {e})")),
             Err(_) => lines.push(format!("(the service's output was not all read within {LOG_WAIT:?})")),
         }
+        while lines.len() + output.len() > tail && output.pop_front().is_some() {}
         lines.extend(output);
         Ok(lines)
     }
