@@ -4,11 +4,11 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use otturnaut_core::{Adapters, PortRange, Result};
+use otturnaut_core::{Adapters, ContainerId, PortRange, Result};
 use otturnaut_steps::LabelState;
 
 use crate::caddy::{Caddy, CaddyConfig};
-use crate::docker::Docker;
+use crate::docker::{Docker, LogStream};
 use crate::git::GitFetcher;
 use crate::health::Probe;
 use crate::ports::PortPool;
@@ -98,6 +98,8 @@ pub struct Agent {
     pub git: GitFetcher,
     /// What it was connected with.
     pub config: AgentConfig,
+    /// The Swarm runtime itself, with [`RuntimeKind::Swarm`].
+    swarm: Option<Swarm>,
 }
 
 impl Agent {
@@ -134,7 +136,7 @@ impl Agent {
             health: Arc::new(Probe::new(runtime.clone())?.with_host(config.bind_address)),
             state: Arc::new(LabelState::new(runtime.clone(), runtime, router)),
         };
-        Ok(Agent { adapters, docker, caddy, git, config: config.clone() })
+        Ok(Agent { adapters, docker, caddy, git, config: config.clone(), swarm: None })
     }
 
     /// The same ports with the Swarm runtime: services instead of
@@ -158,10 +160,21 @@ impl Agent {
             runtime: runtime.clone(),
             router: router.clone(),
             ports: Arc::new(PortPool::new(config.port_range, runtime.clone())),
-            health: Arc::new(SwarmProbe::new(swarm)?),
+            health: Arc::new(SwarmProbe::new(swarm.clone())?),
             state: Arc::new(LabelState::new(runtime, images, router)),
         };
-        Ok(Agent { adapters, docker, caddy, git, config: config.clone() })
+        Ok(Agent { adapters, docker, caddy, git, config: config.clone(), swarm: Some(swarm) })
+    }
+
+    /// Streams a release's output, the last `tail` lines and, with
+    /// `follow`, what comes after: its container's, or on a cluster its
+    /// service's tasks' (the last `tail` of each task). What `otturnaut logs`
+    /// and the daemon's logs endpoint print.
+    pub fn stream_logs(&self, id: &ContainerId, tail: usize, follow: bool) -> LogStream {
+        match &self.swarm {
+            Some(swarm) => swarm.stream_logs(id, tail, follow),
+            None => self.docker.stream_logs(id, tail, follow),
+        }
     }
 
     /// Makes sure our Caddy server exists with the configured listen

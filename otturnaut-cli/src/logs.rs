@@ -56,7 +56,7 @@ async fn logs(global: &GlobalArgs, app: &str, follow: bool, tail: usize, out: &O
 
     // Streamed in both modes: a large --tail never sits in memory whole.
     let mut stdout = std::io::stdout().lock();
-    let mut stream = agent.docker.stream_logs(&container, tail, follow);
+    let mut stream = agent.stream_logs(&container, tail, follow);
     while let Some(line) = stream.next().await {
         let line = line.map_err(|e| Fatal::service(&format!("reading {app}'s logs"), &e))?;
         if writeln!(stdout, "{line}").and_then(|()| if follow { stdout.flush() } else { Ok(()) }).is_err() {

@@ -216,7 +216,7 @@ pub async fn logs(
         return Err(ApiError::field("tail", format!("{} lines; at most {MAX_TAIL}", query.tail)));
     }
     let container = container_of(&state, &app).await?;
-    let mut stream = state.agent.docker.stream_logs(&container, query.tail, query.follow);
+    let mut stream = state.agent.stream_logs(&container, query.tail, query.follow);
     if query.follow {
         let lines = stream.map(|line| {
             let event = match line {

@@ -27,12 +27,13 @@ mod rollback;
 mod route_switch;
 mod stats;
 mod suite;
+mod swarm;
 mod table;
 mod timing;
 mod zero_downtime;
 
 /// The sections of the suite, in the order they run.
-pub const SECTIONS: [&str; 9] = [
+pub const SECTIONS: [&str; 10] = [
     "zero-downtime",
     "high-rate",
     "timing",
@@ -42,6 +43,7 @@ pub const SECTIONS: [&str; 9] = [
     "concurrency",
     "footprint",
     "daemon",
+    "swarm",
 ];
 
 #[derive(Debug, Clone, Parser)]
@@ -64,7 +66,7 @@ pub struct Args {
     #[arg(long, default_value_t = 20)]
     pub concurrency: usize,
     /// Run only these sections (comma-separated): zero-downtime, high-rate, timing, rollback, release-rollback, switch, concurrency,
-    /// footprint, daemon. high-rate runs on Debian's Caddy and on the current one (installed if missing) and has its
+    /// footprint, daemon, swarm (needs `cargo xtask services up --swarm 3`). high-rate runs on Debian's Caddy and on the current one (installed if missing) and has its
     /// own block in the report, so `--only high-rate` leaves the other figures in BENCHMARKS.md as they are
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,

@@ -20,8 +20,14 @@ pub struct Args {
     pub args: Vec<String>,
 }
 
+/// The cluster the suite's `swarm` section redeploys on.
+const SWARM_NODES: u8 = 3;
+
 pub fn run(env: &Env, args: &Args) -> Result<ExitCode> {
     services::up(env)?;
+    if wants_swarm(&args.args) {
+        crate::swarm::up(env, SWARM_NODES).context("building the Swarm cluster of the bench's swarm section")?;
+    }
     let debian = CaddyFlavor::Debian.install(env)?;
     let current = CaddyFlavor::Current.install(env)?;
     let shown = format!("cargo xtask bench {}", args.args.join(" "));
@@ -37,4 +43,36 @@ pub fn run(env: &Env, args: &Args) -> Result<ExitCode> {
         .status()
         .with_context(|| format!("running {}", std::path::Path::new(&cargo).display()))?;
     Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Whether the suite will run its `swarm` section: no `--only`, or one naming it.
+fn wants_swarm(args: &[String]) -> bool {
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        return false;
+    }
+    let mut only = None;
+    for (i, a) in args.iter().enumerate() {
+        if a == "--only" {
+            only = args.get(i + 1).cloned();
+        } else if let Some(v) = a.strip_prefix("--only=") {
+            only = Some(v.to_owned());
+        }
+    }
+    only.is_none_or(|sections| sections.split(',').any(|s| s == "swarm"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wants_swarm;
+
+    #[test]
+    fn the_cluster_is_built_only_for_the_swarm_section() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(wants_swarm(&args(&[])));
+        assert!(wants_swarm(&args(&["--quick"])));
+        assert!(wants_swarm(&args(&["--only", "timing,swarm"])));
+        assert!(wants_swarm(&args(&["--only=swarm"])));
+        assert!(!wants_swarm(&args(&["--only", "timing"])));
+        assert!(!wants_swarm(&args(&["--help"])));
+    }
 }

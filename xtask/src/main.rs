@@ -156,13 +156,13 @@ Afterwards: curl -H 'Host: hello.localhost' http://127.0.0.1:8080/";
 const TEST_HELP: &str = "\
 The CI gate, also what .ci/run runs. In order:
   1. cargo xtask services up --swarm 3 (installs and starts what is missing, stops here if that
-     fails; then builds a fresh 3-node Swarm cluster for tests/tests/swarm.rs)
+     fails; then builds a fresh 3-node Swarm cluster for tests/tests/swarm*.rs)
   2. cargo fmt --all -- --check
   3. cargo test --workspace --all-features --locked --no-fail-fast [extra args], with private
      Caddies of the shared Caddy's version
-  4. the Caddy-facing tests (caddy, e2e, cli, chaos) again on the other supported Caddy (Debian's
-     2.6.2 or the current 2.11.7, installed if missing), with a Caddy of that version standing
-     in for the shared one (unless --one-caddy)
+  4. the Caddy-facing tests (caddy, e2e, cli, chaos, swarm, swarm_nodes) again on the other
+     supported Caddy (Debian's 2.6.2 or the current 2.11.7, installed if missing), with a Caddy
+     of that version standing in for the shared one (unless --one-caddy)
   5. cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 Every step runs even when an earlier one failed, then a summary lists each step's result and
 time. Exits non-zero if any step failed. CI and other environment variables pass through.";

@@ -33,6 +33,7 @@ use otturnaut_core::{Error, Result, Service};
 pub use buildkit::{Builder, MAX_SOLVE_CONTEXT};
 pub use cache::BUILD_CACHE_KEEP;
 pub use run::LogStream;
+pub(crate) use run::log_options;
 
 /// Where the daemon listens when `DOCKER_HOST` is not set.
 pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";

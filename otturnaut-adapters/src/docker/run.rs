@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerSummary, EndpointSettings, HostConfig, HostConfigLogConfig, Mount, MountType,
@@ -155,15 +156,21 @@ impl Docker {
     /// `follow`, what comes after: one line at a time, never all of it in
     /// memory (`otturnaut logs`).
     pub fn stream_logs(&self, id: &ContainerId, tail: usize, follow: bool) -> LogStream {
-        let options =
-            LogsOptionsBuilder::default().stdout(true).stderr(true).follow(follow).tail(&tail.to_string()).build();
+        let stream = self.client.logs(&id.0, Some(log_options(tail, follow)));
+        self.lines_of(format!("container {id}"), stream)
+    }
+
+    /// `stream`'s output, one line at a time; an error names `what`.
+    pub(crate) fn lines_of(
+        &self,
+        what: String,
+        stream: impl Stream<Item = std::result::Result<LogOutput, BollardError>> + Send + 'static,
+    ) -> LogStream {
         let this = self.clone();
-        let id = id.clone();
-        let stream = self.client.logs(&id.0, Some(options));
         Box::pin(stream.flat_map(move |item| {
             let lines: Vec<Result<String>> = match item {
                 Ok(output) => split_lines(&output.into_bytes()).into_iter().map(Ok).collect(),
-                Err(e) => vec![Err(this.error(format!("following logs of container {id}"), e))],
+                Err(e) => vec![Err(this.error(format!("following logs of {what}"), e))],
             };
             futures_util::stream::iter(lines)
         }))
@@ -375,6 +382,11 @@ fn is_port_taken(e: &BollardError) -> bool {
 fn is_removal_in_progress(e: &BollardError) -> bool {
     matches!(e, BollardError::DockerResponseServerError { status_code: 409, message }
         if message.contains("already in progress"))
+}
+
+/// Stdout and stderr, the last `tail` lines and, with `follow`, what comes after.
+pub(crate) fn log_options(tail: usize, follow: bool) -> bollard::query_parameters::LogsOptions {
+    LogsOptionsBuilder::default().stdout(true).stderr(true).follow(follow).tail(&tail.to_string()).build()
 }
 
 fn split_lines(bytes: &[u8]) -> Vec<String> {

@@ -27,18 +27,18 @@ mod marks;
 mod runtime;
 mod spec;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bollard::models::{Task, TaskState};
+use bollard::models::{NodeState, Task, TaskState};
 use bollard::query_parameters::{ListNodesOptions, ListServicesOptionsBuilder, ListTasksOptionsBuilder};
-use otturnaut_core::{AppId, Error, HostPort, Result, labels};
+use otturnaut_core::{AppId, ContainerId, Error, HostPort, Result, labels};
 
-use crate::docker::Docker;
+use crate::docker::{Docker, LogStream};
 
 pub use health::SwarmProbe;
 pub use marks::{KEPT_LABEL, LIVE_LABEL, SwarmImages};
@@ -100,14 +100,14 @@ impl Swarm {
     }
 
     /// The addresses of the nodes running a task of `service` (by name or
-    /// id), one per running task, sorted.
+    /// id), one per running task, sorted. A task on a lost node is not
+    /// running, whatever it last reported.
     pub async fn task_hosts(&self, service: &str) -> Result<Vec<IpAddr>> {
-        let tasks = self.tasks(service).await?;
-        let nodes = self.node_addresses().await?;
+        let (tasks, nodes) = tokio::try_join!(self.tasks(service), self.nodes())?;
         let mut hosts: BTreeSet<IpAddr> = BTreeSet::new();
-        for task in tasks.iter().filter(|t| is_running(t)) {
+        for task in tasks.iter().filter(|t| nodes.runs(t)) {
             let node = task.node_id.as_deref().unwrap_or_default();
-            match nodes.get(node) {
+            match nodes.addresses.get(node) {
                 Some(addr) => {
                     hosts.insert(*addr);
                 }
@@ -115,6 +115,16 @@ impl Swarm {
             }
         }
         Ok(hosts.into_iter().collect())
+    }
+
+    /// Streams a service's output (stdout and stderr of its tasks, as the
+    /// manager gathers it from the nodes), the last `tail` lines of each task
+    /// and, with `follow`, what comes after (`otturnaut logs` on a cluster).
+    /// The tasks' lines interleave as they arrive; a node that is down
+    /// contributes nothing.
+    pub fn stream_logs(&self, id: &ContainerId, tail: usize, follow: bool) -> LogStream {
+        let stream = self.docker.client().service_logs(&id.0, Some(crate::docker::log_options(tail, follow)));
+        self.docker.lines_of(format!("service {id}"), stream)
     }
 
     /// The tasks of `service` that Swarm wants running (the current ones).
@@ -128,21 +138,25 @@ impl Swarm {
             .map_err(|e| self.docker.error(format!("listing the tasks of service {service}"), e))
     }
 
-    /// Every node's id and address.
-    async fn node_addresses(&self) -> Result<HashMap<String, IpAddr>> {
+    /// What the manager knows of the nodes now.
+    pub(super) async fn nodes(&self) -> Result<Nodes> {
         let nodes = self
             .docker
             .client()
             .list_nodes(None::<ListNodesOptions>)
             .await
             .map_err(|e| self.docker.error("listing the Swarm's nodes", e))?;
-        Ok(nodes
-            .into_iter()
-            .filter_map(|n| {
-                let addr = n.status?.addr?.parse().ok()?;
-                Some((n.id?, addr))
-            })
-            .collect())
+        let mut view = Nodes::default();
+        for node in nodes {
+            let (Some(id), Some(status)) = (node.id, node.status) else { continue };
+            if let Some(addr) = status.addr.and_then(|a| a.parse().ok()) {
+                view.addresses.insert(id.clone(), addr);
+            }
+            if !matches!(status.state, Some(NodeState::DOWN | NodeState::DISCONNECTED)) {
+                view.up.insert(id);
+            }
+        }
+        Ok(view)
     }
 
     /// The name of our service publishing `port`, if any.
@@ -180,6 +194,30 @@ impl crate::caddy::UpstreamHosts for Swarm {
 
 fn is_running(task: &Task) -> bool {
     task.status.as_ref().and_then(|s| s.state) == Some(TaskState::RUNNING)
+}
+
+/// The nodes as the manager sees them: each one's address, and which are
+/// up (ready, or not yet known).
+#[derive(Debug, Default)]
+pub(super) struct Nodes {
+    addresses: HashMap<String, IpAddr>,
+    up: HashSet<String>,
+}
+
+impl Nodes {
+    /// Whether the task is on a node that is down, disconnected or no longer
+    /// in the Swarm. Such a task reports nothing more: its last state (often
+    /// "running", with its container still up on the lost daemon) is stale,
+    /// and Swarm has started a replacement on another node. It only ends
+    /// when the node comes back, so nothing may wait for it.
+    pub(super) fn lost(&self, task: &Task) -> bool {
+        task.node_id.as_deref().is_some_and(|n| !self.up.contains(n))
+    }
+
+    /// Whether the task runs on a node that is up.
+    pub(super) fn runs(&self, task: &Task) -> bool {
+        is_running(task) && !self.lost(task)
+    }
 }
 
 /// Checks a registry address: `HOST:PORT`, nothing else (it becomes part of

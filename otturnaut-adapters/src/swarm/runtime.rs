@@ -15,11 +15,15 @@ use otturnaut_core::traits::{ContainerRuntime, RunRequest};
 use otturnaut_core::{AppId, ContainerId, ContainerStatus, Error, ManagedContainer, RecordedRelease, Result};
 use tokio::time::{Instant, sleep};
 
-use super::{Swarm, app_filter, is_running, our_services, spec};
+use super::{Swarm, app_filter, our_services, spec};
 use crate::docker::is_not_found;
 
 /// How often task states are polled while waiting.
 const POLL: Duration = Duration::from_millis(200);
+/// How many task states [`ContainerRuntime::logs`] starts with.
+const STATE_LINES: usize = 3;
+/// How long [`ContainerRuntime::logs`] reads the tasks' output.
+const LOG_WAIT: Duration = Duration::from_secs(5);
 /// Extra time a scale-down may take beyond the stop grace period.
 const STOP_SLACK: Duration = Duration::from_secs(30);
 
@@ -68,7 +72,9 @@ impl ContainerRuntime for Swarm {
     }
 
     /// Scales the service to zero and waits until no task of it runs: a
-    /// stopped release holds no port on any node.
+    /// stopped release holds no port on any node. A task on a lost node
+    /// counts as stopped: it can report nothing before its node returns,
+    /// and the returning node stops it (the service asks for none).
     async fn stop(&self, id: &ContainerId, grace: Duration) -> Result<()> {
         let op = format!("stopping service {id}");
         let Some(service) = self.inspect(id).await? else {
@@ -86,8 +92,8 @@ impl ContainerRuntime for Swarm {
         }
         let deadline = Instant::now() + grace + STOP_SLACK;
         loop {
-            let tasks = self.all_tasks(&id.0).await?;
-            if tasks.iter().all(is_down) {
+            let (tasks, nodes) = tokio::try_join!(self.all_tasks(&id.0), self.nodes())?;
+            if tasks.iter().all(|t| is_down(t) || nodes.lost(t)) {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -118,9 +124,8 @@ impl ContainerRuntime for Swarm {
             .await?
             .ok_or_else(|| Error::failed(format!("inspecting service {id}"), "no such service"))?;
         let wanted = service.spec.as_ref().map(spec::replicas).unwrap_or(0);
-        let tasks = self.all_tasks(&id.0).await?;
-        let current: Vec<&Task> = tasks.iter().filter(|t| wants_running(t)).collect();
-        let running = wanted > 0 && count(current.iter().copied().filter(|t| is_running(t))) >= wanted;
+        let (tasks, nodes) = tokio::try_join!(self.all_tasks(&id.0), self.nodes())?;
+        let running = wanted > 0 && count(tasks.iter().filter(|t| wants_running(t) && nodes.runs(t))) >= wanted;
         let ended = newest_ended(&tasks);
         Ok(ContainerStatus {
             running,
@@ -131,17 +136,44 @@ impl ContainerRuntime for Swarm {
         })
     }
 
-    /// Swarm has no task log API we use: the states of the recent tasks
-    /// explain a failure (`task: non-zero exit (1)`, a pull error).
+    /// The states of the newest tasks, which explain a failure the output
+    /// may not (`task: non-zero exit (1)`, a pull error), then the last
+    /// lines of the tasks' output: `tail` lines in all. The output is read
+    /// for at most [`LOG_WAIT`]: this explains an error, it must not delay it.
     async fn logs(&self, id: &ContainerId, tail: usize) -> Result<Vec<String>> {
-        let tasks = self.all_tasks(&id.0).await?;
+        let mut tasks = self.all_tasks(&id.0).await?;
+        tasks.sort_by_key(|t| t.updated_at.map(|d| d.unix_timestamp_nanos()).unwrap_or_default());
         let mut lines: Vec<String> = tasks.iter().map(describe).collect();
-        let skip = lines.len().saturating_sub(tail);
-        Ok(lines.split_off(skip))
+        lines.drain(..lines.len().saturating_sub(STATE_LINES.min(tail)));
+        let budget = tail - lines.len();
+        if budget == 0 {
+            return Ok(lines);
+        }
+        let mut output = std::collections::VecDeque::with_capacity(budget);
+        let mut stream = self.stream_logs(id, budget, false);
+        let read = tokio::time::timeout(LOG_WAIT, async {
+            while let Some(line) = stream.next().await {
+                if output.len() == budget {
+                    output.pop_front();
+                }
+                output.push_back(line?);
+            }
+            Ok::<(), Error>(())
+        })
+        .await;
+        match read {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => lines.push(format!("(the service's output could not be read: {e})")),
+            Err(_) => lines.push(format!("(the service's output was not all read within {LOG_WAIT:?})")),
+        }
+        while lines.len() + output.len() > tail && output.pop_front().is_some() {}
+        lines.extend(output);
+        Ok(lines)
     }
 
     async fn list(&self, app: Option<&AppId>) -> Result<Vec<ManagedContainer>> {
-        let services = our_services(&self.docker, app_filter(app), "listing managed services").await?;
+        let (services, nodes) =
+            tokio::try_join!(our_services(&self.docker, app_filter(app), "listing managed services"), self.nodes())?;
         let mut out = Vec::new();
         for service in services {
             let Some(name) = service.spec.as_ref().and_then(|s| s.name.clone()).filter(|n| spec::is_ours(n)) else {
@@ -150,7 +182,7 @@ impl ContainerRuntime for Swarm {
             let running = match &service.spec {
                 Some(s) if spec::replicas(s) > 0 => {
                     let tasks = self.all_tasks(&name).await?;
-                    count(tasks.iter().filter(|t| wants_running(t) && is_running(t))) >= spec::replicas(s)
+                    count(tasks.iter().filter(|t| wants_running(t) && nodes.runs(t))) >= spec::replicas(s)
                 }
                 _ => false,
             };
@@ -244,7 +276,7 @@ impl Swarm {
         let deadline = Instant::now() + self.start_timeout;
         let mut last = String::from("no task yet");
         loop {
-            let tasks = self.all_tasks(name).await?;
+            let (tasks, nodes) = tokio::try_join!(self.all_tasks(name), self.nodes())?;
             if let Some(failed) = tasks.iter().find(|t| ended_badly(t)) {
                 return Err(Error::ContainerExited {
                     container: ContainerId(name.to_owned()),
@@ -253,13 +285,13 @@ impl Swarm {
                 });
             }
             let current: Vec<&Task> = tasks.iter().filter(|t| wants_running(t)).collect();
-            if count(current.iter().copied().filter(|t| is_running(t))) >= wanted {
+            if count(current.iter().copied().filter(|t| nodes.runs(t))) >= wanted {
                 return Ok(());
             }
             if current.iter().any(|t| message(t).contains("port already in use")) {
                 return Err(Error::PortTaken(req.host_port));
             }
-            if let Some(t) = current.iter().find(|t| !is_running(t)) {
+            if let Some(t) = current.iter().find(|t| !nodes.runs(t)) {
                 last = describe(t);
             }
             if Instant::now() >= deadline {

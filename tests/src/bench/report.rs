@@ -53,6 +53,8 @@ pub struct Results {
     pub concurrency: Vec<concurrency::Row>,
     pub footprint: Option<Footprint>,
     pub daemon: Option<super::daemon::Figures>,
+    /// Redeploys on the Swarm cluster: Otturnaut's, then Docker's rolling update.
+    pub swarm: Vec<super::swarm::Row>,
     /// The high-rate load, per Caddy version (its own block of the report).
     pub high_rate: Vec<high_rate::RateRow>,
     pub websockets: Vec<high_rate::WsRow>,
@@ -120,6 +122,7 @@ impl Results {
         if let Some(d) = &self.daemon {
             d.markdown(w);
         }
+        super::swarm::markdown(&self.swarm, w);
         out
     }
 

@@ -19,7 +19,9 @@ use super::zero_downtime::{self, Plan, Retire, UpstreamIdle};
 
 /// Redeploys per retire mode in the raw keep-alive reset comparison.
 const RESET_REDEPLOYS: u32 = 30;
-use super::{Args, CaddyFlavor, concurrency, daemon, deploy_timing, footprint, high_rate, releases, route_switch};
+use super::{
+    Args, CaddyFlavor, concurrency, daemon, deploy_timing, footprint, high_rate, releases, route_switch, swarm,
+};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -169,6 +171,29 @@ async fn run_async(args: &Args) -> Result<ExitCode> {
             results.daemon = Some(f);
         });
         record(&mut results, "daemon", r);
+    }
+
+    if args.wants("swarm") {
+        println!(
+            "bench: {} redeploys on the Swarm cluster, Otturnaut's and Docker's start-first update",
+            args.redeploys()
+        );
+        let limit = MINUTE * 5 + MINUTE * 2 * args.redeploys();
+        let r = bounded(limit, "swarm", swarm::run(&rig, args.redeploys(), args.concurrency)).await.map(|rows| {
+            for row in &rows {
+                println!(
+                    "  {}: wall median {} ms, {} failed redeploys, {} requests, {} failed {:?}",
+                    row.how,
+                    ms_opt(median(&row.walls)),
+                    row.failed_redeploys,
+                    row.load.requests,
+                    row.load.failed(),
+                    row.load.failures
+                );
+            }
+            results.swarm = rows;
+        });
+        record(&mut results, "swarm", r);
     }
 
     match app::sweep(&rig.agent.adapters).await {
