@@ -160,7 +160,7 @@ The CI gate, also what .ci/run runs. In order:
   2. cargo fmt --all -- --check
   3. cargo test --workspace --all-features --locked --no-fail-fast [extra args], with private
      Caddies of the shared Caddy's version
-  4. the Caddy-facing tests (caddy, e2e, cli, chaos, swarm, swarm_nodes) again on the other
+  4. the Caddy-facing tests (caddy, e2e, cli, chaos, swarm) again on the other
      supported Caddy (Debian's 2.6.2 or the current 2.11.7, installed if missing), with a Caddy
      of that version standing in for the shared one (unless --one-caddy)
   5. cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
