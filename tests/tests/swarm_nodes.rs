@@ -114,12 +114,7 @@ async fn a_drained_node_leaves_the_route_on_reconcile_and_no_request_fails() {
     let port = first.release.host_port;
     let before = f.dials().await;
     assert_eq!(before.len(), 2, "one upstream per task: {before:?}");
-    // A worker that runs a task (the manager stays: a single manager is the whole control plane).
-    let node = f.cluster.nodes[1..]
-        .iter()
-        .find(|n| before.contains(&format!("{}:{port}", n.address)))
-        .unwrap_or_else(|| panic!("no worker runs a task: {before:?}"))
-        .clone();
+    let node = worker_with_a_task(&f, &before, port);
 
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn({
@@ -141,28 +136,7 @@ async fn a_drained_node_leaves_the_route_on_reconcile_and_no_request_fails() {
     let (ok, _) = docker_cli(&f.cluster.manager, &["node", "update", "--availability", "drain", &node.name]);
     assert!(ok, "draining {}", node.name);
     // Wait until Swarm runs both tasks elsewhere.
-    let service = format!("otturnaut-{}-{}", f.app, first.release.deployment);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, tasks) = docker_cli(
-            &f.cluster.manager,
-            &[
-                "service",
-                "ps",
-                "--filter",
-                "desired-state=running",
-                "--format",
-                "{{.Node}} {{.CurrentState}}",
-                &service,
-            ],
-        );
-        let running: Vec<&str> = tasks.lines().filter(|l| l.contains("Running")).collect();
-        if running.len() == 2 && !running.iter().any(|l| l.starts_with(&format!("{} ", node.name))) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "Swarm did not move the task off {} within 60 s: {tasks}", node.name);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_tasks_moved(&f, &first.release.deployment, 2, &node).await;
 
     let report = reconcile_app(&f.agent.adapters, &f.app, RetryPolicy::default()).await.expect("reconcile");
     assert!(report.residue.is_empty(), "{report:?}");
