@@ -149,6 +149,22 @@ pub struct SwarmApp {
     pub bg: BlueGreen,
 }
 
+/// Requests through Caddy to an app every `pause`, each of which must get
+/// `v1`, until [`V1Load::finish`].
+#[derive(Debug)]
+pub struct V1Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<(u32, Vec<String>)>,
+}
+
+impl V1Load {
+    /// Stops the requests: how many got `v1`, and what every other one got.
+    pub async fn finish(self) -> (u32, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.expect("load task")
+    }
+}
+
 impl SwarmApp {
     /// A fresh app whose releases run `replicas` tasks; the cluster must have 3 nodes.
     pub async fn new(prefix: &str, replicas: u32) -> SwarmApp {
@@ -164,6 +180,24 @@ impl SwarmApp {
         let url = daemon.url(&repo);
         let bg = BlueGreen::new(agent.adapters.clone());
         SwarmApp { _work: work, cluster, agent, app, domain, repo, _daemon: daemon, url, bg }
+    }
+
+    /// Starts requesting the app through Caddy every `pause`, expecting `v1`.
+    pub fn load_v1(&self, pause: Duration) -> V1Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (domain, flag) = (self.domain.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            let (mut ok, mut bad) = (0u32, Vec::new());
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                match get_via(&shared_listen(), domain.as_str()).await {
+                    Ok((200, body)) if body == "v1\n" => ok += 1,
+                    other => bad.push(format!("{other:?}")),
+                }
+                tokio::time::sleep(pause).await;
+            }
+            (ok, bad)
+        });
+        V1Load { stop, task }
     }
 
     /// A deploy of `main` with an HTTP health check of up to `health_deadline`.

@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 
 use otturnaut_core::{Error, EventSink, Step, Timeouts};
 use otturnaut_steps::{Strategy, rollback_spec};
-use otturnaut_tests::caddy_proc::{get_path_via, get_via, shared_listen};
+use otturnaut_tests::caddy_proc::{get_path_via, shared_listen};
 use otturnaut_tests::cluster::{SwarmApp, assert_no_failed_request, docker_cli};
 use otturnaut_tests::command::otturnaut_command;
 use otturnaut_tests::fixtures::{Behaviour, write_context};
@@ -81,26 +81,11 @@ async fn a_failed_health_check_removes_the_new_service_while_the_old_one_serves(
     let before = f.services().await;
 
     // Requests through Caddy all along: every one must get v1.
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn({
-        let (f, stop) = (f.clone(), stop.clone());
-        async move {
-            let (mut ok, mut bad) = (0u32, Vec::new());
-            while !stop.load(Ordering::Relaxed) {
-                match get_via(&shared_listen(), f.domain.as_str()).await {
-                    Ok((200, body)) if body == "v1\n" => ok += 1,
-                    other => bad.push(format!("{other:?}")),
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            (ok, bad)
-        }
-    });
+    let load = f.load_v1(Duration::from_millis(20));
 
     f.repo.commit_with("deaf", |d| write_context(d, &Behaviour::NeverListen));
     let err = f.bg.execute(f.spec(Duration::from_secs(5)), &EventSink::discard()).await.expect_err("never healthy");
-    stop.store(true, Ordering::Relaxed);
-    let (ok, bad) = load.await.expect("load task");
+    let (ok, bad) = load.finish().await;
     assert_eq!(err.step(), Step::HealthCheck, "{err}");
     assert!(matches!(err.cause(), Error::Unhealthy { .. }), "{err}");
     assert!(err.undo().is_clean(), "{err}");

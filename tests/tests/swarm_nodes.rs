@@ -116,21 +116,7 @@ async fn a_drained_node_leaves_the_route_on_reconcile_and_no_request_fails() {
     assert_eq!(before.len(), 2, "one upstream per task: {before:?}");
     let node = worker_with_a_task(&f, &before, port);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn({
-        let (f, stop) = (f.clone(), stop.clone());
-        async move {
-            let (mut ok, mut bad) = (0u32, Vec::new());
-            while !stop.load(Ordering::Relaxed) {
-                match get_via(&shared_listen(), f.domain.as_str()).await {
-                    Ok((200, body)) if body == "v1\n" => ok += 1,
-                    other => bad.push(format!("{other:?}")),
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            (ok, bad)
-        }
-    });
+    let load = f.load_v1(Duration::from_millis(10));
 
     let undrain = Undrain { manager: f.cluster.manager.clone(), node: node.name.clone() };
     let (ok, _) = docker_cli(&f.cluster.manager, &["node", "update", "--availability", "drain", &node.name]);
@@ -147,8 +133,7 @@ async fn a_drained_node_leaves_the_route_on_reconcile_and_no_request_fails() {
         assert_eq!(get_via(dial, "x").await.expect("GET a task"), (200, "v1\n".into()), "the task on {dial} serves");
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    let (ok, bad) = load.await.expect("load task");
+    let (ok, bad) = load.finish().await;
     assert_no_failed_request(&bad, ok, 5, "while a node was drained (every answer v1)");
 
     drop(undrain);
