@@ -12,7 +12,7 @@ use otturnaut_adapters::{Agent, AgentConfig, RuntimeKind};
 use otturnaut_core::{AppId, DeploySpec, Domain, HostPort};
 use otturnaut_steps::{BlueGreen, RetryPolicy, undeploy_app};
 
-use crate::caddy_proc::{admin_get, get_via, shared_listen};
+use crate::caddy_proc::{admin_get, ask_shared_caddy, get_via, shared_listen};
 use crate::fixtures::{Behaviour, git_spec, write_context};
 use crate::gitfix::{GitDaemon, GitRepo};
 use crate::services::{caddy_admin, require_caddy, unique_app};
@@ -205,9 +205,9 @@ impl SwarmApp {
         git_spec(&self.app, &self.url, "main", self.domain.clone(), health_deadline)
     }
 
-    /// `GET /` through the shared Caddy.
+    /// `GET /` through the shared Caddy (see [`ask_shared_caddy`]).
     pub async fn via_caddy(&self) -> (u16, String) {
-        get_via(&shared_listen(), self.domain.as_str()).await.expect("request through Caddy")
+        ask_shared_caddy(self.domain.as_str()).await
     }
 
     /// What each node answers on `port`, in node order.
@@ -280,8 +280,9 @@ impl SwarmApp {
     }
 }
 
-/// How a request through Caddy ends when Caddy closes its connection unanswered.
-const UNANSWERED_CLOSE: &str = r#"not an HTTP response: \"\""#;
+/// How a request through Caddy ends when Caddy closes its connection
+/// unanswered (the `Debug` of the error's text).
+pub(crate) const UNANSWERED_CLOSE: &str = r#"not an HTTP response: \"\""#;
 
 /// Whether the Caddy under test closes, unanswered, a connection that reaches
 /// it at the instant of a config reload: 2.11 (built with a newer Go) does,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use otturnaut_adapters::caddy::Caddy;
 use otturnaut_core::traits::{ContainerRuntime, ImageBuilder, Router};
 use otturnaut_core::{AppId, RouteTarget};
-use otturnaut_tests::caddy_proc::{free_port, get_path_via, get_via, shared_caddy, shared_listen};
+use otturnaut_tests::caddy_proc::{ask_shared_caddy, free_port, get_path_via, shared_caddy, shared_listen};
 use otturnaut_tests::command::otturnaut_command;
 use otturnaut_tests::fixtures::{Behaviour, DockerCleanup, docker, write_context};
 use otturnaut_tests::gitfix::{GitDaemon, GitRepo};
@@ -148,7 +148,7 @@ impl Harness {
 
     /// `GET /` through Caddy with this app's domain.
     async fn get(&self) -> (u16, String) {
-        get_via(&shared_listen(), &self.domain()).await.expect("request through Caddy")
+        ask_shared_caddy(&self.domain()).await
     }
 
     async fn snapshot(&self) -> Snapshot {
@@ -675,8 +675,8 @@ async fn a_domain_has_one_owner_and_an_exact_host_beats_a_wildcard() {
     // The wildcard first, then the exact host.
     deploy_for(&wild, &wild_repo.file_url(), &[&star]).await.expect_code(0);
     deploy_for(&exact, &exact_repo.file_url(), &[&x]).await.expect_code(0);
-    assert_eq!(get_via(&shared_listen(), &x).await.expect("x"), (200, "exact\n".to_owned()));
-    assert_eq!(get_via(&shared_listen(), &y).await.expect("y"), (200, "wild\n".to_owned()));
+    assert_eq!(ask_shared_caddy(&x).await, (200, "exact\n".to_owned()));
+    assert_eq!(ask_shared_caddy(&y).await, (200, "wild\n".to_owned()));
 
     // Claiming a taken domain: exit 2, naming the owner, nothing created.
     for (claim, owner) in [(x.to_uppercase(), &exact.app), (star.clone(), &wild.app)] {
@@ -689,14 +689,14 @@ async fn a_domain_has_one_owner_and_an_exact_host_beats_a_wildcard() {
     // The wildcard redeployed after the exact host (its route is new): the
     // exact host still wins.
     wild.run(&["undeploy", wild.app.as_str()]).await.expect_code(0);
-    assert_eq!(get_via(&shared_listen(), &x).await.expect("x"), (200, "exact\n".to_owned()));
+    assert_eq!(ask_shared_caddy(&x).await, (200, "exact\n".to_owned()));
     deploy_for(&wild, &wild_repo.file_url(), &[&star]).await.expect_code(0);
-    assert_eq!(get_via(&shared_listen(), &x).await.expect("x"), (200, "exact\n".to_owned()));
-    assert_eq!(get_via(&shared_listen(), &y).await.expect("y"), (200, "wild\n".to_owned()));
+    assert_eq!(ask_shared_caddy(&x).await, (200, "exact\n".to_owned()));
+    assert_eq!(ask_shared_caddy(&y).await, (200, "wild\n".to_owned()));
 
     // Without its exact app, the host falls to the wildcard.
     exact.run(&["undeploy", exact.app.as_str()]).await.expect_code(0);
-    assert_eq!(get_via(&shared_listen(), &x).await.expect("x"), (200, "wild\n".to_owned()));
+    assert_eq!(ask_shared_caddy(&x).await, (200, "wild\n".to_owned()));
     wild.run(&["undeploy", wild.app.as_str()]).await.expect_code(0);
 }
 

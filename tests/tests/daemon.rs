@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use otturnaut_adapters::caddy::Caddy;
 use otturnaut_core::AppId;
 use otturnaut_core::traits::{ContainerRuntime, ImageBuilder, Router};
-use otturnaut_tests::caddy_proc::{free_port, get_via, shared_caddy, shared_listen};
+use otturnaut_tests::caddy_proc::{ask_shared_caddy, free_port, shared_caddy};
 use otturnaut_tests::command::otturnaut_command;
 use otturnaut_tests::fixtures::{Behaviour, DockerCleanup, docker, docker_cli, write_context};
 use otturnaut_tests::gitfix::GitRepo;
@@ -209,7 +209,7 @@ fn commit(repo: &GitRepo, behaviour: &Behaviour) {
 }
 
 async fn served(app: &AppId) -> (u16, String) {
-    get_via(&shared_listen(), &domain(app)).await.expect("request through Caddy")
+    ask_shared_caddy(&domain(app)).await
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use otturnaut_adapters::{Agent, AgentConfig};
 use otturnaut_core::{AppId, DeploySpec, Domain, Error, EventSink, Step};
 use otturnaut_steps::{BlueGreen, RetryPolicy, Strategy, undeploy_app};
-use otturnaut_tests::caddy_proc::{get_via, shared_listen};
+use otturnaut_tests::caddy_proc::{ask_shared_caddy, shared_listen};
 use otturnaut_tests::fixtures::{Behaviour, git_spec, write_context};
 use otturnaut_tests::gitfix::{GitDaemon, GitRepo};
 use otturnaut_tests::services::{caddy_admin, require_caddy, require_docker, unique_app};
@@ -62,7 +62,7 @@ async fn snapshot(agent: &Agent, app: &AppId, work_dir: &Path) -> Snapshot {
 }
 
 async fn body_via_caddy(domain: &Domain) -> (u16, String) {
-    get_via(&shared_listen(), domain.as_str()).await.expect("request through Caddy")
+    ask_shared_caddy(domain.as_str()).await
 }
 
 fn port_is_free(port: u16) -> bool {
