@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
-use otturnaut_core::{Error, EventSink, Step, Timeouts};
-use otturnaut_steps::{Strategy, rollback_spec};
+use otturnaut_core::{DeploymentId, Error, EventSink, Step, Timeouts};
+use otturnaut_steps::{RetryPolicy, Strategy, reconcile_app, rollback_spec};
 use otturnaut_tests::caddy_proc::{get_path_via, shared_listen};
 use otturnaut_tests::cluster::{SwarmApp, assert_no_failed_request, docker_cli};
 use otturnaut_tests::command::otturnaut_command;
@@ -95,7 +95,22 @@ async fn a_failed_health_check_removes_the_new_service_while_the_old_one_serves(
     assert_eq!(f.dials().await, f.every_node_on(first.release.host_port), "the route is v1's");
     assert_eq!(f.via_caddy().await, (200, "v1\n".into()));
 
+    // The manager keeps a registry copy of the live release's image only.
+    let repo = format!("{}/otturnaut-{}", f.cluster.registry, f.app);
+    let copies = || docker_cli(&f.cluster.manager, &["images", "--format", "{{.Repository}}:{{.Tag}}", &repo]).1;
+    let live_copy = format!("{repo}:{}", first.release.deployment);
+    assert_eq!(copies(), live_copy, "the failed release's registry copy is gone");
+    // A copy an undo could not remove (a task still used it) is residue:
+    // reconcile finds it and removes it, and nothing else.
+    let stray = format!("{repo}:{}", DeploymentId::generate());
+    assert!(docker_cli(&f.cluster.manager, &["tag", &live_copy, &stray]).0, "tagging {stray}");
+    let report = reconcile_app(&f.agent.adapters, &f.app, RetryPolicy::default()).await.expect("reconcile");
+    assert!(report.residue.is_empty(), "{report:?}");
+    assert_eq!(copies(), live_copy, "reconcile removed the stray registry copy");
+    assert_eq!(f.via_caddy().await, (200, "v1\n".into()));
+
     f.undeploy().await;
+    assert_eq!(copies(), "", "undeploy leaves no registry copy on the manager");
 }
 
 /// `otturnaut logs APP` on the cluster prints the live service's output,

@@ -13,9 +13,9 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
-use bollard::query_parameters::{RemoveImageOptionsBuilder, UpdateServiceOptionsBuilder};
+use bollard::query_parameters::{ListImagesOptionsBuilder, RemoveImageOptionsBuilder, UpdateServiceOptionsBuilder};
 use otturnaut_core::traits::{
-    BuildRequest, ImageBuilder, KEPT_PREFIX, LIVE_PREFIX, Pruned, container_name, kept_tag, live_tag,
+    BuildRequest, ImageBuilder, KEPT_PREFIX, LIVE_PREFIX, Pruned, container_name, image_tag, kept_tag, live_tag,
 };
 use otturnaut_core::{AppId, ContainerId, DeploymentId, EventSink, ImageRef, ManagedImage, Result, labels};
 
@@ -86,26 +86,58 @@ impl SwarmImages {
         Err(otturnaut_core::Error::failed(op, "the service's spec kept changing"))
     }
 
-    /// Removes `REGISTRY/IMAGE` from the manager. Best effort: Docker refuses
-    /// while a container made from that name exists, and Swarm removes the
-    /// containers of a removed service on its own time.
-    async fn untag_registry_copy(&self, image: &ImageRef) {
+    /// Removes `REGISTRY/IMAGE` from the manager. Docker refuses while a
+    /// container made from that name exists, and Swarm removes the containers
+    /// of a removed service on its own time: so it is tried for a while, then
+    /// fails (the copy is then residue, which [`SwarmImages::list_images`]
+    /// shows, so reconcile and undeploy remove it later).
+    async fn untag_registry_copy(&self, image: &ImageRef) -> Result<()> {
         let copy = format!("{}/{image}", self.swarm.config.registry);
+        let op = format!("removing image {copy} (the manager's registry copy of {image})");
         let options = RemoveImageOptionsBuilder::default().force(false).build();
         for _ in 0..UNTAG_ATTEMPTS {
             match self.docker().client().remove_image(&copy, Some(options.clone()), None).await {
-                Ok(_) => return,
-                Err(e) if is_not_found(&e) => return,
+                Ok(_) => return Ok(()),
+                Err(e) if is_not_found(&e) => return Ok(()),
                 Err(BollardError::DockerResponseServerError { status_code: 409, .. }) => {
                     tokio::time::sleep(UNTAG_PAUSE).await;
                 }
-                Err(e) => {
-                    tracing::warn!(image = %copy, error = %e, "could not remove the manager's registry copy of a release");
-                    return;
-                }
+                Err(e) => return Err(self.docker().error(op, e)),
             }
         }
-        tracing::warn!(image = %copy, "the manager's registry copy of a release is still in use; left in place");
+        Err(otturnaut_core::Error::failed(op, "a container made from it still exists"))
+    }
+
+    /// The manager's registry copies (`REGISTRY/otturnaut-APP:DEPLOYMENT`)
+    /// of releases of `app` (or every app): `(app, deployment, image id)`.
+    async fn registry_copies(&self, app: Option<&AppId>) -> Result<Vec<(AppId, DeploymentId, String)>> {
+        let registry = &self.swarm.config.registry;
+        let pattern = match app {
+            Some(app) => format!("{registry}/otturnaut-{app}"),
+            None => format!("{registry}/otturnaut-*"),
+        };
+        let filters = HashMap::from([("reference", vec![pattern])]);
+        let options = ListImagesOptionsBuilder::default().filters(&filters).build();
+        let images = self
+            .docker()
+            .client()
+            .list_images(Some(options))
+            .await
+            .map_err(|e| self.docker().error("listing the manager's registry copies of releases", e))?;
+        let prefix = format!("{registry}/");
+        let prefix = prefix.as_str();
+        Ok(images
+            .into_iter()
+            .flat_map(|image| {
+                let id = image.id;
+                image.repo_tags.into_iter().filter_map(move |tag| {
+                    let (repo, deployment) = tag.strip_prefix(&prefix)?.rsplit_once(':')?;
+                    let app: AppId = repo.strip_prefix("otturnaut-")?.parse().ok()?;
+                    Some((app, deployment.parse().ok()?, id.clone()))
+                })
+            })
+            .filter(|(a, _, _)| app.is_none_or(|app| a == app))
+            .collect())
     }
 
     /// Our services of `app` (or every app) and their mark labels.
@@ -209,15 +241,33 @@ impl ImageBuilder for SwarmImages {
             return self.set_mark(&mark, false).await;
         }
         self.docker().remove_image(image).await?;
-        self.untag_registry_copy(image).await;
-        Ok(())
+        self.untag_registry_copy(image).await
     }
 
     /// The manager's release images, with the marks their services carry
     /// (a mark on a service whose image is gone is listed too, as a live
-    /// mark without its release tag is on one host).
+    /// mark without its release tag is on one host). A registry copy left
+    /// without its release tag (an undo that could not remove it) is listed
+    /// under the release tag, whose removal removes the copy.
     async fn list_images(&self, app: Option<&AppId>) -> Result<Vec<ManagedImage>> {
-        let (mut images, services) = tokio::try_join!(self.docker().list_images(app), self.marked_services(app))?;
+        let (mut images, services, copies) =
+            tokio::try_join!(self.docker().list_images(app), self.marked_services(app), self.registry_copies(app))?;
+        for (app, deployment, id) in copies {
+            if !images.iter().any(|i| i.app == app && i.deployment == deployment) {
+                images.push(ManagedImage {
+                    id,
+                    tags: vec![image_tag(&app, &deployment)],
+                    app,
+                    deployment,
+                    released: false,
+                    live: false,
+                    kept: false,
+                    commit: None,
+                    created: 0,
+                    size: 0,
+                });
+            }
+        }
         for image in &mut images {
             // Marks live on services only: a stray tag-mark on the manager counts for nothing.
             image.live = false;
