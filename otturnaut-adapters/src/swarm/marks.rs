@@ -131,7 +131,7 @@ impl SwarmImages {
             .flat_map(|image| {
                 let id = image.id;
                 image.repo_tags.into_iter().filter_map(move |tag| {
-                    let (repo, deployment) = tag.strip_prefix(&prefix)?.rsplit_once(':')?;
+                    let (repo, deployment) = tag.strip_prefix(prefix)?.rsplit_once(':')?;
                     let app: AppId = repo.strip_prefix("otturnaut-")?.parse().ok()?;
                     Some((app, deployment.parse().ok()?, id.clone()))
                 })
