@@ -169,11 +169,14 @@ async fn dropping_the_deploy_future_at_the_health_check_leaves_nothing_once_the_
         ..AgentConfig::default()
     };
     let agent = Agent::connect(&config).await.expect("agent");
+    let docker = std::sync::Arc::new(agent.docker.clone());
     let observer = Observer {
-        docker: agent.docker.clone(),
+        runtime: docker.clone(),
+        images: docker,
         caddy: test_caddy(&caddy.admin_url(), &caddy.listen),
         work_dir: work.path().to_path_buf(),
         tmp_dir: tmp.path().to_path_buf(),
+        swarm: None,
     };
     let strategy = BlueGreen::new(agent.adapters.clone());
     let app = unique_app("drop");
@@ -229,6 +232,25 @@ async fn dropping_the_deploy_future_at_the_health_check_leaves_nothing_once_the_
 async fn chaos_full() {
     let opts = Options::from_env();
     let report = harness::run(&opts).await.unwrap_or_else(|e| panic!("chaos run (seed {}): {e:#}", opts.seed));
+    let md = report.markdown();
+    println!("\n{md}");
+    if let Some(path) = &opts.report {
+        std::fs::write(path, &md).unwrap_or_else(|e| panic!("writing the report to {path}: {e}"));
+        println!("report written to {path}");
+    }
+    println!("{}", report.summary());
+    assert_eq!(report.failures(), 0, "{}", report.summary());
+}
+
+/// The same fault points, crash trials and infrastructure faults on the
+/// Swarm runtime, against the cluster of `cargo xtask services up --swarm 3`
+/// (each release a service of 2 tasks, the route one upstream per task):
+/// what `cargo xtask chaos --swarm` runs. Not in `cargo xtask test`.
+#[tokio::test]
+#[ignore = "chaos on the Swarm cluster: cargo xtask chaos --swarm"]
+async fn swarm_fault_points_and_crash_trials() {
+    let opts = Options { swarm: true, ..Options::from_env() };
+    let report = harness::run(&opts).await.unwrap_or_else(|e| panic!("chaos run on Swarm (seed {}): {e:#}", opts.seed));
     let md = report.markdown();
     println!("\n{md}");
     if let Some(path) = &opts.report {

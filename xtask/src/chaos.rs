@@ -12,6 +12,9 @@ use anyhow::{Context as _, Result};
 
 use crate::services::{self, Env};
 
+/// The cluster `--swarm` runs on.
+const SWARM_NODES: u8 = 3;
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Seed of the crash trials' choices (printed; the same seed replays a run)
@@ -32,6 +35,11 @@ pub struct Args {
     /// Where to write the Markdown report [default: target/chaos/report-SEED.md]
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// On the Swarm runtime instead: the same cases against a 3-node cluster (reused if up,
+    /// else built as by `services up --swarm 3`); the cases that restart this host's Docker or
+    /// inspect its containers do not apply
+    #[arg(long, conflicts_with = "docker_restart")]
+    pub swarm: bool,
 }
 
 pub const HELP: &str = "\
@@ -54,25 +62,36 @@ daemon, through the `otturnaut` binary built with `--features faults` (OTTURNAUT
 Prints a table per part and writes it as Markdown (see RELIABILITY.md). Exits non-zero if any
 case failed. Takes about 8 minutes (--quick: about 3).
 
+With --swarm, the same on the Swarm runtime (`--runtime swarm`, each release a 2-task service on
+a 3-node cluster): the snapshots are the app's services, the manager's images (release tags and
+their registry copies) and the route with its upstreams, which must be one per running task.
+Not part of `cargo xtask test`.
+
 Examples:
   cargo xtask chaos
   cargo xtask chaos --seed 4242 --trials 40
-  cargo xtask chaos --quick";
+  cargo xtask chaos --quick
+  cargo xtask chaos --swarm --quick --trials 10";
 
 pub fn run(env: &Env, args: &Args) -> Result<ExitCode> {
     services::up(env)?;
+    if args.swarm {
+        crate::swarm::ensure_up(env, SWARM_NODES)?;
+    }
     let root = crate::workspace_root();
     let seed = args.seed.unwrap_or_else(|| {
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
         (nanos as u64 ^ u64::from(std::process::id())) % 1_000_000
     });
-    let report = args.report.clone().unwrap_or_else(|| root.join(format!("target/chaos/report-{seed}.md")));
+    let name = if args.swarm { format!("report-swarm-{seed}.md") } else { format!("report-{seed}.md") };
+    let report = args.report.clone().unwrap_or_else(|| root.join("target/chaos").join(name));
     if let Some(dir) = report.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["test", "-p", "otturnaut-tests", "--test", "chaos", "--", "--ignored", "--exact", "chaos_full"])
+    let test = if args.swarm { "swarm_fault_points_and_crash_trials" } else { "chaos_full" };
+    cmd.args(["test", "-p", "otturnaut-tests", "--test", "chaos", "--", "--ignored", "--exact", test])
         .args(["--nocapture", "--test-threads", "1"])
         .current_dir(&root)
         .env("CHAOS_SEED", seed.to_string())

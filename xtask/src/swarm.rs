@@ -151,6 +151,20 @@ pub fn up(env: &Env, nodes: u8) -> Result<()> {
     Ok(())
 }
 
+/// Reuses a cluster of `nodes` nodes that is up (its description written, every node Ready),
+/// which other test runs may be using; builds one with [`up`] otherwise.
+pub fn ensure_up(env: &Env, nodes: u8) -> Result<()> {
+    let manager = Node { index: 1 };
+    let ready = cluster_file(env).exists()
+        && docker(&manager, &["node", "ls", "--format", "{{.Status}}"])
+            .is_ok_and(|out| out.lines().filter(|l| l.trim() == "Ready").count() == usize::from(nodes));
+    if ready {
+        println!("swarm       {nodes}-node cluster already up (manager {}): reused", manager.host());
+        return Ok(());
+    }
+    up(env, nodes)
+}
+
 /// Removes the cluster: stops the daemons and the registry by their recorded pids, unmounts
 /// what the daemons left mounted, deletes the namespaces and the nodes' data. Idempotent.
 pub fn down(env: &Env) -> Result<()> {

@@ -326,9 +326,17 @@ impl LiveApp {
     }
 
     /// Makes sure only the live release exists; replaces the app if not.
+    /// On a cluster its route must dial its tasks: a node lost meanwhile
+    /// (another test's) moved some, and reconcile brings the route in line.
     async fn ensure_clean(&mut self, world: &World) -> anyhow::Result<()> {
-        let snap = world.observer.snapshot(&self.app).await?;
-        let clean = snap.orphans().is_empty() && snap.live().map(|c| &c.deployment) == Some(&self.live.deployment);
+        let mut snap = world.observer.snapshot(&self.app).await?;
+        if snap.upstream_problem().is_some() {
+            world.reconcile(&self.app).await?;
+            snap = world.observer.snapshot(&self.app).await?;
+        }
+        let clean = snap.orphans().is_empty()
+            && snap.live().map(|c| &c.deployment) == Some(&self.live.deployment)
+            && snap.upstream_problem().is_none();
         if !clean {
             let _ = world.undeploy(&self.app).await;
             *self = LiveApp::new(world).await?;

@@ -8,7 +8,7 @@ use otturnaut_steps::ResidueKind;
 use super::cli::{Outcome, Residue};
 use super::prober::Probes;
 use super::snapshot::{Change, Item, Snapshot, diff};
-use super::world::{World, version_at, via_caddy};
+use super::world::{World, via_caddy};
 
 /// The release an app had live before a case.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -161,6 +161,9 @@ pub async fn failed(
         v.problem("no error message");
     }
     let after = world.observer.snapshot(app).await?;
+    if let Some(p) = after.upstream_problem() {
+        v.problem(p);
+    }
     let changes = diff(before, &after);
     let (added, removed): (Vec<Change>, Vec<Change>) = changes.into_iter().partition(|c| c.added);
     for c in &removed {
@@ -174,7 +177,7 @@ pub async fn failed(
         v.notes.push(format!("residue: {}", kinds.join(", ")));
     }
     if let Some(live) = live {
-        match version_at(live.port).await {
+        match world.version_at(live.port).await {
             Some(got) if got == live.version => {}
             other => v.problem(format!("old release on port {} answers {other:?}, not {}", live.port, live.version)),
         }
@@ -197,6 +200,9 @@ async fn reconcile_back_to(world: &World, app: &AppId, before: &Snapshot, v: &mu
         v.problem(format!("reconcile failed: {}", rec.summary()));
     }
     let again = world.observer.snapshot(app).await?;
+    if let Some(p) = again.upstream_problem() {
+        v.problem(format!("after reconcile: {p}"));
+    }
     let rest = diff(before, &again);
     v.left_after_reconcile = rest.len();
     for c in rest {
@@ -220,6 +226,9 @@ pub async fn deployed(
         v.problem(format!("expected a successful deploy, got {}", out.summary()));
     }
     let after = world.observer.snapshot(app).await?;
+    if let Some(p) = after.upstream_problem() {
+        v.problem(p);
+    }
     let new = Live::from_snapshot(&after, new_version);
     match (&new, out.deployment()) {
         (Some(n), Some(d)) if n.deployment == d => {}
@@ -228,7 +237,7 @@ pub async fn deployed(
         }
     }
     if let Some(n) = &new {
-        match version_at(n.port).await {
+        match world.version_at(n.port).await {
             Some(got) if got == new_version => {}
             other => v.problem(format!("new release on port {} answers {other:?}, not {new_version}", n.port)),
         }
@@ -263,6 +272,9 @@ pub async fn deployed(
             v.problem(format!("reconcile failed: {}", rec.summary()));
         }
         let again = world.observer.snapshot(app).await?;
+        if let Some(p) = again.upstream_problem() {
+            v.problem(format!("after reconcile: {p}"));
+        }
         let rest = again.orphans();
         v.left_after_reconcile = rest.len();
         for item in rest {

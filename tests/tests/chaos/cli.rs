@@ -22,6 +22,8 @@ pub struct Cli {
     pub global: Vec<String>,
     /// `TMPDIR` of every run: whatever the CLI leaves in temp shows up here.
     pub tmp_dir: PathBuf,
+    /// More environment for every run (`DOCKER_HOST` of a cluster's manager).
+    pub env: Vec<(String, String)>,
 }
 
 impl Cli {
@@ -29,6 +31,7 @@ impl Cli {
         let mut cmd = Command::new(&self.bin);
         cmd.args(&self.global).args(args);
         cmd.env("TMPDIR", &self.tmp_dir).env("NO_COLOR", "1").env_remove("OTTURNAUT_FAULTS");
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(plan) = faults {
             cmd.env("OTTURNAUT_FAULTS", plan);
         }

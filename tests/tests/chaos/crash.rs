@@ -14,7 +14,7 @@ use super::check::{Live, next_version};
 use super::cli::is_step_event;
 use super::prober::{Expect, Prober};
 use super::rng::Rng;
-use super::world::{RUN_LIMIT, Src, World, version_at, via_caddy};
+use super::world::{RUN_LIMIT, Src, World, via_caddy};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kill {
@@ -271,6 +271,9 @@ pub async fn run(world: &mut World, trial: Trial, live_app: &mut Option<LiveApp>
         problems.push(format!("{app}'s lock is still held"));
     }
     let snap = world.observer.snapshot(&app).await?;
+    if let Some(p) = snap.upstream_problem() {
+        problems.push(p);
+    }
     for item in snap.orphans() {
         problems.push(format!("orphan: {item}"));
     }
@@ -310,7 +313,7 @@ pub async fn run(world: &mut World, trial: Trial, live_app: &mut Option<LiveApp>
                     other => problems.push(format!("through Caddy the app answers {other:?}, not {version}")),
                 }
                 if let Some(port) = c.port
-                    && version_at(port).await.as_deref() != Some(version.as_str())
+                    && world.version_at(port).await.as_deref() != Some(version.as_str())
                 {
                     problems.push(format!("the live container on port {port} does not answer {version}"));
                 }

@@ -31,6 +31,8 @@ pub struct Options {
     pub docker_restart: bool,
     /// Where to write the Markdown report.
     pub report: Option<String>,
+    /// On the Swarm cluster (`--runtime swarm`) instead of this host's Docker.
+    pub swarm: bool,
 }
 
 impl Options {
@@ -43,6 +45,7 @@ impl Options {
             quick,
             docker_restart: var("CHAOS_DOCKER_RESTART").is_some_and(|v| v != "0"),
             report: var("CHAOS_REPORT"),
+            swarm: false,
         }
     }
 
@@ -53,6 +56,9 @@ impl Options {
         }
         if self.docker_restart {
             c.push_str(" --docker-restart");
+        }
+        if self.swarm {
+            c.push_str(" --swarm");
         }
         c
     }
@@ -72,7 +78,8 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let started = Instant::now();
     let mut report = Report { seed: opts.seed, command: opts.command(), ..Report::default() };
     println!("chaos: seed {} — reproduce with `{}`", opts.seed, report.command);
-    let mut world = World::new(bin::otturnaut()).await?;
+    let mut world =
+        if opts.swarm { World::on_swarm(bin::otturnaut()).await? } else { World::new(bin::otturnaut()).await? };
 
     let matrix = cases::matrix(opts.quick);
     let mut live = None;
@@ -143,8 +150,12 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     infra_rows.push(infra::disk_full(&world, &mut slot).await);
     infra_rows.push(infra::sigint_during_build(&world, &mut slot).await);
     infra_rows.push(infra::sigterm_during_health_check(&world, &mut slot).await);
-    infra_rows.push(infra::label_spoofing(&world, &mut slot).await);
-    if opts.docker_restart {
+    // On a cluster the builds run on the manager and nodes are lost in
+    // `swarm_nodes.rs`, not by restarting this host's Docker.
+    if !opts.swarm {
+        infra_rows.push(infra::label_spoofing(&world, &mut slot).await);
+    }
+    if opts.docker_restart && !opts.swarm {
         infra_rows.push(infra::docker_restarts_during_the_health_check(&world, &mut slot).await);
         infra_rows.push(infra::reboot(&mut world, &mut slot).await);
     }

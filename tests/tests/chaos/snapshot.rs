@@ -7,11 +7,13 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use anyhow::Context as _;
 use otturnaut_adapters::caddy::Caddy as CaddyAdapter;
-use otturnaut_adapters::docker::Docker;
-use otturnaut_core::AppId;
-use otturnaut_core::traits::{ContainerRuntime as _, ImageBuilder as _, Router as _};
+use otturnaut_adapters::swarm::Swarm;
+use otturnaut_core::traits::{ContainerRuntime, ImageBuilder, Router as _};
+use otturnaut_core::{AppId, HostPort};
 
 /// How many releases besides the live one the harness's deploys keep (`--keep`).
 pub const KEEP: usize = 2;
@@ -40,6 +42,11 @@ pub struct Snapshot {
     pub images: Vec<ImageFact>,
     /// `(port, domains)` of the app's route in our Caddy server.
     pub route: Option<(u16, Vec<String>)>,
+    /// On a cluster: the addresses the route dials, sorted (one per task).
+    pub upstreams: Vec<String>,
+    /// On a cluster: `node:port` of every running task of the service the
+    /// route's port belongs to, sorted; `None` on one host.
+    pub route_tasks: Option<Vec<String>>,
     /// The app's entries in the work dir (`src/{app}-…`, `ssh/{app}-…`) and
     /// everything in the CLI's temp dir (`tmp/…`).
     pub files: BTreeSet<String>,
@@ -99,7 +106,10 @@ impl Snapshot {
         }
         if let Some((port, domains)) = &self.route {
             let deployment = self.containers.iter().find(|c| c.port == Some(*port)).map(|c| c.deployment.clone());
-            let text = format!("→ :{port} for {}", domains.join(","));
+            let mut text = format!("→ :{port} for {}", domains.join(","));
+            if !self.upstreams.is_empty() {
+                text.push_str(&format!(" via {}", self.upstreams.join(",")));
+            }
             items.insert(Item { kind: "route", text, deployment, id: None });
         }
         for f in &self.files {
@@ -112,6 +122,17 @@ impl Snapshot {
     pub fn live(&self) -> Option<&ContainerFact> {
         let (port, _) = self.route.as_ref()?;
         self.containers.iter().find(|c| c.running && c.port == Some(*port))
+    }
+
+    /// On a cluster, what is wrong with the route's upstreams: they must be
+    /// exactly the running tasks of the service on the route's port, one per
+    /// task. `None` when they are (or on one host, or with no route).
+    pub fn upstream_problem(&self) -> Option<String> {
+        let tasks = self.route_tasks.as_ref()?;
+        let (port, _) = self.route.as_ref()?;
+        (self.upstreams != *tasks).then(|| {
+            format!("the route to :{port} dials {:?}, but the service's running tasks are {tasks:?}", self.upstreams)
+        })
     }
 
     /// The deployments kept for a rollback: the newest [`KEEP`] releases
@@ -171,20 +192,112 @@ pub fn diff(before: &Snapshot, after: &Snapshot) -> Vec<Change> {
     out
 }
 
-/// Reads snapshots of apps in one world.
-#[derive(Clone, Debug)]
+/// Reads snapshots of apps in one world, through the runtime's own ports:
+/// containers on one host, services on a cluster.
+#[derive(Clone)]
 pub struct Observer {
-    pub docker: Docker,
+    pub runtime: Arc<dyn ContainerRuntime>,
+    pub images: Arc<dyn ImageBuilder>,
     pub caddy: CaddyAdapter,
     pub work_dir: PathBuf,
     pub tmp_dir: PathBuf,
+    /// On a cluster: what only a cluster has (registry copies, upstreams per task).
+    pub swarm: Option<SwarmSight>,
+}
+
+impl fmt::Debug for Observer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Observer").field("work_dir", &self.work_dir).field("swarm", &self.swarm).finish()
+    }
+}
+
+/// What an observer of a cluster reads besides the ports: the manager's
+/// copies of release images under the registry's name, the upstreams of a
+/// route, the tasks of a service.
+#[derive(Clone, Debug)]
+pub struct SwarmSight {
+    pub swarm: Swarm,
+    /// `docker --host` of the manager.
+    pub manager: String,
+    /// `HOST:PORT` of the cluster's registry.
+    pub registry: String,
+    /// Our private Caddy's admin API.
+    pub caddy_admin: String,
+}
+
+impl SwarmSight {
+    /// `REGISTRY/otturnaut-APP:DEPLOYMENT` tags on the manager, as images.
+    async fn registry_copies(&self, app: &AppId) -> anyhow::Result<Vec<ImageFact>> {
+        let reference = format!("{}/otturnaut-{app}", self.registry);
+        let out = tokio::process::Command::new("docker")
+            .args(["--host", &self.manager, "images", "--no-trunc", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}"])
+            .arg(&reference)
+            .output()
+            .await
+            .context("running docker images on the manager")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "docker images {reference} on the manager: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut copies = Vec::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some((tag, id)) = line.split_once(' ') else { continue };
+            let deployment = tag.rsplit_once(':').map(|(_, t)| t.to_owned()).unwrap_or_default();
+            copies.push(ImageFact { id: id.to_owned(), tags: vec![tag.to_owned()], deployment });
+        }
+        Ok(copies)
+    }
+
+    /// The addresses the app's route proxies to, sorted (none without a route).
+    async fn upstreams(&self, app: &AppId) -> anyhow::Result<Vec<String>> {
+        let client = reqwest::Client::builder().no_proxy().timeout(std::time::Duration::from_secs(5)).build()?;
+        let r = client.get(format!("{}/id/otturnaut-app-{app}", self.caddy_admin)).send().await?;
+        if r.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(Vec::new());
+        }
+        let route: serde_json::Value = r.error_for_status()?.json().await?;
+        // The first handler proxies; a second one only keeps the previous
+        // release's upstreams referenced while they drain, and never runs.
+        let mut dials: Vec<String> = route["handle"][0]["upstreams"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|u| u["dial"].as_str().map(str::to_owned))
+            .collect();
+        dials.sort();
+        Ok(dials)
+    }
+
+    /// `node:port` of the running tasks of the service named `service`, sorted.
+    async fn tasks(&self, service: &str, port: u16) -> anyhow::Result<Vec<String>> {
+        let hosts = self.swarm.task_hosts(service).await?;
+        let mut tasks: Vec<String> = hosts.into_iter().map(|h| format!("{h}:{port}")).collect();
+        tasks.sort();
+        Ok(tasks)
+    }
 }
 
 impl Observer {
     pub async fn snapshot(&self, app: &AppId) -> anyhow::Result<Snapshot> {
         let (containers, images, route) =
-            tokio::try_join!(self.docker.list(Some(app)), self.docker.list_images(Some(app)), self.caddy.route(app))
+            tokio::try_join!(self.runtime.list(Some(app)), self.images.list_images(Some(app)), self.caddy.route(app))
                 .with_context(|| format!("reading what exists of {app}"))?;
+        let mut upstreams = Vec::new();
+        let mut route_tasks = None;
+        let mut copies = Vec::new();
+        if let Some(sight) = &self.swarm {
+            copies = sight.registry_copies(app).await?;
+            upstreams = sight.upstreams(app).await?;
+            let on_route = route.as_ref().and_then(|r| {
+                let port: HostPort = r.port;
+                containers.iter().find(|c| c.host_port == Some(port)).map(|c| (c.name.clone(), port.get()))
+            });
+            route_tasks = Some(match on_route {
+                Some((service, port)) => sight.tasks(&service, port).await?,
+                None => Vec::new(),
+            });
+        }
         let mut containers: Vec<ContainerFact> = containers
             .into_iter()
             .map(|c| ContainerFact {
@@ -206,6 +319,7 @@ impl Observer {
                 ImageFact { id: i.id, tags, deployment: i.deployment.to_string() }
             })
             .collect();
+        images.extend(copies);
         images.sort();
         let mut files = BTreeSet::new();
         let prefix = format!("{app}-");
@@ -221,6 +335,8 @@ impl Observer {
             containers,
             images,
             route: route.map(|r| (r.port.get(), r.domains.iter().map(ToString::to_string).collect())),
+            upstreams,
+            route_tasks,
             files,
         })
     }

@@ -1,26 +1,43 @@
-//! The world a chaos run deploys into: the real Docker Engine, a private
-//! Caddy, a git daemon serving a fixture repository, a private work dir and
-//! temp dir, and the `otturnaut` binary pointed at all of them.
+//! The world a chaos run deploys into: the real Docker Engine (or the Swarm
+//! cluster of `cargo xtask services up --swarm 3`), a private Caddy, a git
+//! daemon serving a fixture repository, a private work dir and temp dir, and
+//! the `otturnaut` binary pointed at all of them.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
 use otturnaut_adapters::docker::Docker;
+use otturnaut_adapters::swarm::{Swarm, SwarmImages};
 use otturnaut_core::AppId;
 use otturnaut_tests::caddy_proc::test_caddy;
+use otturnaut_tests::cluster::{Cluster, require_swarm};
 use otturnaut_tests::fixtures::{Behaviour, write_context};
 use otturnaut_tests::gitfix::{GitDaemon, GitRepo};
 use otturnaut_tests::services::require_docker;
 
 use super::caddy::Caddy;
 use super::cli::{Cli, Outcome};
-use super::snapshot::Observer;
+use super::snapshot::{Observer, SwarmSight};
 
 /// Host ports handed to the chaos apps' containers.
 pub const PORT_RANGE: &str = "30000-39999";
+
+/// Tasks per release on a cluster: fewer than its 3 nodes, so the route must
+/// dial exactly the nodes that run one, not every node.
+pub const SWARM_REPLICAS: u32 = 2;
+
+/// Where the releases run.
+#[derive(Clone, Debug)]
+pub enum Runtime {
+    /// This host's Docker Engine.
+    Docker,
+    /// The Swarm cluster (`--runtime swarm`, `DOCKER_HOST` its manager).
+    Swarm(Cluster),
+}
 
 /// A CLI run that should not take longer than this is stuck.
 pub const RUN_LIMIT: Duration = Duration::from_secs(180);
@@ -60,6 +77,7 @@ pub struct World {
     /// `otturnaut-chaos-{pid}:{version}` images for `--image` deploys.
     image_base: String,
     images: Vec<String>,
+    pub runtime: Runtime,
 }
 
 /// Numbers app ids across every world of this process: two worlds (tests
@@ -70,7 +88,15 @@ static NEXT_APP: AtomicU32 = AtomicU32::new(0);
 impl World {
     pub async fn new(bin: PathBuf) -> anyhow::Result<World> {
         require_docker().await;
-        let docker = Docker::connect().await.context("connecting to Docker")?;
+        World::with_runtime(bin, Runtime::Docker).await
+    }
+
+    /// A world on the Swarm cluster; fails loudly if it is not up.
+    pub async fn on_swarm(bin: PathBuf) -> anyhow::Result<World> {
+        World::with_runtime(bin, Runtime::Swarm(require_swarm().await)).await
+    }
+
+    async fn with_runtime(bin: PathBuf, runtime: Runtime) -> anyhow::Result<World> {
         let root = tempfile::Builder::new().prefix("otturnaut-chaos-").tempdir()?;
         let work_dir = root.path().join("work");
         let tmp_dir = root.path().join("tmp");
@@ -85,7 +111,7 @@ impl World {
         }
         let daemon = GitDaemon::for_repo(&repo);
 
-        let global = vec![
+        let mut global = vec![
             "--caddy-admin".to_owned(),
             caddy.admin_url(),
             "--listen".to_owned(),
@@ -96,13 +122,47 @@ impl World {
             "--work-dir".to_owned(),
             work_dir.display().to_string(),
         ];
-        let cli = Cli { bin, global, tmp_dir: tmp_dir.clone() };
-        let observer = Observer {
-            docker: docker.clone(),
-            caddy: test_caddy(&caddy.admin_url(), &caddy.listen),
-            work_dir: work_dir.clone(),
-            tmp_dir,
+        let mut env = Vec::new();
+        let caddy_adapter = test_caddy(&caddy.admin_url(), &caddy.listen);
+        let observer = match &runtime {
+            Runtime::Docker => {
+                let docker = Arc::new(Docker::connect().await.context("connecting to Docker")?);
+                Observer {
+                    runtime: docker.clone(),
+                    images: docker,
+                    caddy: caddy_adapter,
+                    work_dir: work_dir.clone(),
+                    tmp_dir: tmp_dir.clone(),
+                    swarm: None,
+                }
+            }
+            Runtime::Swarm(cluster) => {
+                global.extend(
+                    ["--runtime", "swarm", "--registry", &cluster.registry, "--replicas", &SWARM_REPLICAS.to_string()]
+                        .map(str::to_owned),
+                );
+                env.push(("DOCKER_HOST".to_owned(), cluster.manager.clone()));
+                let docker = Docker::connect_to(&cluster.manager).await.context("connecting to the Swarm manager")?;
+                let swarm = Swarm::connect(docker, cluster.config(SWARM_REPLICAS)).await?;
+                // The caddy adapter reads a route's upstreams from the
+                // runtime on a cluster, as the CLI's does.
+                let caddy_adapter = caddy_adapter.with_upstream_hosts(Arc::new(swarm.clone()));
+                Observer {
+                    runtime: Arc::new(swarm.clone()),
+                    images: Arc::new(SwarmImages::new(swarm.clone())),
+                    caddy: caddy_adapter,
+                    work_dir: work_dir.clone(),
+                    tmp_dir: tmp_dir.clone(),
+                    swarm: Some(SwarmSight {
+                        swarm,
+                        manager: cluster.manager.clone(),
+                        registry: cluster.registry.clone(),
+                        caddy_admin: caddy.admin_url(),
+                    }),
+                }
+            }
         };
+        let cli = Cli { bin, global, tmp_dir, env };
         let mut world = World {
             root,
             work_dir,
@@ -113,6 +173,7 @@ impl World {
             daemon,
             image_base: format!("otturnaut-chaos-{}", std::process::id()),
             images: Vec::new(),
+            runtime,
         };
         for version in ["v1", "v2"] {
             world.build_plain_image(version)?;
@@ -120,16 +181,22 @@ impl World {
         Ok(world)
     }
 
+    /// `docker`, talking to this world's daemon (a cluster's manager).
+    fn docker(&self) -> Command {
+        let mut cmd = Command::new("docker");
+        if let Runtime::Swarm(cluster) = &self.runtime {
+            cmd.args(["--host", &cluster.manager]);
+        }
+        cmd
+    }
+
     /// A prebuilt image, as a registry would have provided it: no labels of ours.
     fn build_plain_image(&mut self, version: &str) -> anyhow::Result<()> {
         let dir = self.root.path().join(format!("image-{version}"));
         write_context(&dir, &Behaviour::serve(version))?;
         let name = self.image(version);
-        let out = Command::new("docker")
-            .args(["build", "-q", "-t", &name])
-            .arg(&dir)
-            .output()
-            .context("running docker build")?;
+        let out =
+            self.docker().args(["build", "-q", "-t", &name]).arg(&dir).output().context("running docker build")?;
         ensure!(out.status.success(), "docker build -t {name} failed: {}", String::from_utf8_lossy(&out.stderr));
         self.images.push(name);
         Ok(())
@@ -140,7 +207,7 @@ impl World {
     }
 
     pub fn image_exists(&self, version: &str) -> bool {
-        Command::new("docker")
+        self.docker()
             .args(["image", "inspect", "--format", "{{.Id}}", &self.image(version)])
             .output()
             .is_ok_and(|o| o.status.success())
@@ -276,15 +343,36 @@ impl World {
 impl Drop for World {
     fn drop(&mut self) {
         for image in &self.images {
-            let _ = Command::new("docker").args(["rmi", "-f", image]).output();
+            let _ = self.docker().args(["rmi", "-f", image]).output();
         }
     }
 }
 
-/// GET `/version` straight from a host port (not through Caddy).
-pub async fn version_at(port: u16) -> Option<String> {
+impl World {
+    /// GET `/version` straight from a release's published port (not through
+    /// Caddy). On one host, `127.0.0.1:port`. On a cluster, every node: the
+    /// nodes that answer must be as many as a release has tasks and agree;
+    /// if not, what each node answered, which is no version.
+    pub async fn version_at(&self, port: u16) -> Option<String> {
+        let Runtime::Swarm(cluster) = &self.runtime else {
+            return version_of(&format!("127.0.0.1:{port}")).await;
+        };
+        let mut answers = Vec::new();
+        for node in &cluster.nodes {
+            answers.push((node.address, version_of(&format!("{}:{port}", node.address)).await));
+        }
+        let versions: std::collections::BTreeSet<&String> = answers.iter().filter_map(|(_, v)| v.as_ref()).collect();
+        let answering = answers.iter().filter(|(_, v)| v.is_some()).count();
+        match versions.into_iter().collect::<Vec<_>>()[..] {
+            [one] if answering == SWARM_REPLICAS as usize => Some(one.clone()),
+            _ => Some(format!("{answers:?} (want {SWARM_REPLICAS} tasks of one version)")),
+        }
+    }
+}
+
+async fn version_of(addr: &str) -> Option<String> {
     let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(3)).build().ok()?;
-    let r = client.get(format!("http://127.0.0.1:{port}/version")).send().await.ok()?;
+    let r = client.get(format!("http://{addr}/version")).send().await.ok()?;
     if !r.status().is_success() {
         return None;
     }
