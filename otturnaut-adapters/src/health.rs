@@ -97,7 +97,8 @@ impl Probe {
         if status == expected { Ok(()) } else { Err(format!("GET {url} answered {status}, expected {expected}")) }
     }
 
-    async fn exited(&self, container: &ContainerId, status: ContainerStatus) -> Error {
+    /// The error for a release that is not running: how it exited, and its last output.
+    pub(crate) async fn exited(&self, container: &ContainerId, status: ContainerStatus) -> Error {
         let logs = self
             .runtime
             .logs(container, LOG_TAIL)

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures_util::future::try_join_all;
-use otturnaut_core::traits::HealthProbe;
+use otturnaut_core::traits::{ContainerRuntime as _, HealthProbe};
 use otturnaut_core::{ContainerId, Error, HealthCheck, HostPort, Result};
 
 use super::Swarm;
@@ -34,6 +34,12 @@ impl HealthProbe for SwarmProbe {
         let hosts = self.swarm.task_hosts(&container.0).await?;
         let wanted = usize::try_from(self.swarm.config.replicas.get()).unwrap_or(usize::MAX);
         if hosts.len() < wanted {
+            // Tasks that exited: say how and with what output, as one host
+            // says it of a container, not just that fewer run.
+            let status = self.swarm.status(container).await?;
+            if status.restarting || status.exit_code.is_some() {
+                return Err(self.probe.exited(container, status).await);
+            }
             return Err(Error::failed(
                 format!("checking the health of service {container}"),
                 format!("{} of {wanted} tasks run", hosts.len()),

@@ -45,7 +45,9 @@ pub struct Snapshot {
     /// On a cluster: the addresses the route dials, sorted (one per task).
     pub upstreams: Vec<String>,
     /// On a cluster: `node:port` of every running task of the service the
-    /// route's port belongs to, sorted; `None` on one host.
+    /// route's port belongs to, sorted; `None` on one host, and for a route
+    /// to a port no service publishes (a residue route: the orphan checks
+    /// judge it).
     pub route_tasks: Option<Vec<String>>,
     /// The app's entries in the work dir (`src/{app}-…`, `ssh/{app}-…`) and
     /// everything in the CLI's temp dir (`tmp/…`).
@@ -293,10 +295,9 @@ impl Observer {
                 let port: HostPort = r.port;
                 containers.iter().find(|c| c.host_port == Some(port)).map(|c| (c.name.clone(), port.get()))
             });
-            route_tasks = Some(match on_route {
-                Some((service, port)) => sight.tasks(&service, port).await?,
-                None => Vec::new(),
-            });
+            if let Some((service, port)) = on_route {
+                route_tasks = Some(sight.tasks(&service, port).await?);
+            }
         }
         let mut containers: Vec<ContainerFact> = containers
             .into_iter()
