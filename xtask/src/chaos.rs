@@ -1,8 +1,9 @@
 //! `cargo xtask chaos`: fault injection and crash recovery on the real
 //! services. The harness itself is the ignored test `chaos_full` in
-//! `tests/tests/chaos.rs` (it shares its fixtures with the integration tests
-//! and its code with the sample the normal suite runs); this starts the
-//! services and runs it with the options as environment variables.
+//! `tests/tests/chaos.rs`, or `swarm_fault_points_and_crash_trials` with
+//! `--swarm` (it shares its fixtures with the integration tests and its code
+//! with the sample the normal suite runs); this starts the services and runs
+//! it with the options as environment variables.
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};

@@ -26,6 +26,13 @@ use super::snapshot::{Observer, SwarmSight};
 /// Host ports handed to the chaos apps' containers.
 pub const PORT_RANGE: &str = "30000-39999";
 
+/// Host ports of the chaos apps' services on a cluster: below the nodes'
+/// ephemeral range (32768–60999), whose ports a node's own outgoing
+/// connections hold where the allocator, on this host, cannot see them (a
+/// task then fails to bind its port on that node); above the 10000–20000 of
+/// the other Swarm tests.
+pub const SWARM_PORT_RANGE: &str = "20000-29999";
+
 /// Tasks per release on a cluster: fewer than its 3 nodes, so the route must
 /// dial exactly the nodes that run one, not every node.
 pub const SWARM_REPLICAS: u32 = 2;
@@ -111,6 +118,7 @@ impl World {
         }
         let daemon = GitDaemon::for_repo(&repo);
 
+        let ports = if matches!(runtime, Runtime::Swarm(_)) { SWARM_PORT_RANGE } else { PORT_RANGE };
         let mut global = vec![
             "--caddy-admin".to_owned(),
             caddy.admin_url(),
@@ -118,7 +126,7 @@ impl World {
             caddy.listen.clone(),
             "--no-auto-https".to_owned(),
             "--port-range".to_owned(),
-            PORT_RANGE.to_owned(),
+            ports.to_owned(),
             "--work-dir".to_owned(),
             work_dir.display().to_string(),
         ];
