@@ -22,6 +22,8 @@ use crate::docker::is_not_found;
 const POLL: Duration = Duration::from_millis(200);
 /// How many task states [`ContainerRuntime::logs`] starts with.
 const STATE_LINES: usize = 3;
+/// How many lines of states and output a task that exited at start is reported with.
+const EXIT_LOG_LINES: usize = 20;
 /// How long [`ContainerRuntime::logs`] reads the tasks' output.
 const LOG_WAIT: Duration = Duration::from_secs(5);
 /// Extra time a scale-down may take beyond the stop grace period.
@@ -278,11 +280,13 @@ impl Swarm {
         loop {
             let (tasks, nodes) = tokio::try_join!(self.all_tasks(name), self.nodes())?;
             if let Some(failed) = tasks.iter().find(|t| ended_badly(t)) {
-                return Err(Error::ContainerExited {
-                    container: ContainerId(name.to_owned()),
-                    exit_code: exit_code(failed).unwrap_or(-1),
-                    logs: tasks.iter().map(describe).collect(),
-                });
+                let container = ContainerId(name.to_owned());
+                // The task states, then the tasks' own output: what says why.
+                let logs = match self.logs(&container, EXIT_LOG_LINES).await {
+                    Ok(lines) => lines,
+                    Err(_) => tasks.iter().map(describe).collect(),
+                };
+                return Err(Error::ContainerExited { container, exit_code: exit_code(failed).unwrap_or(-1), logs });
             }
             let current: Vec<&Task> = tasks.iter().filter(|t| wants_running(t)).collect();
             if count(current.iter().copied().filter(|t| nodes.runs(t))) >= wanted {
