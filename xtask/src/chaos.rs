@@ -66,7 +66,7 @@ case failed. Takes about 8 minutes (--quick: about 3).
 With --swarm, the same on the Swarm runtime (`--runtime swarm`, each release a 2-task service on
 a 3-node cluster): the snapshots are the app's services, the manager's images (release tags and
 their registry copies) and the route with its upstreams, which must be one per running task.
-Not part of `cargo xtask test`.
+About 12 minutes (--quick: about 6). Not part of `cargo xtask test`.
 
 Examples:
   cargo xtask chaos
