@@ -272,8 +272,19 @@ impl Upstream {
         Upstream::spawn(body, delay, true).await
     }
 
+    /// Like [`Upstream::start`], on `addr` (`127.0.0.X:PORT`: a loopback
+    /// address stands for another host).
+    pub async fn start_at(addr: SocketAddr, body: &str) -> Upstream {
+        let listener = TcpListener::bind(addr).await.unwrap_or_else(|e| panic!("binding an upstream on {addr}: {e}"));
+        Upstream::serve(listener, body, Duration::ZERO, false)
+    }
+
     async fn spawn(body: &str, delay: Duration, keep_alive: bool) -> Upstream {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("binding an upstream on 127.0.0.1");
+        Upstream::serve(listener, body, delay, keep_alive)
+    }
+
+    fn serve(listener: TcpListener, body: &str, delay: Duration, keep_alive: bool) -> Upstream {
         let port = listener.local_addr().expect("upstream address").port();
         let (hits, open) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let body = body.to_owned();

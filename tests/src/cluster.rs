@@ -225,17 +225,36 @@ impl SwarmApp {
         bodies
     }
 
-    /// The addresses the app's Caddy route dials, sorted.
+    /// The app's route as Caddy's config holds it.
+    pub async fn raw_route(&self) -> serde_json::Value {
+        admin_get(&caddy_admin(), &format!("/id/otturnaut-app-{}", self.app)).await
+    }
+
+    /// The addresses the app's Caddy route dials, sorted: an upstream file's
+    /// placeholder (`{file.PATH}`, Caddy 2.8+) stands for the address in it.
     pub async fn dials(&self) -> Vec<String> {
-        let route = admin_get(&caddy_admin(), &format!("/id/otturnaut-app-{}", self.app)).await;
+        let route = self.raw_route().await;
         let mut dials: Vec<String> = route["handle"][0]["upstreams"]
             .as_array()
             .unwrap_or_else(|| panic!("the route has no upstream list: {route}"))
             .iter()
             .filter_map(|u| u["dial"].as_str().map(str::to_owned))
+            .map(|dial| match dial.strip_prefix("{file.").and_then(|d| d.strip_suffix('}')) {
+                Some(path) => std::fs::read_to_string(path)
+                    .unwrap_or_else(|e| panic!("the route dials {dial}, which cannot be read: {e}"))
+                    .trim_end()
+                    .to_owned(),
+                None => dial,
+            })
             .collect();
         dials.sort();
         dials
+    }
+
+    /// Whether the route dials upstream files (Caddy 2.8+), so a switch
+    /// changes no config.
+    pub async fn dials_files(&self) -> bool {
+        self.agent.caddy.switches_through_files().await.expect("whether Caddy reads upstream files")
     }
 
     /// `NODE:port` of every node, sorted.
