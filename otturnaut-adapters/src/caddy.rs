@@ -622,6 +622,8 @@ impl Caddy {
         for attempt in 1..=MAX_ATTEMPTS {
             let Some(routes) = self.read_routes(op).await? else {
                 if set.is_empty() {
+                    // Caddy lost our server: nothing dials a removed app's files.
+                    self.remove_files(remove).await;
                     return Ok(());
                 }
                 // Caddy lost our server (restarted empty, or a reboot) or was

@@ -1143,6 +1143,12 @@ async fn a_release_on_several_hosts_dials_one_upstream_file_per_host() {
 
     caddy.remove_route(&app).await.expect("remove");
     assert!(slots().is_empty(), "no upstream file is left: {:?}", slots());
+
+    // Removing the app after Caddy lost our server removes its files too.
+    caddy.set_route(&app, &target(&app, pa)).await.expect("route again");
+    caddy_proc.load(json!({})).await;
+    caddy.remove_route(&app).await.expect("remove without our server");
+    assert!(slots().is_empty(), "no upstream file is left: {:?}", slots());
 }
 
 /// New connections made while routes switch (8 clients asking back to back)
