@@ -306,9 +306,9 @@ pub(crate) const UNANSWERED_CLOSE: &str = r#"not an HTTP response: \"\""#;
 /// Whether the Caddy under test closes, unanswered, a connection that reaches
 /// it at the instant of a config reload: 2.11 (built with a newer Go) does,
 /// 2.6.2 does not (`tests/tests/caddy.rs`,
-/// `a_reload_and_connections_without_a_whole_request_yet`). On a cluster every
-/// route change is a reload (no upstream files), so that Caddy drops a few
-/// requests per redeploy, the deploy's own and any other test's.
+/// `a_reload_and_connections_without_a_whole_request_yet`). A cluster's
+/// redeploy reloads nothing there (one upstream file per task), but other
+/// tests' route writes (a first deploy, an undeploy) do.
 pub fn reload_closes_new_connections() -> bool {
     let bin = crate::services::caddy_bin();
     let out = std::process::Command::new(&bin)

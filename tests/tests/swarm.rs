@@ -194,8 +194,11 @@ async fn ten_redeploys_under_load_fail_no_request_and_every_task_serves() {
         ok += o;
         bad.extend(b);
     }
-    // 10 route writes of ours and some of the other tests: at most one close per client each.
-    assert_no_failed_request(&bad, ok, 4 * 25, "during 10 redeploys");
+    // At most one close per client for each reload: the other tests' route
+    // writes (8 at most) and, where a switch is a route write (no upstream
+    // files), our 10 redeploys' too.
+    let reloads = if f.dials_files().await { 8 } else { 25 };
+    assert_no_failed_request(&bad, ok, 4 * reloads, "during 10 redeploys");
     assert!(ok > 100, "the clients kept asking ({ok} requests)");
     assert_eq!(f.via_caddy().await, (200, "v11\n".into()));
 
