@@ -14,10 +14,10 @@ use otturnaut_adapters::caddy::{Caddy, route_id};
 use otturnaut_core::traits::Router;
 use otturnaut_core::{AppId, Domain, Error, HostPort, RouteTarget, Service};
 use otturnaut_tests::caddy_proc::{
-    CaddyProc, SlowAdmin, Upstream, admin_call, admin_get, client, free_port, get_via, shared_caddy, shared_listen,
-    test_caddy,
+    CaddyProc, Upstream, admin_call, admin_get, client, free_port, get_via, shared_caddy, shared_listen, test_caddy,
 };
 use otturnaut_tests::services::{CADDY_VERSION_VAR, caddy_admin, caddy_bin, require_caddy, require_docker, unique_app};
+use otturnaut_tests::slow_admin::SlowAdmin;
 use serde_json::{Value, json};
 
 fn port(p: u16) -> HostPort {
