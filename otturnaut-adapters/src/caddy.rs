@@ -46,11 +46,12 @@
 //! `remove_route` removes every copy.
 //!
 //! On Caddy 2.8+ a route is written once per app and dials the app's upstream
-//! file; a switch renames a new file over it and changes no config (see
-//! `files`: every reload loses requests on Caddy 2.11). A redeploy then makes
-//! no config write; on 2.6 and 2.7 it makes one. The drain then also counts
-//! connections to the old port, as Caddy's count may not tell releases apart
-//! (see `conns`).
+//! file (on a cluster, one file per task); a switch renames a new file over
+//! it and changes no config (see `files`: every reload loses requests on
+//! Caddy 2.11). A redeploy then makes no config write (on a cluster, none
+//! unless the number of tasks changes); on 2.6 and 2.7 it makes one. The
+//! drain then also counts connections to the old port, as Caddy's count may
+//! not tell releases apart (see `conns`).
 
 mod admin;
 mod conns;
@@ -157,6 +158,16 @@ struct Routes {
     etag: Option<String>,
 }
 
+/// An app's upstream files on their way to a new release's addresses (see
+/// [`Caddy::point_before`]).
+struct Switch {
+    app: AppId,
+    /// The new release's addresses, slot by slot.
+    live: Vec<String>,
+    /// How many slots the route dialed before the write.
+    dialed: usize,
+}
+
 /// What `GET /id/{id}` found.
 enum Lookup {
     /// Our route, at `routes/{index}`; `etag` guards a write to exactly it.
@@ -182,11 +193,10 @@ impl Caddy {
     }
 
     /// Routes each release to every host `hosts` names for its port, instead
-    /// of `upstream_host`. Switches are then route writes (one reload each):
-    /// an upstream file holds one address.
+    /// of `upstream_host`: one upstream per task, each through its own
+    /// upstream file where Caddy reads them (see `files`).
     pub fn with_upstream_hosts(mut self, hosts: Arc<dyn UpstreamHosts>) -> Self {
         self.hosts = Some(hosts);
-        self.files = None;
         self
     }
 
@@ -212,13 +222,13 @@ impl Caddy {
         draining: Option<HostPort>,
         excluded: &[Domain],
     ) -> Result<Value> {
-        let through = match (self.live_files().await?, json::app_of_route_id(id)) {
-            (Some(files), Some(app)) => Some(files.dial(&app)),
-            _ => None,
-        };
-        // Through a file, the old release needs no draining handler: the
-        // drain counts connections (see `conns`).
-        let draining = draining.filter(|_| through.is_none());
+        let live = self.live_dials(id, port).await?;
+        self.route_to(id, domains, &live, draining, excluded).await
+    }
+
+    /// Where the release on `port` is dialed, one address per task; fails if
+    /// nothing runs there (a route must dial something).
+    async fn live_dials(&self, id: &str, port: HostPort) -> Result<Vec<String>> {
         let live = self.dials(port).await?;
         if live.is_empty() {
             return Err(Error::failed(
@@ -226,18 +236,37 @@ impl Caddy {
                 format!("nothing runs on port {port} to route to"),
             ));
         }
+        Ok(live)
+    }
+
+    /// [`Caddy::route_json`] for the `live` addresses of the release on `port`.
+    async fn route_to(
+        &self,
+        id: &str,
+        domains: &[Domain],
+        live: &[String],
+        draining: Option<HostPort>,
+        excluded: &[Domain],
+    ) -> Result<Value> {
+        let through = match (self.live_files().await?, json::app_of_route_id(id)) {
+            (Some(files), Some(app)) => Some((0..live.len()).map(|slot| files.dial(&app, slot)).collect::<Vec<_>>()),
+            _ => None,
+        };
+        // Through files, the old release needs no draining handler: the
+        // drain counts connections (see `conns`).
+        let draining = draining.filter(|_| through.is_none());
         let draining = match draining {
             // The old release may be gone already: then there is nothing to drain.
             Some(p) => self.dials(p).await.unwrap_or_default(),
             None => Vec::new(),
         };
         let several = live.len() > 1;
-        let mut route = json::route(id, domains, &live, &draining, excluded);
+        let mut route = json::route(id, domains, live, &draining, excluded);
         if several {
             json::avoid_failed_upstreams(&mut route);
         }
-        if let Some(dial) = through {
-            json::set_live_dial(&mut route, &dial);
+        if let Some(dials) = through {
+            json::set_live_dials(&mut route, &dials);
         }
         features::apply(&mut route, self.features().await?, self.config.stream_close_delay);
         Ok(route)
@@ -283,34 +312,83 @@ impl Caddy {
         *self.sees_files.get_or_init(check).await
     }
 
-    /// True when `route` (app's) dials the app's upstream file.
-    fn dials_file(&self, app: &AppId, route: &Value) -> bool {
-        self.files.as_ref().is_some_and(|f| json::live_dial(route) == Some(f.dial(app).as_str()))
+    /// How many of the app's upstream files `route` (app's) dials, slots 0
+    /// to N-1 in order; `None` if it dials anything else.
+    fn file_slots(&self, app: &AppId, route: &Value) -> Option<usize> {
+        let files = self.files.as_ref()?;
+        let dials = json::upstream_dials(route);
+        let ours = !dials.is_empty() && dials.iter().enumerate().all(|(slot, d)| *d == files.dial(app, slot));
+        ours.then_some(dials.len())
     }
 
-    /// `route` as Caddy serves it: with the address read from the app's
-    /// upstream file in place of the placeholder, if it dials one. `None` if
-    /// that file is missing (Caddy answers 502; reconcile writes it again).
+    /// `route` as Caddy serves it: with the addresses read from the app's
+    /// upstream files in place of the placeholders, if it dials them. `None`
+    /// if one is missing (Caddy fails that upstream; reconcile writes it again).
     async fn resolve(&self, app: &AppId, route: &Value) -> Result<Option<Value>> {
-        let Some(files) = self.files.as_ref().filter(|_| self.dials_file(app, route)) else {
+        let (Some(files), Some(slots)) = (self.files.as_ref(), self.file_slots(app, route)) else {
             return Ok(Some(route.clone()));
         };
-        let Some(addr) = files.read(app).await? else {
-            tracing::warn!(%app, "the app's Caddy route dials an upstream file that is missing; Caddy answers 502");
-            return Ok(None);
-        };
+        let mut addrs = Vec::with_capacity(slots);
+        for slot in 0..slots {
+            let Some(addr) = files.read(app, slot).await? else {
+                tracing::warn!(%app, slot, "the app's Caddy route dials an upstream file that is missing");
+                return Ok(None);
+            };
+            addrs.push(addr);
+        }
         let mut resolved = route.clone();
-        json::set_live_dial(&mut resolved, &addr);
+        json::set_live_dials(&mut resolved, &addrs);
         Ok(Some(resolved))
     }
 
-    /// Points `app`'s upstream file at `port`, unless it already does.
-    async fn point(&self, files: &UpstreamFiles, app: &AppId, port: HostPort) -> Result<()> {
-        let addr = self.upstream(port);
-        if files.read(app).await?.as_deref() == Some(addr.as_str()) {
-            return Ok(());
+    /// Points `app`'s upstream files in `slots` at `live` (slot `i` at
+    /// `live[i]`), each unless it already does.
+    async fn point(
+        &self,
+        files: &UpstreamFiles,
+        app: &AppId,
+        live: &[String],
+        slots: std::ops::Range<usize>,
+    ) -> Result<()> {
+        for (slot, addr) in live.iter().enumerate().take(slots.end).skip(slots.start) {
+            if files.read(app, slot).await?.as_deref() != Some(addr.as_str()) {
+                files.write(app, slot, addr).await?;
+            }
         }
-        files.write(app, &addr).await
+        Ok(())
+    }
+
+    /// The file switch of `app` to `live` that a route write makes whole. A
+    /// slot the current route (`old`) does not dial yet goes live with the
+    /// write, so its file must be right before it; one it dials switches when
+    /// its file changes, so only once the write went through (`after`).
+    async fn point_before(
+        &self,
+        files: Option<&UpstreamFiles>,
+        app: &AppId,
+        live: &[String],
+        old: Option<&Value>,
+    ) -> Result<Switch> {
+        let dialed = old.and_then(|r| self.file_slots(app, r)).unwrap_or(0);
+        if let Some(files) = files {
+            self.point(files, app, live, dialed..live.len()).await?;
+        }
+        Ok(Switch { app: app.clone(), live: live.to_vec(), dialed })
+    }
+
+    /// The rest of a [`Switch`], once the route write went through: the
+    /// slots the old route dialed, then slots no longer dialed are removed (a
+    /// file left behind is harmless, nothing dials it: only logged).
+    async fn point_after(&self, files: Option<&UpstreamFiles>, switch: Switch) -> Result<()> {
+        let Some(files) = files else { return Ok(()) };
+        let Switch { app, live, dialed } = switch;
+        self.point(files, &app, &live, 0..dialed.min(live.len())).await?;
+        if dialed > live.len()
+            && let Err(e) = files.remove_from(&app, live.len()).await
+        {
+            tracing::warn!(%app, error = %e, "could not remove the app's unused upstream files");
+        }
+        Ok(())
     }
 
     /// Creates our server under `apps.http.servers` if it is missing, from any
@@ -544,20 +622,21 @@ impl Caddy {
         for attempt in 1..=MAX_ATTEMPTS {
             let Some(routes) = self.read_routes(op).await? else {
                 if set.is_empty() {
+                    // Caddy lost our server: nothing dials a removed app's files.
+                    self.remove_files(remove).await;
                     return Ok(());
                 }
                 // Caddy lost our server (restarted empty, or a reboot) or was
                 // never set up: create it with its routes, in one write.
                 let mut list: Vec<Value> = Vec::with_capacity(set.len());
+                let files = self.live_files().await?;
                 for (app, t) in set {
-                    list.push(self.route_json(&route_id(app), &t.domains, t.port, None, &[]).await?);
+                    let id = route_id(app);
+                    let live = self.live_dials(&id, t.port).await?;
+                    list.push(self.route_to(&id, &t.domains, &live, None, &[]).await?);
+                    self.point_before(files, app, &live, None).await?;
                 }
                 owners_and_exclusions(op, set, &mut list)?;
-                if let Some(files) = self.live_files().await? {
-                    for (app, t) in set {
-                        self.point(files, app, t.port).await?;
-                    }
-                }
                 let reply = self.create_server(op, list).await?;
                 if reply.is_success() {
                     return Ok(());
@@ -575,6 +654,8 @@ impl Caddy {
             }
             let mut list: Vec<Value> = Vec::with_capacity(old.len() + set.len());
             let mut pending: Vec<&(AppId, RouteTarget)> = set.iter().collect();
+            let files = self.live_files().await?;
+            let mut switches = Vec::new();
             for route in &old {
                 let app = json::id_of(route).and_then(json::app_of_route_id);
                 match app {
@@ -582,10 +663,10 @@ impl Caddy {
                     Some(app) => match pending.iter().position(|(a, _)| *a == app) {
                         Some(i) => {
                             let (app, target) = pending.remove(i);
-                            let draining = json::draining_after(route, target.port);
-                            list.push(
-                                self.route_json(&route_id(app), &target.domains, target.port, draining, &[]).await?,
-                            );
+                            let (id, draining) = (route_id(app), json::draining_after(route, target.port));
+                            let live = self.live_dials(&id, target.port).await?;
+                            list.push(self.route_to(&id, &target.domains, &live, draining, &[]).await?);
+                            switches.push(self.point_before(files, app, &live, Some(route)).await?);
                         }
                         None => list.push(route.clone()),
                     },
@@ -593,21 +674,12 @@ impl Caddy {
                 }
             }
             for (app, target) in pending {
-                list.push(self.route_json(&route_id(app), &target.domains, target.port, None, &[]).await?);
+                let id = route_id(app);
+                let live = self.live_dials(&id, target.port).await?;
+                list.push(self.route_to(&id, &target.domains, &live, None, &[]).await?);
+                switches.push(self.point_before(files, app, &live, None).await?);
             }
             owners_and_exclusions(op, set, &mut list)?;
-            // A route that does not dial its file yet goes live with this
-            // write, so its file must be there first; one that does switches
-            // when its file changes, so only once the write went through.
-            let files = self.live_files().await?;
-            let mut after = Vec::new();
-            for (app, target) in set.iter().filter(|_| files.is_some()) {
-                let id = route_id(app);
-                match old.iter().any(|r| json::id_of(r) == Some(id.as_str()) && self.dials_file(app, r)) {
-                    true => after.push((app, target.port)),
-                    false => self.point_if(files, app, target.port).await?,
-                }
-            }
             let written = if routes.list.is_some() && list == old {
                 true
             } else {
@@ -620,8 +692,8 @@ impl Caddy {
                 reply.is_success()
             };
             if written {
-                for (app, port) in after {
-                    self.point_if(files, app, port).await?;
+                for switch in switches {
+                    self.point_after(files, switch).await?;
                 }
                 self.remove_files(remove).await;
                 return Ok(());
@@ -631,19 +703,12 @@ impl Caddy {
         Err(gave_up(op))
     }
 
-    async fn point_if(&self, files: Option<&UpstreamFiles>, app: &AppId, port: HostPort) -> Result<()> {
-        match files {
-            Some(files) => self.point(files, app, port).await,
-            None => Ok(()),
-        }
-    }
-
     /// Removes removed apps' upstream files; one left behind is harmless
     /// (nothing dials it), so a failure is only logged.
     async fn remove_files(&self, apps: &[AppId]) {
         let Some(files) = &self.files else { return };
         for app in apps {
-            if let Err(e) = files.remove(app).await {
+            if let Err(e) = files.remove_from(app, 0).await {
                 tracing::warn!(%app, error = %e, "could not remove the app's upstream file");
             }
         }
@@ -685,7 +750,13 @@ impl Caddy {
     async fn dials(&self, port: HostPort) -> Result<Vec<String>> {
         match &self.hosts {
             None => Ok(vec![self.upstream(port)]),
-            Some(hosts) => Ok(hosts.hosts(port).await?.iter().map(|h| json::upstream_addr(h, port)).collect()),
+            Some(hosts) => {
+                // In a stable order, so that each task keeps its upstream file.
+                let mut dials: Vec<String> =
+                    hosts.hosts(port).await?.iter().map(|h| json::upstream_addr(h, port)).collect();
+                dials.sort();
+                Ok(dials)
+            }
         }
     }
 }
@@ -708,6 +779,9 @@ impl Router for Caddy {
             Lookup::Found { route, .. } => route,
             // A missing route is reconcile's to restore anyway.
             Lookup::Missing | Lookup::Moved => return Ok(false),
+        };
+        let Some(route) = self.resolve(app, &route).await? else {
+            return Ok(false);
         };
         let Ok(target) = json::parse_route(&route) else {
             return Ok(false);
@@ -762,15 +836,11 @@ impl Router for Caddy {
                 return self.write_routes(&op, &[(app.clone(), target.clone())], &[]).await;
             }
             let draining = json::draining_after(&route, target.port);
-            let new = self.route_json(&id, &target.domains, target.port, draining, &json::excluded(&route)).await?;
-            // Through a file, the switch is the file's change: before the
-            // route write when that write makes the route dial the file,
-            // else after it (see `write_routes`).
+            let live = self.live_dials(&id, target.port).await?;
+            let new = self.route_to(&id, &target.domains, &live, draining, &json::excluded(&route)).await?;
+            // Through files, the switch is the files' change (see `point_before`).
             let files = self.live_files().await?;
-            let switch_after = self.dials_file(app, &route);
-            if !switch_after {
-                self.point_if(files, app, target.port).await?;
-            }
+            let switch = self.point_before(files, app, &live, Some(&route)).await?;
             let written = route == new || {
                 let path = format!("{ROUTES_PATH}/{index}");
                 let reply = self.write(&op, Method::PATCH, &path, &new, Some(&etag)).await?;
@@ -780,10 +850,7 @@ impl Router for Caddy {
                 reply.is_success()
             };
             if written {
-                if switch_after {
-                    self.point_if(files, app, target.port).await?;
-                }
-                return Ok(());
+                return self.point_after(files, switch).await;
             }
             backoff(&op, attempt).await;
         }
@@ -803,12 +870,13 @@ impl Router for Caddy {
         self.write_routes(&op, &[], std::slice::from_ref(app)).await
     }
 
-    /// Caddy's count of requests in flight to the port's address. Where
-    /// routes dial upstream files, Caddy's per-upstream count covers every
-    /// release at once (it is keyed by the `{file.…}` string); 2.11.2+ also
-    /// reports each dialed address (caddyserver/caddy#7517), older 2.8+ do
-    /// not. So there the count is the larger of Caddy's and the connections
-    /// open to the port (see `conns`).
+    /// Caddy's count of requests in flight to the port's addresses (one per
+    /// task on a cluster). Where routes dial upstream files, Caddy's
+    /// per-upstream count covers every release at once (it is keyed by the
+    /// `{file.…}` string); 2.11.2+ also reports each dialed address
+    /// (caddyserver/caddy#7517), older 2.8+ do not. So there the count is the
+    /// larger of Caddy's and the connections open to the port on those
+    /// addresses (see `conns`).
     async fn in_flight(&self, port: HostPort) -> Result<u64> {
         #[derive(Deserialize)]
         struct Upstream {
@@ -833,9 +901,8 @@ impl Router for Caddy {
             return Ok(caddy);
         }
         let op = format!("counting connections to {addr}");
-        let host = self.config.upstream_host.trim_start_matches('[').trim_end_matches(']');
-        let ip = host.parse::<IpAddr>().ok().filter(|ip| !ip.is_unspecified());
-        let counted = tokio::task::spawn_blocking(move || conns::count_to(ip, port.get()))
+        let ips: Vec<Option<IpAddr>> = addrs.iter().map(|a| json::host_ip(a)).collect();
+        let counted = tokio::task::spawn_blocking(move || conns::count_to_any(&ips, port.get()))
             .await
             .map_err(|e| Error::failed(&op, e))?;
         Ok(caddy.max(counted.map_err(|e| Error::failed(&op, e))?))

@@ -272,8 +272,19 @@ impl Upstream {
         Upstream::spawn(body, delay, true).await
     }
 
+    /// Like [`Upstream::start`], on `addr` (`127.0.0.X:PORT`: a loopback
+    /// address stands for another host).
+    pub async fn start_at(addr: SocketAddr, body: &str) -> Upstream {
+        let listener = TcpListener::bind(addr).await.unwrap_or_else(|e| panic!("binding an upstream on {addr}: {e}"));
+        Upstream::serve(listener, body, Duration::ZERO, false)
+    }
+
     async fn spawn(body: &str, delay: Duration, keep_alive: bool) -> Upstream {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("binding an upstream on 127.0.0.1");
+        Upstream::serve(listener, body, delay, keep_alive)
+    }
+
+    fn serve(listener: TcpListener, body: &str, delay: Duration, keep_alive: bool) -> Upstream {
         let port = listener.local_addr().expect("upstream address").port();
         let (hits, open) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let body = body.to_owned();
@@ -372,7 +383,7 @@ async fn answer(mut stream: TcpStream, body: &str, delay: Duration, hits: &Atomi
 }
 
 /// Reads up to the end of the request head; test requests carry no body.
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+pub(crate) async fn read_head(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -385,100 +396,10 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     Ok(head)
 }
 
-/// A proxy in front of a Caddy admin API that holds every request of one
-/// method for a while before passing it on: it widens the window between an
-/// adapter's read and its write, where concurrent changes can slip in.
-/// Expects one request per connection, as the adapter sends them.
-///
-/// It also counts the requests that change the config (every method but GET,
-/// and not `POST /adapt`, which only translates): each is one Caddy reload.
-#[derive(Debug)]
-pub struct SlowAdmin {
-    pub url: String,
-    writes: Arc<AtomicUsize>,
-    task: JoinHandle<()>,
-}
-
-impl SlowAdmin {
-    pub async fn start(admin_url: &str, method: &'static str, delay: Duration) -> SlowAdmin {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("binding the slow admin proxy");
-        let url = format!("http://{}", listener.local_addr().expect("proxy address"));
-        let target = admin_url.trim_start_matches("http://").trim_end_matches('/').to_owned();
-        let writes = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&writes);
-        let task = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                let (target, counter) = (target.clone(), Arc::clone(&counter));
-                tokio::spawn(async move {
-                    let Ok(head) = read_head(&mut client).await else { return };
-                    if !head.starts_with(b"GET ") && !head.starts_with(b"POST /adapt ") {
-                        counter.fetch_add(1, Ordering::SeqCst);
-                    }
-                    if head.starts_with(format!("{method} ").as_bytes()) {
-                        tokio::time::sleep(delay).await;
-                    }
-                    // Caddy checks the Host header against its own address.
-                    let end = head.windows(4).position(|w| w == b"\r\n\r\n").map_or(head.len(), |i| i + 4);
-                    let mut fixed: Vec<u8> = String::from_utf8_lossy(&head[..end])
-                        .split_inclusive("\r\n")
-                        .map(|line| {
-                            if line.to_ascii_lowercase().starts_with("host:") {
-                                format!("Host: {target}\r\n")
-                            } else {
-                                line.to_owned()
-                            }
-                        })
-                        .collect::<String>()
-                        .into_bytes();
-                    fixed.extend_from_slice(&head[end..]);
-                    let Ok(mut upstream) = TcpStream::connect(target.as_str()).await else { return };
-                    if upstream.write_all(&fixed).await.is_ok() {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                    }
-                });
-            }
-        });
-        SlowAdmin { url, writes, task }
-    }
-
-    /// Config changes sent through this proxy so far.
-    pub fn writes(&self) -> usize {
-        self.writes.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for SlowAdmin {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// `GET /` through a Caddy listener with the given `Host`, on a fresh
 /// connection. Returns the status code and body.
 pub async fn get_via(listen: &str, host: &str) -> std::io::Result<(u16, String)> {
     get_path_via(listen, host, "/").await
-}
-
-/// `GET /` through the shared Caddy with the given `Host`: what its route
-/// serves now. On a Caddy that closes connections at a reload (2.11), the
-/// reloads other tests cause can close this one request unanswered; only
-/// such a close is asked again (3 times at most), anything else panics.
-pub async fn ask_shared_caddy(host: &str) -> (u16, String) {
-    let mut closes = 0;
-    loop {
-        match get_via(&shared_listen(), host).await {
-            Ok(answer) => return answer,
-            Err(e)
-                if closes < 3
-                    && format!("{:?}", e.to_string()).contains(crate::cluster::UNANSWERED_CLOSE)
-                    && crate::cluster::reload_closes_new_connections() =>
-            {
-                eprintln!("a request through Caddy for {host} was closed unanswered by a reload; asking again");
-                closes += 1;
-            }
-            Err(e) => panic!("request through Caddy for {host}: {e}"),
-        }
-    }
 }
 
 /// `GET path` through a Caddy listener with the given `Host` (see [`get_via`]).

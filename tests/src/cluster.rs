@@ -12,9 +12,10 @@ use otturnaut_adapters::{Agent, AgentConfig, RuntimeKind};
 use otturnaut_core::{AppId, DeploySpec, Domain, HostPort};
 use otturnaut_steps::{BlueGreen, RetryPolicy, undeploy_app};
 
-use crate::caddy_proc::{admin_get, ask_shared_caddy, get_via, shared_listen};
+use crate::caddy_proc::{admin_get, get_via, shared_listen};
 use crate::fixtures::{Behaviour, git_spec, write_context};
 use crate::gitfix::{GitDaemon, GitRepo};
+use crate::reloads::{UNANSWERED_CLOSE, ask_shared_caddy, reload_closes_new_connections};
 use crate::services::{caddy_admin, require_caddy, unique_app};
 
 const HOW: &str = "build it with `cargo xtask services up --swarm 3`";
@@ -225,17 +226,36 @@ impl SwarmApp {
         bodies
     }
 
-    /// The addresses the app's Caddy route dials, sorted.
+    /// The app's route as Caddy's config holds it.
+    pub async fn raw_route(&self) -> serde_json::Value {
+        admin_get(&caddy_admin(), &format!("/id/otturnaut-app-{}", self.app)).await
+    }
+
+    /// The addresses the app's Caddy route dials, sorted: an upstream file's
+    /// placeholder (`{file.PATH}`, Caddy 2.8+) stands for the address in it.
     pub async fn dials(&self) -> Vec<String> {
-        let route = admin_get(&caddy_admin(), &format!("/id/otturnaut-app-{}", self.app)).await;
+        let route = self.raw_route().await;
         let mut dials: Vec<String> = route["handle"][0]["upstreams"]
             .as_array()
             .unwrap_or_else(|| panic!("the route has no upstream list: {route}"))
             .iter()
             .filter_map(|u| u["dial"].as_str().map(str::to_owned))
+            .map(|dial| match dial.strip_prefix("{file.").and_then(|d| d.strip_suffix('}')) {
+                Some(path) => std::fs::read_to_string(path)
+                    .unwrap_or_else(|e| panic!("the route dials {dial}, which cannot be read: {e}"))
+                    .trim_end()
+                    .to_owned(),
+                None => dial,
+            })
             .collect();
         dials.sort();
         dials
+    }
+
+    /// Whether the route dials upstream files (Caddy 2.8+), so a switch
+    /// changes no config.
+    pub async fn dials_files(&self) -> bool {
+        self.agent.caddy.switches_through_files().await.expect("whether Caddy reads upstream files")
     }
 
     /// `NODE:port` of every node, sorted.
@@ -278,30 +298,6 @@ impl SwarmApp {
             .expect("undeploy");
         assert!(report.residue.is_empty(), "{report:?}");
     }
-}
-
-/// How a request through Caddy ends when Caddy closes its connection
-/// unanswered (the `Debug` of the error's text).
-pub(crate) const UNANSWERED_CLOSE: &str = r#"not an HTTP response: \"\""#;
-
-/// Whether the Caddy under test closes, unanswered, a connection that reaches
-/// it at the instant of a config reload: 2.11 (built with a newer Go) does,
-/// 2.6.2 does not (`tests/tests/caddy.rs`,
-/// `a_reload_and_connections_without_a_whole_request_yet`). On a cluster every
-/// route change is a reload (no upstream files), so that Caddy drops a few
-/// requests per redeploy, the deploy's own and any other test's.
-pub fn reload_closes_new_connections() -> bool {
-    let bin = crate::services::caddy_bin();
-    let out = std::process::Command::new(&bin)
-        .arg("version")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run `{} version` ({e})", bin.display()));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut parts = text.split_whitespace().next().unwrap_or_default().trim_start_matches('v').split('.');
-    let mut next = || parts.next().and_then(|p| p.parse::<u32>().ok());
-    let version = (next(), next());
-    let (Some(major), Some(minor)) = version else { panic!("`{} version` printed {text:?}", bin.display()) };
-    (major, minor) >= (2, 11)
 }
 
 /// Asserts that no request of a load through Caddy failed (`failed`, each

@@ -9,4 +9,6 @@ pub mod cluster;
 pub mod command;
 pub mod fixtures;
 pub mod gitfix;
+pub mod reloads;
 pub mod services;
+pub mod slow_admin;

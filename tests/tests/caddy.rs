@@ -14,10 +14,10 @@ use otturnaut_adapters::caddy::{Caddy, route_id};
 use otturnaut_core::traits::Router;
 use otturnaut_core::{AppId, Domain, Error, HostPort, RouteTarget, Service};
 use otturnaut_tests::caddy_proc::{
-    CaddyProc, SlowAdmin, Upstream, admin_call, admin_get, client, free_port, get_via, shared_caddy, shared_listen,
-    test_caddy,
+    CaddyProc, Upstream, admin_call, admin_get, client, free_port, get_via, shared_caddy, shared_listen, test_caddy,
 };
 use otturnaut_tests::services::{CADDY_VERSION_VAR, caddy_admin, caddy_bin, require_caddy, require_docker, unique_app};
+use otturnaut_tests::slow_admin::SlowAdmin;
 use serde_json::{Value, json};
 
 fn port(p: u16) -> HostPort {
@@ -1057,6 +1057,98 @@ async fn measure_switch_time() {
         many[many.len() / 2],
         many[many.len() - 1],
     );
+}
+
+/// Where the fake cluster of [`a_release_on_several_hosts_dials_one_upstream_file_per_host`] runs
+/// its releases: the same hosts for every port, changed by the test.
+#[derive(Debug, Default)]
+struct Hosts(std::sync::Mutex<Vec<String>>);
+
+impl Hosts {
+    fn set(&self, hosts: &[&str]) {
+        *self.0.lock().expect("hosts") = hosts.iter().map(|h| (*h).to_owned()).collect();
+    }
+}
+
+#[async_trait::async_trait]
+impl otturnaut_adapters::caddy::UpstreamHosts for Hosts {
+    async fn hosts(&self, _port: HostPort) -> otturnaut_core::Result<Vec<String>> {
+        Ok(self.0.lock().expect("hosts").clone())
+    }
+}
+
+/// A release on several hosts (a cluster: one task per host, loopback
+/// addresses here) gets one upstream per host. On Caddy 2.8+ each dials its
+/// own upstream file (slots `APP`, `APP.1`, ...): a switch to as many hosts
+/// changes no config, another number of hosts rewrites the route, and slots
+/// no longer dialed are removed. Every answer comes from the release routed to.
+#[tokio::test]
+async fn a_release_on_several_hosts_dials_one_upstream_file_per_host() {
+    let caddy_proc = CaddyProc::start(Value::Null).await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let hosts = std::sync::Arc::new(Hosts::default());
+    let caddy = test_caddy(&caddy_proc.admin_url(), &listen).with_upstream_hosts(hosts.clone());
+    caddy.ensure_server().await.expect("ensure_server");
+    let app = unique_app("slots");
+    let at = |ip: &str, port: u16| -> std::net::SocketAddr { format!("{ip}:{port}").parse().expect("address") };
+    let a1 = Upstream::start("a1", Duration::ZERO).await;
+    let pa = a1.port;
+    let _a = [Upstream::start_at(at("127.0.0.2", pa), "a2").await, Upstream::start_at(at("127.0.0.3", pa), "a3").await];
+    let b1 = Upstream::start("b1", Duration::ZERO).await;
+    let pb = b1.port;
+    let _b = [Upstream::start_at(at("127.0.0.2", pb), "b2").await, Upstream::start_at(at("127.0.0.3", pb), "b3").await];
+    let through_files = caddy.switches_through_files().await.expect("features");
+    let dir = std::path::Path::new("/run/otturnaut/upstreams");
+    let slots = || {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        names.retain(|n| n == app.as_str() || n.starts_with(&format!("{app}.")));
+        names.sort();
+        names
+    };
+    let served = || async {
+        let mut bodies = std::collections::BTreeSet::new();
+        for _ in 0..30 {
+            let (status, body) = get_via(&listen, domain_of(&app).as_str()).await.expect("request through Caddy");
+            assert_eq!(status, 200, "{body}");
+            bodies.insert(body);
+        }
+        bodies.into_iter().collect::<Vec<_>>()
+    };
+    let raw = || async { admin_get(&caddy_proc.admin_url(), &format!("/id/{}", route_id(&app))).await };
+
+    hosts.set(&["127.0.0.1", "127.0.0.2"]);
+    caddy.set_route(&app, &target(&app, pa)).await.expect("route to a on 2 hosts");
+    assert_eq!(served().await, ["a1", "a2"]);
+    let before = raw().await;
+    caddy.set_route(&app, &target(&app, pb)).await.expect("switch to b on 2 hosts");
+    assert_eq!(served().await, ["b1", "b2"]);
+    assert_eq!(caddy.route(&app).await.expect("route"), Some(target(&app, pb)));
+    if through_files {
+        assert_eq!(raw().await, before, "a switch to as many hosts changes no config");
+        assert_eq!(slots(), [app.to_string(), format!("{app}.1")]);
+    }
+
+    hosts.set(&["127.0.0.1", "127.0.0.2", "127.0.0.3"]);
+    caddy.set_route(&app, &target(&app, pb)).await.expect("b on 3 hosts");
+    assert_eq!(served().await, ["b1", "b2", "b3"]);
+    hosts.set(&["127.0.0.3"]);
+    caddy.set_route(&app, &target(&app, pa)).await.expect("switch to a on 1 host");
+    assert_eq!(served().await, ["a3"]);
+    assert_eq!(caddy.route(&app).await.expect("route"), Some(target(&app, pa)));
+    if through_files {
+        assert_eq!(slots(), [app.to_string()], "the slots no longer dialed are removed");
+    }
+
+    caddy.remove_route(&app).await.expect("remove");
+    assert!(slots().is_empty(), "no upstream file is left: {:?}", slots());
+
+    // Removing the app after Caddy lost our server removes its files too.
+    caddy.set_route(&app, &target(&app, pa)).await.expect("route again");
+    caddy_proc.load(json!({})).await;
+    caddy.remove_route(&app).await.expect("remove without our server");
+    assert!(slots().is_empty(), "no upstream file is left: {:?}", slots());
 }
 
 /// New connections made while routes switch (8 clients asking back to back)

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use otturnaut_adapters::{Agent, AgentConfig};
 use otturnaut_core::{AppId, DeploySpec, Domain, Error, EventSink, Step};
 use otturnaut_steps::{BlueGreen, RetryPolicy, Strategy, undeploy_app};
-use otturnaut_tests::caddy_proc::{ask_shared_caddy, shared_listen};
+use otturnaut_tests::caddy_proc::shared_listen;
 use otturnaut_tests::fixtures::{Behaviour, git_spec, write_context};
 use otturnaut_tests::gitfix::{GitDaemon, GitRepo};
+use otturnaut_tests::reloads::ask_shared_caddy;
 use otturnaut_tests::services::{caddy_admin, require_caddy, require_docker, unique_app};
 
 async fn agent(work_dir: &Path) -> Agent {

@@ -50,6 +50,22 @@ pub(crate) fn count_to(ip: Option<IpAddr>, port: u16) -> std::io::Result<u64> {
     Ok(n)
 }
 
+/// Sockets on this host whose remote end is `port` on any of `ips` (each
+/// counted once); on any address if one of them is `None`.
+pub(crate) fn count_to_any(ips: &[Option<IpAddr>], port: u16) -> std::io::Result<u64> {
+    if ips.iter().any(Option::is_none) {
+        return count_to(None, port);
+    }
+    let mut unique: Vec<IpAddr> = ips.iter().flatten().copied().collect();
+    unique.sort();
+    unique.dedup();
+    let mut n = 0;
+    for ip in unique {
+        n += count_to(Some(ip), port)?;
+    }
+    Ok(n)
+}
+
 /// Counts the rows of one `/proc/net/tcp` or `tcp6` table (header first).
 fn count_in(table: &str, ip: Option<IpAddr>, port: u16) -> u64 {
     let matches = |line: &str| -> Option<bool> {

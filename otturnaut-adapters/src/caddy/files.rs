@@ -16,8 +16,13 @@
 //! which Docker's labels also record, and reconcile rewrites a missing or
 //! wrong one. The rename never leaves the path missing or half-written (a
 //! missing file makes Caddy answer 502 at once). Only paths of the form
-//! `<dir>/<app>` are ever written: a route in Caddy's config that names
-//! another file is not ours to follow.
+//! `<dir>/<app>` and `<dir>/<app>.<i>` are ever written: a route in Caddy's
+//! config that names another file is not ours to follow.
+//!
+//! On a cluster a release has one upstream per task: the route dials one
+//! file per task, slots 0 to N-1, and a switch renames each slot's new file
+//! in turn (for a moment some slots dial the new release and some the old,
+//! both healthy). Only a change in the number of tasks rewrites the route.
 
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
@@ -41,18 +46,23 @@ impl UpstreamFiles {
         &self.dir
     }
 
-    fn path(&self, app: &AppId) -> PathBuf {
-        self.dir.join(app.as_str())
+    /// Slot 0 is `<dir>/<app>` (one host: the only one); slot `i` of a
+    /// release with several tasks is `<dir>/<app>.<i>` (app names have no dot).
+    fn path(&self, app: &AppId, slot: usize) -> PathBuf {
+        match slot {
+            0 => self.dir.join(app.as_str()),
+            i => self.dir.join(format!("{app}.{i}")),
+        }
     }
 
-    /// What an app's route dials: Caddy reads the file on every request.
-    pub fn dial(&self, app: &AppId) -> String {
-        format!("{{file.{}}}", self.path(app).display())
+    /// What an app's route dials for `slot`: Caddy reads the file on every request.
+    pub fn dial(&self, app: &AppId, slot: usize) -> String {
+        format!("{{file.{}}}", self.path(app, slot).display())
     }
 
-    /// The address in `app`'s file; `None` if there is none.
-    pub async fn read(&self, app: &AppId) -> Result<Option<String>> {
-        let path = self.path(app);
+    /// The address in `app`'s file for `slot`; `None` if there is none.
+    pub async fn read(&self, app: &AppId, slot: usize) -> Result<Option<String>> {
+        let path = self.path(app, slot);
         match tokio::fs::read_to_string(&path).await {
             Ok(text) => Ok(Some(text.trim_end().to_owned())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -60,11 +70,11 @@ impl UpstreamFiles {
         }
     }
 
-    /// Points `app`'s route at `addr`: a new file renamed over the old one, so
-    /// Caddy reads either the old address or the new one, never a partial
+    /// Points `app`'s `slot` at `addr`: a new file renamed over the old one,
+    /// so Caddy reads either the old address or the new one, never a partial
     /// file. Readable by everyone (Caddy runs as its own user).
-    pub async fn write(&self, app: &AppId, addr: &str) -> Result<()> {
-        let (dir, path, addr) = (self.dir.clone(), self.path(app), addr.to_owned());
+    pub async fn write(&self, app: &AppId, slot: usize, addr: &str) -> Result<()> {
+        let (dir, path, addr) = (self.dir.clone(), self.path(app, slot), addr.to_owned());
         let op = format!("switching the upstream file of app {app} to {addr}");
         let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             std::fs::DirBuilder::new().recursive(true).mode(0o755).create(&dir)?;
@@ -76,17 +86,37 @@ impl UpstreamFiles {
         })
         .await
         .map_err(|e| Error::failed(&op, e))?;
-        written.map_err(|e| Error::failed(&op, io_error(&self.path(app), &e)))
+        written.map_err(|e| Error::failed(&op, io_error(&self.path(app, slot), &e)))
     }
 
-    /// Removes `app`'s file, if any.
-    pub async fn remove(&self, app: &AppId) -> Result<()> {
-        let path = self.path(app);
-        match tokio::fs::remove_file(&path).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::failed(format!("removing the upstream file of app {app}"), io_error(&path, &e))),
+    /// Removes `app`'s files from slot `from` on, if any.
+    pub async fn remove_from(&self, app: &AppId, from: usize) -> Result<()> {
+        let op = || format!("removing the upstream files of app {app}");
+        let mut entries = match tokio::fs::read_dir(&self.dir).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::failed(op(), io_error(&self.dir, &e))),
+        };
+        let mut slots = Vec::new();
+        while let Some(entry) = entries.next_entry().await.map_err(|e| Error::failed(op(), io_error(&self.dir, &e)))? {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let slot = match name.strip_prefix(app.as_str()) {
+                Some("") => Some(0),
+                Some(rest) => rest.strip_prefix('.').and_then(|i| i.parse::<usize>().ok()).filter(|i| *i > 0),
+                None => None,
+            };
+            slots.extend(slot.filter(|s| *s >= from));
         }
+        for slot in slots {
+            let path = self.path(app, slot);
+            match tokio::fs::remove_file(&path).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::failed(op(), io_error(&path, &e))),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -103,18 +133,38 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let files = UpstreamFiles::new(dir.path().join("upstreams"));
         let app: AppId = "shop".parse().expect("valid app");
-        assert_eq!(files.dial(&app), format!("{{file.{}/upstreams/shop}}", dir.path().display()));
-        assert_eq!(files.read(&app).await.expect("read"), None);
-        files.write(&app, "127.0.0.1:10001").await.expect("write");
-        files.write(&app, "127.0.0.1:9").await.expect("write again");
-        assert_eq!(files.read(&app).await.expect("read").as_deref(), Some("127.0.0.1:9"));
+        assert_eq!(files.dial(&app, 0), format!("{{file.{}/upstreams/shop}}", dir.path().display()));
+        assert_eq!(files.dial(&app, 2), format!("{{file.{}/upstreams/shop.2}}", dir.path().display()));
+        assert_eq!(files.read(&app, 0).await.expect("read"), None);
+        files.write(&app, 0, "127.0.0.1:10001").await.expect("write");
+        files.write(&app, 0, "127.0.0.1:9").await.expect("write again");
+        assert_eq!(files.read(&app, 0).await.expect("read").as_deref(), Some("127.0.0.1:9"));
         let path = dir.path().join("upstreams/shop");
         let mode = std::fs::metadata(&path).expect("metadata").permissions().mode();
         assert_eq!(mode & 0o777, 0o644);
         let left: Vec<_> = std::fs::read_dir(dir.path().join("upstreams")).expect("read_dir").collect();
         assert_eq!(left.len(), 1, "no temporary file is left behind");
-        files.remove(&app).await.expect("remove");
-        files.remove(&app).await.expect("removing again is fine");
-        assert_eq!(files.read(&app).await.expect("read"), None);
+        files.remove_from(&app, 0).await.expect("remove");
+        files.remove_from(&app, 0).await.expect("removing again is fine");
+        assert_eq!(files.read(&app, 0).await.expect("read"), None);
+    }
+
+    #[tokio::test]
+    async fn removing_slots_leaves_other_apps_and_lower_slots() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = UpstreamFiles::new(dir.path().to_owned());
+        let (app, other): (AppId, AppId) = ("shop".parse().expect("valid"), "shop-2".parse().expect("valid"));
+        for slot in 0..3 {
+            files.write(&app, slot, "10.0.0.1:10000").await.expect("write");
+        }
+        files.write(&other, 0, "10.0.0.1:10001").await.expect("write");
+        std::fs::write(dir.path().join("shop.x"), "not a slot").expect("write");
+        files.remove_from(&app, 1).await.expect("remove slots 1 and up");
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("read_dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["shop", "shop-2", "shop.x"]);
     }
 }

@@ -47,6 +47,14 @@ pub(crate) fn upstream_addr(host: &str, port: HostPort) -> String {
     if host.contains(':') && !host.starts_with('[') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
 }
 
+/// The IP address a dial address (`host:port`) names; `None` for a host
+/// name or an unspecified address.
+pub(crate) fn host_ip(dial: &str) -> Option<std::net::IpAddr> {
+    let (host, _) = dial.rsplit_once(':')?;
+    let ip: std::net::IpAddr = host.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+    (!ip.is_unspecified()).then_some(ip)
+}
+
 /// An app's route, proxying its domains to the `live` dial addresses (one
 /// per host the release runs on: one on a single host, one per task on a
 /// cluster), all on the release's port.
@@ -170,11 +178,6 @@ fn handler_port(route: &Value, index: usize) -> Option<HostPort> {
     dial.rsplit_once(':')?.1.parse().ok()
 }
 
-/// The `dial` of a route's live (first) handler.
-pub(crate) fn live_dial(route: &Value) -> Option<&str> {
-    route.get("handle")?.get(0)?.get("upstreams")?.get(0)?.get("dial")?.as_str()
-}
-
 /// Passive health on the live handler of a route with several upstreams (a
 /// cluster): one failed dial takes an upstream out of the choice for
 /// [`FAIL_DURATION`], so Caddy's retries go to the other tasks instead of
@@ -189,29 +192,29 @@ pub(crate) fn avoid_failed_upstreams(route: &mut Value) {
 /// How long an upstream that failed a dial is left out (see [`avoid_failed_upstreams`]).
 const FAIL_DURATION: &str = "10s";
 
-/// Every `dial` of a route's live (first) handler, sorted.
-pub(crate) fn live_dials(route: &Value) -> Vec<String> {
-    let mut dials: Vec<String> = route
+/// Every `dial` of a route's live (first) handler, in order.
+pub(crate) fn upstream_dials(route: &Value) -> Vec<String> {
+    route
         .get("handle")
         .and_then(|h| h.get(0))
         .and_then(|h| h.get("upstreams"))
         .and_then(Value::as_array)
         .map(|u| u.iter().filter_map(|u| u.get("dial")?.as_str().map(str::to_owned)).collect())
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Every `dial` of a route's live (first) handler, sorted.
+pub(crate) fn live_dials(route: &Value) -> Vec<String> {
+    let mut dials = upstream_dials(route);
     dials.sort();
     dials
 }
 
-/// Makes a route's live handler dial `dial` (an upstream file's placeholder,
-/// or the address read from that file).
-pub(crate) fn set_live_dial(route: &mut Value, dial: &str) {
-    if let Some(upstream) = route
-        .get_mut("handle")
-        .and_then(|h| h.get_mut(0))
-        .and_then(|h| h.get_mut("upstreams"))
-        .and_then(|u| u.get_mut(0))
-    {
-        upstream["dial"] = json!(dial);
+/// Makes a route's live handler dial `dials`, in order (upstream files'
+/// placeholders, or the addresses read from those files).
+pub(crate) fn set_live_dials(route: &mut Value, dials: &[String]) {
+    if let Some(live) = route.get_mut("handle").and_then(|h| h.get_mut(0)) {
+        live["upstreams"] = dials.iter().map(|d| json!({ "dial": d })).collect();
     }
 }
 
@@ -361,13 +364,22 @@ mod tests {
     }
 
     #[test]
-    fn the_live_dial_can_be_read_and_replaced() {
+    fn the_live_dials_can_be_read_and_replaced() {
         let mut r = route("x", &domains(&["a.b"]), "127.0.0.1", port(10001), Some(port(10000)), &[]);
-        assert_eq!(live_dial(&r), Some("127.0.0.1:10001"));
-        set_live_dial(&mut r, "{file./run/x}");
-        assert_eq!(live_dial(&r), Some("{file./run/x}"));
+        assert_eq!(upstream_dials(&r), ["127.0.0.1:10001"]);
+        set_live_dials(&mut r, &["{file./run/x}".to_owned(), "{file./run/x.1}".to_owned()]);
+        assert_eq!(upstream_dials(&r), ["{file./run/x}", "{file./run/x.1}"]);
         assert_eq!(r["handle"][1]["upstreams"][0]["dial"], json!("127.0.0.1:10000"), "only the live handler");
         assert!(parse_route(&r).is_err(), "a placeholder is no port");
+    }
+
+    #[test]
+    fn dial_addresses_name_their_ip() {
+        assert_eq!(host_ip("10.0.0.5:10000"), Some("10.0.0.5".parse().expect("ip")));
+        assert_eq!(host_ip("[::1]:80"), Some("::1".parse().expect("ip")));
+        assert_eq!(host_ip("0.0.0.0:80"), None);
+        assert_eq!(host_ip("node-1:80"), None);
+        assert_eq!(host_ip("{file./run/x}"), None);
     }
 
     #[test]
