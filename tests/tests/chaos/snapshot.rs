@@ -261,12 +261,21 @@ impl SwarmSight {
         let route: serde_json::Value = r.error_for_status()?.json().await?;
         // The first handler proxies; a second one only keeps the previous
         // release's upstreams referenced while they drain, and never runs.
-        let mut dials: Vec<String> = route["handle"][0]["upstreams"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|u| u["dial"].as_str().map(str::to_owned))
-            .collect();
+        let mut dials = Vec::new();
+        for dial in route["handle"][0]["upstreams"].as_array().into_iter().flatten().filter_map(|u| u["dial"].as_str())
+        {
+            // An upstream file's placeholder (`{file.PATH}`, Caddy 2.8+) stands for the address in it.
+            match dial.strip_prefix("{file.").and_then(|d| d.strip_suffix('}')) {
+                Some(path) => dials.push(
+                    tokio::fs::read_to_string(path)
+                        .await
+                        .with_context(|| format!("the route dials {dial}, which cannot be read"))?
+                        .trim_end()
+                        .to_owned(),
+                ),
+                None => dials.push(dial.to_owned()),
+            }
+        }
         dials.sort();
         Ok(dials)
     }
