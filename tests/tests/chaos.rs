@@ -230,16 +230,7 @@ async fn dropping_the_deploy_future_at_the_health_check_leaves_nothing_once_the_
 #[tokio::test]
 #[ignore = "the full chaos run (about 8 minutes): cargo xtask chaos"]
 async fn chaos_full() {
-    let opts = Options::from_env();
-    let report = harness::run(&opts).await.unwrap_or_else(|e| panic!("chaos run (seed {}): {e:#}", opts.seed));
-    let md = report.markdown();
-    println!("\n{md}");
-    if let Some(path) = &opts.report {
-        std::fs::write(path, &md).unwrap_or_else(|e| panic!("writing the report to {path}: {e}"));
-        println!("report written to {path}");
-    }
-    println!("{}", report.summary());
-    assert_eq!(report.failures(), 0, "{}", report.summary());
+    run_and_report(Options::from_env(), "chaos run").await;
 }
 
 /// The same fault points, crash trials and infrastructure faults on the
@@ -249,8 +240,13 @@ async fn chaos_full() {
 #[tokio::test]
 #[ignore = "chaos on the Swarm cluster: cargo xtask chaos --swarm"]
 async fn swarm_fault_points_and_crash_trials() {
-    let opts = Options { swarm: true, ..Options::from_env() };
-    let report = harness::run(&opts).await.unwrap_or_else(|e| panic!("chaos run on Swarm (seed {}): {e:#}", opts.seed));
+    run_and_report(Options { swarm: true, ..Options::from_env() }, "chaos run on Swarm").await;
+}
+
+/// Runs `opts`, prints the report (and writes it where asked), and fails on
+/// any failed case.
+async fn run_and_report(opts: Options, what: &str) {
+    let report = harness::run(&opts).await.unwrap_or_else(|e| panic!("{what} (seed {}): {e:#}", opts.seed));
     let md = report.markdown();
     println!("\n{md}");
     if let Some(path) = &opts.report {
