@@ -188,6 +188,25 @@ pub struct ManagedImage {
     pub size: i64,
 }
 
+impl ManagedImage {
+    /// A release image as first found: no tag, no mark, no commit, size and
+    /// age unknown; listings fill in what they see.
+    pub fn bare(id: String, app: AppId, deployment: DeploymentId) -> ManagedImage {
+        ManagedImage {
+            id,
+            tags: Vec::new(),
+            app,
+            deployment,
+            released: false,
+            live: false,
+            kept: false,
+            commit: None,
+            created: 0,
+            size: 0,
+        }
+    }
+}
+
 /// Which of an app's containers is its live release, from what Docker holds
 /// durably: the release named by the newest live mark whose container exists
 /// and runs exactly the image of that release's tag. Caddy is not consulted:

@@ -311,16 +311,8 @@ impl ImageBuilder for Fake {
             }
             let release_tag = image_tag(&of, &deployment);
             let image = found.entry((of.clone(), deployment.clone())).or_insert_with(|| ManagedImage {
-                id: release_tag.to_string(),
-                tags: Vec::new(),
-                app: of,
-                deployment,
-                released: false,
-                live: false,
-                kept: false,
                 commit: inner.commits.get(&release_tag).cloned(),
-                created: 0,
-                size: 0,
+                ..ManagedImage::bare(release_tag.to_string(), of, deployment)
             });
             match kind {
                 LIVE_PREFIX => {

@@ -100,16 +100,9 @@ impl ImageBuilder for Docker {
                 let ours =
                     label(labels::APP) == Some(app.as_str()) && label(labels::DEPLOYMENT) == Some(deployment.as_str());
                 let entry = found.entry((app.clone(), deployment.clone())).or_insert_with(|| ManagedImage {
-                    id: image.id.clone(),
-                    tags: Vec::new(),
-                    app,
-                    deployment,
-                    released: false,
-                    live: false,
-                    kept: false,
-                    commit: None,
                     created: image.created,
                     size: image.size,
+                    ..ManagedImage::bare(image.id.clone(), app, deployment)
                 });
                 match kind {
                     Tag::Live => {

@@ -254,18 +254,8 @@ impl ImageBuilder for SwarmImages {
             tokio::try_join!(self.docker().list_images(app), self.marked_services(app), self.registry_copies(app))?;
         for (app, deployment, id) in copies {
             if !images.iter().any(|i| i.app == app && i.deployment == deployment) {
-                images.push(ManagedImage {
-                    id,
-                    tags: vec![image_tag(&app, &deployment)],
-                    app,
-                    deployment,
-                    released: false,
-                    live: false,
-                    kept: false,
-                    commit: None,
-                    created: 0,
-                    size: 0,
-                });
+                let tags = vec![image_tag(&app, &deployment)];
+                images.push(ManagedImage { tags, ..ManagedImage::bare(id, app, deployment) });
             }
         }
         for image in &mut images {
@@ -279,16 +269,8 @@ impl ImageBuilder for SwarmImages {
                 Some(i) => i,
                 None => {
                     images.push(ManagedImage {
-                        id: s.image_id.clone(),
-                        tags: Vec::new(),
-                        app: s.app.clone(),
-                        deployment: s.deployment.clone(),
-                        released: false,
-                        live: false,
-                        kept: false,
-                        commit: None,
                         created: s.created,
-                        size: 0,
+                        ..ManagedImage::bare(s.image_id.clone(), s.app.clone(), s.deployment.clone())
                     });
                     images.len() - 1
                 }
