@@ -907,6 +907,22 @@ impl Router for Caddy {
             .map_err(|e| Error::failed(&op, e))?;
         Ok(caddy.max(counted.map_err(|e| Error::failed(&op, e))?))
     }
+
+    /// Through upstream files a switch reloads nothing, so no handler is
+    /// unloaded, and Caddy sends a stream's close frame only when its handler
+    /// is (`streaming.go`, `cleanupConnections`): a stream opened on the old
+    /// release stays open until the app ends it. Elsewhere each switch is a
+    /// reload and closes old streams itself.
+    async fn stream_close_delay(&self) -> Result<Option<Duration>> {
+        Ok(self.live_files().await?.map(|_| self.config.stream_close_delay))
+    }
+
+    /// One reload of the unchanged config (see `Admin::reload`).
+    async fn close_streams(&self) -> Result<()> {
+        let op = "reloading Caddy's config unchanged, to close upgraded streams cleanly";
+        let reply = self.admin.reload(op, &format!("{SERVER_PATH}/listen")).await?;
+        if reply.is_success() || stale(&reply) { Ok(()) } else { Err(reply.failure(op)) }
+    }
 }
 
 fn check_has_domains(app: &AppId, target: &RouteTarget) -> Result<()> {

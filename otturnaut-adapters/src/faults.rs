@@ -149,6 +149,12 @@ impl Router for Faulty {
     async fn needs_rewrite(&self, app: &AppId) -> Result<bool> {
         self.inner.router.needs_rewrite(app).await
     }
+    async fn stream_close_delay(&self) -> Result<Option<std::time::Duration>> {
+        self.inner.router.stream_close_delay().await
+    }
+    async fn close_streams(&self) -> Result<()> {
+        self.inner.router.close_streams().await
+    }
 }
 
 #[async_trait]

@@ -267,6 +267,20 @@ pub trait Router: Send + Sync {
         let _ = app;
         Ok(false)
     }
+    /// `Some(delay)` when upgraded streams (WebSockets, SSE) outlive a
+    /// switch and only [`Router::close_streams`] ends them with a close frame,
+    /// `delay` after it is asked: the drain asks that long before its
+    /// deadline. `None` when switches already close them (a reload per
+    /// switch), or nothing can.
+    async fn stream_close_delay(&self) -> Result<Option<Duration>> {
+        Ok(None)
+    }
+    /// Has the proxy close every upgraded stream it holds open (every app's,
+    /// not only a retiring release's) with a close frame after
+    /// [`Router::stream_close_delay`]; clients reconnect to what is live.
+    async fn close_streams(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Host ports for new containers.

@@ -15,6 +15,12 @@ use crate::undo::{Residue, ResidueKind, UndoAction, perform_with_retry};
 
 /// How often Caddy's in-flight count is polled while draining.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
+/// Time left for closed streams to be counted gone before the deadline.
+const STREAM_CLOSE_MARGIN: Duration = Duration::from_secs(2);
+/// A drain's first seconds belong to requests in flight at the switch (and,
+/// on Caddy 2.8+, to its idle connections to a keep-alive app, closed after
+/// the route's 2 s idle timeout): no stream close, hence no reload, then.
+const STREAM_CLOSE_EARLIEST: Duration = Duration::from_secs(3);
 
 pub(crate) async fn retire(ctx: &Context, old: &Release, new: &Release) -> Vec<Residue> {
     let mut residue = Vec::new();
@@ -111,13 +117,28 @@ pub(crate) async fn retire(ctx: &Context, old: &Release, new: &Release) -> Vec<R
 /// Waits until Caddy reports no request in flight to the old upstream, or
 /// the drain timeout passes (then retiring goes ahead anyway: the stop grace
 /// still lets the app finish what it can).
+///
+/// Where upgraded streams (WebSockets) outlive the switch, what is still open
+/// `stream_close_delay + STREAM_CLOSE_MARGIN` before the deadline is asked to
+/// close then (see [`otturnaut_core::traits::Router::close_streams`]): its
+/// clients get a close frame, not the dropped connection of a stopped app.
+/// So late, because it closes every app's streams and reloads Caddy.
 async fn drain(ctx: &Context, old: &Release) -> Result<Option<String>, otturnaut_core::Error> {
+    let router = &ctx.adapters.router;
     let now = Instant::now();
     let deadline = now.checked_add(ctx.spec.timeouts.drain).unwrap_or(now + otturnaut_core::MAX_DURATION);
+    let mut close_at = match router.stream_close_delay().await {
+        Ok(delay) => delay.and_then(|d| stream_close_time(now, deadline, d)),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not tell whether open streams outlive the switch");
+            None
+        }
+    };
+    let mut detail = None;
     loop {
-        let n = ctx.adapters.router.in_flight(old.host_port).await?;
+        let n = router.in_flight(old.host_port).await?;
         if n == 0 {
-            return Ok(None);
+            return Ok(detail);
         }
         if Instant::now() >= deadline {
             ctx.events.warn(format!(
@@ -126,8 +147,32 @@ async fn drain(ctx: &Context, old: &Release) -> Result<Option<String>, otturnaut
             ));
             return Ok(Some(format!("{n} still in flight")));
         }
+        if close_at.is_some_and(|t| Instant::now() >= t) {
+            close_at = None;
+            let waited = now.elapsed().as_secs_f64();
+            match router.close_streams().await {
+                Ok(()) => {
+                    tracing::info!(app = %old.app, connections = n, "asked Caddy to close the streams still open");
+                    detail = Some(format!("{n} connection(s) open after {waited:.1} s: streams closed by Caddy"));
+                }
+                Err(e) => ctx.events.warn(format!(
+                    "{n} connection(s) still open to port {} after {waited:.1} s, and Caddy could not be asked to \
+                     close streams cleanly ({e}); they end when the release stops",
+                    old.host_port
+                )),
+            }
+        }
         tokio::time::sleep(DRAIN_POLL).await;
     }
+}
+
+/// When to ask for open streams to be closed, `delay` before they close: in
+/// time for them to be closed before `deadline`, and not within
+/// [`STREAM_CLOSE_EARLIEST`] of the drain's start. `None` if the drain is too
+/// short for both.
+fn stream_close_time(start: Instant, deadline: Instant, delay: Duration) -> Option<Instant> {
+    let at = deadline.checked_sub(delay)?.checked_sub(STREAM_CLOSE_MARGIN)?;
+    (at >= start + STREAM_CLOSE_EARLIEST).then_some(at)
 }
 
 fn residue_of(action: &UndoAction, e: &otturnaut_core::Error) -> Residue {

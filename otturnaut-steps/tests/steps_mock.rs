@@ -121,6 +121,8 @@ mock! {
         async fn remove_route(&self, app: &AppId) -> Result<()>;
         async fn in_flight(&self, port: HostPort) -> Result<u64>;
         async fn routes(&self) -> Result<Vec<(AppId, RouteTarget)>>;
+        async fn stream_close_delay(&self) -> Result<Option<Duration>>;
+        async fn close_streams(&self) -> Result<()>;
     }
 }
 
@@ -823,6 +825,7 @@ async fn prebuilt_release_is_kept_by_its_own_tags() {
         .times(1)
         .withf(|r| r.image.as_str() == "prebuilt:1" && r.commit.is_none())
         .returning(|_| Ok(()));
+    m.router.expect_stream_close_delay().times(1).returning(|| Ok(None));
     m.router.expect_in_flight().times(1).withf(move |p| *p == a_port).returning(|_| Ok(0));
     let c = old.container.clone();
     m.runtime.expect_stop().times(1).withf(move |id, _| *id == c).returning(|_, _| Ok(()));
@@ -877,6 +880,7 @@ async fn commit_then_retire_drains_stops_and_keeps_the_old_release_in_order() {
     let mut m = Mocks::default();
     let mut seq = Sequence::new();
     git_commit_over(&mut m, &mut seq, &seen, &app, &old, b_port);
+    m.router.expect_stream_close_delay().times(1).in_sequence(&mut seq).returning(|| Ok(None));
     for n in [2u64, 1, 0] {
         m.router
             .expect_in_flight()
@@ -915,6 +919,53 @@ async fn commit_then_retire_drains_stops_and_keeps_the_old_release_in_order() {
     live.verify().await;
 }
 
+// 7b. Where streams outlive the switch (Caddy 2.8+), connections still open
+// near the end of the drain are asked to close (a close frame, not the
+// dropped connection of a stopped app), once, in time for the deadline; the
+// drain then ends as soon as they are gone.
+#[tokio::test]
+async fn a_drain_asks_for_streams_still_open_to_be_closed_before_its_deadline() {
+    let app = app("retire-streams");
+    let (a_port, b_port) = (port(20013), port(20014));
+    let old = old_release(&app, a_port, &["live.example"], true);
+    let seen = Seen::default();
+    let mut m = Mocks::default();
+    let mut seq = Sequence::new();
+    git_commit_over(&mut m, &mut seq, &seen, &app, &old, b_port);
+    m.router.expect_stream_close_delay().times(1).returning(|| Ok(Some(Duration::from_millis(500))));
+    let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let asked = Arc::clone(&closed);
+    m.router.expect_close_streams().times(1).returning(move || {
+        asked.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    });
+    let open = Arc::clone(&closed);
+    m.router
+        .expect_in_flight()
+        .withf(move |p| *p == a_port)
+        .returning(move |_| Ok(u64::from(!open.load(std::sync::atomic::Ordering::SeqCst))));
+    m.runtime.expect_stop().times(1).returning(|_, _| Ok(()));
+    m.builder.expect_tag_image().times(1).returning(|_, _| Ok(()));
+    m.builder.expect_remove_image().times(1).returning(|_| Ok(()));
+    m.ports.expect_release().times(1).returning(|_| Ok(()));
+
+    let mut spec = spec_with_grace(&app);
+    // Asked at 6 - 0.5 - 2 = 3.5 s, after the first 3 s of the drain.
+    spec.timeouts.drain = Duration::from_secs(6);
+    let (adapters, live) = m.into_live();
+    let (result, events) = deploy(adapters, spec).await;
+    assert!(result.expect("deploys").residue.is_empty());
+    assert!(closed.load(std::sync::atomic::Ordering::SeqCst));
+    let drained = events.iter().find_map(|e| match e {
+        DeployEvent::StepFinished { step: Step::Drain, detail, .. } => Some(detail.clone()),
+        _ => None,
+    });
+    let detail = drained.flatten().expect("a drain detail");
+    assert!(detail.contains("streams closed by Caddy") && detail.contains("after 3."), "{detail}");
+    assert!(!events.iter().any(|e| matches!(e, DeployEvent::Warning { .. })), "{events:?}");
+    live.verify().await;
+}
+
 /// Retire expectations after a commit where `stop` and removing the old live
 /// mark behave as given; drain finds nothing in flight.
 fn retire_with(
@@ -924,6 +975,7 @@ fn retire_with(
     unmark_times: usize,
     unmark: fn() -> Result<()>,
 ) {
+    m.router.expect_stream_close_delay().times(1).returning(|| Ok(None));
     m.router.expect_in_flight().times(1).returning(|_| Ok(0));
     let c = old.container.clone();
     m.runtime.expect_stop().times(1).withf(move |id, _| *id == c).returning(move |_, _| stop());

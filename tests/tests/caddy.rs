@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use otturnaut_adapters::caddy::{Caddy, route_id};
+use otturnaut_adapters::caddy::{Caddy, CaddyConfig, route_id};
 use otturnaut_core::traits::Router;
 use otturnaut_core::{AppId, Domain, Error, HostPort, RouteTarget, Service};
 use otturnaut_tests::caddy_proc::{
@@ -207,26 +207,7 @@ async fn upgraded_streams_survive_a_reload_where_caddy_can_keep_them() {
     let echo = Upstream::upgrade_echo().await;
     caddy.set_route(&app, &target(&app, echo.port)).await.expect("route");
 
-    let mut ws = tokio::net::TcpStream::connect(&listen).await.expect("connect to Caddy");
-    let handshake = format!(
-        "GET /ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        domain_of(&app)
-    );
-    ws.write_all(handshake.as_bytes()).await.expect("send handshake");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        ws.read_exact(&mut byte).await.expect("read the handshake answer");
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
-    let echoed = async |ws: &mut tokio::net::TcpStream, msg: &[u8]| {
-        ws.write_all(msg).await.ok()?;
-        let mut got = vec![0u8; msg.len()];
-        tokio::time::timeout(Duration::from_secs(5), ws.read_exact(&mut got)).await.ok()?.ok()?;
-        Some(got)
-    };
+    let mut ws = open_websocket(&listen, &app).await;
     assert_eq!(echoed(&mut ws, b"before").await.as_deref(), Some(&b"before"[..]));
 
     caddy.set_route(&other, &target(&other, 10009)).await.expect("reload: another app's route");
@@ -237,6 +218,71 @@ async fn upgraded_streams_survive_a_reload_where_caddy_can_keep_them() {
     } else {
         assert_ne!(after.as_deref(), Some(&b"after!"[..]), "Caddy 2.6 kept the stream: update the docs");
     }
+}
+
+/// A WebSocket opened on a release that is then switched away from ends
+/// with a close frame (1001) on every version, not with the dropped
+/// connection of a stopped app: on 2.6 and 2.7 the switch's reload sends it;
+/// on 2.8+ the switch reloads nothing and the stream stays on the old
+/// release until the drain asks Caddy to close streams (`close_streams`),
+/// which it does after `stream_close_delay`, while the app is still served.
+#[tokio::test]
+async fn a_stream_left_on_a_retiring_release_gets_a_close_frame() {
+    let caddy_proc = CaddyProc::start(Value::Null).await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let delay = Duration::from_secs(1);
+    let config =
+        CaddyConfig { stream_close_delay: delay, ..test_caddy(&caddy_proc.admin_url(), &listen).config().clone() };
+    let caddy = Caddy::new(config).expect("adapter");
+    caddy.ensure_server().await.expect("ensure_server");
+    let app = unique_app("ws-retire");
+    let (old, new) = (Upstream::upgrade_echo().await, Upstream::start("v2", Duration::ZERO).await);
+    caddy.set_route(&app, &target(&app, old.port)).await.expect("route");
+    let mut ws = open_websocket(&listen, &app).await;
+    assert_eq!(echoed(&mut ws, b"before").await.as_deref(), Some(&b"before"[..]));
+
+    caddy.set_route(&app, &target(&app, new.port)).await.expect("switch");
+    let asks = caddy.stream_close_delay().await.expect("stream_close_delay");
+    assert_eq!(asks, (caddy_version() >= (2, 8, 0)).then_some(delay), "on 2.8+ only, the drain must ask");
+    if asks.is_some() {
+        assert_eq!(echoed(&mut ws, b"after!").await.as_deref(), Some(&b"after!"[..]), "the switch closed the stream");
+        caddy.close_streams().await.expect("close_streams");
+    }
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(15), ws.read_to_end(&mut rest)).await;
+    assert!(read.as_ref().is_ok_and(Result::is_ok), "the stream was not closed, or was reset: {read:?}");
+    // An unmasked close frame with status 1001 (going away), then the end.
+    assert!(rest.ends_with(&[0x88, 0x02, 0x03, 0xE9]), "no close frame 1001 at the end: {rest:02x?}");
+    assert_eq!(ask(&listen, domain_of(&app).as_str()).await, (200, "v2".to_owned()));
+}
+
+/// Opens a WebSocket to `app` through Caddy at `listen`: the handshake, up to
+/// its `101` answer.
+async fn open_websocket(listen: &str, app: &AppId) -> tokio::net::TcpStream {
+    let mut ws = tokio::net::TcpStream::connect(listen).await.expect("connect to Caddy");
+    let handshake = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        domain_of(app)
+    );
+    ws.write_all(handshake.as_bytes()).await.expect("send handshake");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        ws.read_exact(&mut byte).await.expect("read the handshake answer");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    ws
+}
+
+/// Sends `msg` on an open stream to the echo upstream and reads it back;
+/// `None` if that fails or takes over 5 s.
+async fn echoed(ws: &mut tokio::net::TcpStream, msg: &[u8]) -> Option<Vec<u8>> {
+    ws.write_all(msg).await.ok()?;
+    let mut got = vec![0u8; msg.len()];
+    tokio::time::timeout(Duration::from_secs(5), ws.read_exact(&mut got)).await.ok()?.ok()?;
+    Some(got)
 }
 
 /// The root cause of the requests lost under heavy load on Caddy 2.11.7: a

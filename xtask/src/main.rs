@@ -94,8 +94,9 @@ Install, start, stop and inspect the real services Otturnaut's integration tests
 
 Services:
   docker      Docker Engine (dockerd), API on unix:///var/run/docker.sock (or DOCKER_HOST=unix://...).
-              dockerd starts its own containerd. Nothing can be pulled here: test images are built
-              FROM scratch with busybox-static copied in.
+              dockerd starts its own containerd, and runs with --userland-proxy=false (published
+              ports through the kernel's NAT, as README recommends). Nothing can be pulled here:
+              test images are built FROM scratch with busybox-static copied in.
   caddy       `caddy run` with its admin API on http://127.0.0.1:2019. Tests that need a pristine
               Caddy start their own on another admin port instead of touching this one.
               `--caddy debian` runs Debian's package (2.6.2, the oldest supported version),

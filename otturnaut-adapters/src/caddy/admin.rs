@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use http_body_util::BodyExt;
 use otturnaut_core::{Error, Result, Service};
-use reqwest::header::{ETAG, IF_MATCH};
+use reqwest::header::{CACHE_CONTROL, ETAG, IF_MATCH};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::Value;
 
@@ -119,9 +119,36 @@ impl Admin {
         body: Option<&Value>,
         if_match: Option<&str>,
     ) -> Result<Reply> {
+        self.send_with(operation, method, path, body, if_match, false).await
+    }
+
+    /// Reloads Caddy's config without changing it: `path`'s value is written
+    /// back as read (guarded by `If-Match`), with `Cache-Control:
+    /// must-revalidate`, which makes Caddy reload an unchanged config (2.8+
+    /// at least). Every handler is then unloaded and started again. A 412
+    /// means someone changed that part meanwhile: a reload happened anyway.
+    pub async fn reload(&self, operation: &str, path: &str) -> Result<Reply> {
+        let current = self.get(operation, path).await?;
+        if !current.is_success() {
+            return Ok(current);
+        }
+        let body = current.json(operation)?;
+        let etag = current.etag.as_deref();
+        self.send_with(operation, Method::PATCH, path, Some(&body), etag, true).await
+    }
+
+    async fn send_with(
+        &self,
+        operation: &str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        if_match: Option<&str>,
+        force: bool,
+    ) -> Result<Reply> {
         let mut attempt = 1;
         loop {
-            match self.send_once(&method, path, body, if_match).await {
+            match self.send_once(&method, path, body, if_match, force).await {
                 Ok(reply) => return Ok(reply),
                 Err(e) if attempt < TRANSPORT_ATTEMPTS && !e.is_timeout() => {
                     tracing::debug!(operation, %method, path, error = %crate::error_chain(&e), "retrying a Caddy admin request");
@@ -158,8 +185,12 @@ impl Admin {
         path: &str,
         body: Option<&Value>,
         if_match: Option<&str>,
+        force: bool,
     ) -> std::result::Result<Reply, reqwest::Error> {
         let mut req = self.client.request(method.clone(), format!("{}{path}", self.base));
+        if force {
+            req = req.header(CACHE_CONTROL, "must-revalidate");
+        }
         if let Some(body) = body {
             req = req.json(body);
         }

@@ -32,10 +32,19 @@ pub struct RateRow {
     pub caddy: String,
     pub upstream_closes: bool,
     pub mode: Mode,
+    /// Requests per second of the same load with no redeploy running.
+    pub steady: f64,
     pub runs: Vec<zero_downtime::Row>,
 }
 
 impl RateRow {
+    /// Requests per second over all its runs.
+    pub fn rate(&self) -> f64 {
+        let requests: u64 = self.runs.iter().map(|x| x.load.requests).sum();
+        let secs: f64 = self.runs.iter().map(|x| x.load.elapsed.as_secs_f64()).sum();
+        requests as f64 / secs.max(0.001)
+    }
+
     pub fn upstream(&self) -> &'static str {
         if self.upstream_closes { "closes after each response" } else { "keeps connections alive" }
     }
@@ -69,7 +78,10 @@ pub async fn rate_rows(rig: &Rig, caddy: &str, runs: u32, redeploys: u32, index:
     let mut rows = Vec::new();
     for upstream_closes in [true, false] {
         for mode in Mode::ALL {
-            let mut row = RateRow { caddy: caddy.to_owned(), upstream_closes, mode, runs: Vec::new() };
+            *index += 1;
+            let steady = steady_rate(rig, *index, upstream_closes, mode).await?;
+            let mut row = RateRow { caddy: caddy.to_owned(), upstream_closes, mode, steady, runs: Vec::new() };
+            println!("  Caddy {caddy}, upstream {}, {}, no redeploy: {steady:.0}/s", row.upstream(), mode.name());
             for run in 1..=runs {
                 *index += 1;
                 let plan = Plan {
@@ -98,6 +110,36 @@ pub async fn rate_rows(rig: &Rig, caddy: &str, runs: u32, redeploys: u32, index:
         }
     }
     Ok(rows)
+}
+
+/// How long the load runs alone, for its rate without redeploys.
+const STEADY: Duration = Duration::from_secs(4);
+
+/// The load's rate with nothing else running: what the machine carries
+/// through Caddy to that app. Back-to-back redeploys (container starts and
+/// stops, the health checks, the drain's counting) share the same 2 cores.
+async fn steady_rate(rig: &Rig, index: usize, upstream_closes: bool, mode: Mode) -> Result<f64> {
+    let app = app_id(&format!("steady-{index}"));
+    let mut spec = image_spec(&app, "s0");
+    if upstream_closes {
+        super::app::set_env(&mut spec, "BENCH_CLOSE", "1");
+    }
+    let _ = rig.undeploy(&app).await;
+    rig.strategy.execute(spec, &EventSink::discard()).await.with_context(|| format!("deploying {app}"))?;
+    let config = super::load::Config::through_caddy(rig, &app, (mode, CONNECTIONS), (0, u64::MAX), 0);
+    let running = super::load::start(config);
+    tokio::time::sleep(STEADY).await;
+    let load = running.stop().await;
+    rig.undeploy(&app).await?;
+    if load.failed() > 0 {
+        bail!(
+            "{} of {} requests to {app} failed with no redeploy running: {:?}",
+            load.failed(),
+            load.requests,
+            load.samples
+        );
+    }
+    Ok(load.requests as f64 / load.elapsed.as_secs_f64().max(0.001))
 }
 
 /// [`WS_CLIENTS`] WebSocket clients through Caddy while the app is redeployed

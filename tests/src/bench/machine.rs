@@ -43,6 +43,24 @@ pub fn load_average() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// How the local dockerd publishes ports: `"off"` when it runs with
+/// `--userland-proxy=false` (or `"userland-proxy": false` in daemon.json):
+/// the kernel's NAT carries them; `"on"` (Docker's default): a
+/// `docker-proxy` process per published port relays every connection.
+pub fn userland_proxy() -> &'static str {
+    let off_in_args = std::fs::read_dir("/proc").into_iter().flatten().flatten().any(|p| {
+        let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+        comm.trim() == "dockerd"
+            && std::fs::read(p.path().join("cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"--userland-proxy=false"))
+    });
+    let off_in_file = std::fs::read_to_string("/etc/docker/daemon.json")
+        .ok()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .is_some_and(|v| v.get("userland-proxy") == Some(&serde_json::Value::Bool(false)));
+    if off_in_args || off_in_file { "off" } else { "on" }
+}
+
 fn meminfo() -> Result<String> {
     let info = read_trimmed("/proc/meminfo")?;
     let kb: u64 = info

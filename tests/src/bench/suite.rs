@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result};
 use super::app::{self, GitServer, Rig};
 use super::cli::{self, Cli};
 use super::load::Mode;
-use super::machine::{Machine, MigrateReq, load_average, stdout};
+use super::machine::{Machine, MigrateReq, load_average, stdout, userland_proxy};
 use super::report::{self, Results};
 use super::rollback::{self, Case};
 use super::stats::{median, ms, ms_opt};
@@ -390,8 +390,9 @@ async fn high_rate_section(args: &Args, results: &mut Results) -> Result<()> {
     let mut index = 1000;
     results.high_rate_settings = format!(
         "{} connections, no think time (`GET /slow?ms=0`), {runs} runs of {redeploys} back-to-back redeploys per row, \
-         exact drain, tcp_migrate_req=1; {} WebSocket clients over {redeploys} redeploys",
+         exact drain, tcp_migrate_req=1, Docker's userland proxy {}; {} WebSocket clients over {redeploys} redeploys",
         high_rate::CONNECTIONS,
+        userland_proxy(),
         high_rate::WS_CLIENTS
     );
     results.high_rate_date = stdout(&["date", "-u", "+%Y-%m-%d %H:%M"]).await.unwrap_or_default();

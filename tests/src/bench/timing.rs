@@ -226,6 +226,12 @@ impl Router for Timed<dyn Router> {
     async fn needs_rewrite(&self, app: &AppId) -> Result<bool> {
         self.clock.time(Service::Caddy, self.inner.needs_rewrite(app)).await
     }
+    async fn stream_close_delay(&self) -> Result<Option<std::time::Duration>> {
+        self.clock.time(Service::Caddy, self.inner.stream_close_delay()).await
+    }
+    async fn close_streams(&self) -> Result<()> {
+        self.clock.time(Service::Caddy, self.inner.close_streams()).await
+    }
 }
 
 #[async_trait]
