@@ -112,8 +112,10 @@ pub async fn rate_rows(rig: &Rig, caddy: &str, runs: u32, redeploys: u32, index:
     Ok(rows)
 }
 
-/// How long the load runs alone, for its rate without redeploys.
-const STEADY: Duration = Duration::from_secs(4);
+/// How long the load runs alone, for its rate without redeploys, after
+/// [`WARM_UP`].
+const STEADY: Duration = Duration::from_secs(5);
+const WARM_UP: Duration = Duration::from_secs(1);
 
 /// The load's rate with nothing else running: what the machine carries
 /// through Caddy to that app. Back-to-back redeploys (container starts and
@@ -127,9 +129,18 @@ async fn steady_rate(rig: &Rig, index: usize, upstream_closes: bool, mode: Mode)
     let _ = rig.undeploy(&app).await;
     rig.strategy.execute(spec, &EventSink::discard()).await.with_context(|| format!("deploying {app}"))?;
     let config = super::load::Config::through_caddy(rig, &app, (mode, CONNECTIONS), (0, u64::MAX), 0);
+    // A first second unmeasured: Docker may still be tearing down the
+    // previous row's containers.
+    let warm_up = super::load::start(config.clone());
+    tokio::time::sleep(WARM_UP).await;
+    let warm = warm_up.stop().await;
     let running = super::load::start(config);
     tokio::time::sleep(STEADY).await;
-    let load = running.stop().await;
+    let mut load = running.stop().await;
+    for (kind, n) in warm.failures {
+        *load.failures.entry(kind).or_default() += n;
+    }
+    load.samples.extend(warm.samples);
     rig.undeploy(&app).await?;
     if load.failed() > 0 {
         bail!(
