@@ -911,6 +911,11 @@ async fn replaced_configs_close_their_upstream_connections_within_seconds() {
     let old = Upstream::keep_alive("old", Duration::ZERO).await;
     let new = Upstream::keep_alive("new", Duration::ZERO).await;
     caddy.set_route(&app, &target(&app, old.port)).await.expect("route to old");
+    // That write was a reload: on 2.11 a connection reaching the previous
+    // config's listener before it closes is closed unanswered. Let it finish.
+    assert_eq!(ask(&listen, host.as_str()).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let old_hits = old.hits();
     // Requests whose head is still arriving when the config changes: the old
     // config serves them, through its transport, after it was cleaned up.
     let mut clients = Vec::new();
@@ -932,7 +937,7 @@ async fn replaced_configs_close_their_upstream_connections_within_seconds() {
             let answer = String::from_utf8_lossy(&answer);
             assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("new"), "{answer}");
         }
-        assert_eq!(old.hits(), 0, "a request sent after the switch reached the old upstream");
+        assert_eq!(old.hits(), old_hits, "a request sent after the switch reached the old upstream");
         return;
     }
     if reload_closes_new_connections() {
@@ -944,7 +949,7 @@ async fn replaced_configs_close_their_upstream_connections_within_seconds() {
             let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
             assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
         }
-        assert_eq!(old.hits(), 0, "the old config proxied after the reload");
+        assert_eq!(old.hits(), old_hits, "the old config proxied after the reload");
         return;
     }
     for stream in &mut clients {

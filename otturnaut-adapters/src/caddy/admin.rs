@@ -146,37 +146,52 @@ impl Admin {
         if_match: Option<&str>,
         force: bool,
     ) -> Result<Reply> {
+        self.retrying(operation, &method, path, || self.send_once(&method, path, body, if_match, force)).await
+    }
+
+    /// Runs `once` until it gets an answer, retrying transport failures
+    /// other than timeouts (see [`Admin::send`]).
+    async fn retrying<F: Future<Output = std::result::Result<Reply, reqwest::Error>>>(
+        &self,
+        operation: &str,
+        method: &Method,
+        path: &str,
+        once: impl Fn() -> F,
+    ) -> Result<Reply> {
         let mut attempt = 1;
         loop {
-            match self.send_once(&method, path, body, if_match, force).await {
+            match once().await {
                 Ok(reply) => return Ok(reply),
                 Err(e) if attempt < TRANSPORT_ATTEMPTS && !e.is_timeout() => {
                     tracing::debug!(operation, %method, path, error = %crate::error_chain(&e), "retrying a Caddy admin request");
                     tokio::time::sleep(Duration::from_millis(25 * u64::from(attempt))).await;
                     attempt += 1;
                 }
-                Err(e) => return Err(self.transport_error(operation, &method, path, e)),
+                Err(e) => return Err(self.transport_error(operation, method, path, e)),
             }
         }
     }
 
     /// Asks Caddy to adapt a Caddyfile to JSON (`POST /adapt`): nothing is
     /// loaded, so it costs no reload. Used to probe what Caddy understands.
+    /// Transport failures are retried as in [`Admin::send`]: a probe made
+    /// while another command reloads Caddy meets the same closing admin server.
     pub async fn adapt_caddyfile(&self, operation: &str, caddyfile: &str) -> Result<Reply> {
         let method = Method::POST;
         let path = "/adapt";
-        let req = self
-            .client
-            .request(method.clone(), format!("{}{path}", self.base))
-            .header(reqwest::header::CONTENT_TYPE, "text/caddyfile")
-            .body(caddyfile.to_owned());
-        let reply = async {
-            let resp = req.send().await?;
+        let once = || async {
+            let resp = self
+                .client
+                .request(method.clone(), format!("{}{path}", self.base))
+                .header(reqwest::header::CONTENT_TYPE, "text/caddyfile")
+                .body(caddyfile.to_owned())
+                .send()
+                .await?;
             let status = resp.status();
             let body = resp.bytes().await?.to_vec();
             Ok::<_, reqwest::Error>(Reply { method: method.clone(), path: path.to_owned(), status, body, etag: None })
         };
-        reply.await.map_err(|e| self.transport_error(operation, &method, path, e))
+        self.retrying(operation, &method, path, once).await
     }
 
     async fn send_once(
