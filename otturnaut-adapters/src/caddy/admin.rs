@@ -119,7 +119,7 @@ impl Admin {
         body: Option<&Value>,
         if_match: Option<&str>,
     ) -> Result<Reply> {
-        self.send_with(operation, method, path, body, if_match, false).await
+        self.retrying(operation, &method, path, || self.send_once(&method, path, body, if_match, false)).await
     }
 
     /// Reloads Caddy's config without changing it: `path`'s value is written
@@ -134,19 +134,8 @@ impl Admin {
         }
         let body = current.json(operation)?;
         let etag = current.etag.as_deref();
-        self.send_with(operation, Method::PATCH, path, Some(&body), etag, true).await
-    }
-
-    async fn send_with(
-        &self,
-        operation: &str,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-        if_match: Option<&str>,
-        force: bool,
-    ) -> Result<Reply> {
-        self.retrying(operation, &method, path, || self.send_once(&method, path, body, if_match, force)).await
+        let method = Method::PATCH;
+        self.retrying(operation, &method, path, || self.send_once(&method, path, Some(&body), etag, true)).await
     }
 
     /// Runs `once` until it gets an answer, retrying transport failures
