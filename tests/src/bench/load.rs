@@ -145,11 +145,17 @@ impl Report {
 
 const MAX_SAMPLES: usize = 20;
 
+/// Event-loop threads of the load, as `wrk -t2`: each runs its share of the
+/// clients on a single-threaded runtime of its own. The clients then cost
+/// about what wrk's do (no work stealing, no wake-ups across threads), and
+/// the agent under test keeps the bench's main runtime to itself.
+const THREADS: usize = 2;
+
 /// A running load; [`Running::stop`] ends it and collects the report.
 #[derive(Debug)]
 pub struct Running {
     stop: Arc<AtomicBool>,
-    workers: Vec<JoinHandle<Report>>,
+    threads: Vec<std::thread::JoinHandle<Report>>,
     started: Instant,
 }
 
@@ -157,24 +163,51 @@ pub fn start(config: Config) -> Running {
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let config = Arc::new(config);
-    let workers = (0..config.concurrency)
-        .map(|i| {
-            let config = Arc::clone(&config);
-            let stop = Arc::clone(&stop);
-            tokio::spawn(async move { worker(i as u64, &config, &stop, started).await })
+    let threads = (0..THREADS)
+        .map(|t| {
+            let (config, stop) = (Arc::clone(&config), Arc::clone(&stop));
+            std::thread::spawn(move || clients(t, &config, &stop, started))
         })
         .collect();
-    Running { stop, workers, started }
+    Running { stop, threads, started }
+}
+
+/// The clients `t`, `t + THREADS`, … of `config`, on this thread.
+fn clients(t: usize, config: &Arc<Config>, stop: &Arc<AtomicBool>, started: Instant) -> Report {
+    let mut report = Report::default();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            report.samples.push((started.elapsed(), format!("no runtime for load thread {t}: {e}")));
+            return report;
+        }
+    };
+    rt.block_on(async {
+        let workers: Vec<JoinHandle<Report>> = (t..config.concurrency)
+            .step_by(THREADS)
+            .map(|i| {
+                let (config, stop) = (Arc::clone(config), Arc::clone(stop));
+                tokio::spawn(async move { worker(i as u64, &config, &stop, started).await })
+            })
+            .collect();
+        for w in workers {
+            match w.await {
+                Ok(r) => report.merge(r),
+                Err(e) => report.samples.push((started.elapsed(), format!("a client task failed: {e}"))),
+            }
+        }
+    });
+    report
 }
 
 impl Running {
     pub async fn stop(self) -> Report {
         self.stop.store(true, Ordering::SeqCst);
         let mut report = Report::default();
-        for w in self.workers {
-            match w.await {
-                Ok(r) => report.merge(r),
-                Err(e) => report.samples.push((self.started.elapsed(), format!("a client task failed: {e}"))),
+        for th in self.threads {
+            match tokio::task::spawn_blocking(move || th.join()).await {
+                Ok(Ok(r)) => report.merge(r),
+                _ => report.samples.push((self.started.elapsed(), "a load thread panicked".to_owned())),
             }
         }
         report.elapsed = self.started.elapsed();
